@@ -1,0 +1,166 @@
+"""Command-line entry point: ``cascade-defect run|render|download``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from cascade_defect.settings import PROFILES, DataLocationError, find_project_root, load_config
+
+
+def _project_root() -> Path:
+    root = find_project_root()
+    if root is None:
+        raise SystemExit(
+            "error: run this inside the cascade-defect project (no _quarto.yml found above here)"
+        )
+    return root
+
+
+def _parse_parameter(pair: list[str]) -> tuple[str, object]:
+    key, raw = pair
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cascade_defect.render import render_book
+    from cascade_defect.runner import ChapterFailed, default_output_dir, run_chapters
+
+    root = _project_root()
+    config = load_config(
+        args.profile, data_dir=args.data_dir, work_dir=args.work_dir, storage=args.storage
+    )
+    try:
+        config.require_data_dir()
+    except DataLocationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    extra = dict(_parse_parameter(p) for p in args.parameter or [])
+    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(root, config)
+    print(
+        f"Running the book with profile {config.profile.name!r}; executed notebooks -> {output_dir}"
+    )
+    start = time.perf_counter()
+    try:
+        timings = run_chapters(
+            root, config, parameters=extra, only=args.only, output_dir=output_dir
+        )
+    except ChapterFailed as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        return 1
+    for timing in timings:
+        print(f"  {timing.notebook:<32} {timing.seconds:8.1f} s")
+    print(f"  {'all chapters':<32} {time.perf_counter() - start:8.1f} s")
+    record = output_dir.resolve() == (root / "notebooks").resolve()
+    if record:
+        from cascade_defect.findings import write_findings
+
+        write_findings(root, config.paths, config.profile.name)
+    if not args.no_render:
+        site = render_book(root, notebooks_dir=None if record else output_dir)
+        print(f"Rendered the book into {site}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from cascade_defect.render import render_book
+
+    root = _project_root()
+    use_quarto = False if args.preview else None
+    site = render_book(
+        root,
+        notebooks_dir=Path(args.notebooks_dir) if args.notebooks_dir else None,
+        use_quarto=use_quarto,
+    )
+    print(f"Rendered the book into {site}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from cascade_defect.download import DownloadError, download_neu_det
+
+    try:
+        folder = download_neu_det(Path(args.dest))
+    except DownloadError as error:
+        print(str(error), file=sys.stderr)
+        return 2
+    print(f"NEU-DET is in {folder}\nSet: export CASCADE_DATA_DIR={folder}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cascade-defect",
+        description="Few-shot MLLM pseudo-labelling of steel-surface defects and YOLOv8 on the labels.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute the book's notebooks in order, then render the book")
+    run.add_argument(
+        "--profile", choices=sorted(PROFILES), default="quick", help="run size (default: quick)"
+    )
+    run.add_argument("--data-dir", help="NEU-DET folder (default: $CASCADE_DATA_DIR)")
+    run.add_argument(
+        "--work-dir", help="artefact folder (default: $CASCADE_WORK_DIR or <project>/data)"
+    )
+    run.add_argument("--storage", default="local", help="'local' or an abfss:// URL")
+    run.add_argument(
+        "--only", nargs="+", metavar="CHAPTER", help="chapter numbers to run, e.g. 01 02"
+    )
+    run.add_argument(
+        "--output-dir",
+        help="where executed notebooks go (default: notebooks/ for the quick profile, "
+        "<work_dir>/runs/<profile>/notebooks otherwise)",
+    )
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="extra papermill parameter for every chapter (JSON values allowed)",
+    )
+    run.add_argument("--no-render", action="store_true", help="skip rendering")
+    run.set_defaults(func=cmd_run)
+
+    render = sub.add_parser(
+        "render", help="render the book (Quarto if installed, else an HTML preview)"
+    )
+    render.add_argument(
+        "--preview", action="store_true", help="build the nbconvert preview even if Quarto exists"
+    )
+    render.add_argument(
+        "--notebooks-dir", help="render executed notebooks from this folder instead"
+    )
+    render.set_defaults(func=cmd_render)
+
+    download = sub.add_parser(
+        "download", help="download NEU-DET from Kaggle (needs Kaggle credentials)"
+    )
+    download.add_argument(
+        "--dest", default="data/raw", help="folder to unpack into (default: data/raw)"
+    )
+    download.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Run manifests: what a chapter read, what it wrote, with which parameters and code.
+
+Chapters hand over only through files. Each writes ``manifest.json`` beside its outputs with the
+validated parameters, the git commit, sha256 hashes of its inputs, counts and timings, so a
+number in the book can be traced to the run that produced it, and a stale input is visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cascade_defect.settings import StudyConfig, find_project_root
+
+MANIFEST_NAME = "manifest.json"
+
+
+class MissingInputError(FileNotFoundError):
+    """A chapter's declared input is absent: the message names the chapter that writes it."""
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_sha256(path: Path) -> str:
+    """One hash for a folder: relative paths and file hashes, in sorted order."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode())
+        digest.update(file_sha256(item).encode())
+    return digest.hexdigest()
+
+
+def git_state(start: Path | None = None) -> dict[str, object]:
+    """The commit the code ran at and whether the tree had uncommitted changes."""
+    root = find_project_root(start) or Path.cwd()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def require_inputs(
+    inputs: Mapping[str, Path], produced_by: Mapping[str, str] | None = None
+) -> None:
+    """Fail early, naming the chapter to run first, when an input file is missing."""
+    for name, path in inputs.items():
+        if not Path(path).exists():
+            chapter = (produced_by or {}).get(name, "an earlier chapter")
+            raise MissingInputError(
+                f"input {name!r} not found at {path}. Run {chapter} first "
+                "(or the whole pipeline: cascade-defect run)."
+            )
+
+
+@dataclass
+class ChapterRun:
+    """Collects timings and counts while a chapter runs, then writes its manifest."""
+
+    chapter: str
+    config: StudyConfig
+    out_dir: Path
+    parameters: dict[str, object] = field(default_factory=dict)
+    inputs: dict[str, Path] = field(default_factory=dict)
+    input_sources: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, object] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Time a step; the seconds go into the manifest under ``timings``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[step] = round(time.perf_counter() - start, 3)
+
+    def write(self, outputs: Mapping[str, Path] | None = None) -> Path:
+        """Write ``manifest.json`` with hashes of inputs (computed now) and the output list."""
+        self.timings["total"] = round(time.perf_counter() - self.started, 3)
+        payload = {
+            "chapter": self.chapter,
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "profile": self.config.profile.name,
+            "config": self.config.summary(),
+            "parameters": self.parameters,
+            "git": git_state(),
+            "python": platform.python_version(),
+            "inputs": {
+                name: {
+                    "path": _display_path(path, self.config.work_dir),
+                    "sha256": tree_sha256(path),
+                    "source": self.input_sources.get(name, "local"),
+                }
+                for name, path in self.inputs.items()
+            },
+            "outputs": {
+                name: _display_path(path, self.config.work_dir)
+                for name, path in (outputs or {}).items()
+            },
+            "counts": self.counts,
+            "timings_s": self.timings,
+        }
+        path = self.out_dir / MANIFEST_NAME
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        return path
+
+
+def read_manifest(stage_dir: Path) -> dict:
+    path = Path(stage_dir) / MANIFEST_NAME
+    if not path.exists():
+        raise MissingInputError(f"no manifest at {path}: that chapter has not run yet")
+    return json.loads(path.read_text())
+
+
+def _display_path(path: Path, work_dir: Path) -> str:
+    """Paths under the work folder are recorded relative to it, so manifests travel."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(work_dir.resolve()).as_posix()
+    except ValueError:
+        return str(path)

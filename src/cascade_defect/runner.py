@@ -1,0 +1,136 @@
+"""Execute the book's notebooks in order with papermill, then render the book.
+
+Each chapter runs in a fresh kernel with the profile's parameters; the run stops at the first
+failing chapter and says which cell failed and where the partly executed notebook is.
+
+Where executed notebooks go: the ``quick`` profile is the book's record, so by default its
+executed notebooks replace the ones in ``notebooks/`` (the files Quarto renders and git keeps).
+Other profiles write to ``<work_dir>/runs/<profile>/notebooks/`` and never touch the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from cascade_defect.settings import StudyConfig
+
+log = logging.getLogger(__name__)
+
+RECORD_PROFILE = "quick"
+
+
+@dataclass(frozen=True)
+class Chapter:
+    notebook: str
+    title: str
+
+
+CHAPTERS: tuple[Chapter, ...] = (
+    Chapter("01_data_strategy.ipynb", "Data strategy"),
+    Chapter("02_split.ipynb", "Split"),
+    Chapter("03_few_shot_annotation.ipynb", "Few-shot annotation"),
+    Chapter("04_label_audit.ipynb", "Label audit"),
+    Chapter("05_yolo_training.ipynb", "YOLOv8 training"),
+    Chapter("06_test_comparison.ipynb", "Test-set comparison"),
+    Chapter("07_cost_analysis.ipynb", "Cost analysis"),
+)
+
+
+class ChapterFailed(RuntimeError):
+    """A chapter raised; the message names the chapter, the cell and the saved notebook."""
+
+
+@dataclass
+class ChapterTiming:
+    notebook: str
+    seconds: float
+    output: Path
+
+
+def default_output_dir(project_root: Path, config: StudyConfig) -> Path:
+    if config.profile.name == RECORD_PROFILE:
+        return project_root / "notebooks"
+    return config.paths.run_dir / "notebooks"
+
+
+def select_chapters(only: Sequence[str] | None) -> list[Chapter]:
+    """Chapters by number or file name (``["03", "04"]``); all of them when ``only`` is empty."""
+    if not only:
+        return list(CHAPTERS)
+    chosen = [
+        c for c in CHAPTERS if any(c.notebook.startswith(key) or c.notebook == key for key in only)
+    ]
+    if len(chosen) != len(set(only)):
+        raise ValueError(
+            f"unknown chapters in {list(only)}; known: {[c.notebook for c in CHAPTERS]}"
+        )
+    return chosen
+
+
+def run_chapters(
+    project_root: Path,
+    config: StudyConfig,
+    *,
+    parameters: dict | None = None,
+    only: Sequence[str] | None = None,
+    output_dir: Path | None = None,
+    kernel_name: str = "python3",
+    progress: bool = True,
+) -> list[ChapterTiming]:
+    """Run the chosen chapters in order, each in a fresh kernel; stop at the first failure."""
+    import papermill as pm
+
+    source_dir = project_root / "notebooks"
+    out_dir = output_dir or default_output_dir(project_root, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {
+        "profile": config.profile.name,
+        "work_dir": str(config.work_dir),
+        "storage": config.storage,
+        **(parameters or {}),
+    }
+    if config.data_dir is not None:
+        params["data_dir"] = str(config.data_dir)
+    # Notebooks must never reach the network for model weights or settings sync.
+    env_defaults = {
+        "YOLO_OFFLINE": "1",
+        "YOLO_AUTOINSTALL": "0",
+        "YOLO_CONFIG_DIR": str(config.work_dir / ".ultralytics"),
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
+    for key, value in env_defaults.items():
+        os.environ.setdefault(key, value)
+    timings: list[ChapterTiming] = []
+    chapters = select_chapters(only)
+    bar = tqdm(chapters, desc="Chapters", unit="nb", disable=not progress)
+    for chapter in bar:
+        bar.set_postfix_str(chapter.notebook)
+        source = source_dir / chapter.notebook
+        target = out_dir / chapter.notebook
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(source),
+                str(target),
+                parameters=params,
+                kernel_name=kernel_name,
+                cwd=str(source_dir),
+                progress_bar=False,
+                request_save_on_cell_execute=True,
+            )
+        except pm.PapermillExecutionError as error:
+            raise ChapterFailed(
+                f"{chapter.notebook} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+                f"The partly executed notebook is at {target}."
+            ) from error
+        seconds = time.perf_counter() - start
+        timings.append(ChapterTiming(chapter.notebook, round(seconds, 1), target))
+        log.info("%s done in %.1f s", chapter.notebook, seconds)
+    return timings

@@ -1,0 +1,293 @@
+"""One place for paths and settings.
+
+Environment variables (prefix ``CASCADE_``) say *where* things are on this machine; profiles say
+*how big* a run is. Notebooks receive only a profile name and a few overrides as papermill
+parameters and turn them into a validated :class:`StudyConfig`, which they print so the book
+records exactly what ran.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProfileName = Literal["smoke", "quick", "full"]
+
+NEU_CLASSES: tuple[str, ...] = (
+    "crazing",
+    "inclusion",
+    "patches",
+    "pitted_surface",
+    "rolled-in_scale",
+    "scratches",
+)
+
+_PROJECT_MARKERS = ("_quarto.yml", "pyproject.toml")
+
+
+def find_project_root(start: Path | None = None) -> Path | None:
+    """Walk up from ``start`` to the folder holding ``_quarto.yml`` and ``pyproject.toml``.
+
+    Notebooks run with their own folder as working directory, so relative defaults must be
+    anchored at the project root rather than at the current directory.
+    """
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if all((candidate / marker).exists() for marker in _PROJECT_MARKERS):
+            return candidate
+    return None
+
+
+class EnvironmentSettings(BaseSettings):
+    """Machine-specific locations, read from ``CASCADE_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="CASCADE_", extra="forbid")
+
+    data_dir: Path | None = Field(
+        default=None,
+        description="Root of the NEU-DET dataset (any supported layout). CASCADE_DATA_DIR.",
+    )
+    yolo_weights: str = Field(
+        default="yolov8n.pt",
+        description=(
+            "COCO-pretrained YOLOv8n checkpoint: a file path, or the bare name, which "
+            "ultralytics downloads on a machine with internet access. CASCADE_YOLO_WEIGHTS."
+        ),
+    )
+    work_dir: Path | None = Field(
+        default=None,
+        description="Where run artefacts go; defaults to <project root>/data. CASCADE_WORK_DIR.",
+    )
+
+
+class SplitSettings(BaseModel):
+    """The three-way split: a tiny labelled seed set, the unlabelled pool and a golden test set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed_fraction: float = Field(0.01, gt=0, lt=1)
+    test_fraction: float = Field(0.20, gt=0, lt=1)
+    random_seed: int = 42
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_pool(self) -> SplitSettings:
+        if self.seed_fraction + self.test_fraction >= 1:
+            raise ValueError("seed_fraction + test_fraction must leave a non-empty pool (< 1)")
+        return self
+
+
+class TrainingSettings(BaseModel):
+    """YOLOv8n fine-tuning size; the profile picks values that fit its hardware."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(10, ge=1)
+    imgsz: int = Field(224, ge=32)
+    batch: int = Field(16, ge=1)
+    workers: int = Field(2, ge=0)
+    device: str = "cpu"
+    patience: int = Field(50, ge=0)
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    noise_levels: list[float] = Field(default_factory=lambda: [0.1, 0.3])
+    noise_epochs: int = Field(5, ge=1)
+
+
+class ProfileSettings(BaseModel):
+    """Everything that changes between the smoke, quick and full runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ProfileName
+    description: str
+    max_images_per_class: int | None = Field(
+        None, ge=4, description="Subsample each class (smoke runs); None keeps every image."
+    )
+    split: SplitSettings = Field(default_factory=SplitSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+
+PROFILES: dict[str, ProfileSettings] = {
+    "smoke": ProfileSettings(
+        name="smoke",
+        description="Tiny subset, one short epoch: proves every notebook runs, in minutes.",
+        max_images_per_class=20,
+        split=SplitSettings(seed_fraction=0.15, test_fraction=0.25),
+        training=TrainingSettings(
+            epochs=1, imgsz=64, batch=8, workers=0, noise_levels=[0.3], noise_epochs=1
+        ),
+    ),
+    "quick": ProfileSettings(
+        name="quick",
+        description="The whole dataset, sized so the book runs on a 2-core CPU.",
+        training=TrainingSettings(epochs=10, imgsz=224, batch=16, workers=2),
+    ),
+    "full": ProfileSettings(
+        name="full",
+        description="GPU-sized: full resolution and long schedules.",
+        training=TrainingSettings(
+            epochs=100,
+            imgsz=640,
+            batch=32,
+            workers=8,
+            device="0",
+            patience=30,
+            noise_levels=[0.05, 0.1, 0.2, 0.3],
+            noise_epochs=100,
+        ),
+    ),
+}
+
+
+class StudyPaths(BaseModel):
+    """Where each chapter reads and writes; chapters hand over only through these files."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_dir: Path
+
+    def stage(self, name: str) -> Path:
+        return self.run_dir / name
+
+    @property
+    def data_card_dir(self) -> Path:
+        return self.stage("01_data_strategy")
+
+    @property
+    def split_dir(self) -> Path:
+        return self.stage("02_split")
+
+    @property
+    def annotation_dir(self) -> Path:
+        return self.stage("03_annotation")
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.stage("04_audit")
+
+    @property
+    def training_dir(self) -> Path:
+        return self.stage("05_training")
+
+    @property
+    def comparison_dir(self) -> Path:
+        return self.stage("06_comparison")
+
+    @property
+    def cost_dir(self) -> Path:
+        return self.stage("07_cost")
+
+
+class StudyConfig(BaseModel):
+    """The validated parameters of one chapter run; printed at the top of every notebook."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: ProfileSettings
+    data_dir: Path | None
+    yolo_weights: str
+    work_dir: Path
+    storage: str = "local"
+
+    @field_validator("storage")
+    @classmethod
+    def _known_storage(cls, value: str) -> str:
+        if value != "local" and not value.startswith("abfss://"):
+            raise ValueError("storage must be 'local' or an abfss:// URL")
+        return value
+
+    @property
+    def paths(self) -> StudyPaths:
+        return StudyPaths(run_dir=self.work_dir / "runs" / self.profile.name)
+
+    def require_data_dir(self) -> Path:
+        """The dataset root, or an error that says how to get the data."""
+        if self.data_dir is None:
+            raise DataLocationError(
+                "No dataset location is set. Point CASCADE_DATA_DIR at a NEU-DET folder "
+                "(any of: IMAGES/+ANNOTATIONS/, train|validation/images/<class>/+annotations/, "
+                "or class subfolders), or run `cascade-defect download` with Kaggle "
+                "credentials (~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY)."
+            )
+        if not self.data_dir.is_dir():
+            raise DataLocationError(
+                f"CASCADE_DATA_DIR={self.data_dir} does not exist or is not a folder."
+            )
+        return self.data_dir
+
+    def summary(self) -> dict[str, object]:
+        """A flat, printable view for the book (no secrets live here by construction)."""
+        return {
+            "profile": self.profile.name,
+            "data_dir": str(self.data_dir) if self.data_dir else None,
+            "yolo_weights": self.yolo_weights,
+            "work_dir": str(self.work_dir),
+            "run_dir": str(self.paths.run_dir),
+            "storage": self.storage,
+            **{f"split.{k}": v for k, v in self.profile.split.model_dump().items()},
+            **{f"training.{k}": v for k, v in self.profile.training.model_dump().items()},
+            "max_images_per_class": self.profile.max_images_per_class,
+        }
+
+
+class DataLocationError(RuntimeError):
+    """The dataset is not where the settings say; the message says how to fix it."""
+
+
+def load_config(
+    profile: str = "quick",
+    *,
+    data_dir: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    yolo_weights: str | None = None,
+    storage: str = "local",
+    overrides: dict | None = None,
+) -> StudyConfig:
+    """Build the validated configuration for a run from a profile plus explicit overrides.
+
+    Explicit arguments beat environment variables, which beat defaults. ``overrides`` is a nested
+    dict merged into the profile (for example ``{"training": {"epochs": 3}}``), validated with
+    ``extra="forbid"`` so a misspelt papermill parameter fails loudly.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    env = EnvironmentSettings()
+    merged = _deep_merge(PROFILES[profile].model_dump(), overrides or {})
+    profile_settings = ProfileSettings.model_validate(merged)
+    resolved_work_dir = Path(work_dir) if work_dir else env.work_dir
+    if resolved_work_dir is None:
+        root = find_project_root() or Path.cwd()
+        resolved_work_dir = root / "data"
+    resolved_data = Path(data_dir) if data_dir else env.data_dir
+    return StudyConfig(
+        profile=profile_settings,
+        data_dir=_absolute(resolved_data) if resolved_data else None,
+        yolo_weights=_resolve_weights(yolo_weights or env.yolo_weights),
+        work_dir=_absolute(resolved_work_dir),
+        storage=storage,
+    )
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path.expanduser()))
+
+
+def _resolve_weights(value: str) -> str:
+    """Absolute path when the weights are a local file; the bare name lets ultralytics download."""
+    candidate = Path(value).expanduser()
+    if candidate.exists():
+        return str(_absolute(candidate))
+    return value
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,206 @@
+"""The work behind chapters 01 and 02, callable from notebooks, the CLI and tests alike.
+
+Each function reads its declared inputs, writes its declared outputs and a manifest, and returns
+what the chapter shows. Nothing is passed between chapters in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cascade_defect.dataset import Box, Dataset, ImageRecord, Quirk, data_card, load_dataset
+from cascade_defect.manifest import ChapterRun, require_inputs
+from cascade_defect.settings import StudyConfig
+from cascade_defect.split import (
+    SplitLayout,
+    assign_splits,
+    leakage_report,
+    split_table,
+    write_split,
+)
+
+
+@dataclass(frozen=True)
+class DataStrategyOutputs:
+    """Files written by chapter 01."""
+
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images.csv"
+
+    @property
+    def boxes(self) -> Path:
+        return self.root / "boxes.csv"
+
+    @property
+    def quirks(self) -> Path:
+        return self.root / "quirks.csv"
+
+    @property
+    def card(self) -> Path:
+        return self.root / "data_card.json"
+
+
+@dataclass
+class DataStrategyResult:
+    dataset: Dataset
+    card: dict
+    outputs: DataStrategyOutputs
+
+
+def run_data_strategy(config: StudyConfig, on_error: str = "raise") -> DataStrategyResult:
+    """Load the dataset, subsample it for the profile, write the data card and the image index."""
+    data_dir = config.require_data_dir()
+    out = DataStrategyOutputs(config.paths.data_card_dir)
+    run = ChapterRun("01_data_strategy", config, out.root, parameters={"on_error": on_error})
+    run.input_sources["dataset"] = str(data_dir)
+    with run.timed("load"):
+        dataset = load_dataset(data_dir, on_error=on_error)  # type: ignore[arg-type]
+    full_card = data_card(dataset)
+    per_class = config.profile.max_images_per_class
+    if per_class is not None:
+        dataset = dataset.subsample(per_class, seed=config.profile.split.random_seed)
+    card = data_card(dataset)
+    card["full_dataset"] = {
+        "n_images": full_card["n_images"],
+        "quirks": full_card["quirks"],
+        "images_per_class": full_card["images_per_class"],
+    }
+    card["subsampled_per_class"] = per_class
+    with run.timed("write"):
+        dataset.images_frame().to_csv(out.images, index=False)
+        dataset.boxes_frame().to_csv(out.boxes, index=False)
+        dataset.quirks_frame().to_csv(out.quirks, index=False)
+        out.card.write_text(json.dumps(card, indent=2) + "\n")
+    run.counts.update(
+        n_images=card["n_images"],
+        n_boxes=card["boxes"]["n_boxes"],
+        n_quirks=len(dataset.quirks),
+        n_quarantined=len(dataset.quarantined),
+    )
+    run.write(
+        {"images": out.images, "boxes": out.boxes, "quirks": out.quirks, "data_card": out.card}
+    )
+    return DataStrategyResult(dataset=dataset, card=card, outputs=out)
+
+
+def dataset_from_index(out: DataStrategyOutputs) -> Dataset:
+    """Rebuild the dataset from chapter 01's files (no re-scan, no hidden state)."""
+    require_inputs(
+        {"images": out.images, "boxes": out.boxes, "data_card": out.card},
+        {
+            "images": "notebook 01 (data strategy)",
+            "boxes": "notebook 01",
+            "data_card": "notebook 01",
+        },
+    )
+    card = json.loads(out.card.read_text())
+    images = pd.read_csv(out.images, keep_default_na=False, na_values=[""])
+    boxes = pd.read_csv(out.boxes)
+    quirks = (
+        pd.read_csv(out.quirks, keep_default_na=False) if out.quirks.exists() else pd.DataFrame()
+    )
+    boxes_by_image: dict[str, list[Box]] = {}
+    for row in boxes.itertuples(index=False):
+        boxes_by_image.setdefault(str(row.image_id), []).append(
+            Box(
+                str(row.class_name),
+                float(row.xmin),
+                float(row.ymin),
+                float(row.xmax),
+                float(row.ymax),
+                bool(row.truncated),
+                bool(row.difficult),
+            )
+        )
+    records = [
+        ImageRecord(
+            image_id=str(row.image_id),
+            class_name=str(row.class_name),
+            image_path=Path(row.image_path),
+            annotation_path=Path(row.annotation_path)
+            if isinstance(row.annotation_path, str)
+            else None,
+            width=int(row.width),
+            height=int(row.height),
+            mode=str(row.mode),
+            sha256=str(row.sha256),
+            pixel_hash=str(row.pixel_hash),
+            boxes=boxes_by_image.get(str(row.image_id), []),
+        )
+        for row in images.itertuples(index=False)
+    ]
+    return Dataset(
+        root=Path(card["root"]),
+        layout=card["layout"],
+        class_names=list(card["class_names"]),
+        images=records,
+        quirks=[
+            Quirk(str(q.kind), str(q.path), str(q.detail), str(q.image_id) or None)
+            for q in quirks.itertuples(index=False)
+        ],
+        quarantined=[],
+    )
+
+
+@dataclass
+class SplitResult:
+    assignment: pd.DataFrame
+    table: pd.DataFrame
+    leakage: dict[str, int]
+    layout: SplitLayout
+    duplicates: pd.DataFrame
+
+
+def run_split(config: StudyConfig) -> SplitResult:
+    """Split chapter 01's index into seed / pool / test and export each split."""
+    source = DataStrategyOutputs(config.paths.data_card_dir)
+    run = ChapterRun(
+        "02_split",
+        config,
+        config.paths.split_dir,
+        parameters=config.profile.split.model_dump(),
+        inputs={"images": source.images, "boxes": source.boxes},
+    )
+    dataset = dataset_from_index(source)
+    images = dataset.images_frame()
+    with run.timed("assign"):
+        assignment = assign_splits(images, config.profile.split)
+    leakage = leakage_report(assignment)
+    if any(leakage.values()):
+        raise AssertionError(f"split leaks across splits: {leakage}")
+    # write_split clears the chapter folder, so the manifest is written after it.
+    with run.timed("export"):
+        layout = write_split(dataset, assignment, config.paths.split_dir)
+    table = split_table(assignment)
+    dup_hashes = assignment["pixel_hash"][assignment["pixel_hash"].duplicated(keep=False)]
+    duplicates = assignment[assignment["pixel_hash"].isin(dup_hashes)][
+        ["image_id", "class_name", "split", "sha256"]
+    ].sort_values("image_id")
+    (layout.root / "split_table.csv").write_text(table.to_csv())
+    (layout.root / "leakage.json").write_text(json.dumps(leakage, indent=2) + "\n")
+    run.counts.update(
+        {
+            f"n_{split}": int((assignment["split"] == split).sum())
+            for split in ("seed", "pool", "test")
+        }
+    )
+    run.counts["n_duplicate_images"] = len(duplicates)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    run.write(
+        {
+            "split_manifest": layout.split_manifest,
+            "seed": layout.seed_listing,
+            "pool": layout.pool_listing,
+            "test": layout.test_listing,
+            "pool_ground_truth": layout.ground_truth_dir,
+            "yolo": layout.root / "yolo",
+        }
+    )
+    return SplitResult(assignment, table, leakage, layout, duplicates)

@@ -1,0 +1,93 @@
+"""Tiny generated datasets shaped like NEU-DET, in each layout people have, with chosen quirks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cascade_defect.settings import NEU_CLASSES
+
+
+def texture(class_index: int, variant: int, size: int = 64) -> np.ndarray:
+    """A greyscale texture that differs by class (stripe angle and frequency) and by variant."""
+    rng = np.random.default_rng(1000 * class_index + variant)
+    yy, xx = np.mgrid[0:size, 0:size]
+    angle = np.pi * class_index / len(NEU_CLASSES)
+    freq = 0.15 + 0.08 * class_index
+    wave = np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy) + variant)
+    noise = rng.normal(0, 0.25, (size, size))
+    return np.clip(128 + 80 * wave + 30 * noise, 0, 255).astype(np.uint8)
+
+
+def voc_xml(
+    filename: str, width: int, height: int, objects: Sequence[tuple[str, int, int, int, int]]
+) -> str:
+    parts = [
+        "<annotation>",
+        f"<filename>{filename}</filename>",
+        f"<size><width>{width}</width><height>{height}</height><depth>1</depth></size>",
+    ]
+    for name, x1, y1, x2, y2 in objects:
+        parts.append(
+            f"<object><name>{name}</name><truncated>0</truncated><difficult>0</difficult>"
+            f"<bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+        )
+    parts.append("</annotation>")
+    return "\n".join(parts)
+
+
+def make_neu_like(
+    root: Path,
+    *,
+    layout: str = "flat",
+    per_class: int = 6,
+    classes: Sequence[str] = NEU_CLASSES,
+    size: int = 64,
+    duplicate: bool = False,
+    cross_class_box: bool = False,
+    missing_xml: bool = False,
+    filename_without_extension: bool = False,
+    corrupt_image: bool = False,
+    broken_xml: bool = False,
+) -> Path:
+    """Write a NEU-like dataset; each flag plants one quirk. Returns ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for ci, name in enumerate(classes):
+        for i in range(1, per_class + 1):
+            stem = f"{name}_{i}"
+            if layout == "flat":
+                validation = i == per_class
+                image_dir = root / ("Validation_Images" if validation else "IMAGES")
+                xml_dir = root / ("Validation_Annotations" if validation else "ANNOTATIONS")
+            elif layout == "kaggle":
+                part = "validation" if i == per_class else "train"
+                image_dir = root / part / "images" / name
+                xml_dir = root / part / "annotations"
+            elif layout == "subfolders":
+                image_dir = root / name
+                xml_dir = root / name
+            else:
+                raise ValueError(layout)
+            image_dir.mkdir(parents=True, exist_ok=True)
+            xml_dir.mkdir(parents=True, exist_ok=True)
+            pixels = texture(ci, i, size)
+            if duplicate and ci == 2 and i == 2:
+                pixels = texture(ci, 1, size)  # pixel-identical to <class>_1
+            Image.fromarray(pixels).convert("RGB").save(image_dir / f"{stem}.jpg", quality=95)
+            objects = [(name, 4, 4, size // 2, size // 2)]
+            if cross_class_box and ci == 2 and i == 3:
+                objects.append((classes[1], size // 2, size // 2, size - 2, size - 2))
+            if missing_xml and ci == 0 and i == 2:
+                continue
+            filename = stem if (filename_without_extension and i == 1) else f"{stem}.jpg"
+            (xml_dir / f"{stem}.xml").write_text(voc_xml(filename, size, size, objects))
+    if corrupt_image:
+        target = next(root.rglob(f"{classes[3]}_1.jpg"))
+        target.write_bytes(target.read_bytes()[:200])
+    if broken_xml:
+        target = next(root.rglob(f"{classes[4]}_1.xml"))
+        target.write_text("<annotation><object><name>oops</name>")
+    return root

@@ -1,0 +1,113 @@
+"""The loader on tiny generated datasets: each layout, each quirk, each kind of broken file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cascade_defect.dataset import DatasetError, data_card, load_dataset
+from cascade_defect.settings import NEU_CLASSES
+from tests.synthetic import make_neu_like
+
+
+@pytest.mark.parametrize("layout", ["flat", "kaggle", "subfolders"])
+def test_every_layout_loads_all_images_with_their_class(tmp_path: Path, layout: str) -> None:
+    root = make_neu_like(tmp_path / layout, layout=layout, per_class=4)
+    dataset = load_dataset(root, progress=False)
+    assert len(dataset.images) == 4 * len(NEU_CLASSES)
+    for record in dataset.images:
+        assert record.image_id.startswith(record.class_name + "_")
+        assert record.annotation_path is not None
+        assert [b.class_name for b in record.boxes] == [record.class_name]
+    assert data_card(dataset)["images_per_class"] == dict.fromkeys(NEU_CLASSES, 4)
+
+
+def test_flat_layout_includes_validation_folders(tmp_path: Path) -> None:
+    root = make_neu_like(tmp_path, layout="flat", per_class=3)
+    dataset = load_dataset(root, progress=False)
+    from_validation = [r for r in dataset.images if "Validation_Images" in str(r.image_path)]
+    assert len(from_validation) == len(NEU_CLASSES)
+    assert "Validation" in dataset.layout
+
+
+def test_longest_class_prefix_wins(tmp_path: Path) -> None:
+    classes = ("rolled", "rolled-in_scale", "scratches")
+    root = make_neu_like(tmp_path, layout="flat", per_class=2, classes=classes)
+    dataset = load_dataset(root, class_names=classes, progress=False)
+    by_id = {r.image_id: r.class_name for r in dataset.images}
+    assert by_id["rolled-in_scale_1"] == "rolled-in_scale"
+    assert by_id["rolled_1"] == "rolled"
+
+
+def test_classes_inferred_from_folders_when_not_given(tmp_path: Path) -> None:
+    root = make_neu_like(tmp_path, layout="subfolders", per_class=2, classes=("dent", "hole punch"))
+    dataset = load_dataset(root, class_names=None, progress=False)
+    assert dataset.class_names == ["dent", "hole punch"]
+
+
+def test_quirks_are_reported_not_fatal(tmp_path: Path) -> None:
+    root = make_neu_like(
+        tmp_path,
+        per_class=4,
+        duplicate=True,
+        cross_class_box=True,
+        missing_xml=True,
+        filename_without_extension=True,
+    )
+    dataset = load_dataset(root, progress=False)
+    card = data_card(dataset)
+    assert card["n_images"] == 4 * len(NEU_CLASSES)  # nothing dropped
+    assert card["quirks"]["duplicate_image"] == 2
+    assert card["quirks"]["cross_class_box"] == 1
+    assert card["images_with_cross_class_boxes"] == 1
+    assert card["quirks"]["missing_annotation"] == 1
+    assert card["quirks"]["mismatched_filename"] == len(NEU_CLASSES)  # every <class>_1.xml
+    missing = next(r for r in dataset.images if r.image_id == "crazing_2")
+    assert missing.annotation_path is None and missing.boxes == []
+    cross = next(r for r in dataset.images if r.image_id == "patches_3")
+    assert sorted(b.class_name for b in cross.boxes) == ["inclusion", "patches"]  # kept
+
+
+def test_corrupt_image_raises_with_its_name(tmp_path: Path) -> None:
+    root = make_neu_like(tmp_path, per_class=3, corrupt_image=True)
+    with pytest.raises(DatasetError, match=r"pitted_surface_1\.jpg"):
+        load_dataset(root, progress=False)
+
+
+def test_unparsable_xml_raises_with_its_name(tmp_path: Path) -> None:
+    root = make_neu_like(tmp_path, per_class=3, broken_xml=True)
+    with pytest.raises(DatasetError, match=r"rolled-in_scale_1\.xml"):
+        load_dataset(root, progress=False)
+
+
+def test_quarantine_sets_broken_files_aside_and_counts_them(tmp_path: Path) -> None:
+    root = make_neu_like(tmp_path, per_class=3, corrupt_image=True, broken_xml=True)
+    dataset = load_dataset(root, on_error="quarantine", progress=False)
+    kinds = sorted(q.kind for q in dataset.quarantined)
+    assert kinds == ["corrupt_image", "unparsable_annotation"]
+    assert len(dataset.images) == 3 * len(NEU_CLASSES) - 2
+    assert len(data_card(dataset)["quarantined"]) == 2
+
+
+def test_empty_or_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not found"):
+        load_dataset(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images"):
+        load_dataset(tmp_path / "empty")
+
+
+def test_image_of_unknown_class_is_an_error(tmp_path: Path) -> None:
+    root = make_neu_like(tmp_path, per_class=2, classes=("crazing", "dents"))
+    with pytest.raises(DatasetError, match=r"dents_1\.jpg"):
+        load_dataset(root, progress=False)
+
+
+def test_subsample_keeps_per_class_counts(tmp_path: Path) -> None:
+    dataset = load_dataset(make_neu_like(tmp_path, per_class=6), progress=False)
+    small = dataset.subsample(3, seed=1)
+    assert data_card(small)["images_per_class"] == dict.fromkeys(NEU_CLASSES, 3)
+    assert [r.image_id for r in dataset.subsample(3, seed=1).images] == [
+        r.image_id for r in small.images
+    ]

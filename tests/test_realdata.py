@@ -1,0 +1,58 @@
+"""The real NEU-DET: the loader sees exactly what PROVENANCE.txt documents, and the split holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cascade_defect.dataset import data_card, load_dataset
+from cascade_defect.settings import NEU_CLASSES, load_config
+from cascade_defect.stages import run_data_strategy, run_split
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def card(real_data_dir: Path) -> dict:
+    return data_card(load_dataset(real_data_dir, progress=False))
+
+
+def test_real_counts_match_the_documented_dataset(card: dict) -> None:
+    assert card["n_images"] == 1800
+    assert card["images_per_class"] == dict.fromkeys(NEU_CLASSES, 300)
+    assert card["boxes"]["n_boxes"] == 4189
+    assert card["boxes"]["by_box_class"] == {
+        "crazing": 689,
+        "inclusion": 1011,
+        "patches": 881,
+        "pitted_surface": 432,
+        "rolled-in_scale": 628,
+        "scratches": 548,
+    }
+    assert card["boxes"]["truncated"] == 1507 and card["boxes"]["difficult"] == 81
+
+
+def test_real_quirks_are_all_reported(card: dict) -> None:
+    assert card["quirks"]["cross_class_box"] == 188
+    assert card["images_with_cross_class_boxes"] == 123
+    assert card["quirks"]["mismatched_filename"] == 174
+    assert card["quirks"]["duplicate_image"] == 2
+    assert card["quarantined"] == []
+
+
+def test_real_split_is_18_1422_360_and_keeps_the_duplicate_pair_together(
+    real_data_dir: Path, tmp_path: Path
+) -> None:
+    config = load_config("quick", data_dir=real_data_dir, work_dir=tmp_path)
+    run_data_strategy(config)
+    result = run_split(config)
+    assert result.assignment["split"].value_counts().to_dict() == {
+        "pool": 1422,
+        "test": 360,
+        "seed": 18,
+    }
+    pair = result.assignment.set_index("image_id").loc[["patches_101", "patches_105"], "split"]
+    assert pair.nunique() == 1
+    assert not any(result.leakage.values())
+    assert (config.paths.split_dir / "manifest.json").exists()
