@@ -1,0 +1,156 @@
+"""Figures for the cost chapter; each function takes a DataFrame from ``costs`` and returns a Figure.
+
+Kept apart from the computations so that the numbers can be tested without matplotlib
+and the figures restyled without touching the arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+MODE_ORDER = ("standard", "standard+cache", "batch", "batch+cache")
+
+
+def _mode_labels(frame: pd.DataFrame) -> pd.Series:
+    return frame["mode"] + frame["prompt_caching"].map({False: "", True: "+cache"})
+
+
+def plot_cost_grid(grid: pd.DataFrame, kind: str = "bar", value: str = "total_usd") -> Figure:
+    """Model x billing-mode cost (a :func:`~cascade_defect.costs.cost_grid` frame).
+
+    ``kind="bar"`` compares modes within each model on a log axis (costs span two orders
+    of magnitude); ``kind="heatmap"`` prints the dollar figure in every cell.
+    """
+    frame = grid.assign(mode_label=_mode_labels(grid))
+    models = list(dict.fromkeys(frame["model"]))
+    if kind == "heatmap":
+        table = frame.pivot(index="model", columns="mode_label", values=value)
+        table = table.reindex(index=models, columns=[m for m in MODE_ORDER if m in table])
+        fig, ax = plt.subplots(figsize=(7, 0.45 * len(models) + 1.5))
+        sns.heatmap(
+            table,
+            annot=True,
+            fmt=".2f",
+            cmap="viridis_r",
+            norm=_log_norm(table.to_numpy()),
+            cbar_kws={"label": "USD"},
+            ax=ax,
+        )
+        ax.set_xlabel("billing mode")
+        ax.set_ylabel("")
+    elif kind == "bar":
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        sns.barplot(
+            data=frame,
+            x="model",
+            y=value,
+            hue="mode_label",
+            order=models,
+            hue_order=[m for m in MODE_ORDER if m in set(frame["mode_label"])],
+            ax=ax,
+        )
+        ax.set_yscale("log")
+        ax.set_ylabel("USD (log scale)")
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(title="billing mode")
+    else:
+        raise ValueError("kind must be 'bar' or 'heatmap'")
+    ax.set_title(f"Cost to annotate {int(frame['n_images'].iloc[0]):,} images")
+    fig.tight_layout()
+    return fig
+
+
+def _log_norm(values: np.ndarray) -> LogNorm | None:
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size == 0:
+        return None
+    return LogNorm(vmin=positive.min(), vmax=positive.max())
+
+
+def plot_sensitivity(
+    sweep: pd.DataFrame,
+    parameter: str,
+    value: str = "total_usd",
+    logy: bool = True,
+    reference: float | None = None,
+    reference_label: str = "",
+) -> Figure:
+    """Cost against one swept parameter (a ``cost_vs_*`` frame), one line per model and mode.
+
+    ``reference`` draws a horizontal line, e.g. a budget or the human-labelling cost.
+    """
+    frame = sweep.assign(mode_label=_mode_labels(sweep))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sns.lineplot(
+        data=frame,
+        x=parameter,
+        y=value,
+        hue="model",
+        style="mode_label",
+        style_order=[m for m in MODE_ORDER if m in set(frame["mode_label"])],
+        marker="o",
+        ax=ax,
+    )
+    if logy:
+        ax.set_yscale("log")
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle=":", linewidth=1)
+        if reference_label:
+            ax.annotate(
+                reference_label,
+                (ax.get_xlim()[0], reference),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize=8,
+            )
+    ax.set_xlabel(parameter.replace("_", " "))
+    ax.set_ylabel("USD" + (" (log scale)" if logy else ""))
+    ax.legend(fontsize=8, ncols=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_break_even(
+    human_cost_per_image: Mapping[str, float],
+    mllm_cost_per_image: Mapping[str, float],
+    max_images: int,
+    mllm_fixed_cost: float = 0.0,
+) -> Figure:
+    """Cumulative cost against pool size: human options (dashed) vs MLLM options (solid)."""
+    n = np.linspace(0, max_images, 200)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, per_image in human_cost_per_image.items():
+        ax.plot(n, n * per_image, linestyle="--", label=f"human: {label}")
+    for label, per_image in mllm_cost_per_image.items():
+        ax.plot(n, mllm_fixed_cost + n * per_image, label=f"MLLM: {label}")
+    ax.set_xlabel("images annotated")
+    ax.set_ylabel("cumulative USD")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cost_per_1000(
+    costs: pd.DataFrame | pd.Series, labels: Sequence[str] | None = None
+) -> Figure:
+    """Bar chart of USD per 1,000 images (a :func:`~cascade_defect.costs.cost_per_1000_images`
+    Series, or a DataFrame with one such Series per column)."""
+    frame = costs.to_frame() if isinstance(costs, pd.Series) else costs
+    if labels is not None:
+        frame = frame.set_axis(list(labels), axis=1)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    frame.plot.bar(ax=ax, rot=0)
+    ax.set_ylabel("USD per 1,000 images")
+    ax.set_xlabel("")
+    if frame.shape[1] == 1:
+        ax.get_legend().remove()
+    fig.tight_layout()
+    return fig
