@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from cascade_defect.progress import progress_disabled
 from cascade_defect.settings import NEU_CLASSES
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,9 @@ def load_dataset(
     ids = _unique_ids(root, image_files, quirks)
     records: list[ImageRecord] = []
     used_xml: set[Path] = set()
-    for image_path in tqdm(image_files, desc="Reading images", disable=not progress, unit="img"):
+    for image_path in tqdm(
+        image_files, desc="Reading images", disable=progress_disabled(progress), unit="img"
+    ):
         image_id = ids[image_path]
         class_name = _image_class(root, image_path, known)
         if class_name is None:

@@ -88,6 +88,7 @@ def build_preview(
         body, _ = exporter.from_notebook_node(
             notebook, resources={"metadata": {"name": page.title}}
         )
+        body = _drop_remote_scripts(body)
         body = _add_navigation(body, pages, position, book_title)
         (out / page.html_name).write_text(body, encoding="utf-8")
     return out
@@ -133,7 +134,19 @@ def _read_include(path: Path) -> str:
     return path.read_text()
 
 
+_REMOTE_SCRIPT = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*>\s*</script>\s*')
+
+
+def _drop_remote_scripts(body: str) -> str:
+    """The preview must work offline: drop CDN scripts (require.js, MathJax) the pages do not need.
+
+    The chapters render plots, tables and text; none uses widgets or LaTeX, so nothing is lost.
+    """
+    return _REMOTE_SCRIPT.sub("", body)
+
+
 _NAV_STYLE = """
+<link rel="icon" href="data:,">
 <style>
 .cd-sidebar{position:fixed;top:0;left:0;width:230px;height:100%;overflow-y:auto;background:#f7f7f9;
 border-right:1px solid #ddd;padding:16px 12px;font-family:system-ui,sans-serif;font-size:14px;z-index:10}

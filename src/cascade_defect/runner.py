@@ -104,6 +104,7 @@ def run_chapters(
         "YOLO_AUTOINSTALL": "0",
         "YOLO_CONFIG_DIR": str(config.work_dir / ".ultralytics"),
         "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        "CASCADE_PROGRESS": "off",
     }
     for key, value in env_defaults.items():
         os.environ.setdefault(key, value)

@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cascade_defect.dataset import Dataset, ImageRecord
+from cascade_defect.progress import progress_disabled
 from cascade_defect.settings import SplitSettings
 
 SPLITS = ("seed", "pool", "test")
@@ -165,7 +166,10 @@ def write_split(
     listings: dict[str, list[dict]] = {split: [] for split in SPLITS}
     box_rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for image_id in tqdm(
-        assignment["image_id"], desc="Exporting split", disable=not progress, unit="img"
+        assignment["image_id"],
+        desc="Exporting split",
+        disable=progress_disabled(progress),
+        unit="img",
     ):
         record = by_id[image_id]
         split = split_of[image_id]
