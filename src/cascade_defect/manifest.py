@@ -97,6 +97,35 @@ class ChapterRun:
 
     def __post_init__(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._storage = None
+        if self.config.storage != "local":
+            self._pull_inputs()
+
+    def _remote_path(self, path: Path) -> str:
+        """A work-folder path as the same relative path in the lake."""
+        return Path(path).resolve().relative_to(self.config.work_dir.resolve()).as_posix()
+
+    def _pull_inputs(self) -> None:
+        """With lake storage, bring declared inputs down first (unchanged files are skipped by hash)."""
+        from cascade_defect.storage import open_storage
+
+        self._storage = open_storage(self.config.storage, local_root=self.config.work_dir)
+        for name, path in self.inputs.items():
+            remote = self._remote_path(path)
+            if self._storage.stat(remote) is None:
+                if Path(path).exists():
+                    self.input_sources[name] = "local (not in the lake yet)"
+                    continue
+                raise MissingInputError(
+                    f"input {name!r} is neither in {self.config.storage} nor at {path}"
+                )
+            entry = self._storage.stat(remote)
+            if entry is not None and entry.is_dir:
+                self._storage.download_tree(remote, Path(path))
+            else:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).write_bytes(self._storage.read_bytes(remote))
+            self.input_sources[name] = self._storage.url_for(remote)
 
     @contextmanager
     def timed(self, step: str) -> Iterator[None]:
@@ -134,7 +163,12 @@ class ChapterRun:
             "timings_s": self.timings,
         }
         path = self.out_dir / MANIFEST_NAME
+        if self._storage is not None:
+            payload["storage"] = self._storage.url_for(self._remote_path(self.out_dir))
         path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        if self._storage is not None:
+            # Outputs go to the lake too, so training jobs and teammates read the same files.
+            self._storage.upload_tree(self.out_dir, self._remote_path(self.out_dir))
         return path
 
 

@@ -166,7 +166,12 @@ def run_split(config: StudyConfig) -> SplitResult:
         config,
         config.paths.split_dir,
         parameters=config.profile.split.model_dump(),
-        inputs={"images": source.images, "boxes": source.boxes},
+        inputs={
+            "images": source.images,
+            "boxes": source.boxes,
+            "quirks": source.quirks,
+            "data_card": source.card,
+        },
     )
     dataset = dataset_from_index(source)
     images = dataset.images_frame()
