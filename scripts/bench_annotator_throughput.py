@@ -1,0 +1,159 @@
+"""Throughput of the online annotator under latency and a rate limit, plus the pool's cost.
+
+Starts the loopback fake OpenAI server (tests/fake_openai_server.py) with a fixed
+per-request latency and a requests-per-minute token bucket that answers 429 with
+Retry-After beyond it, annotates the same generated pool at several concurrency
+levels (fresh store each time) and prints images per minute. Then estimates, from
+the real few-shot prompt and the real o200k tokenizer, what annotating the whole
+NEU-DET pool costs with the chosen model, standard and Batch, next to the original
+back-of-envelope figure (1,420 requests x ~2,500 input tokens at gpt-4o's price).
+
+    .venv/bin/python scripts/bench_annotator_throughput.py
+    .venv/bin/python scripts/bench_annotator_throughput.py --images 24 --concurrency 1 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # for tests.fake_openai_server and tests.conftest_annotate
+
+from cascade_defect import pricing  # noqa: E402
+from cascade_defect.annotate.client import MLLMAnnotator, RetryPolicy, make_client  # noqa: E402
+from cascade_defect.annotate.estimate import (  # noqa: E402
+    count_text_tokens,
+    estimate_pool_cost,
+    typical_answer_json,
+)
+from cascade_defect.annotate.prompt import SeedExample, build_prompt  # noqa: E402
+from cascade_defect.annotate.store import AnnotationStore  # noqa: E402
+from cascade_defect.settings import NEU_CLASSES  # noqa: E402
+from tests.conftest_annotate import make_world, openai_env, texture_jpeg  # noqa: E402
+from tests.fake_openai_server import FakeOpenAIServer  # noqa: E402
+
+NEU_POOL_IMAGES = 1422
+ORIGINAL_ESTIMATE_REQUESTS = 1420
+ORIGINAL_ESTIMATE_INPUT_TOKENS = 2500
+
+
+def bench_throughput(args: argparse.Namespace, root: Path) -> list[dict[str, float]]:
+    world = make_world(root / "world", n_pool=args.images, seeds_per_class=3)
+    rows = []
+    for concurrency in args.concurrency:
+        with FakeOpenAIServer(
+            latency_s=args.latency,
+            rate_limit_per_minute=args.rpm,
+            rate_limit_burst=args.burst,
+        ) as server:
+            client, config = make_client("openai", "gpt-4o", environ=openai_env(server))
+            annotator = MLLMAnnotator(
+                client,
+                config,
+                build_prompt(world.seeds, world.class_names),
+                AnnotationStore(root / f"store-c{concurrency}.jsonl"),
+                concurrency=concurrency,
+                budget_usd=None,
+                retry=RetryPolicy(max_rate_limit_waits=1000),
+                progress=False,
+            )
+            started = time.monotonic()
+            summary = annotator.annotate(world.pool)
+            wall = time.monotonic() - started
+            rows.append(
+                {
+                    "concurrency": concurrency,
+                    "ok": summary.ok,
+                    "wall_s": wall,
+                    "images_per_minute": 60.0 * summary.ok / wall,
+                    "http_requests": summary.http_requests,
+                    "rate_limited_429": summary.rate_limited,
+                }
+            )
+            print(
+                f"concurrency {concurrency:>3}: {summary.ok}/{args.images} images in {wall:6.1f} s"
+                f" = {rows[-1]['images_per_minute']:6.1f} images/min"
+                f" ({summary.http_requests} requests, {summary.rate_limited} answered 429)",
+                flush=True,
+            )
+    return rows
+
+
+def pool_cost(args: argparse.Namespace) -> dict[str, float]:
+    """Cost of the full NEU pool with 18 seeds (3 per class) at 200x200, from the real prompt."""
+    seeds = []
+    for class_index, name in enumerate(NEU_CLASSES):
+        for variant in range(3):
+            boxes = tuple(
+                (name, 0.05 + 0.3 * b, 0.1, 0.3 + 0.3 * b, 0.8) for b in range(args.boxes_per_seed)
+            )
+            seeds.append(
+                SeedExample(f"{name}_{variant}", texture_jpeg(class_index, variant), name, boxes)
+            )
+    prompt = build_prompt(seeds, NEU_CLASSES, detail=args.detail)
+    completion = count_text_tokens(typical_answer_json(n_boxes=args.boxes_per_seed), args.model)
+    estimate, run = estimate_pool_cost(
+        prompt, texture_jpeg(0, 999), NEU_POOL_IMAGES, args.model, completion_tokens=completion
+    )
+    price = pricing.price_for("gpt-4o")
+    original = (
+        ORIGINAL_ESTIMATE_REQUESTS * ORIGINAL_ESTIMATE_INPUT_TOKENS * price.input_per_mtok / 1e6
+    )
+    print(f"\nNEU pool estimate: {NEU_POOL_IMAGES} images, {args.model}, detail={args.detail}")
+    print(
+        f"  prompt per request: {estimate.prompt_tokens} tokens = {estimate.text_tokens} text"
+        f" + {estimate.image_tokens} image ({estimate.n_images} images)"
+        f" + {estimate.overhead_tokens} message overhead;"
+        f" shared prefix {estimate.prefix_tokens}, cacheable {estimate.cacheable_tokens}"
+    )
+    print(f"  completion per request: ~{completion} tokens (typical answer, counted)")
+    print(f"  per request (no cache):        ${run.per_request_usd:.5f}")
+    print(f"  standard, no cache hits:       ${run.standard_usd:8.2f}")
+    print(f"  standard, prefix cache warm:   ${run.standard_cached_usd:8.2f}")
+    print(f"  Batch API:                     ${run.batch_usd:8.2f}")
+    print(f"  Batch API, with cache hits:    ${run.batch_cached_usd:8.2f}")
+    print(
+        f"  original estimate: {ORIGINAL_ESTIMATE_REQUESTS} x {ORIGINAL_ESTIMATE_INPUT_TOKENS}"
+        f" input tokens at gpt-4o ${price.input_per_mtok}/M = ${original:.2f} (input only)"
+    )
+    print(f"  prices: {price.source.split()[0]} ({price.date})")
+    return {**run.as_dict(), "original_estimate_usd": original}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--latency", type=float, default=1.0, help="seconds per request")
+    parser.add_argument("--rpm", type=float, default=120.0, help="rate limit, requests/minute")
+    parser.add_argument("--burst", type=int, default=4, help="token-bucket burst size")
+    parser.add_argument("--model", default="gpt-4o")
+    parser.add_argument("--detail", default="low", choices=["low", "high", "auto"])
+    parser.add_argument("--boxes-per-seed", type=int, default=2)
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    print(
+        f"fake server: {args.latency:.1f} s latency, {args.rpm:.0f} requests/min"
+        f" (burst {args.burst}), 429 + Retry-After beyond; {args.images} images"
+    )
+    results: dict[str, object] = {}
+    if not args.skip_throughput:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["throughput"] = bench_throughput(args, Path(tmp))
+    results["pool_cost"] = pool_cost(args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), "utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""Helpers shared by the annotator tests: tiny NEU-like images, seeds, pool, clients.
+
+Plain functions rather than fixtures so test modules can import them without
+shadowing; each test module wraps what it needs in its own fixtures.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cascade_defect.annotate.client import MLLMAnnotator, PoolImage, RetryPolicy, make_client
+from cascade_defect.annotate.prompt import SeedExample, build_prompt
+from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.settings import NEU_CLASSES
+from tests.fake_openai_server import FakeOpenAIServer
+
+IMAGE_SIZE = 200
+
+
+def texture_jpeg(class_index: int, variant: int, size: int = IMAGE_SIZE) -> bytes:
+    """A greyscale JPEG whose stripes depend on the class and whose noise on the variant."""
+    rng = np.random.default_rng(7919 * class_index + variant)
+    yy, xx = np.mgrid[0:size, 0:size]
+    angle = np.pi * class_index / len(NEU_CLASSES)
+    wave = np.sin((0.1 + 0.05 * class_index) * (np.cos(angle) * xx + np.sin(angle) * yy))
+    pixels = np.clip(128 + 70 * wave + rng.normal(0, 20, (size, size)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+@dataclass
+class AnnotateWorld:
+    """Seeds (one per class), an unlabelled pool and the class list, all on disk."""
+
+    class_names: tuple[str, ...]
+    seeds: list[SeedExample]
+    pool: list[PoolImage]
+    root: Path
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "class_names": list(self.class_names),
+            "seeds": [
+                {
+                    "image_id": s.image_id,
+                    "path": str(s.image),
+                    "class_name": s.class_name,
+                    "boxes": [list(b) for b in s.boxes],
+                }
+                for s in self.seeds
+            ],
+            "pool": [{"image_id": p.image_id, "path": str(p.path)} for p in self.pool],
+        }
+
+
+def make_world(root: Path, n_pool: int = 12, seeds_per_class: int = 1) -> AnnotateWorld:
+    """Write seed and pool JPEGs under ``root``; pool images carry no class."""
+    seeds_dir, pool_dir = root / "seeds", root / "pool"
+    seeds_dir.mkdir(parents=True, exist_ok=True)
+    pool_dir.mkdir(parents=True, exist_ok=True)
+    seeds: list[SeedExample] = []
+    for class_index, name in enumerate(NEU_CLASSES):
+        for variant in range(seeds_per_class):
+            path = seeds_dir / f"{name}_{variant}.jpg"
+            path.write_bytes(texture_jpeg(class_index, variant))
+            box = (name, 0.1 + 0.05 * variant, 0.2, 0.7, 0.9 - 0.05 * class_index)
+            seeds.append(SeedExample(f"{name}_{variant}", path, name, (box,)))
+    pool: list[PoolImage] = []
+    for index in range(n_pool):
+        path = pool_dir / f"pool_{index:03d}.jpg"
+        path.write_bytes(texture_jpeg(index % len(NEU_CLASSES), 100 + index))
+        pool.append(PoolImage(f"pool_{index:03d}", path))
+    return AnnotateWorld(tuple(NEU_CLASSES), seeds, pool, root)
+
+
+def openai_env(server: FakeOpenAIServer, api_key: str = "sk-test-key") -> dict[str, str]:
+    return {"OPENAI_API_KEY": api_key, "OPENAI_BASE_URL": server.base_url}
+
+
+def azure_env(
+    server: FakeOpenAIServer,
+    api_key: str | None = "azure-test-key",
+    deployment: str = "neu-gpt4o",
+    api_version: str = "2024-10-21",
+) -> dict[str, str]:
+    env = {
+        "AZURE_OPENAI_ENDPOINT": server.endpoint,
+        "AZURE_OPENAI_DEPLOYMENT": deployment,
+        "OPENAI_API_VERSION": api_version,
+    }
+    if api_key is not None:
+        env["AZURE_OPENAI_API_KEY"] = api_key
+    return env
+
+
+FAST_RETRY = RetryPolicy(max_attempts=3, backoff_base_s=0.01, backoff_max_s=0.05)
+
+
+def make_annotator(
+    world: AnnotateWorld,
+    store_path: Path,
+    environ: Mapping[str, str],
+    *,
+    provider: str = "auto",
+    model: str | None = "gpt-4o",
+    pricing_model: str | None = "gpt-4o",
+    detail: str = "low",
+    **kwargs: Any,
+) -> MLLMAnnotator:
+    client, config = make_client(provider, model, environ=environ, timeout_s=10)  # type: ignore[arg-type]
+    prompt = build_prompt(world.seeds, world.class_names, detail=detail)
+    kwargs.setdefault("retry", FAST_RETRY)
+    kwargs.setdefault("progress", False)
+    return MLLMAnnotator(
+        client, config, prompt, AnnotationStore(store_path), pricing_model=pricing_model, **kwargs
+    )
