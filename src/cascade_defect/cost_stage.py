@@ -16,7 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from cascade_defect import costs
-from cascade_defect.annotate.estimate import estimate_completion_tokens, estimate_prompt_tokens
+from cascade_defect.annotate.estimate import (
+    estimate_completion_tokens,
+    estimate_prompt_tokens,
+    typical_answer_json,
+)
 from cascade_defect.annotate.prompt import build_prompt
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.manifest import ChapterRun
@@ -27,21 +31,6 @@ from cascade_defect.settings import StudyConfig
 from cascade_defect.split import SplitLayout, read_pool_listing
 
 REFERENCE_MODEL = "gpt-4o"
-# A typical structured answer: class, confidence, one-sentence reasoning, two boxes.
-TYPICAL_ANSWER = json.dumps(
-    {
-        "defect_class": "rolled-in_scale",
-        "confidence": 0.86,
-        "reasoning": "Dark elongated flakes pressed into the surface match the rolled-in scale references.",
-        "bounding_box_present": True,
-        "boxes": [
-            {"defect_class": "rolled-in_scale", "box": [0.12, 0.08, 0.47, 0.61]},
-            {"defect_class": "rolled-in_scale", "box": [0.55, 0.30, 0.93, 0.88]},
-        ],
-    }
-)
-
-
 @dataclass
 class CostAnalysis:
     """Everything chapter 07 shows."""
@@ -76,7 +65,7 @@ def measured_prompt_spec(
     )
     query_size = (int(pool["width"].iloc[0]), int(pool["height"].iloc[0]))
     query_image_tokens = image_tokens(REFERENCE_MODEL, *query_size, detail)
-    output_tokens = estimate_completion_tokens(TYPICAL_ANSWER, REFERENCE_MODEL)
+    output_tokens = estimate_completion_tokens(typical_answer_json(), REFERENCE_MODEL)
     seed_size = prompt.seed_sizes[0] if prompt.seed_sizes else query_size
     spec = costs.PromptSpec(
         prefix_text_tokens=estimate.prefix_tokens - seed_image_tokens,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,7 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from cascade_defect.dataset import Dataset, ImageRecord
+from cascade_defect.dataset import Box, Dataset, ImageRecord
+from cascade_defect.split import SplitLayout, read_labelled_listing
 
 _PALETTE = sns.color_palette("colorblind", 10)
 
@@ -125,5 +127,48 @@ def split_bars(table: pd.DataFrame) -> Figure:
     ax.set_ylabel("")
     ax.set_title("Split per class")
     ax.legend(title="split", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def seed_gallery(layout: SplitLayout) -> Figure:
+    """Thumbnails of the seeds with their boxes: what the annotator was shown."""
+    images, boxes = read_labelled_listing(layout, "seed")
+    class_names = layout.class_names()
+    per_class = images.groupby("class_name").size().max()
+    colours = class_colours(class_names)
+    fig, axes = plt.subplots(
+        len(class_names),
+        per_class,
+        figsize=(1.7 * per_class, 1.7 * len(class_names)),
+        squeeze=False,
+    )
+    for row, name in enumerate(class_names):
+        members = images[images["class_name"] == name].reset_index(drop=True)
+        for col in range(per_class):
+            ax = axes[row, col]
+            if col >= len(members):
+                ax.axis("off")
+                continue
+            image = members.iloc[col]
+            record = ImageRecord(
+                image_id=image.image_id,
+                class_name=name,
+                image_path=Path(image.path),
+                annotation_path=None,
+                width=int(image.width),
+                height=int(image.height),
+                mode="",
+                sha256=image.sha256,
+                pixel_hash="",
+                boxes=[
+                    Box(b.class_name, b.xmin, b.ymin, b.xmax, b.ymax)
+                    for b in boxes[boxes["image_id"] == image.image_id].itertuples(index=False)
+                ],
+            )
+            draw_boxes(ax, record, colours)
+            ax.set_title(image.image_id, fontsize=7)
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.suptitle("The seed images in the prompt, with their boxes", fontsize=10)
     fig.tight_layout()
     return fig

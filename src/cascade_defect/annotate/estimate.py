@@ -35,6 +35,7 @@ from tiktoken.load import check_hash
 from cascade_defect import pricing
 from cascade_defect.annotate.prompt import FewShotPrompt
 from cascade_defect.annotate.schema import AnnotationRecord, BoxPrediction, DefectPrediction
+from cascade_defect.costs import cacheable_prefix_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
 # Automatic prompt caching: prefixes of at least 1024 tokens, cached in 128-token steps.
-CACHE_MIN_PREFIX = 1024
-CACHE_STEP = 128
 
 _ENCODING_LOCK = threading.Lock()
 
@@ -127,13 +126,6 @@ class PromptEstimate:
     def cacheable_tokens(self) -> int:
         """Tokens a warm prefix cache can serve (0 when the prefix is under 1024)."""
         return cacheable_prefix_tokens(self.prefix_tokens)
-
-
-def cacheable_prefix_tokens(prefix_tokens: int) -> int:
-    """Largest cache hit the documented rule allows for a shared prefix of this size."""
-    if prefix_tokens < CACHE_MIN_PREFIX:
-        return 0
-    return CACHE_MIN_PREFIX + (prefix_tokens - CACHE_MIN_PREFIX) // CACHE_STEP * CACHE_STEP
 
 
 def _message_tokens(message: dict[str, Any], model: str) -> tuple[int, int, int, int]:
