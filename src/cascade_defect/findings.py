@@ -44,9 +44,65 @@ def _split_section(paths: StudyPaths) -> str | None:
     )
 
 
+def _annotation_section(paths: StudyPaths) -> str | None:
+    summary = _load(paths.annotation_dir / "summary.json")
+    if summary is None:
+        return None
+    ok = summary["status_counts"].get("ok", 0)
+    return (
+        f"- **Annotation.** The `{summary['annotator']}` annotator (`{summary['model']}`) labelled {ok:,} of "
+        f"{summary['n_pool']:,} pool images; recorded cost ${summary['recorded_cost_usd']:.2f}. "
+        f"The real few-shot prompt is {summary['estimate']['prompt_tokens_per_request']:,} input tokens per "
+        f"request for {summary['estimate']['model']}."
+    )
+
+
+def _audit_section(paths: StudyPaths) -> str | None:
+    audit = _load(paths.audit_dir / "audit_summary.json")
+    if audit is None:
+        return None
+    kept = audit["at_threshold"]
+    boxes = audit.get("box_metrics", {})
+    box_text = "; ".join(
+        f"{name}: recall@0.5 {m['all']['recall_agnostic']:.2f}, mean best IoU {m['all']['mean_best_iou']:.2f}"
+        for name, m in boxes.items()
+        if m.get("all") and m["all"].get("recall_agnostic") is not None
+    )
+    ece = f"{audit['ece']:.3f}" if audit.get("ece") is not None else "n/a"
+    return (
+        f"- **Label audit.** Image-level accuracy {audit['accuracy']:.1%} on the pool (macro F1 "
+        f"{audit['macro_f1']:.3f}, ECE {ece}); at confidence >= {kept['threshold']:.2f}, "
+        f"{kept['coverage']:.1%} of the pool is kept at {kept['accuracy']:.1%} accuracy."
+        + (f" Boxes (class-agnostic) — {box_text}." if box_text else "")
+    )
+
+
+def _cost_section(paths: StudyPaths) -> str | None:
+    cost = _load(paths.cost_dir / "cost_summary.json")
+    if cost is None:
+        return None
+    targets = {t["target"]: t for t in cost["targets"]}
+    lines = [
+        f"- **Cost.** Labelling the {cost['n_pool']:,}-image pool with gpt-4o from the real prompt "
+        f"({cost['prompt_tokens']['prompt_tokens_gpt4o']:,} input tokens per request) costs "
+        f"${cost['gpt4o_standard_usd']:.2f} standard and ${cost['gpt4o_batch_usd']:.2f} with the Batch API, "
+        f"against the original estimate of ${cost['original_estimate_usd']:.2f}."
+    ]
+    for name, target in targets.items():
+        if name.startswith("gpt-4o within") or name.startswith("cheapest"):
+            lines.append(
+                f"  {name}: {target['model']}, {target['images_per_request']} image(s) per request, "
+                f"{target['mode']}{' + caching' if target['prompt_caching'] else ''}: ${target['total_usd']:.2f}."
+            )
+    return "\n".join(lines)
+
+
 SECTIONS: list[tuple[str, Callable[[StudyPaths], str | None]]] = [
     ("01 data strategy", _data_section),
     ("02 split", _split_section),
+    ("03 few-shot annotation", _annotation_section),
+    ("04 label audit", _audit_section),
+    ("07 cost analysis", _cost_section),
 ]
 
 
