@@ -91,3 +91,56 @@ def make_neu_like(
         target = next(root.rglob(f"{classes[4]}_1.xml"))
         target.write_text("<annotation><object><name>oops</name>")
     return root
+
+
+def make_byo_dataset(
+    root: Path,
+    *,
+    layout: str,
+    classes: Sequence[str] = ("hole punch", "oil stain", "scratch"),
+    per_class: int = 4,
+    labelled: bool = True,
+) -> Path:
+    """A non-NEU dataset: spaces in class names, mixed PNG/JPG/BMP, grey and RGB, odd sizes.
+
+    ``layout`` is ``classfolders`` (image-level labels only), ``voc`` (XMLs beside the images,
+    no class folders) or ``yolo`` (``images/`` + ``labels/`` + ``classes.txt``). With
+    ``labelled=False`` it is a flat folder of unlabelled images.
+    """
+    formats = (".png", ".jpg", ".bmp")
+    sizes = ((96, 64), (80, 120), (100, 100))
+    root.mkdir(parents=True, exist_ok=True)
+    if layout == "yolo":
+        (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    for ci, name in enumerate(classes):
+        for i in range(per_class):
+            width, height = sizes[(ci + i) % len(sizes)]
+            pixels = np.resize(texture(ci, i, max(width, height)), (height, width))
+            image = Image.fromarray(pixels)
+            if i % 2:
+                image = image.convert("RGB")
+            stem = f"{name.replace(' ', '-')}-{i}"
+            suffix = formats[(ci + i) % len(formats)]
+            box = (2, 2, width // 2, height // 2)
+            if not labelled:
+                image.save(root / f"unlabelled-{ci}-{i}{suffix}")
+            elif layout == "classfolders":
+                (root / name).mkdir(exist_ok=True)
+                image.save(root / name / f"{stem}{suffix}")
+            elif layout == "voc":
+                image.save(root / f"{stem}{suffix}")
+                (root / f"{stem}.xml").write_text(
+                    voc_xml(f"{stem}{suffix}", width, height, [(name, *box)])
+                )
+            elif layout == "yolo":
+                (root / "images").mkdir(exist_ok=True)
+                (root / "labels").mkdir(exist_ok=True)
+                image.save(root / "images" / f"{stem}{suffix}")
+                cx, cy = (box[0] + box[2]) / 2 / width, (box[1] + box[3]) / 2 / height
+                w, h = (box[2] - box[0]) / width, (box[3] - box[1]) / height
+                (root / "labels" / f"{stem}.txt").write_text(
+                    f"{ci} {cx:.5f} {cy:.5f} {w:.5f} {h:.5f}\n"
+                )
+            else:
+                raise ValueError(layout)
+    return root

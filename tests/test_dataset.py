@@ -8,7 +8,7 @@ import pytest
 
 from cascade_defect.dataset import DatasetError, data_card, load_dataset
 from cascade_defect.settings import NEU_CLASSES
-from tests.synthetic import make_neu_like
+from tests.synthetic import make_byo_dataset, make_neu_like
 
 
 @pytest.mark.parametrize("layout", ["flat", "kaggle", "subfolders"])
@@ -111,3 +111,35 @@ def test_subsample_keeps_per_class_counts(tmp_path: Path) -> None:
     assert [r.image_id for r in dataset.subsample(3, seed=1).images] == [
         r.image_id for r in small.images
     ]
+
+
+@pytest.mark.parametrize("layout", ["classfolders", "voc", "yolo"])
+def test_bring_your_own_layouts_with_spaces_and_mixed_formats(tmp_path: Path, layout: str) -> None:
+    classes = ("hole punch", "oil stain", "scratch")
+    root = make_byo_dataset(tmp_path / layout, layout=layout, classes=classes, per_class=4)
+    dataset = load_dataset(root, class_names=None, progress=False)
+    assert sorted(dataset.class_names) == sorted(classes)
+    assert data_card(dataset)["images_per_class"] == dict.fromkeys(classes, 4)
+    assert {r.image_path.suffix for r in dataset.images} == {".png", ".jpg", ".bmp"}
+    assert len({(r.width, r.height) for r in dataset.images}) > 1
+    if layout == "classfolders":
+        assert all(r.boxes == [] for r in dataset.images)
+        assert "image-level" in dataset.layout
+        assert "missing_annotation" not in data_card(dataset)["quirks"]
+    else:
+        for record in dataset.images:
+            (box,) = record.boxes
+            assert box.class_name == record.class_name
+            assert box.xmax == pytest.approx(record.width // 2, abs=0.5)
+
+
+def test_yolo_labels_need_a_names_file_and_valid_lines(tmp_path: Path) -> None:
+    root = make_byo_dataset(tmp_path / "y", layout="yolo", per_class=2)
+    (root / "classes.txt").unlink()
+    with pytest.raises(DatasetError, match="names file"):
+        load_dataset(root, class_names=None, progress=False)
+    root = make_byo_dataset(tmp_path / "z", layout="yolo", per_class=2)
+    bad = next((root / "labels").iterdir())
+    bad.write_text("7 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DatasetError, match=bad.name.replace(".", r"\.")):
+        load_dataset(root, class_names=None, progress=False)

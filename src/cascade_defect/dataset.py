@@ -197,12 +197,24 @@ def load_dataset(
     if on_error not in ("raise", "quarantine"):
         raise ValueError("on_error must be 'raise' or 'quarantine'")
 
-    image_files, xml_files = _scan(root)
+    image_files, xml_files, yolo_files = _scan(root)
     if not image_files:
         raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found below {root}")
-    known = (
-        list(class_names) if class_names is not None else _classes_from_folders(root, image_files)
-    )
+    yolo_names = yolo_class_names(root) if yolo_files else None
+    if yolo_files and yolo_names is None:
+        raise DatasetError(
+            f"{root} holds YOLO label files but no names file ({', '.join(NAMES_FILES)})"
+        )
+    if class_names is not None:
+        known = list(class_names)
+    elif yolo_names is not None:
+        known = list(yolo_names)
+    elif xml_files and not _has_class_folders(root, image_files):
+        known = _classes_from_voc(xml_files)
+    else:
+        known = _classes_from_folders(root, image_files)
+    image_level_only = not xml_files and not yolo_files
+    yolo_by_stem = {path.stem.lower(): path for path in yolo_files}
     quirks: list[Quirk] = []
     quarantined: list[Quirk] = []
 
@@ -215,39 +227,62 @@ def load_dataset(
     xml_by_stem = _index_annotations(root, xml_files, quirks)
     ids = _unique_ids(root, image_files, quirks)
     records: list[ImageRecord] = []
-    used_xml: set[Path] = set()
+    used_annotations: set[Path] = set()
     for image_path in tqdm(
         image_files, desc="Reading images", disable=progress_disabled(progress), unit="img"
     ):
         image_id = ids[image_path]
-        class_name = _image_class(root, image_path, known)
-        if class_name is None:
-            fail(
-                "unknown_class",
-                image_path,
-                f"cannot tell the class of this image: no folder or file-name prefix matches "
-                f"the known classes {known}",
-                image_id,
-            )
-            continue
         try:
             meta = _read_image(image_path)
         except DatasetError as error:
             fail("corrupt_image", image_path, str(error), image_id)
             continue
-        xml_path = xml_by_stem.get(image_path.stem.lower())
-        boxes: list[Box] = []
-        if xml_path is None:
-            quirks.append(
-                Quirk("missing_annotation", str(image_path), "no XML with this file stem", image_id)
-            )
-        else:
-            used_xml.add(xml_path)
+        stem = image_path.stem.lower()
+        annotation_path = xml_by_stem.get(stem) or yolo_by_stem.get(stem)
+        annotation = None
+        if annotation_path is not None:
+            used_annotations.add(annotation_path)
             try:
-                annotation = _parse_voc(xml_path)
+                annotation = (
+                    _parse_voc(annotation_path)
+                    if annotation_path.suffix.lower() == ANNOTATION_SUFFIX
+                    else {
+                        "filename": "",
+                        "width": None,
+                        "height": None,
+                        "objects": _parse_yolo(
+                            annotation_path, yolo_names or known, meta["width"], meta["height"]
+                        ),
+                    }
+                )
             except DatasetError as error:
-                fail("unparsable_annotation", xml_path, str(error), image_id)
+                fail("unparsable_annotation", annotation_path, str(error), image_id)
                 continue
+        class_name = _image_class(root, image_path, known)
+        if class_name is None and annotation is not None:
+            # Detection datasets without class folders: the image's class is its dominant box class.
+            class_name = _dominant_box_class(annotation["objects"], known)
+        if class_name is None:
+            fail(
+                "unknown_class",
+                image_path,
+                f"cannot tell the class of this image: no folder, file-name prefix or box class "
+                f"matches the known classes {known}",
+                image_id,
+            )
+            continue
+        boxes: list[Box] = []
+        if annotation is None:
+            if not image_level_only:
+                quirks.append(
+                    Quirk(
+                        "missing_annotation",
+                        str(image_path),
+                        "no annotation with this file stem",
+                        image_id,
+                    )
+                )
+        else:
             boxes = _check_annotation(
                 annotation, image_path, image_id, class_name, meta, known, quirks
             )
@@ -256,7 +291,7 @@ def load_dataset(
                 image_id=image_id,
                 class_name=class_name,
                 image_path=image_path,
-                annotation_path=xml_path,
+                annotation_path=annotation_path,
                 width=meta["width"],
                 height=meta["height"],
                 mode=meta["mode"],
@@ -265,12 +300,12 @@ def load_dataset(
                 boxes=boxes,
             )
         )
-    for xml_path in sorted(set(xml_by_stem.values()) - used_xml):
-        quirks.append(Quirk("orphan_annotation", str(xml_path), "no image with this file stem"))
+    for orphan in sorted({*xml_by_stem.values(), *yolo_by_stem.values()} - used_annotations):
+        quirks.append(Quirk("orphan_annotation", str(orphan), "no image with this file stem"))
     _report_duplicates(records, quirks)
     return Dataset(
         root=root,
-        layout=_describe_layout(root, image_files),
+        layout=_describe_layout(root, image_files, bool(yolo_files), image_level_only),
         class_names=known,
         images=sorted(records, key=lambda r: (known.index(r.class_name), _natural_key(r.image_id))),
         quirks=quirks,
@@ -346,9 +381,11 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def _scan(root: Path) -> tuple[list[Path], list[Path]]:
+def _scan(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """Images, Pascal VOC XMLs, and YOLO label files (``.txt`` inside a ``labels`` folder)."""
     images: list[Path] = []
     xmls: list[Path] = []
+    yolo: list[Path] = []
     for path in sorted(root.rglob("*")):
         if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
             continue
@@ -357,7 +394,64 @@ def _scan(root: Path) -> tuple[list[Path], list[Path]]:
             images.append(path)
         elif suffix == ANNOTATION_SUFFIX:
             xmls.append(path)
-    return images, xmls
+        elif suffix == ".txt" and "labels" in (
+            p.lower() for p in path.relative_to(root).parts[:-1]
+        ):
+            yolo.append(path)
+    return images, xmls, yolo
+
+
+NAMES_FILES = ("classes.txt", "obj.names", "names.txt", "data.yaml", "dataset.yaml")
+
+
+def yolo_class_names(root: Path) -> list[str] | None:
+    """Class names of a YOLO-format dataset: a names file (one per line) or ``names`` in data.yaml."""
+    for name in NAMES_FILES:
+        path = root / name
+        if not path.is_file():
+            continue
+        if path.suffix == ".yaml":
+            import yaml
+
+            names = (yaml.safe_load(path.read_text()) or {}).get("names")
+            if isinstance(names, dict):
+                return [str(names[k]) for k in sorted(names, key=int)]
+            if isinstance(names, list):
+                return [str(n) for n in names]
+            continue
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        return [line for line in lines if line]
+    return None
+
+
+def _parse_yolo(path: Path, names: Sequence[str], width: int, height: int) -> list[dict]:
+    """YOLO ``class cx cy w h`` (normalised) lines as pixel boxes; a malformed line is an error."""
+    objects = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            index = int(parts[0])
+            cx, cy, w, h = (float(v) for v in parts[1:5])
+        except (ValueError, IndexError) as error:
+            raise DatasetError(f"line {number} is not 'class cx cy w h': {line!r}") from error
+        if len(parts) != 5 or not 0 <= index < len(names):
+            raise DatasetError(f"line {number}: class index {index} outside the {len(names)} names")
+        objects.append(
+            {
+                "name": names[index],
+                "coords": [
+                    (cx - w / 2) * width,
+                    (cy - h / 2) * height,
+                    (cx + w / 2) * width,
+                    (cy + h / 2) * height,
+                ],
+                "truncated": False,
+                "difficult": False,
+            }
+        )
+    return objects
 
 
 def _classes_from_folders(root: Path, image_files: Iterable[Path]) -> list[str]:
@@ -376,6 +470,25 @@ def _classes_from_folders(root: Path, image_files: Iterable[Path]) -> list[str]:
     return names
 
 
+def _has_class_folders(root: Path, image_files: Iterable[Path]) -> bool:
+    return any(
+        p.parent != root and p.parent.name.lower() not in LAYOUT_FOLDERS for p in image_files
+    )
+
+
+def _classes_from_voc(xml_files: Sequence[Path]) -> list[str]:
+    """Classes named by the boxes of Pascal VOC files (for datasets without class folders)."""
+    names: set[str] = set()
+    for path in xml_files:
+        try:
+            names.update(obj["name"] for obj in _parse_voc(path)["objects"])
+        except DatasetError:
+            continue  # the per-image pass reports the broken file with its name
+    if not names:
+        raise DatasetError("cannot infer classes: the XML annotations name no objects")
+    return sorted(names)
+
+
 def _image_class(root: Path, image_path: Path, known: Sequence[str]) -> str | None:
     lowered = {name.lower(): name for name in known}
     for folder in image_path.relative_to(root).parts[:-1][::-1]:
@@ -389,6 +502,20 @@ def _image_class(root: Path, image_path: Path, known: Sequence[str]) -> str | No
         and (len(stem) == len(name) or not stem[len(name)].isalpha())
     ]
     return max(matches, key=len) if matches else None
+
+
+def _dominant_box_class(objects: Sequence[dict], known: Sequence[str]) -> str | None:
+    """The known class with the most boxes in an image (ties: the larger total area)."""
+    lowered = {name.lower(): name for name in known}
+    score: dict[str, tuple[int, float]] = {}
+    for obj in objects:
+        name = lowered.get(obj["name"].lower())
+        if name is None:
+            continue
+        x1, y1, x2, y2 = obj["coords"]
+        count, area = score.get(name, (0, 0.0))
+        score[name] = (count + 1, area + max(0.0, x2 - x1) * max(0.0, y2 - y1))
+    return max(score, key=lambda n: score[n]) if score else None
 
 
 def _index_annotations(
@@ -600,7 +727,13 @@ def _report_duplicates(records: Sequence[ImageRecord], quirks: list[Quirk]) -> N
             )
 
 
-def _describe_layout(root: Path, image_files: Sequence[Path]) -> str:
+def _describe_layout(
+    root: Path, image_files: Sequence[Path], yolo: bool = False, image_level_only: bool = False
+) -> str:
+    if yolo:
+        return "YOLO txt labels + names file"
+    if image_level_only:
+        return "class subfolders (image-level labels only)"
     folders = {p.parent.relative_to(root).as_posix() for p in image_files}
     lowered = {f.lower() for f in folders}
     if any(f.split("/")[-1] == "images" and "/" not in f for f in lowered) or "images" in lowered:
