@@ -105,7 +105,9 @@ def write_pseudo_labels(
     boxes = boxes.reindex(columns=BOX_COLUMNS)
     boxes.to_csv(outputs.boxes, index=False)
     index = {name: i for i, name in enumerate(class_names)}
-    labelled = labels.loc[(labels["status"] == "ok") & (labels["defect_class"] != NO_DEFECT), "image_id"]
+    labelled = labels.loc[
+        (labels["status"] == "ok") & (labels["defect_class"] != NO_DEFECT), "image_id"
+    ]
     written: dict[str, int] = {}
     for strategy, group in boxes.groupby("strategy"):
         folder = outputs.yolo_labels_dir(str(strategy))
@@ -128,7 +130,9 @@ def yolo_lines(rows: pd.DataFrame, class_index: dict[str, int]) -> list[str]:
         if row.class_name not in class_index:
             continue
         cx, cy = (row.x1 + row.x2) / 2, (row.y1 + row.y2) / 2
-        lines.append(f"{class_index[row.class_name]} {cx:.6f} {cy:.6f} {row.x2 - row.x1:.6f} {row.y2 - row.y1:.6f}")
+        lines.append(
+            f"{class_index[row.class_name]} {cx:.6f} {cy:.6f} {row.x2 - row.x1:.6f} {row.y2 - row.y1:.6f}"
+        )
     return lines
 
 
@@ -136,5 +140,23 @@ def read_pseudo_labels(outputs: AnnotationOutputs) -> tuple[pd.DataFrame, pd.Dat
     """Chapter 03's tables, or an error naming the chapter to run first."""
     for path in (outputs.labels, outputs.boxes):
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: run notebook 03 (few-shot annotation) first")
-    return pd.read_csv(outputs.labels), pd.read_csv(outputs.boxes)
+            raise FileNotFoundError(
+                f"{path} not found: run notebook 03 (few-shot annotation) first"
+            )
+    text = {
+        name: "object"
+        for name in (
+            "image_id",
+            "status",
+            "defect_class",
+            "reasoning",
+            "annotator",
+            "model",
+            "failure_kind",
+        )
+    }
+    labels = pd.read_csv(outputs.labels, dtype=text)
+    boxes = pd.read_csv(
+        outputs.boxes, dtype={"image_id": "object", "strategy": "object", "class_name": "object"}
+    )
+    return labels, boxes

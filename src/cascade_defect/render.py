@@ -77,7 +77,12 @@ def build_preview(
     pages: list[Page] = []
     for entry in book_chapters(project_root):
         source = project_root / entry
-        if notebooks_dir is not None and source.suffix == ".ipynb":
+        if (
+            notebooks_dir is not None
+            and source.suffix == ".ipynb"
+            and (notebooks_dir / source.name).exists()
+        ):
+            # A partial run shows its executed chapters and the recorded ones for the rest.
             source = notebooks_dir / source.name
         html_name = "index.html" if Path(entry).stem == "index" else f"{Path(entry).stem}.html"
         pages.append(Page(source, html_name, _page_title(source)))
@@ -102,7 +107,7 @@ def _page_title(source: Path) -> str:
             if title:
                 return str(title)
         return "Preface"
-    notebook = nbformat.read(source, as_version=4)
+    notebook = nbformat.read(str(source), as_version=4)
     for cell in notebook.cells:
         if cell.cell_type == "markdown":
             for line in cell.source.splitlines():
@@ -113,7 +118,7 @@ def _page_title(source: Path) -> str:
 
 def _as_notebook(source: Path) -> nbformat.NotebookNode:
     if source.suffix == ".ipynb":
-        return nbformat.read(source, as_version=4)
+        return nbformat.read(str(source), as_version=4)
     text = source.read_text()
     match = _FRONT_MATTER.match(text)
     title = None

@@ -94,6 +94,44 @@ class TrainingSettings(BaseModel):
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     noise_levels: list[float] = Field(default_factory=lambda: [0.1, 0.3])
     noise_epochs: int = Field(5, ge=1)
+    sources: list[str] = Field(
+        default_factory=lambda: ["human", "pseudo", "seed_only"],
+        description="Label sources to train on (the noise sweep is added from noise_levels).",
+    )
+    box_strategy: Literal["whole_image", "seed_detector", "annotator"] = Field(
+        "seed_detector",
+        description=(
+            "Which of chapter 03's box strategies the pseudo source uses; seed_detector works "
+            "for every annotator (the offline one returns no boxes of its own)."
+        ),
+    )
+    pseudo_confidence_threshold: float = Field(
+        0.0, ge=0, le=1, description="Pool images the annotator is less sure of are left out."
+    )
+    seed: int = Field(0, description="Seeds training, the hold-out draw and the noise flips.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for training; None keeps ultralytics' choice."
+    )
+    ultralytics_args: dict[str, float | int | str | bool] = Field(
+        default_factory=dict,
+        description="Further YOLO train() arguments (e.g. close_mosaic, lr0, nbs, cache).",
+    )
+
+    @field_validator("noise_levels")
+    @classmethod
+    def _rates_are_fractions(cls, levels: list[float]) -> list[float]:
+        if any(not 0.0 <= level <= 1.0 for level in levels):
+            raise ValueError("noise_levels are fractions of images in [0, 1]")
+        return levels
+
+
+class AnnotationSettings(BaseModel):
+    """Sizes of chapter 03's own training: the seed detector that proposes pseudo boxes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed_detector_epochs: int = Field(30, ge=1)
+    seed_detector_imgsz: int = Field(224, ge=32)
 
 
 class ProfileSettings(BaseModel):
@@ -107,6 +145,7 @@ class ProfileSettings(BaseModel):
         None, ge=4, description="Subsample each class (smoke runs); None keeps every image."
     )
     split: SplitSettings = Field(default_factory=SplitSettings)
+    annotation: AnnotationSettings = Field(default_factory=AnnotationSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
 
 
@@ -116,6 +155,7 @@ PROFILES: dict[str, ProfileSettings] = {
         description="Tiny subset, one short epoch: proves every notebook runs, in minutes.",
         max_images_per_class=20,
         split=SplitSettings(seed_fraction=0.15, test_fraction=0.25),
+        annotation=AnnotationSettings(seed_detector_epochs=1, seed_detector_imgsz=64),
         training=TrainingSettings(
             epochs=1, imgsz=64, batch=8, workers=0, noise_levels=[0.3], noise_epochs=1
         ),
