@@ -95,6 +95,38 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_annotate(args: argparse.Namespace) -> int:
+    from cascade_defect.annotate.client import ProviderNotConfigured
+    from cascade_defect.byo import InputError, annotate_folder
+    from cascade_defect.settings import EnvironmentSettings
+
+    weights = args.weights or EnvironmentSettings().yolo_weights
+    try:
+        result = annotate_folder(
+            Path(args.images),
+            Path(args.seeds),
+            Path(args.out),
+            annotator=args.annotator,
+            model=args.model,
+            pricing_model=args.pricing_model,
+            detail=args.detail,
+            budget_usd=args.budget,
+            concurrency=args.concurrency,
+            box_strategy=args.box_strategy,
+            weights=weights,
+        )
+    except (InputError, ProviderNotConfigured) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{result.annotator} ({result.model}): labelled {result.n_labelled} of {result.n_images} images, "
+        f"{result.n_failed} without a label, ${result.cost_usd:.4f}, {result.seconds:.1f} s"
+    )
+    for name, path in result.files.items():
+        print(f"  {name:<12} {path}")
+    return 0 if result.n_labelled else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascade-defect",
@@ -141,6 +173,66 @@ def build_parser() -> argparse.ArgumentParser:
         "--notebooks-dir", help="render executed notebooks from this folder instead"
     )
     render.set_defaults(func=cmd_render)
+
+    annotate = sub.add_parser(
+        "annotate",
+        help="label your own images from a few labelled seeds (YOLO labels, COCO JSON, review CSV)",
+        description=(
+            "Label every image in --images from the labelled examples in --seeds. Resumable: answers are "
+            "kept in OUT/predictions.jsonl and a re-run sends no request already answered. API credentials "
+            "come only from the environment (AZURE_OPENAI_ENDPOINT/AZURE_OPENAI_API_KEY/OPENAI_API_VERSION, "
+            "or OPENAI_API_KEY and optionally OPENAI_BASE_URL)."
+        ),
+    )
+    annotate.add_argument(
+        "--images",
+        required=True,
+        help="folder of unlabelled images (searched recursively; png, jpg, bmp)",
+    )
+    annotate.add_argument(
+        "--seeds",
+        required=True,
+        help="labelled examples: one subfolder per class, or Pascal VOC XMLs, or YOLO images/+labels/+classes.txt",
+    )
+    annotate.add_argument("--out", required=True, help="output folder (created; reused to resume)")
+    annotate.add_argument(
+        "--annotator",
+        choices=["auto", "azure", "openai", "offline"],
+        default="auto",
+        help="auto: Azure OpenAI if configured, else OpenAI, else the offline annotator (default: auto)",
+    )
+    annotate.add_argument(
+        "--model", default="gpt-4o", help="model, or Azure deployment name (default: gpt-4o)"
+    )
+    annotate.add_argument(
+        "--pricing-model", help="priced model behind an Azure deployment with another name"
+    )
+    annotate.add_argument(
+        "--detail",
+        choices=["low", "high", "auto"],
+        default="low",
+        help="image detail sent to the model (default: low)",
+    )
+    annotate.add_argument(
+        "--budget",
+        type=float,
+        default=5.0,
+        help="stop before spending more than this many dollars (default: 5.00)",
+    )
+    annotate.add_argument(
+        "--concurrency", type=int, default=4, help="requests in flight (default: 4)"
+    )
+    annotate.add_argument(
+        "--box-strategy",
+        choices=["whole_image", "seed_detector", "annotator"],
+        default="whole_image",
+        help="boxes written: the whole image, a detector fine-tuned on the seeds, or the MLLM's own boxes (default: whole_image)",
+    )
+    annotate.add_argument(
+        "--weights",
+        help="YOLOv8n weights for the offline annotator (default: $CASCADE_YOLO_WEIGHTS or yolov8n.pt)",
+    )
+    annotate.set_defaults(func=cmd_annotate)
 
     download = sub.add_parser(
         "download", help="download NEU-DET from Kaggle (needs Kaggle credentials)"

@@ -1,0 +1,153 @@
+"""`cascade-defect annotate` as a user runs it: a subprocess on generated folders in every layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.fake_openai_server import FakeOpenAIServer
+from tests.synthetic import make_byo_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("hole punch", "oil stain", "scratch")
+
+
+def annotate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AZURE_OPENAI_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "cascade_defect.cli", "annotate", *args],
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture
+def unlabelled(tmp_path: Path) -> Path:
+    return make_byo_dataset(
+        tmp_path / "unlabelled", layout="classfolders", classes=CLASSES, per_class=3, labelled=False
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("layout", ["classfolders", "voc", "yolo"])
+def test_openai_compatible_annotation_writes_yolo_coco_and_review(
+    tmp_path: Path, unlabelled: Path, layout: str
+) -> None:
+    seeds = make_byo_dataset(tmp_path / "seeds", layout=layout, classes=CLASSES, per_class=2)
+    out = tmp_path / "out"
+    with FakeOpenAIServer() as server:
+        env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": server.base_url}
+        result = annotate(
+            "--images",
+            str(unlabelled),
+            "--seeds",
+            str(seeds),
+            "--out",
+            str(out),
+            "--box-strategy",
+            "annotator",
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "labelled 9 of 9" in result.stdout
+        first_requests = len(server.chat_requests())
+        again = annotate(
+            "--images",
+            str(unlabelled),
+            "--seeds",
+            str(seeds),
+            "--out",
+            str(out),
+            "--box-strategy",
+            "annotator",
+            env=env,
+        )
+        assert again.returncode == 0, again.stderr
+        assert len(server.chat_requests()) == first_requests  # resumed: nothing sent twice
+    assert (out / "classes.txt").read_text().splitlines() == sorted(CLASSES)
+    assert len(list((out / "labels").glob("*.txt"))) == 9
+    coco = json.loads((out / "annotations.coco.json").read_text())
+    assert len(coco["images"]) == 9 and {c["name"] for c in coco["categories"]} == set(CLASSES)
+    review = pd.read_csv(out / "review.csv")
+    assert len(review) == 9
+    assert review["confidence"].is_monotonic_increasing
+
+
+@pytest.mark.slow
+def test_offline_annotation_of_a_folder(
+    tmp_path: Path, unlabelled: Path, yolo_weights: Path
+) -> None:
+    seeds = make_byo_dataset(
+        tmp_path / "seeds", layout="classfolders", classes=CLASSES, per_class=2
+    )
+    out = tmp_path / "out"
+    result = annotate(
+        "--images",
+        str(unlabelled),
+        "--seeds",
+        str(seeds),
+        "--out",
+        str(out),
+        "--annotator",
+        "offline",
+        "--weights",
+        str(yolo_weights),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "offline" in result.stdout and "labelled 9 of 9" in result.stdout
+    review = pd.read_csv(out / "review.csv")
+    assert set(review["defect_class"]) <= set(CLASSES)
+
+
+def test_empty_image_folder_is_a_clear_error(tmp_path: Path) -> None:
+    seeds = make_byo_dataset(tmp_path / "seeds", layout="classfolders", per_class=2)
+    (tmp_path / "empty").mkdir()
+    result = annotate(
+        "--images", str(tmp_path / "empty"), "--seeds", str(seeds), "--out", str(tmp_path / "o")
+    )
+    assert result.returncode == 2 and "no images" in result.stderr
+
+
+def test_seed_class_without_image_is_a_clear_error(tmp_path: Path, unlabelled: Path) -> None:
+    seeds = make_byo_dataset(tmp_path / "seeds", layout="classfolders", per_class=2)
+    (seeds / "dent").mkdir()
+    result = annotate(
+        "--images", str(unlabelled), "--seeds", str(seeds), "--out", str(tmp_path / "o")
+    )
+    assert result.returncode == 2 and "dent" in result.stderr and "no image" in result.stderr
+
+
+def test_unreadable_image_is_named(tmp_path: Path, unlabelled: Path) -> None:
+    seeds = make_byo_dataset(tmp_path / "seeds", layout="classfolders", per_class=2)
+    broken = unlabelled / "broken.png"
+    broken.write_bytes(b"not an image")
+    result = annotate(
+        "--images", str(unlabelled), "--seeds", str(seeds), "--out", str(tmp_path / "o")
+    )
+    assert result.returncode == 2 and "broken.png" in result.stderr
+
+
+def test_help_explains_every_option() -> None:
+    result = annotate("--help")
+    assert result.returncode == 0
+    for option in (
+        "--images",
+        "--seeds",
+        "--out",
+        "--annotator",
+        "--model",
+        "--budget",
+        "--box-strategy",
+        "--detail",
+        "--concurrency",
+    ):
+        assert option in result.stdout
