@@ -1,0 +1,77 @@
+"""Manifests record what ran; findings are written from the runs' files, never typed by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cascade_defect.findings import findings_markdown
+from cascade_defect.manifest import (
+    ChapterRun,
+    MissingInputError,
+    read_manifest,
+    require_inputs,
+    tree_sha256,
+)
+from cascade_defect.settings import load_config
+from cascade_defect.stages import run_data_strategy, run_split
+from tests.synthetic import make_neu_like
+
+
+def test_manifest_records_parameters_hashes_counts_and_timings(tmp_path: Path) -> None:
+    config = load_config("smoke", work_dir=tmp_path)
+    source = tmp_path / "input.txt"
+    source.write_text("abc")
+    run = ChapterRun(
+        "99_test", config, tmp_path / "out", parameters={"alpha": 1}, inputs={"source": source}
+    )
+    with run.timed("step"):
+        run.counts["n"] = 3
+    run.write({"result": tmp_path / "out" / "result.csv"})
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["parameters"] == {"alpha": 1}
+    assert manifest["inputs"]["source"]["sha256"] == tree_sha256(source)
+    assert manifest["inputs"]["source"]["path"] == "input.txt"  # relative to the work folder
+    assert manifest["counts"] == {"n": 3}
+    assert set(manifest["timings_s"]) == {"step", "total"}
+    assert manifest["config"]["profile"] == "smoke"
+    assert "commit" in manifest["git"]
+
+
+def test_tree_hash_changes_with_content_and_names(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("1")
+    first = tree_sha256(tmp_path / "a")
+    (tmp_path / "a" / "x.txt").write_text("2")
+    second = tree_sha256(tmp_path / "a")
+    assert second != first
+    (tmp_path / "a" / "x.txt").rename(tmp_path / "a" / "y.txt")
+    assert tree_sha256(tmp_path / "a") != second
+
+
+def test_missing_input_names_the_chapter_to_run(tmp_path: Path) -> None:
+    with pytest.raises(MissingInputError, match="notebook 01"):
+        require_inputs({"images": tmp_path / "nope.csv"}, {"images": "notebook 01 (data strategy)"})
+    config = load_config("smoke", work_dir=tmp_path)
+    with pytest.raises(MissingInputError, match="notebook 01"):
+        run_split(config)
+
+
+def test_findings_come_from_the_run_files_and_name_what_has_not_run(tmp_path: Path) -> None:
+    data = make_neu_like(tmp_path / "neu", per_class=8, duplicate=True)
+    config = load_config("smoke", data_dir=data, work_dir=tmp_path / "work")
+    text = findings_markdown(config.paths, "smoke")
+    assert "Not yet run" in text and "01 data strategy" in text
+    run_data_strategy(config)
+    run_split(config)
+    text = findings_markdown(config.paths, "smoke")
+    card = json.loads((config.paths.data_card_dir / "data_card.json").read_text())
+    assert f"{card['n_images']:,} images" in text
+    split = json.loads((config.paths.split_dir / "manifest.json").read_text())["counts"]
+    assert (
+        f"{split['n_seed']} seed / {split['n_pool']:,} pool / {split['n_test']} golden test" in text
+    )
+    assert "2 pixel-identical images" in text
+    assert "01 data strategy" not in text.split("Not yet run")[-1]
