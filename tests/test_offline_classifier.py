@@ -1,0 +1,138 @@
+"""The few-shot classifier on generated descriptors (no network, no weights, no images)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cascade_defect.offline.classifier import (
+    ClassifierSettings,
+    FewShotClassifier,
+    knn_graph,
+    label_propagation,
+    pca_whiten,
+)
+from cascade_defect.offline.features import FeatureBlock
+
+CLASSES = ["a", "b", "c", "d"]
+
+
+def clustered(
+    n_per_class: int, dim: int = 40, spread: float = 0.6, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[FeatureBlock]]:
+    """Non-negative descriptors (like pooled activations) drawn around one centre per class."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 3, size=(len(CLASSES), dim))
+    labels = np.repeat(np.arange(len(CLASSES)), n_per_class)
+    features = np.abs(centres[labels] + rng.normal(0, spread, size=(len(labels), dim)))
+    blocks = [
+        FeatureBlock(layer, "mean", start, start + dim // 2)
+        for layer, start in ((0, 0), (1, dim // 2))
+    ]
+    return features, labels, blocks
+
+
+def split_seeds(
+    labels: np.ndarray, per_class: int = 3, seed: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    seeds = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(labels == c), per_class, replace=False)
+            for c in np.unique(labels)
+        ]
+    )
+    pool = np.setdiff1d(np.arange(len(labels)), seeds)
+    return seeds, pool
+
+
+@pytest.mark.parametrize("transductive", [True, False])
+def test_separable_classes_are_separated_with_probabilities(transductive: bool) -> None:
+    features, labels, blocks = clustered(40)
+    seeds, pool = split_seeds(labels)
+    names = np.array(CLASSES)
+    classifier = FewShotClassifier(ClassifierSettings(transductive=transductive))
+    classifier.fit(features[seeds], names[labels[seeds]].tolist(), CLASSES, blocks)
+
+    proba = classifier.predict_proba(features[pool])
+
+    assert proba.shape == (len(pool), len(CLASSES))
+    assert np.all((proba >= 0) & (proba <= 1))
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)
+    accuracy = (proba.argmax(axis=1) == labels[pool]).mean()
+    assert accuracy >= 0.95
+    assert classifier.diagnostics["mode"] == ("transductive" if transductive else "inductive")
+
+
+def test_confidence_tracks_difficulty() -> None:
+    """Overlapping classes must get lower confidence than well-separated ones."""
+    names = np.array(CLASSES)
+    confidences = {}
+    for spread in (0.3, 2.5):
+        features, labels, blocks = clustered(40, spread=spread)
+        seeds, pool = split_seeds(labels)
+        classifier = FewShotClassifier().fit(
+            features[seeds], names[labels[seeds]].tolist(), CLASSES, blocks
+        )
+        confidences[spread] = classifier.predict_proba(features[pool]).max(axis=1).mean()
+    assert confidences[0.3] > 0.9
+    assert confidences[2.5] < confidences[0.3] - 0.1
+
+
+def test_transductive_result_depends_only_on_features_not_on_order() -> None:
+    features, labels, blocks = clustered(30)
+    seeds, pool = split_seeds(labels)
+    names = np.array(CLASSES)
+    classifier = FewShotClassifier().fit(
+        features[seeds], names[labels[seeds]].tolist(), CLASSES, blocks
+    )
+    forward = classifier.predict_proba(features[pool])
+    order = np.random.default_rng(3).permutation(len(pool))
+    shuffled = classifier.predict_proba(features[pool][order])
+    np.testing.assert_allclose(shuffled, forward[order], atol=1e-6)
+
+
+def test_every_class_needs_a_seed() -> None:
+    features, labels, blocks = clustered(5)
+    names = np.array(CLASSES)
+    keep = labels != 3
+    with pytest.raises(ValueError, match="at least one seed"):
+        FewShotClassifier().fit(features[keep], names[labels[keep]].tolist(), CLASSES, blocks)
+    with pytest.raises(ValueError, match="not among class_names"):
+        FewShotClassifier().fit(features, ["zzz"] * len(features), CLASSES, blocks)
+
+
+def test_predict_before_fit_fails_clearly() -> None:
+    with pytest.raises(RuntimeError, match="fit"):
+        FewShotClassifier().predict_proba(np.zeros((2, 4)))
+
+
+def test_label_propagation_follows_a_chain() -> None:
+    """Two chains of points: a label at one end reaches the far end through its neighbours."""
+    t = np.linspace(0, 1, 30)
+    chain_a = np.stack([np.cos(t), np.sin(t), np.zeros_like(t)], axis=1)
+    chain_b = np.stack([np.zeros_like(t), np.cos(t), np.sin(t)], axis=1)
+    points = np.vstack([chain_a, chain_b])
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    graph = knn_graph(points, k=2)
+    scores = label_propagation(graph, np.array([0, 30]), np.array([0, 1]), 2, alpha=0.99)
+    np.testing.assert_array_equal(scores.argmax(axis=1), np.repeat([0, 1], 30))
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0)
+
+
+def test_pca_whiten_gives_unit_variance_components() -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(200, 10)) * np.arange(1, 11)
+    for sample in (data, data[:8]):  # the covariance and the Gram-matrix routes
+        whitened = pca_whiten(sample, 5)
+        assert whitened.shape == (len(sample), min(5, len(sample) - 1))
+    whitened = pca_whiten(data, 5)
+    np.testing.assert_allclose(whitened.std(axis=0), 1.0, rtol=0.01)
+    np.testing.assert_allclose(np.corrcoef(whitened.T), np.eye(5), atol=1e-6)
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError):
+        ClassifierSettings(alpha=1.5)
+    with pytest.raises(ValueError):
+        ClassifierSettings(knn=0)

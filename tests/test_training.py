@@ -1,0 +1,590 @@
+"""Label-source assembly: what each source trains on, what it may read, and nothing from the test set."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cascade_defect import training
+from cascade_defect.pseudo import AnnotationOutputs
+from cascade_defect.settings import load_config
+from cascade_defect.split import SplitLayout
+from cascade_defect.stages import run_data_strategy, run_split
+from tests.synthetic import make_neu_like
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def split_config(tmp_path_factory: pytest.TempPathFactory):
+    """A generated NEU-like dataset split by chapters 01-02 under the smoke profile."""
+    root = tmp_path_factory.mktemp("train_split")
+    data = make_neu_like(root / "neu", per_class=8, size=64)
+    config = load_config("smoke", data_dir=data, work_dir=root / "work")
+    run_data_strategy(config)
+    run_split(config)
+    return config
+
+
+def write_fake_pseudo_labels(config, *, flip_every: int = 4) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Chapter 03's two tables built from the pool's truth, with planted failures and errors.
+
+    Per pool image (sorted): #0 failed, #1 low confidence, #2 no_defect, #3 no box for the
+    'annotator' strategy; every ``flip_every``-th image gets the next class.
+    """
+    layout = SplitLayout(config.paths.split_dir)
+    names = layout.class_names()
+    truth = pd.read_csv(layout.pool_truth).sort_values("image_id").reset_index(drop=True)
+    label_rows, box_rows = [], []
+    for i, row in truth.iterrows():
+        cls = row.class_name
+        if i % flip_every == 0:
+            cls = names[(names.index(cls) + 1) % len(names)]
+        status = "failed" if i == 0 else "ok"
+        confidence = 0.2 if i == 1 else 0.9
+        defect = "no_defect" if i == 2 else cls
+        label_rows.append(
+            {
+                "image_id": row.image_id,
+                "status": status,
+                "defect_class": None if status == "failed" else defect,
+                "confidence": None if status == "failed" else confidence,
+            }
+        )
+        if status == "ok" and defect != "no_defect":
+            box_rows.append(
+                {
+                    "image_id": row.image_id,
+                    "strategy": "whole_image",
+                    "class_name": cls,
+                    "x1": 0.0,
+                    "y1": 0.0,
+                    "x2": 1.0,
+                    "y2": 1.0,
+                    "confidence": confidence,
+                }
+            )
+            if i != 3:
+                box_rows.append(
+                    {
+                        "image_id": row.image_id,
+                        "strategy": "annotator",
+                        "class_name": cls,
+                        "x1": 0.1,
+                        "y1": 0.2,
+                        "x2": 0.5,
+                        "y2": 0.6,
+                        "confidence": confidence,
+                    }
+                )
+    labels, boxes = pd.DataFrame(label_rows), pd.DataFrame(box_rows)
+    outputs = AnnotationOutputs(config.paths.annotation_dir)
+    outputs.root.mkdir(parents=True, exist_ok=True)
+    labels.to_csv(outputs.labels, index=False)
+    boxes.to_csv(outputs.boxes, index=False)
+    return labels, boxes
+
+
+# --------------------------------------------------------------------------- names
+
+
+def test_source_names_round_trip_and_reject_typos() -> None:
+    assert training.noise_source(0.1) == "noise_0.1"
+    assert training.noise_rate("noise_0.3") == pytest.approx(0.3)
+    assert training.noise_rate("human") is None
+    with pytest.raises(ValueError):
+        training.validate_source("humans")
+    with pytest.raises(ValueError):
+        training.noise_rate("noise_abc")
+    with pytest.raises(ValueError):
+        training.noise_source(1.5)
+
+
+def test_planned_sources_add_the_noise_sweep_to_the_profile_sources() -> None:
+    settings = load_config("quick").profile.training
+    planned = training.planned_sources(settings)
+    assert planned[: len(settings.sources)] == settings.sources
+    assert planned[len(settings.sources) :] == [f"noise_{r:g}" for r in settings.noise_levels]
+
+
+def test_only_human_and_noise_sources_use_the_pool_truth() -> None:
+    assert training.uses_pool_ground_truth("human")
+    assert training.uses_pool_ground_truth("noise_0.2")
+    assert not training.uses_pool_ground_truth("pseudo")
+    assert not training.uses_pool_ground_truth("seed_only")
+
+
+# --------------------------------------------------------------------------- noise
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.3, 0.5, 1.0])
+def test_flip_changes_exactly_the_requested_share_of_images_never_to_the_same_class(
+    rate: float,
+) -> None:
+    n_images, n_classes = 200, 6
+    ids = [f"img{i:03d}" for i in range(n_images)]
+    classes = pd.Series(np.arange(n_images) % n_classes, index=ids)
+    labels = pd.DataFrame(
+        {
+            "image_id": ids * 2,
+            "class_id": list(classes) * 2,
+            "cx": 0.5,
+            "cy": 0.5,
+            "w": 0.2,
+            "h": 0.2,
+        }
+    )
+    noisy, flips = training.flip_image_classes(labels, classes, rate, n_classes, seed=7)
+    assert len(flips) == round(rate * n_images)
+    assert flips["image_id"].is_unique
+    assert (flips["noisy_class"] != flips["true_class"]).all()
+    changed = noisy["class_id"].to_numpy() != labels["class_id"].to_numpy()
+    changed_images = set(noisy.loc[changed, "image_id"])
+    assert changed_images == set(flips["image_id"])
+    # every box of a flipped image carries the new class
+    merged = noisy.merge(flips, on="image_id")
+    assert (merged["class_id"] == merged["noisy_class"]).all()
+    assert noisy["class_id"].between(0, n_classes - 1).all()
+
+
+def test_flip_is_seeded_and_uses_every_other_class() -> None:
+    ids = [f"i{i}" for i in range(600)]
+    classes = pd.Series(0, index=ids)
+    labels = pd.DataFrame({"image_id": ids, "class_id": 0, "cx": 0.5, "cy": 0.5, "w": 1, "h": 1})
+    _, first = training.flip_image_classes(labels, classes, 0.5, 4, seed=3)
+    _, again = training.flip_image_classes(labels, classes, 0.5, 4, seed=3)
+    _, other = training.flip_image_classes(labels, classes, 0.5, 4, seed=4)
+    pd.testing.assert_frame_equal(first, again)
+    assert not first.equals(other)
+    assert set(first["noisy_class"]) == {1, 2, 3}
+
+
+# --------------------------------------------------------------------------- hold-out
+
+
+def test_holdout_is_the_same_for_every_caller_and_sized_by_the_fraction() -> None:
+    ids = [f"p{i}" for i in range(1422)]
+    holdout = training.holdout_ids(ids, 0.1, seed=0)
+    assert len(holdout) == 142
+    assert holdout == training.holdout_ids(list(reversed(ids)), 0.1, seed=0)
+    assert holdout != training.holdout_ids(ids, 0.1, seed=1)
+    assert len(training.holdout_ids(ids[:5], 0.1, seed=0)) == 1  # never empty when possible
+
+
+# --------------------------------------------------------------------------- pseudo filter
+
+
+def test_pseudo_labels_leave_out_failed_low_confidence_no_defect_and_boxless_images() -> None:
+    names = ["a", "b"]
+    labels = pd.DataFrame(
+        {
+            "image_id": ["ok1", "ok2", "fail", "low", "none", "nobox", "weird", "flat", "lost"],
+            "status": ["ok", "ok", "failed", "ok", "ok", "ok", "ok", "ok", "missing"],
+            "defect_class": ["a", "b", None, "a", "no_defect", "b", "zzz", "a", None],
+            "confidence": [0.9, 0.6, None, 0.3, 0.9, 0.9, 0.9, 0.9, None],
+        }
+    )
+    boxes = pd.DataFrame(
+        {
+            "image_id": ["ok1", "ok2", "ok2", "low", "weird", "nobox", "flat"],
+            "strategy": ["annotator"] * 5 + ["whole_image", "annotator"],
+            "class_name": ["a", "b", "b", "a", "zzz", "b", "a"],
+            "x1": [0.1, 0.0, 0.5, 0.1, 0.1, 0.0, 1.2],
+            "y1": [0.1, 0.0, 0.5, 0.1, 0.1, 0.0, 0.1],
+            "x2": [0.5, 0.4, 1.2, 0.5, 0.5, 1.0, 1.5],  # "flat" lies right of the image
+            "y2": [0.3, 0.4, 0.9, 0.5, 0.5, 1.0, 0.5],
+            "confidence": [0.9] * 7,
+        }
+    )
+    yolo, excluded = training.pseudo_training_labels(
+        labels, boxes, names, strategy="annotator", min_confidence=0.5
+    )
+    assert set(yolo["image_id"]) == {"ok1", "ok2"}
+    assert dict(zip(excluded["image_id"], excluded["reason"], strict=True)) == {
+        "fail": "failed",
+        "low": "below_threshold",
+        "none": "no_defect",
+        "nobox": "no_boxes",
+        "weird": "unknown_class",
+        "flat": "no_boxes",
+        "lost": "failed",
+    }
+    first = yolo[yolo["image_id"] == "ok1"].iloc[0]
+    assert (first["class_id"], first["cx"], first["cy"], first["w"], first["h"]) == pytest.approx(
+        (0, 0.3, 0.2, 0.4, 0.2)
+    )
+    clipped = yolo[yolo["image_id"] == "ok2"].iloc[1]
+    assert clipped["cx"] + clipped["w"] / 2 == pytest.approx(1.0)  # x2 = 1.2 clipped to 1
+    # a threshold at the confidence keeps the image (>=), one above it drops it
+    kept, _ = training.pseudo_training_labels(
+        labels, boxes, names, strategy="annotator", min_confidence=0.6
+    )
+    assert "ok2" in set(kept["image_id"])
+    dropped, _ = training.pseudo_training_labels(
+        labels, boxes, names, strategy="annotator", min_confidence=0.61
+    )
+    assert "ok2" not in set(dropped["image_id"])
+    with pytest.raises(ValueError):
+        training.pseudo_training_labels(labels, boxes, names, strategy="grid")
+
+
+# --------------------------------------------------------------------------- sources on disk
+
+
+def _all_sources(config) -> dict[str, training.SourceDataset]:
+    layout = SplitLayout(config.paths.split_dir)
+    split = training.read_split_inputs(layout)
+    holdout = training.holdout_ids(split.pool["image_id"], 0.2, seed=0)
+    truth = training.read_pool_truth(layout, split.class_names)
+    pseudo = training.read_pseudo_labels(AnnotationOutputs(config.paths.annotation_dir))
+    return {
+        "human": training.build_source("human", split, holdout=holdout, truth=truth),
+        "noise_0.5": training.build_source("noise_0.5", split, holdout=holdout, truth=truth),
+        "seed_only": training.build_source("seed_only", split, holdout=holdout),
+        "pseudo": training.build_source(
+            "pseudo",
+            split,
+            holdout=holdout,
+            pseudo=pseudo,
+            box_strategy="annotator",
+            min_confidence=0.5,
+        ),
+    }
+
+
+def test_no_test_image_enters_any_source(split_config) -> None:
+    write_fake_pseudo_labels(split_config)
+    layout = SplitLayout(split_config.paths.split_dir)
+    test = pd.read_csv(layout.test_listing)
+    for source, dataset in _all_sources(split_config).items():
+        assert not set(dataset.images["image_id"]) & set(test["image_id"].astype(str)), source
+        assert not set(dataset.images["sha256"]) & set(test["sha256"]), source
+        assert not dataset.images["path"].str.contains("/yolo/test/").any(), source
+
+
+def test_sources_hold_the_right_images_and_the_same_holdout(split_config) -> None:
+    labels, _ = write_fake_pseudo_labels(split_config)
+    layout = SplitLayout(split_config.paths.split_dir)
+    pool = pd.read_csv(layout.pool_listing)["image_id"].astype(str)
+    seeds = pd.read_csv(layout.seed_listing)["image_id"].astype(str)
+    sources = _all_sources(split_config)
+    human = sources["human"]
+    assert set(human.images["image_id"]) == set(pool) | set(seeds)
+    assert set(human.images.loc[human.images["origin"] == "seed", "subset"]) == {"train"}
+    seed_only = sources["seed_only"]
+    assert set(seed_only.images["image_id"]) == set(seeds)
+    assert seed_only.val_is_train
+    pseudo = sources["pseudo"]
+    kept_pool = set(pseudo.images.loc[pseudo.images["origin"] == "pool", "image_id"])
+    planted = set(labels["image_id"].iloc[:4])  # failed, low confidence, no_defect, no box
+    assert not kept_pool & planted
+    assert kept_pool | planted == set(pool)
+    assert set(pseudo.excluded["image_id"]) == planted
+    human_val = set(human.images.loc[human.images["subset"] == "val", "image_id"])
+    pseudo_val = set(pseudo.images.loc[pseudo.images["subset"] == "val", "image_id"])
+    assert pseudo_val == human_val & kept_pool
+    assert human_val <= set(pool)
+
+
+def test_pseudo_labels_carry_the_annotator_classes_not_the_truth(split_config) -> None:
+    labels, _ = write_fake_pseudo_labels(split_config, flip_every=2)
+    layout = SplitLayout(split_config.paths.split_dir)
+    names = layout.class_names()
+    truth = pd.read_csv(layout.pool_truth).set_index("image_id")["class_name"]
+    pseudo = _all_sources(split_config)["pseudo"]
+    pool_labels = pseudo.labels[
+        ~pseudo.labels["image_id"].isin(pd.read_csv(layout.seed_listing)["image_id"])
+    ]
+    given = labels.set_index("image_id")["defect_class"]
+    for row in pool_labels.itertuples(index=False):
+        assert names[row.class_id] == given[row.image_id]
+    disagreeing = sum(
+        names[r.class_id] != truth[r.image_id] for r in pool_labels.itertuples(index=False)
+    )
+    assert disagreeing > 0
+
+
+def test_pseudo_and_seed_only_never_read_the_pool_ground_truth(
+    split_config, tmp_path: Path
+) -> None:
+    """With the hidden ground truth removed, the two sources still build; human cannot."""
+    write_fake_pseudo_labels(split_config)
+    config = split_config.model_copy(update={"work_dir": tmp_path / "work"})
+    shutil.copytree(split_config.paths.run_dir, config.paths.run_dir)
+    layout = SplitLayout(config.paths.split_dir)
+    shutil.rmtree(layout.ground_truth_dir)
+    for source in ("pseudo", "seed_only"):
+        dataset, data_yaml = training.prepare_source(config, source)
+        assert data_yaml.exists() and len(dataset.images) > 0
+    with pytest.raises(FileNotFoundError):
+        training.prepare_source(config, "human")
+
+
+def test_build_source_refuses_ground_truth_for_sources_that_must_not_see_it(split_config) -> None:
+    write_fake_pseudo_labels(split_config)
+    layout = SplitLayout(split_config.paths.split_dir)
+    split = training.read_split_inputs(layout)
+    truth = training.read_pool_truth(layout, split.class_names)
+    pseudo = training.read_pseudo_labels(AnnotationOutputs(split_config.paths.annotation_dir))
+    holdout = frozenset()
+    for source in ("pseudo", "seed_only"):
+        with pytest.raises(training.GroundTruthAccessError):
+            training.build_source(source, split, holdout=holdout, truth=truth, pseudo=pseudo)
+    with pytest.raises(ValueError):
+        training.build_source("human", split, holdout=holdout)
+    with pytest.raises(ValueError):
+        training.build_source("human", split, holdout=holdout, truth=truth, pseudo=pseudo)
+
+
+def test_a_test_image_smuggled_into_the_pool_is_refused(split_config) -> None:
+    layout = SplitLayout(split_config.paths.split_dir)
+    split = training.read_split_inputs(layout)
+    truth = training.read_pool_truth(layout, split.class_names)
+    smuggled = split.test.iloc[[0]].assign(image_id="renamed_copy")  # same bytes, new name
+    tampered = training.SplitInputs(
+        class_names=split.class_names,
+        seeds=split.seeds,
+        seed_labels=split.seed_labels,
+        pool=pd.concat([split.pool, smuggled], ignore_index=True),
+        test=split.test,
+    )
+    with pytest.raises(training.LeakageError):
+        training.build_source("human", tampered, holdout=frozenset(), truth=truth)
+
+
+def test_noise_source_flips_only_pool_images_at_the_exact_rate(split_config) -> None:
+    write_fake_pseudo_labels(split_config)
+    sources = _all_sources(split_config)
+    human, noisy = sources["human"], sources["noise_0.5"]
+    n_pool = int((human.images["origin"] == "pool").sum())
+    assert len(noisy.flips) == round(0.5 * n_pool)
+    seeds = set(human.images.loc[human.images["origin"] == "seed", "image_id"])
+    assert not set(noisy.flips["image_id"]) & seeds
+    merged = human.labels.reset_index(drop=True).compare(noisy.labels.reset_index(drop=True))
+    assert len(merged) > 0
+    pd.testing.assert_frame_equal(
+        human.labels[human.labels["image_id"].isin(seeds)].reset_index(drop=True),
+        noisy.labels[noisy.labels["image_id"].isin(seeds)].reset_index(drop=True),
+    )
+
+
+def test_written_dataset_is_an_ultralytics_folder_with_linked_images(split_config) -> None:
+    write_fake_pseudo_labels(split_config)
+    dataset, data_yaml = training.prepare_source(split_config, "human")
+    spec = yaml.safe_load(data_yaml.read_text())
+    root = Path(spec["path"])
+    assert spec["names"] == dict(enumerate(SplitLayout(split_config.paths.split_dir).class_names()))
+    train_images = sorted((root / spec["train"]).iterdir())
+    val_images = sorted((root / spec["val"]).iterdir())
+    assert len(train_images) + len(val_images) == len(dataset.images)
+    assert len(val_images) == int((dataset.images["subset"] == "val").sum()) > 0
+    for image in train_images + val_images:
+        label = root / "labels" / image.parent.name / f"{image.stem}.txt"
+        assert label.exists()
+        assert image.stat().st_nlink > 1 or image.is_symlink()
+    first = dataset.labels.iloc[0]
+    subset = dataset.images.set_index("image_id").loc[first["image_id"], "subset"]
+    text = (root / "labels" / subset / f"{first['image_id']}.txt").read_text().split()
+    assert int(text[0]) == first["class_id"] and float(text[1]) == pytest.approx(
+        first["cx"], abs=1e-6
+    )
+
+
+def test_seed_only_validates_on_its_own_images(split_config) -> None:
+    _, data_yaml = training.prepare_source(split_config, "seed_only")
+    spec = yaml.safe_load(data_yaml.read_text())
+    assert spec["val"] == spec["train"] == "images/train"
+
+
+def test_link_or_copy_falls_back_to_a_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = tmp_path / "a.jpg"
+    source.write_bytes(b"pixels")
+
+    def refuse(*_args, **_kwargs):
+        raise OSError("links not allowed here")
+
+    monkeypatch.setattr(training.os, "link", refuse)
+    monkeypatch.setattr(Path, "symlink_to", refuse)
+    assert training.link_or_copy(source, tmp_path / "out" / "a.jpg") == "copy"
+    assert (tmp_path / "out" / "a.jpg").read_bytes() == b"pixels"
+
+
+def test_reserved_arguments_cannot_be_overridden(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        training.train_yolo(
+            tmp_path / "data.yaml",
+            weights="missing.pt",
+            project_dir=tmp_path,
+            name="x",
+            epochs=1,
+            imgsz=64,
+            batch=2,
+            workers=0,
+            device="cpu",
+            patience=1,
+            seed=0,
+            config_dir=tmp_path,
+            ultralytics_args={"epochs": 5},
+        )
+
+
+def test_missing_weights_fail_without_any_download(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="CASCADE_YOLO_WEIGHTS"):
+        training.train_yolo(
+            tmp_path / "data.yaml",
+            weights="yolov8n.pt",
+            project_dir=tmp_path,
+            name="x",
+            epochs=1,
+            imgsz=64,
+            batch=2,
+            workers=0,
+            device="cpu",
+            patience=1,
+            seed=0,
+            config_dir=tmp_path,
+        )
+
+
+def test_gpu_request_without_a_gpu_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training.resolve_device("auto") == "cpu"
+    assert training.resolve_device("CPU") == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA"):
+        training.resolve_device("0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training.resolve_device("cuda:0") == "0"
+    assert training.resolve_device("auto") == "0"
+
+
+def test_full_profile_is_sized_for_a_gpu() -> None:
+    settings = load_config("full").profile.training
+    assert settings.device != "cpu" and settings.imgsz == 640 and settings.epochs >= 100
+
+
+# --------------------------------------------------------------------------- one real epoch
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Refuse and record every non-loopback connection or name lookup."""
+    attempts: list[str] = []
+    loopback = {"127.0.0.1", "::1", "localhost"}
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def host_of(address) -> str:
+        return str(address[0]) if isinstance(address, tuple) else str(address)
+
+    def guarded_connect(self, address):
+        if self.family == socket.AF_UNIX or host_of(address) in loopback:
+            return real_connect(self, address)
+        attempts.append(f"connect {address}")
+        raise OSError("network blocked by test")
+
+    def guarded_create_connection(address, *args, **kwargs):
+        attempts.append(f"create_connection {address}")
+        raise OSError("network blocked by test")
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if host is None or str(host) in loopback:
+            return real_getaddrinfo(host, *args, **kwargs)
+        attempts.append(f"getaddrinfo {host}")
+        raise socket.gaierror("network blocked by test")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    return attempts
+
+
+@pytest.mark.slow
+def test_one_epoch_trains_offline_and_records_metrics_through_callbacks(
+    yolo_weights: Path, tmp_path: Path, no_network: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics"))
+    data = make_neu_like(tmp_path / "neu", per_class=6, size=64)
+    config = load_config(
+        "smoke", data_dir=data, work_dir=tmp_path / "work", yolo_weights=str(yolo_weights)
+    )
+    run_data_strategy(config)
+    run_split(config)
+    result = training.train_source(config, "human", epochs=1, progress=False)
+    assert no_network == []
+    assert result.best_weights.exists()
+    assert len(result.history) == 1 and result.history["epoch"].tolist() == [1]
+    assert {"map50", "map50_95", "precision", "recall"} <= set(result.history.columns)
+    assert {"map50", "map50_95"} <= set(result.holdout_metrics)
+    assert result.wall_seconds > 0
+    assert result.train_args["amp"] is False and result.train_args["deterministic"] is True
+    saved = training.TrainingOutputs(config.paths.training_dir).result_file("human")
+    assert saved.exists()
+
+
+@pytest.mark.slow
+def test_chapters_05_and_06_run_end_to_end_on_a_tiny_dataset(
+    yolo_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Train two sources for one epoch, then score them; own mAP must track ultralytics' val."""
+    from cascade_defect import evaluation
+
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics"))
+    data = make_neu_like(tmp_path / "neu", per_class=8, size=64)  # imgsz 64: no resampling
+    config = load_config(
+        "smoke", data_dir=data, work_dir=tmp_path / "work", yolo_weights=str(yolo_weights)
+    )
+    run_data_strategy(config)
+    run_split(config)
+    write_fake_pseudo_labels(config)
+    chapter = training.run_training(config, sources=["human", "pseudo"], progress=False)
+    assert list(chapter.summary.index) == ["human", "pseudo"]
+    assert (config.paths.training_dir / "manifest.json").exists()
+    cascade = evaluation.cascade_inputs(
+        config, annotator="offline", annotator_usd_per_image=0.002, progress=False
+    )
+    assert cascade.vm_usd_per_hour > 0 and cascade.price_origin["annotator"] == "parameter"
+    test_ids = pd.read_csv(SplitLayout(config.paths.split_dir).test_listing)["image_id"]
+    labelled = cascade.annotator(list(test_ids.astype(str)))
+    assert set(labelled) == set(test_ids.astype(str))
+    assert set(labelled.values()) <= set(SplitLayout(config.paths.split_dir).class_names())
+    result = evaluation.run_comparison(
+        config,
+        n_bootstrap=50,
+        latency_images=3,
+        annotator=cascade.annotator,
+        annotator_usd_per_image=cascade.usd_per_image,
+        vm_usd_per_hour=cascade.vm_usd_per_hour,
+        progress=False,
+    )
+    metrics = result.metrics
+    assert list(metrics.index) == ["human", "pseudo"]
+    assert (metrics["map50"] - metrics["map50_ultralytics"]).abs().max() < 1e-3
+    assert (metrics["map50_ci_low"] <= metrics["map50"] + 1e-9).all()
+    assert (metrics["map50"] <= metrics["map50_ci_high"] + 1e-9).all()
+    assert metrics["latency_ms_median"].gt(0).all()
+    assert result.cascade["escalated_share"].is_monotonic_increasing
+    assert result.cascade["usd_per_1000_cascade"].is_monotonic_increasing
+    assert result.cascade["escalated_share"].iloc[-1] == 1.0
+    assert result.comparison["reference"] == "human"
+    for path in (result.outputs.metrics, result.outputs.comparison, result.outputs.cascade):
+        assert path.exists()
+
+
+def test_each_source_gets_its_own_schedule() -> None:
+    settings = load_config(
+        "quick", overrides={"training": {"epochs": 7, "noise_epochs": 3, "seed_only_epochs": 50}}
+    ).profile.training
+    assert training.epochs_for("human", settings) == 7
+    assert training.epochs_for("pseudo", settings) == 7
+    assert training.epochs_for("seed_only", settings) == 50
+    assert training.epochs_for("noise_0.3", settings) == 3
+    unset = settings.model_copy(update={"seed_only_epochs": None})
+    assert training.epochs_for("seed_only", unset) == 7
