@@ -225,6 +225,14 @@ def test_detector_dataset_has_normalised_yolo_labels(tmp_path: Path) -> None:
     assert int(line[0]) == CLASSES.index(first.class_name)
     np.testing.assert_allclose([float(v) for v in line[1:]], [cx, cy, w, h], atol=1e-6)
     assert len(list((tmp_path / "ds" / "images").iterdir())) == 3
+    # Without width/height in the listing the sizes come from the files: same labels.
+    write_detector_dataset(
+        images.drop(columns=["width", "height"]), boxes, CLASSES, tmp_path / "d2"
+    )
+    for name in ("img_0.txt", "img_1.txt", "img_2.txt"):
+        assert (tmp_path / "d2" / "labels" / name).read_text() == (
+            tmp_path / "ds" / "labels" / name
+        ).read_text()
 
 
 def test_settings_follow_the_profile() -> None:

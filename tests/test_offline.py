@@ -173,6 +173,7 @@ def test_probabilities_are_distributions(yolo_weights: Path, tmp_path: Path, tex
     seeds, pool, _ = textures
     for transductive in (True, False):
         annotator = make_annotator(yolo_weights, tmp_path, transductive=transductive)
+        assert annotator.model_name.endswith("transductive-vmf" if transductive else "logreg")
         proba = annotator.fit(seeds, None, CLASSES).predict_proba(pool)
         values = proba[CLASSES].to_numpy()
         assert list(proba["image_id"]) == list(pool["image_id"])

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+from PIL import Image
 from tqdm.auto import tqdm
 
 from cascade_defect.annotate.schema import NO_DEFECT
@@ -169,8 +170,8 @@ class SeedDetectorSettings:
     seed: int = 0
     workers: int = 0
     device: str = "cpu"
-    conf: float = 0.1
-    """Detector score below which a proposal is dropped."""
+    conf: float = 0.25
+    """Detector score below which a proposal is dropped (ultralytics' own default)."""
     iou: float = 0.5
     max_det: int = 10
     extra_train_args: dict[str, Any] = field(default_factory=dict)
@@ -274,8 +275,9 @@ class SeedDetector:
         class_names: Sequence[str],
         name: str = "seed_detector",
     ) -> SeedDetectorTraining:
-        """Fine-tune from the base weights on the seeds (``image_id, path, width, height`` and
-        boxes in pixels ``xmin, ymin, xmax, ymax``)."""
+        """Fine-tune from the base weights on the seeds (``image_id, path``, optionally
+        ``width, height``) and their boxes in pixels (``image_id, class_name, xmin, ymin, xmax,
+        ymax``)."""
         if not self.base_weights.is_file():
             raise FileNotFoundError(
                 f"YOLO weights {str(self.base_weights)!r} not found; set CASCADE_YOLO_WEIGHTS to a "
@@ -424,6 +426,7 @@ def write_detector_dataset(
     (out / "labels").mkdir(parents=True)
     index = {name: i for i, name in enumerate(class_names)}
     by_image = {str(k): g for k, g in seed_boxes.groupby("image_id")} if len(seed_boxes) else {}
+    sizes = _image_sizes(seed_images)
     n_boxes = 0
     for image in seed_images.itertuples(index=False):
         source = Path(image.path)
@@ -432,7 +435,7 @@ def write_detector_dataset(
         for box in by_image.get(str(image.image_id), pd.DataFrame()).itertuples(index=False):
             if box.class_name not in index:
                 continue
-            w, h = float(image.width), float(image.height)
+            w, h = sizes[str(image.image_id)]
             x1, x2 = sorted((min(max(box.xmin, 0), w), min(max(box.xmax, 0), w)))
             y1, y2 = sorted((min(max(box.ymin, 0), h), min(max(box.ymax, 0), h)))
             if x2 - x1 < 1 or y2 - y1 < 1:
@@ -454,6 +457,18 @@ def write_detector_dataset(
     }
     data_yaml.write_text(yaml.safe_dump(payload, sort_keys=False))
     return data_yaml, n_boxes
+
+
+def _image_sizes(images: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Width and height of each image, from the listing when it has them, else from the file."""
+    sizes = {}
+    for image in images.itertuples(index=False):
+        width, height = getattr(image, "width", None), getattr(image, "height", None)
+        if width is None or height is None or pd.isna(width) or pd.isna(height):
+            with Image.open(image.path) as opened:
+                width, height = opened.size
+        sizes[str(image.image_id)] = (float(width), float(height))
+    return sizes
 
 
 @contextmanager

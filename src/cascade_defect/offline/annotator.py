@@ -13,7 +13,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +62,10 @@ class OfflineAnnotator:
     ``fit`` takes the labelled seeds; ``annotate`` labels a pool (a frame *without* classes) and
     appends one record per image to a store. Features are cached under ``cache_dir`` by content
     hash, so re-runs cost only the classifier (about a second for NEU-DET's pool).
+
+    ``transductive`` (default: ``classifier.transductive``, itself True by default) chooses
+    between the pool-structure classifier and the seeds-only baseline; see
+    :mod:`cascade_defect.offline.classifier`.
     """
 
     def __init__(
@@ -72,19 +76,17 @@ class OfflineAnnotator:
         layers: Sequence[int] = (2, 4, 6, 8, 9),
         stats: Sequence[str] = ("mean", "std"),
         hflip: bool = False,
-        transductive: bool = True,
+        transductive: bool | None = None,
         classifier: ClassifierSettings | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         config_dir: str | os.PathLike[str] | None = None,
         device: str = "cpu",
-        threads: int | None = None,
+        threads: int | None = 1,
         progress: bool = True,
     ) -> None:
-        settings = classifier or ClassifierSettings(transductive=transductive)
-        if classifier is not None and classifier.transductive != transductive:
-            settings = ClassifierSettings(
-                **{**classifier.as_params(), "transductive": transductive}
-            )
+        settings = classifier or ClassifierSettings()
+        if transductive is not None and transductive != settings.transductive:
+            settings = replace(settings, transductive=transductive)
         self.extractor = YoloFeatureExtractor(
             weights,
             FeatureSpec(imgsz=imgsz, layers=tuple(layers), stats=tuple(stats), hflip=hflip),
@@ -144,11 +146,7 @@ class OfflineAnnotator:
         ``seed_detector`` box strategy; the classifier itself is image-level.
         """
         _require_columns(seed_images, ("image_id", "path", "class_name"), "seed_images")
-        seeds = _with_sha256(
-            seed_images[
-                [c for c in ("image_id", "path", "sha256", "class_name") if c in seed_images]
-            ]
-        )
+        seeds = _with_sha256(seed_images)
         self.class_names = list(dict.fromkeys(str(name) for name in class_names))
         start = time.perf_counter()
         self._seed_features = self.extractor.extract(seeds["path"], seeds["sha256"])

@@ -100,6 +100,10 @@ class YoloFeatureExtractor:
 
     ``weights`` is a checkpoint path (from settings: ``load_config(...).yolo_weights``); the model
     is loaded lazily, so a fully cached run never touches torch or ultralytics.
+
+    ``threads`` defaults to 1: on a CPU shared with other work, two OpenMP threads on two cores
+    measured three times slower than one (they wait on each other); pass 2 or more on an idle
+    machine, or None to keep torch's setting.
     """
 
     def __init__(
@@ -110,7 +114,7 @@ class YoloFeatureExtractor:
         cache_dir: str | os.PathLike[str] | None = None,
         config_dir: str | os.PathLike[str] | None = None,
         device: str = "cpu",
-        threads: int | None = None,
+        threads: int | None = 1,
         progress: bool = True,
     ) -> None:
         self.spec = spec or FeatureSpec()

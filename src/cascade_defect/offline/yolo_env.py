@@ -57,7 +57,13 @@ def resolve_weights_file(weights: str, config_dir: str | os.PathLike[str]) -> Pa
     import_ultralytics(config_dir)
     from ultralytics import YOLO
 
-    model = YOLO(weights)
+    try:
+        model = YOLO(weights)
+    except (ConnectionError, OSError) as exc:
+        raise FileNotFoundError(
+            f"YOLO weights {weights!r} are not a local file and could not be downloaded ({exc}); "
+            "set CASCADE_YOLO_WEIGHTS to a local yolov8n.pt"
+        ) from exc
     path = Path(str(model.ckpt_path or weights))
     if not path.is_file():
         raise FileNotFoundError(
