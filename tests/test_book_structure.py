@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
-from cascade_defect.render import book_chapters
+from cascade_defect.render import book_appendices, book_chapters
 from cascade_defect.runner import CHAPTERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,3 +58,11 @@ def test_notebooks_stay_thin(path: Path) -> None:
         assert "sys.path" not in cell.source
         assert "%run" not in cell.source
         assert "\ndef " not in f"\n{cell.source}"
+
+
+def test_appendices_exist_and_their_includes_are_generated() -> None:
+    for appendix in book_appendices(ROOT):
+        text = (ROOT / appendix).read_text()
+        assert text.startswith("---\ntitle:")
+        for include in re.findall(r"\{\{< include (\S+) >\}\}", text):
+            assert (ROOT / include).is_file(), include

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cascade_defect.render import build_preview
+from cascade_defect.render import book_appendices, build_preview
 from cascade_defect.runner import CHAPTERS, run_chapters
 from cascade_defect.settings import load_config
 from tests.synthetic import make_neu_like
@@ -52,7 +52,7 @@ def test_every_chapter_runs_under_the_smoke_profile_and_the_preview_links_them(
 
     site = build_preview(ROOT, notebooks_dir=executed, out_dir=tmp_path / "site")
     pages = sorted(p.name for p in site.glob("*.html"))
-    assert "index.html" in pages and len(pages) == len(CHAPTERS) + 1
+    assert "index.html" in pages and len(pages) == len(CHAPTERS) + 1 + len(book_appendices(ROOT))
     index = (site / "index.html").read_text()
     for chapter in CHAPTERS:
         assert f'href="{Path(chapter.notebook).stem}.html"' in index

@@ -238,3 +238,19 @@ def write_azureml_specs(
     job_path.write_text(to_yaml(job), encoding="utf-8")
     logger.info("wrote Azure ML data asset %s and job %s", data_asset_path, job_path)
     return AzureMLSpecs(data_asset_path, job_path, data_asset, job)
+
+
+EXAMPLE_RUN_URL = "abfss://neu-det@<account>.dfs.core.windows.net/cascade/runs/full"
+
+
+def scaling_out_markdown(out_dir: str | os.PathLike[str], run_url: str = EXAMPLE_RUN_URL) -> str:
+    """The book's scaling-out appendix body: the two validated specs, written and shown verbatim."""
+    specs = write_azureml_specs(out_dir, run_url, profile="full")
+    load_spec(specs.data_asset_path, DataAssetSpec)
+    load_spec(specs.job_path, CommandJobSpec)
+    return (
+        f"The data asset (`{specs.data_asset_path.name}`), pointing at the `full` run folder in the lake:\n\n"
+        f"```yaml\n{specs.data_asset_path.read_text()}```\n\n"
+        f"The command job (`{specs.job_path.name}`) that trains and compares the models with the `full` "
+        f"profile on a GPU cluster:\n\n```yaml\n{specs.job_path.read_text()}```\n"
+    )

@@ -63,6 +63,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from cascade_defect.findings import write_findings
 
         write_findings(root, config.paths, config.profile.name)
+        from cascade_defect.azureml import scaling_out_markdown
+
+        (root / "_scaling_out.md").write_text(scaling_out_markdown(root / "azureml"))
     if not args.no_render:
         site = render_book(root, notebooks_dir=None if record else output_dir)
         print(f"Rendered the book into {site}")
@@ -127,6 +130,39 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     return 0 if result.n_labelled else 1
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Chapters 05 and 06 on a copied run folder: what an Azure ML training job executes."""
+    import shutil
+
+    from cascade_defect.runner import ChapterFailed, run_chapters
+
+    root = _project_root()
+    config = load_config(args.profile, work_dir=args.work_dir)
+    source = Path(args.data)
+    needed = [source / "02_split", source / "03_annotation"]
+    missing = [str(p) for p in needed if not p.is_dir()]
+    if missing:
+        print(
+            f"error: --data must hold a run's 02_split/ and 03_annotation/ folders; missing {missing}",
+            file=sys.stderr,
+        )
+        return 2
+    for folder in needed:
+        target = config.paths.run_dir / folder.name
+        if target.resolve() != folder.resolve():
+            shutil.copytree(folder, target, dirs_exist_ok=True)
+    try:
+        timings = run_chapters(
+            root, config, only=["05", "06"], output_dir=config.paths.run_dir / "notebooks"
+        )
+    except ChapterFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for timing in timings:
+        print(f"  {timing.notebook:<32} {timing.seconds:8.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascade-defect",
@@ -162,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-render", action="store_true", help="skip rendering")
     run.set_defaults(func=cmd_run)
+
+    train = sub.add_parser(
+        "train",
+        help="train and compare YOLOv8n (chapters 05 and 06) on a run folder, e.g. inside an Azure ML job",
+    )
+    train.add_argument(
+        "--profile", choices=sorted(PROFILES), default="full", help="run size (default: full)"
+    )
+    train.add_argument(
+        "--data", required=True, help="a run folder holding 02_split/ and 03_annotation/"
+    )
+    train.add_argument(
+        "--work-dir", help="artefact folder (default: $CASCADE_WORK_DIR or <project>/data)"
+    )
+    train.set_defaults(func=cmd_train)
 
     render = sub.add_parser(
         "render", help="render the book (Quarto if installed, else an HTML preview)"

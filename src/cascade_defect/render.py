@@ -35,6 +35,12 @@ def book_chapters(project_root: Path) -> list[str]:
     return [str(entry) for entry in _flatten_chapters(config["book"]["chapters"])]
 
 
+def book_appendices(project_root: Path) -> list[str]:
+    """The appendix files listed in ``_quarto.yml``, in order."""
+    config = yaml.safe_load((project_root / "_quarto.yml").read_text())
+    return [str(entry) for entry in _flatten_chapters(config["book"].get("appendices", []))]
+
+
 def _flatten_chapters(entries: list) -> list[str]:
     flat: list[str] = []
     for entry in entries:
@@ -75,7 +81,7 @@ def build_preview(
     config = yaml.safe_load((project_root / "_quarto.yml").read_text())
     book_title = config["book"].get("title", "Book")
     pages: list[Page] = []
-    for entry in book_chapters(project_root):
+    for entry in [*book_chapters(project_root), *book_appendices(project_root)]:
         source = project_root / entry
         if (
             notebooks_dir is not None
