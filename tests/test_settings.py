@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cascade_defect.settings import DataLocationError, load_config
+from cascade_defect.settings import PROFILES, DataLocationError, load_config
 
 
 def test_environment_sets_the_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_overrides_merge_into_the_profile(tmp_path: Path) -> None:
         overrides={"training": {"epochs": 3}, "split": {"random_seed": 1}},
     )
     assert config.profile.training.epochs == 3
-    assert config.profile.training.imgsz == 224
+    assert config.profile.training.imgsz == PROFILES["quick"].training.imgsz
     assert config.profile.split.random_seed == 1
 
 

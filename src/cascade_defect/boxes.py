@@ -37,6 +37,7 @@ from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.offline.features import file_sha256
 from cascade_defect.offline.yolo_env import import_ultralytics
+from cascade_defect.progress import progress_disabled
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,10 @@ class SeedDetector:
         model = YOLO(str(self.base_weights))
         settings = self.settings
         bar = tqdm(
-            total=settings.epochs, desc="seed detector", unit="epoch", disable=not self.progress
+            total=settings.epochs,
+            desc="seed detector",
+            unit="epoch",
+            disable=progress_disabled(self.progress),
         )
         model.add_callback("on_train_epoch_end", lambda trainer: bar.update(1))
         if self.threads:
@@ -366,7 +370,10 @@ class SeedDetector:
         with (
             _quiet_ultralytics(),
             tqdm(
-                total=len(frame), desc="seed detector boxes", unit="img", disable=not self.progress
+                total=len(frame),
+                desc="seed detector boxes",
+                unit="img",
+                disable=progress_disabled(self.progress),
             ) as bar,
         ):
             for start in range(0, len(frame), batch):

@@ -131,7 +131,32 @@ def run_chapters(
                 f"{chapter.notebook} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
                 f"The partly executed notebook is at {target}."
             ) from error
+        strip_widget_outputs(target)
         seconds = time.perf_counter() - start
         timings.append(ChapterTiming(chapter.notebook, round(seconds, 1), target))
         log.info("%s done in %.1f s", chapter.notebook, seconds)
     return timings
+
+
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def strip_widget_outputs(path: Path) -> int:
+    """Drop interactive-widget outputs (progress bars) from an executed notebook.
+
+    Their state is not saved by papermill, so in a static book they render as nothing but a
+    request to a CDN; the text and figures around them are what the record keeps.
+    """
+    import nbformat
+
+    notebook = nbformat.read(str(path), as_version=4)
+    removed = 0
+    for cell in notebook.cells:
+        outputs = cell.get("outputs", [])
+        kept = [o for o in outputs if WIDGET_MIME not in o.get("data", {})]
+        removed += len(outputs) - len(kept)
+        if outputs:
+            cell["outputs"] = kept
+    if notebook.metadata.pop("widgets", None) is not None or removed:
+        nbformat.write(notebook, str(path))
+    return removed

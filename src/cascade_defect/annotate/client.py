@@ -59,6 +59,7 @@ from cascade_defect.annotate.schema import (
     sha256_hex,
 )
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.progress import progress_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -698,7 +699,12 @@ class _Run:
         self.bar: Any = None
 
     def execute(self, items: list[_WorkItem]) -> None:
-        self.bar = tqdm(total=len(items), desc="annotate", unit="img", disable=not self.a.progress)
+        self.bar = tqdm(
+            total=len(items),
+            desc="annotate",
+            unit="img",
+            disable=progress_disabled(self.a.progress),
+        )
         try:
             with ThreadPoolExecutor(max_workers=self.a.concurrency) as pool:
                 for future in [pool.submit(self._annotate_one, item) for item in items]:

@@ -32,6 +32,7 @@ from cascade_defect.annotate.schema import (
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.offline.classifier import ClassifierSettings, FewShotClassifier
 from cascade_defect.offline.features import FeatureSpec, YoloFeatureExtractor
+from cascade_defect.progress import progress_disabled
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ class OfflineAnnotator:
             total=len(todo),
             desc="Writing records",
             unit="img",
-            disable=not self.progress,
+            disable=progress_disabled(self.progress),
         ):
             probs = by_id.loc[row.image_id, self.class_names].to_numpy(dtype=float)
             order = np.argsort(-probs)

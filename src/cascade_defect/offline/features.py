@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cascade_defect.offline.yolo_env import import_ultralytics, resolve_weights_file
+from cascade_defect.progress import progress_disabled
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,10 @@ class YoloFeatureExtractor:
             with (
                 torch.inference_mode(),
                 tqdm(
-                    total=len(paths), desc="YOLOv8n features", unit="img", disable=not self.progress
+                    total=len(paths),
+                    desc="YOLOv8n features",
+                    unit="img",
+                    disable=progress_disabled(self.progress),
                 ) as bar,
             ):
                 for offset in range(0, len(paths), batch):
