@@ -31,6 +31,8 @@ from cascade_defect.settings import StudyConfig
 from cascade_defect.split import SplitLayout, read_pool_listing
 
 REFERENCE_MODEL = "gpt-4o"
+
+
 @dataclass
 class CostAnalysis:
     """Everything chapter 07 shows."""
@@ -45,6 +47,7 @@ class CostAnalysis:
     recorded_usage: pd.DataFrame
     break_even: pd.DataFrame
     per_1000: pd.DataFrame | None
+    operating_point: dict | None
     sensitivity: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -233,14 +236,29 @@ def run_cost_analysis(
         for h in break_even["human_usd_per_image"]
     ]
 
-    comparison = _load_json(config.paths.comparison_dir / "comparison_summary.json")
+    comparison = _load_json(config.paths.comparison_dir / "comparison.json")
+    cascade_file = config.paths.comparison_dir / "cascade.csv"
     per_1000 = None
-    if comparison and "cascade" in comparison:
-        cascade = comparison["cascade"]
+    operating_point: dict | None = None
+    cascade = (
+        pd.read_csv(cascade_file)
+        if cascade_file.exists() and cascade_file.stat().st_size > 1
+        else pd.DataFrame()
+    )
+    latency_ms = (comparison or {}).get("latency", {}).get("latency_ms_median")
+    if len(cascade) and latency_ms is not None:
+        # The cheapest escalation share whose accuracy is within one point of the best measured.
+        best = cascade["accuracy"].max()
+        point = cascade[cascade["accuracy"] >= best - 0.01].sort_values("escalated_share").iloc[0]
+        operating_point = {
+            "escalated_share": float(point["escalated_share"]),
+            "accuracy": float(point["accuracy"]),
+            "yolo_latency_ms": float(latency_ms),
+        }
         vm = costs.reference("inference_vms.cpu_vm").value
         per_1000 = (
             costs.cost_per_1000_images(
-                per_image_gpt4o, cascade["yolo_latency_s"], vm, cascade["escalation_rate"]
+                per_image_gpt4o, latency_ms / 1000, vm, operating_point["escalated_share"]
             )
             .to_frame()
             .T
@@ -284,6 +302,8 @@ def run_cost_analysis(
         ),
         "targets": json.loads(targets.to_json(orient="records")),
         "recorded_cost_usd": float(recorded["cost_usd"].sum()) if not recorded.empty else None,
+        "cascade_operating_point": operating_point,
+        "usd_per_1000_images": per_1000.iloc[0].to_dict() if per_1000 is not None else None,
         "notes": notes,
     }
     (config.paths.cost_dir / "cost_summary.json").write_text(
@@ -308,6 +328,7 @@ def run_cost_analysis(
         recorded_usage=recorded,
         break_even=break_even,
         per_1000=per_1000,
+        operating_point=operating_point,
         sensitivity=sensitivity,
         notes=notes,
     )

@@ -88,6 +88,14 @@ def _cost_section(paths: StudyPaths) -> str | None:
         f"${cost['gpt4o_standard_usd']:.2f} standard and ${cost['gpt4o_batch_usd']:.2f} with the Batch API, "
         f"against the original estimate of ${cost['original_estimate_usd']:.2f}."
     ]
+    per_1000 = cost.get("usd_per_1000_images")
+    point = cost.get("cascade_operating_point")
+    if per_1000 and point:
+        lines.append(
+            f"  Per 1,000 inspected images: MLLM-only ${per_1000['mllm_only']:.2f}, YOLO-only "
+            f"${per_1000['yolo_only']:.3f}, cascade ${per_1000['cascade']:.2f} (escalating "
+            f"{point['escalated_share']:.0%} of images, accuracy {point['accuracy']:.1%})."
+        )
     for name, target in targets.items():
         if name.startswith("gpt-4o within") or name.startswith("cheapest"):
             lines.append(
@@ -97,11 +105,61 @@ def _cost_section(paths: StudyPaths) -> str | None:
     return "\n".join(lines)
 
 
+def _comparison_section(paths: StudyPaths) -> str | None:
+    import pandas as pd
+
+    metrics_file = paths.comparison_dir / "test_metrics.csv"
+    comparison = _load(paths.comparison_dir / "comparison.json")
+    if comparison is None or not metrics_file.exists():
+        return None
+    metrics = pd.read_csv(metrics_file, index_col=0)
+    parts = []
+    for source, row in metrics.iterrows():
+        ci = ""
+        if "map50_ci_low" in row and pd.notna(row.get("map50_ci_low")):
+            ci = f" [{row['map50_ci_low']:.3f}, {row['map50_ci_high']:.3f}]"
+        parts.append(f"`{source}` {row['map50']:.3f}{ci}")
+    text = (
+        f"- **Golden test set ({comparison['n_test_images']} images).** YOLOv8n mAP50 with 95% bootstrap "
+        f"intervals: {'; '.join(parts)}."
+    )
+    versus = comparison.get("comparison") or {}
+    if versus:
+        low, high = versus["difference_ci"]
+        text += (
+            f" `{versus['candidate']}` − `{versus['reference']}`: {versus['difference']:+.3f} "
+            f"[{low:+.3f}, {high:+.3f}], i.e. {versus['ratio']:.1%} of the human-label model."
+        )
+    latency = comparison.get("latency", {}).get("latency_ms_median")
+    if latency is not None:
+        text += f" YOLO CPU latency {latency:.1f} ms per image (median)."
+    return text
+
+
+def _training_section(paths: StudyPaths) -> str | None:
+    results = _load(paths.training_dir / "training_results.json")
+    if not results:
+        return None
+    entries = results.values() if isinstance(results, dict) else results
+    times = ", ".join(
+        f"`{r['source']}` {r['wall_seconds'] / 60:.1f} min"
+        for r in entries
+        if isinstance(r, dict) and "source" in r
+    )
+    return (
+        f"- **Training** (CPU, quick profile), wall time per label source: {times}."
+        if times
+        else None
+    )
+
+
 SECTIONS: list[tuple[str, Callable[[StudyPaths], str | None]]] = [
     ("01 data strategy", _data_section),
     ("02 split", _split_section),
     ("03 few-shot annotation", _annotation_section),
     ("04 label audit", _audit_section),
+    ("05 YOLOv8 training", _training_section),
+    ("06 test-set comparison", _comparison_section),
     ("07 cost analysis", _cost_section),
 ]
 
