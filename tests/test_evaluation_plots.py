@@ -92,3 +92,6 @@ def test_noise_curve_keeps_the_full_schedule_models_off_the_noise_line(
     labels = ax.get_legend_handles_labels()[1]
     assert "human labels + noise, 4 epochs" in labels and "human, 10 epochs" in labels
     plt.close(figure)
+    same = pt.noise_curve(chapter_tables["metrics"].assign(epochs=[10, 10, 10]))
+    assert list(same.axes[0].lines[0].get_xdata()) == [0.0, 0.3]  # human joins the sweep
+    plt.close(same)

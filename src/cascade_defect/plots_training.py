@@ -136,10 +136,10 @@ def per_class_heatmap(per_class: pd.DataFrame) -> Figure:
 def noise_curve(metrics: pd.DataFrame) -> Figure:
     """Test mAP50 against the share of pool images relabelled to a wrong class.
 
-    The noise sources may train on a shorter schedule than ``human`` and ``pseudo``; they are
-    joined by a line among themselves only, and the two full-schedule models are drawn apart
-    (human as a marker at zero noise, pseudo as a band) with their epochs in the legend, so a
-    schedule difference is not read as a noise effect.
+    When the noise sources train on ``human``'s schedule, human is the zero-noise point of the
+    line. When they train on a shorter one, they are joined among themselves only and human is
+    drawn apart, with the epochs in the legend, so a schedule difference is not read as a noise
+    effect. The pseudo-labelled model is a horizontal band either way.
     """
     frame = metrics.copy()
     frame["noise_rate"] = pd.to_numeric(frame["noise_rate"], errors="coerce")
@@ -152,7 +152,16 @@ def noise_curve(metrics: pd.DataFrame) -> Figure:
         return f", {'/'.join(map(str, values))} epochs"
 
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    curve = frame.dropna(subset=["noise_rate"]).sort_values("noise_rate")
+    curve = frame.dropna(subset=["noise_rate"])
+    same_schedule = bool(
+        "human" in frame.index
+        and "epochs" in frame
+        and len(curve)
+        and set(curve["epochs"].dropna()) == {frame.loc["human", "epochs"]}
+    )
+    if same_schedule:  # human labels are the zero-noise point of the same sweep
+        curve = pd.concat([frame.loc[["human"]].assign(noise_rate=0.0), curve])
+    curve = curve.sort_values("noise_rate")
     if len(curve):
         err = (
             [curve["map50"] - curve["map50_ci_low"], curve["map50_ci_high"] - curve["map50"]]
@@ -167,7 +176,7 @@ def noise_curve(metrics: pd.DataFrame) -> Figure:
             capsize=4,
             label=f"human labels + noise{epochs_of(curve)}",
         )
-    if "human" in frame.index:
+    if "human" in frame.index and not same_schedule:
         row = frame.loc[["human"]]
         err = (
             [row["map50"] - row["map50_ci_low"], row["map50_ci_high"] - row["map50"]]

@@ -738,6 +738,7 @@ class TrainingResult:
     history: pd.DataFrame
     holdout_metrics: dict[str, float]
     cpu_seconds: float = float("nan")
+    reused: bool = False
     dataset_counts: dict[str, int] = field(default_factory=dict)
     train_args: dict[str, Any] = field(default_factory=dict)
 
@@ -751,6 +752,7 @@ class TrainingResult:
             "imgsz": self.imgsz,
             "wall_seconds": round(self.wall_seconds, 1),
             "cpu_seconds": round(self.cpu_seconds, 1),
+            "reused_earlier_run": self.reused,
             "holdout": self.holdout_metrics,
             **self.dataset_counts,
             "train_args": self.train_args,
@@ -928,11 +930,58 @@ def prepare_source(
     return dataset, data_yaml
 
 
+def training_fingerprint(dataset_dir: Path, weights: str, train_args: Mapping[str, Any]) -> str:
+    """A hash of everything a trained model depends on: labels, image list, weights, arguments.
+
+    Two runs with the same fingerprint train the same model (training is seeded and
+    deterministic), so a re-run of the chapter may reuse the earlier one instead of spending
+    its minutes again.
+    """
+    import hashlib
+
+    from cascade_defect.manifest import file_sha256
+
+    digest = hashlib.sha256()
+    root = Path(dataset_dir)
+    for path in sorted((root / "labels").rglob("*.txt")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    digest.update((root / "images.csv").read_bytes())
+    digest.update(file_sha256(Path(weights)).encode())
+    digest.update(json.dumps(dict(train_args), sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _reusable_result(path: Path, fingerprint: str) -> TrainingResult | None:
+    """The saved result of an identical earlier run, if its weights are still there."""
+    if not path.exists():
+        return None
+    payload = json.loads(path.read_text())
+    best = Path(payload.get("best_weights", ""))
+    if payload.get("fingerprint") != fingerprint or not best.exists():
+        return None
+    return TrainingResult(
+        source=payload["source"],
+        best_weights=best,
+        run_dir=Path(payload["run_dir"]),
+        epochs_planned=int(payload["epochs_planned"]),
+        epochs_run=int(payload["epochs_run"]),
+        imgsz=int(payload["imgsz"]),
+        wall_seconds=float(payload["wall_seconds"]),
+        cpu_seconds=float(payload.get("cpu_seconds", float("nan"))),
+        history=pd.DataFrame(payload.get("history", [])),
+        holdout_metrics=dict(payload.get("holdout", {})),
+        train_args=dict(payload.get("train_args", {})),
+        reused=True,
+    )
+
+
 def train_source(
     config: StudyConfig,
     source: str,
     *,
     epochs: int | None = None,
+    reuse: bool = False,
     progress: bool = True,
     verbose: bool = False,
 ) -> TrainingResult:
@@ -940,33 +989,46 @@ def train_source(
 
     Noise sources train for ``noise_epochs`` (a cheaper sweep), ``seed_only`` for
     ``seed_only_epochs``, every other source for ``epochs`` (:func:`epochs_for`). The result is
-    also written to ``result_<source>.json``.
+    written to ``result_<source>.json`` with its :func:`training_fingerprint`; with ``reuse``,
+    an earlier result with the same fingerprint is returned instead of training again (its
+    recorded wall time is that of the run that trained it).
     """
     settings = config.profile.training
     dataset, data_yaml = prepare_source(config, source)
     if epochs is None:
         epochs = epochs_for(source, settings)
     out = TrainingOutputs(config.paths.training_dir)
+    schedule = {
+        "epochs": epochs,
+        "imgsz": settings.imgsz,
+        "batch": settings.batch,
+        "workers": settings.workers,
+        "device": settings.device,
+        "patience": settings.patience,
+        "seed": settings.seed,
+        "ultralytics_args": settings.ultralytics_args,
+        "torch_threads": settings.torch_threads,
+    }
+    fingerprint = training_fingerprint(data_yaml.parent, config.yolo_weights, schedule)
+    if reuse:
+        earlier = _reusable_result(out.result_file(source), fingerprint)
+        if earlier is not None:
+            log.info("%s: reusing the identical run in %s", source, earlier.run_dir)
+            earlier.dataset_counts = dataset.counts()
+            return earlier
     result = train_yolo(
         data_yaml,
         weights=config.yolo_weights,
         project_dir=out.runs_dir,
         name=source,
-        epochs=epochs,
-        imgsz=settings.imgsz,
-        batch=settings.batch,
-        workers=settings.workers,
-        device=settings.device,
-        patience=settings.patience,
-        seed=settings.seed,
         config_dir=config.work_dir / ".ultralytics",
-        ultralytics_args=settings.ultralytics_args,
-        torch_threads=settings.torch_threads,
         progress=progress,
         verbose=verbose,
+        **schedule,
     )
     result.dataset_counts = dataset.counts()
     payload = result.summary()
+    payload["fingerprint"] = fingerprint
     payload["history"] = result.history.to_dict(orient="records")
     out.result_file(source).write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return result
@@ -998,6 +1060,7 @@ def summary_table(results: Mapping[str, TrainingResult]) -> pd.DataFrame:
                 "imgsz": result.imgsz,
                 "wall_minutes": round(result.wall_seconds / 60, 2),
                 "cpu_minutes": round(result.cpu_seconds / 60, 2),
+                "reused": result.reused,
                 **{f"holdout_{k}": round(v, 4) for k, v in result.holdout_metrics.items()},
             }
         )
@@ -1018,10 +1081,15 @@ def run_training(
     config: StudyConfig,
     *,
     sources: Sequence[str] | None = None,
+    reuse: bool = False,
     progress: bool = True,
     on_result: Callable[[TrainingResult], None] | None = None,
 ) -> TrainingChapter:
-    """Train one model per source, then write the results, learning curves and a manifest."""
+    """Train one model per source, then write the results, learning curves and a manifest.
+
+    With ``reuse``, a source whose labels, weights and arguments are unchanged since its last
+    run is not trained again (see :func:`train_source`); the summary marks it.
+    """
     chosen = [validate_source(s) for s in (sources or planned_sources(config.profile.training))]
     out = TrainingOutputs(config.paths.training_dir)
     layout = SplitLayout(config.paths.split_dir)
@@ -1029,18 +1097,22 @@ def run_training(
     inputs = {"split_pool": layout.pool_listing, "split_seed": layout.seed_listing}
     if PSEUDO in chosen:
         inputs |= {"pseudo_labels": annotation.labels, "pseudo_boxes": annotation.boxes}
-    require_inputs(inputs, {**_PRODUCED_BY, "split_pool": "notebook 02", "split_seed": "nb 02"})
+    if any(uses_pool_ground_truth(s) for s in chosen):
+        inputs |= {"pool_ground_truth": layout.ground_truth_dir}
+    require_inputs(
+        inputs, {**_PRODUCED_BY, "split_pool": "notebook 02", "split_seed": "notebook 02"}
+    )
     run = ChapterRun(
         "05_yolo_training",
         config,
         out.root,
-        parameters={"sources": chosen, **config.profile.training.model_dump()},
+        parameters={"sources": chosen, "reuse": reuse, **config.profile.training.model_dump()},
         inputs=inputs,
     )
     results: dict[str, TrainingResult] = {}
     for source in chosen:
         with run.timed(f"train_{source}"):
-            results[source] = train_source(config, source, progress=progress)
+            results[source] = train_source(config, source, reuse=reuse, progress=progress)
         if on_result is not None:
             on_result(results[source])
     summary = summary_table(results)
