@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,36 @@ def _project_local_ultralytics(
     """Keep ultralytics' settings file out of the user's home during tests."""
     if "YOLO_CONFIG_DIR" not in os.environ:
         monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path_factory.getbasetemp() / "ultralytics"))
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Refuse and record every non-loopback connection or name lookup."""
+    attempts: list[str] = []
+    loopback = {"127.0.0.1", "::1", "localhost"}
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def host_of(address) -> str:
+        return str(address[0]) if isinstance(address, tuple) else str(address)
+
+    def guarded_connect(self, address):
+        if self.family == socket.AF_UNIX or host_of(address) in loopback:
+            return real_connect(self, address)
+        attempts.append(f"connect {address}")
+        raise OSError("network blocked by test")
+
+    def guarded_create_connection(address, *args, **kwargs):
+        attempts.append(f"create_connection {address}")
+        raise OSError("network blocked by test")
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if host is None or str(host) in loopback:
+            return real_getaddrinfo(host, *args, **kwargs)
+        attempts.append(f"getaddrinfo {host}")
+        raise socket.gaierror("network blocked by test")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    return attempts

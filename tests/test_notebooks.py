@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from cascade_defect.render import book_appendices, build_preview
 from cascade_defect.runner import CHAPTERS, run_chapters
 from cascade_defect.settings import load_config
-from tests.synthetic import make_neu_like
+from tests.synthetic import make_byo_dataset, make_neu_like
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,3 +58,31 @@ def test_every_chapter_runs_under_the_smoke_profile_and_the_preview_links_them(
     for chapter in CHAPTERS:
         assert f'href="{Path(chapter.notebook).stem}.html"' in index
     assert "{{<" not in index  # includes resolved
+
+
+def test_the_study_runs_on_a_class_folder_dataset_and_says_which_track_to_read(
+    yolo_weights: Path, tmp_path: Path
+) -> None:
+    """A user's dataset with class folders only (no boxes, spaces in class names, mixed formats)."""
+    classes = ("hole punch", "oil stain", "scratch")
+    data = make_byo_dataset(tmp_path / "byo", layout="classfolders", classes=classes, per_class=16)
+    config = load_config(
+        "smoke", data_dir=data, work_dir=tmp_path / "work", yolo_weights=str(yolo_weights)
+    )
+    executed = tmp_path / "executed"
+    run_chapters(ROOT, config, output_dir=executed, progress=False)
+    for chapter in ("05_yolo_training.ipynb", "06_test_comparison.ipynb"):
+        notebook = nbformat.read(executed / chapter, as_version=4)
+        shown = "".join(
+            str(output.get("data", {}).get("text/markdown", ""))
+            for cell in notebook.cells
+            for output in cell.get("outputs", [])
+        )
+        assert "image-level labels only" in shown, chapter
+    card = config.paths.data_card_dir / "data_card.json"
+    assert '"image_level_only": true' in card.read_text()
+    accuracy = pd.read_csv(config.paths.comparison_dir / "classification" / "test_accuracy.csv")
+    assert set(accuracy["source"]) == set(config.profile.classification.sources)
+    assert accuracy["accuracy"].between(0, 1).all()
+    detection = pd.read_csv(config.paths.comparison_dir / "test_metrics.csv")
+    assert len(detection)  # the detection track still ran, on whole-image boxes

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.integration, pytest.mark.notebooks, pytest.mark.slow]
 
 
-def test_fake_keys_never_appear_in_any_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fake_keys_never_appear_in_any_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     openai_key = f"sk-test-{secrets.token_hex(16)}"
     azure_key = secrets.token_hex(24)
     storage_key = secrets.token_urlsafe(32)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -452,58 +451,12 @@ def test_missing_weights_fail_without_any_download(tmp_path: Path) -> None:
         )
 
 
-def test_gpu_request_without_a_gpu_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert training.resolve_device("auto") == "cpu"
-    assert training.resolve_device("CPU") == "cpu"
-    with pytest.raises(RuntimeError, match="no CUDA"):
-        training.resolve_device("0")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert training.resolve_device("cuda:0") == "0"
-    assert training.resolve_device("auto") == "0"
-
-
 def test_full_profile_is_sized_for_a_gpu() -> None:
     settings = load_config("full").profile.training
     assert settings.device != "cpu" and settings.imgsz == 640 and settings.epochs >= 100
 
 
 # --------------------------------------------------------------------------- one real epoch
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Refuse and record every non-loopback connection or name lookup."""
-    attempts: list[str] = []
-    loopback = {"127.0.0.1", "::1", "localhost"}
-    real_connect = socket.socket.connect
-    real_getaddrinfo = socket.getaddrinfo
-
-    def host_of(address) -> str:
-        return str(address[0]) if isinstance(address, tuple) else str(address)
-
-    def guarded_connect(self, address):
-        if self.family == socket.AF_UNIX or host_of(address) in loopback:
-            return real_connect(self, address)
-        attempts.append(f"connect {address}")
-        raise OSError("network blocked by test")
-
-    def guarded_create_connection(address, *args, **kwargs):
-        attempts.append(f"create_connection {address}")
-        raise OSError("network blocked by test")
-
-    def guarded_getaddrinfo(host, *args, **kwargs):
-        if host is None or str(host) in loopback:
-            return real_getaddrinfo(host, *args, **kwargs)
-        attempts.append(f"getaddrinfo {host}")
-        raise socket.gaierror("network blocked by test")
-
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
-    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
-    return attempts
 
 
 @pytest.mark.slow

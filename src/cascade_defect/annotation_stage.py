@@ -262,16 +262,12 @@ def _pseudo_boxes(
         proposals = None
         if strategy == "seed_detector":
             seeds, seed_boxes = read_labelled_listing(layout, "seed")
-            sizes = config.profile.annotation
             detector = SeedDetector(
                 config.yolo_weights,
                 config.paths.annotation_dir / "seed_detector",
-                SeedDetectorSettings(
-                    epochs=sizes.seed_detector_epochs,
-                    imgsz=sizes.seed_detector_imgsz,
-                    device=config.profile.training.device,
-                ),
+                SeedDetectorSettings.for_profile(config.profile),
                 config_dir=config.work_dir / ".ultralytics",
+                threads=config.profile.training.torch_threads,
             )
             detector.train(seeds, seed_boxes, layout.class_names())
             proposals = detector.propose(pool)

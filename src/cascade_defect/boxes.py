@@ -23,8 +23,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +35,13 @@ from tqdm.auto import tqdm
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.offline.features import file_sha256
-from cascade_defect.offline.yolo_env import import_ultralytics
 from cascade_defect.progress import progress_disabled
+from cascade_defect.yolo_env import (
+    import_ultralytics,
+    pin_training_threads,
+    quiet_ultralytics,
+    training_threads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -306,15 +310,7 @@ class SeedDetector:
             disable=progress_disabled(self.progress),
         )
         model.add_callback("on_train_epoch_end", lambda trainer: bar.update(1))
-        if self.threads:
-            import torch
-
-            threads = self.threads
-            # ultralytics trains on cpu_count - 1 threads. More help only on an idle CPU: when
-            # other processes share the cores, OpenMP threads mostly wait on each other.
-            model.add_callback(
-                "on_pretrain_routine_start", lambda trainer: torch.set_num_threads(threads)
-            )
+        pin_training_threads(model, training_threads(self.threads))
         args: dict[str, Any] = {
             "val": False,
             "verbose": False,
@@ -338,7 +334,7 @@ class SeedDetector:
         }
         start = time.perf_counter()
         try:
-            with _quiet_ultralytics():
+            with quiet_ultralytics():
                 model.train(**args)
         finally:
             bar.close()
@@ -368,7 +364,7 @@ class SeedDetector:
         out: dict[str, list[Proposal]] = {}
         frame = images[["image_id", "path"]].reset_index(drop=True)
         with (
-            _quiet_ultralytics(),
+            quiet_ultralytics(),
             tqdm(
                 total=len(frame),
                 desc="seed detector boxes",
@@ -476,19 +472,6 @@ def _image_sizes(images: pd.DataFrame) -> dict[str, tuple[float, float]]:
                 width, height = opened.size
         sizes[str(image.image_id)] = (float(width), float(height))
     return sizes
-
-
-@contextmanager
-def _quiet_ultralytics() -> Iterator[None]:
-    """Silence ultralytics' per-batch logging (our progress bars replace it), then restore it."""
-    from ultralytics.utils import LOGGER
-
-    previous = LOGGER.level
-    LOGGER.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        LOGGER.setLevel(previous)
 
 
 def proposals_to_json(proposals: Mapping[str, Sequence[Proposal]]) -> str:

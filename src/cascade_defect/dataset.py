@@ -110,6 +110,8 @@ class Dataset:
     images: list[ImageRecord]
     quirks: list[Quirk]
     quarantined: list[Quirk]
+    image_level_only: bool = False
+    """No annotation files at all: the class folders are the only labels (no boxes)."""
 
     def images_frame(self) -> pd.DataFrame:
         """One row per image (no boxes), the table later stages work from."""
@@ -174,6 +176,7 @@ class Dataset:
             images=kept,
             quirks=[q for q in self.quirks if q.image_id is None or q.image_id in kept_ids],
             quarantined=list(self.quarantined),
+            image_level_only=self.image_level_only,
         )
 
 
@@ -310,6 +313,7 @@ def load_dataset(
         images=sorted(records, key=lambda r: (known.index(r.class_name), _natural_key(r.image_id))),
         quirks=quirks,
         quarantined=quarantined,
+        image_level_only=image_level_only,
     )
 
 
@@ -345,6 +349,7 @@ def data_card(dataset: Dataset) -> dict:
     return {
         "root": str(dataset.root),
         "layout": dataset.layout,
+        "image_level_only": dataset.image_level_only,
         "class_names": dataset.class_names,
         "n_images": len(images),
         "n_annotated_images": int(images["annotation_path"].notna().sum()) if len(images) else 0,

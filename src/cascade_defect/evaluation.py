@@ -37,13 +37,11 @@ from cascade_defect.training import (
     HUMAN,
     PSEUDO,
     TrainingOutputs,
-    import_ultralytics,
     link_or_copy,
     noise_rate,
-    quiet_ultralytics,
     read_training_results,
-    resolve_device,
 )
+from cascade_defect.yolo_env import import_ultralytics, quiet_ultralytics, resolve_device
 
 log = logging.getLogger(__name__)
 

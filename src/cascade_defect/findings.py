@@ -24,9 +24,15 @@ def _data_section(paths: StudyPaths) -> str | None:
     if card is None:
         return None
     quirks = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in card["quirks"].items()) or "none"
+    per_image = card["boxes"].get("per_image")
+    boxes = (
+        f"{card['boxes']['n_boxes']:,} boxes ({per_image['mean']} per image)"
+        if per_image
+        else "image-level labels only (no boxes)"
+    )
     return (
         f"- **Data.** {card['n_images']:,} images in {len(card['class_names'])} classes with "
-        f"{card['boxes']['n_boxes']:,} boxes ({card['boxes']['per_image']['mean']} per image); "
+        f"{boxes}; "
         f"quirks found: {quirks}; {card['images_with_cross_class_boxes']} images hold boxes of another class."
     )
 
@@ -136,6 +142,38 @@ def _comparison_section(paths: StudyPaths) -> str | None:
     return text
 
 
+def _classification_section(paths: StudyPaths) -> str | None:
+    import pandas as pd
+
+    root = paths.comparison_dir / "classification"
+    metrics_file = root / "test_accuracy.csv"
+    comparison = _load(root / "comparison.json")
+    if comparison is None or not metrics_file.exists():
+        return None
+    metrics = pd.read_csv(metrics_file, index_col=0)
+    parts = [
+        f"`{source}` {row['accuracy']:.1%} [{row['ci_low']:.1%}, {row['ci_high']:.1%}]"
+        for source, row in metrics.iterrows()
+    ]
+    n_test = int(metrics["n_test"].iloc[0]) if len(metrics) else 0
+    text = (
+        f"- **Image classification (YOLOv8n-cls, {n_test} test images).** Top-1 accuracy with 95% "
+        f"bootstrap intervals: {'; '.join(parts)}."
+    )
+    if "difference" in comparison:
+        verdict = "meets" if comparison["target_met"] else "misses"
+        text += (
+            f" `pseudo` − `human`: {comparison['difference']:+.1%} "
+            f"[{comparison['difference_ci_low']:+.1%}, {comparison['difference_ci_high']:+.1%}], "
+            f"{comparison['ratio']:.1%} of the human-label model ({verdict} the "
+            f"{comparison['target_ratio']:.0%} target)."
+        )
+    latency = comparison.get("latency", {}).get("latency_ms_median")
+    if latency is not None:
+        text += f" CPU latency {latency:.1f} ms per image (median)."
+    return text
+
+
 def _training_section(paths: StudyPaths) -> str | None:
     results = _load(paths.training_dir / "training_results.json")
     if not results:
@@ -146,11 +184,7 @@ def _training_section(paths: StudyPaths) -> str | None:
         for r in entries
         if isinstance(r, dict) and "source" in r
     )
-    return (
-        f"- **Training** (CPU, quick profile), wall time per label source: {times}."
-        if times
-        else None
-    )
+    return f"- **Training**, wall time per label source: {times}." if times else None
 
 
 SECTIONS: list[tuple[str, Callable[[StudyPaths], str | None]]] = [
@@ -160,6 +194,7 @@ SECTIONS: list[tuple[str, Callable[[StudyPaths], str | None]]] = [
     ("04 label audit", _audit_section),
     ("05 YOLOv8 training", _training_section),
     ("06 test-set comparison", _comparison_section),
+    ("06 image classification", _classification_section),
     ("07 cost analysis", _cost_section),
 ]
 

@@ -95,6 +95,11 @@ def class_and_box_counts(
 
 def box_geometry(images: pd.DataFrame, boxes: pd.DataFrame, class_names: Sequence[str]) -> Figure:
     """Relative box width against height per class: where the defects sit in shape space."""
+    if boxes.empty:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        ax.text(0.5, 0.5, "no boxes: image-level labels only", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
     sizes = images.set_index("image_id")[["width", "height"]]
     frame = boxes.join(sizes, on="image_id")
     frame["rel_w"] = (frame["xmax"] - frame["xmin"]) / frame["width"]

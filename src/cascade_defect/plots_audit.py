@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
@@ -26,7 +27,12 @@ _BOX_METRICS = {
 }
 
 
-def confusion_heatmap(confusion: pd.DataFrame) -> Figure:
+def confusion_heatmap(
+    confusion: pd.DataFrame,
+    predicted_label: str = "pseudo-label",
+    title: str = "Confusion matrix (numbers: images)",
+    ax: Axes | None = None,
+) -> Figure:
     """True class against answer: colour is the share of the row, the number is the count.
 
     Row shares make classes of different sizes comparable; counts keep the absolute scale.
@@ -36,7 +42,10 @@ def confusion_heatmap(confusion: pd.DataFrame) -> Figure:
     with np.errstate(invalid="ignore", divide="ignore"):
         shares = np.where(totals > 0, counts / totals, 0.0)
     n_rows, n_cols = confusion.shape
-    fig, ax = plt.subplots(figsize=(1.0 + 0.95 * n_cols, 1.2 + 0.6 * max(n_rows, 1)))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.0 + 0.95 * n_cols, 1.2 + 0.6 * max(n_rows, 1)))
+    else:
+        fig = ax.figure
     sns.heatmap(
         pd.DataFrame(shares, index=confusion.index, columns=confusion.columns),
         annot=confusion.to_numpy(dtype=int),
@@ -48,9 +57,9 @@ def confusion_heatmap(confusion: pd.DataFrame) -> Figure:
         linewidths=0.5,
         ax=ax,
     )
-    ax.set_xlabel("pseudo-label")
+    ax.set_xlabel(predicted_label)
     ax.set_ylabel("true class (file)")
-    ax.set_title("Confusion matrix (numbers: images)")
+    ax.set_title(title)
     plt.setp(ax.get_xticklabels(), rotation=35, ha="right")
     fig.tight_layout()
     return fig

@@ -21,12 +21,18 @@ def _source_colours(sources: list[str]) -> dict[str, tuple]:
     return {s: _PALETTE[i % len(_PALETTE)] for i, s in enumerate(sources)}
 
 
-def learning_curves(history: pd.DataFrame) -> Figure:
-    """Hold-out mAP50 and training box loss per epoch, one line per label source.
+_METRIC_LABELS = {"map50": "mAP50", "top1": "top-1 accuracy"}
+_LOSS_LABELS = {"train_box_loss": "Training box loss", "train_loss": "Training loss"}
+
+
+def learning_curves(
+    history: pd.DataFrame, metric: str = "map50", loss: str = "train_box_loss"
+) -> Figure:
+    """Hold-out ``metric`` and training ``loss`` per epoch, one line per label source.
 
     Each source is validated on its own labels of the same hold-out images, so a noisy source
     can look worse here partly because its validation labels are noisy too; chapter 06 judges
-    all of them on human labels.
+    all of them on human labels. Classifiers use ``metric="top1", loss="train_loss"``.
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     if history.empty:
@@ -37,17 +43,16 @@ def learning_curves(history: pd.DataFrame) -> Figure:
     colours = _source_colours(sources)
     for source, group in history.groupby("source", sort=False):
         axes[0].plot(
-            group["epoch"], group["map50"], marker="o", ms=3, label=source, color=colours[source]
+            group["epoch"], group[metric], marker="o", ms=3, label=source, color=colours[source]
         )
-        if "train_box_loss" in group:
-            axes[1].plot(
-                group["epoch"], group["train_box_loss"], marker="o", ms=3, color=colours[source]
-            )
-    axes[0].set_title("Hold-out mAP50 (each source's own labels)")
+        if loss in group:
+            axes[1].plot(group["epoch"], group[loss], marker="o", ms=3, color=colours[source])
+    label = _METRIC_LABELS.get(metric, metric)
+    axes[0].set_title(f"Hold-out {label} (each source's own labels)")
     axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("mAP50")
+    axes[0].set_ylabel(label)
     axes[0].legend(fontsize=8)
-    axes[1].set_title("Training box loss")
+    axes[1].set_title(_LOSS_LABELS.get(loss, loss))
     axes[1].set_xlabel("epoch")
     fig.tight_layout()
     return fig
@@ -76,24 +81,39 @@ def training_time(summary: pd.DataFrame) -> Figure:
     return fig
 
 
-def map_with_intervals(metrics: pd.DataFrame, target_ratio: float | None = None) -> Figure:
-    """Test mAP50 per model with its bootstrap 95% interval.
+def map_with_intervals(
+    metrics: pd.DataFrame,
+    target_ratio: float | None = None,
+    column: str = "map50",
+    low_column: str | None = None,
+    high_column: str | None = None,
+) -> Figure:
+    """Test mAP50 (or another ``column``) per model with its bootstrap 95% interval.
 
-    With ``target_ratio`` (e.g. 0.97) a dashed line marks that share of the human model's mAP50,
-    the bar the pseudo-labelled model has to clear.
+    With ``target_ratio`` (e.g. 0.97) a dashed line marks that share of the human model's score,
+    the bar the pseudo-labelled model has to clear. The classification track passes
+    ``column="accuracy", low_column="ci_low", high_column="ci_high"``.
     """
-    frame = metrics.sort_values("map50")
+    low_column = low_column or f"{column}_ci_low"
+    high_column = high_column or f"{column}_ci_high"
+    if metrics.empty:
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.text(0.5, 0.5, "no models scored", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    frame = metrics.sort_values(column)
     fig, ax = plt.subplots(figsize=(7, 0.5 * max(len(frame), 1) + 1.4))
     y = np.arange(len(frame))
-    low = frame["map50"] - frame.get("map50_ci_low", frame["map50"])
-    high = frame.get("map50_ci_high", frame["map50"]) - frame["map50"]
-    ax.errorbar(frame["map50"], y, xerr=[low, high], fmt="o", color="#4c72b0", capsize=4)
+    low = frame[column] - frame.get(low_column, frame[column])
+    high = frame.get(high_column, frame[column]) - frame[column]
+    ax.errorbar(frame[column], y, xerr=[low, high], fmt="o", color="#4c72b0", capsize=4)
     ax.set_yticks(y, frame.index)
     if target_ratio is not None and "human" in metrics.index:
-        bar = target_ratio * float(metrics.loc["human", "map50"])
+        bar = target_ratio * float(metrics.loc["human", column])
         ax.axvline(bar, ls="--", color="#c44e52", lw=1)
         ax.text(bar, len(frame) - 0.5, f" {target_ratio:.0%} of human", color="#c44e52", fontsize=8)
-    ax.set_xlabel("test mAP50 (95% bootstrap interval over test images)")
+    label = _METRIC_LABELS.get(column, column)
+    ax.set_xlabel(f"test {label} (95% bootstrap interval over test images)")
     ax.set_title("Golden test set")
     fig.tight_layout()
     return fig
@@ -255,5 +275,30 @@ def cascade_tradeoff(cascade: pd.DataFrame) -> Figure:
         axes[1].set_xlabel("USD per 1,000 images")
         axes[1].set_ylabel("image-level accuracy")
         axes[1].set_title("Accuracy vs cost")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrices(confusion: Mapping[str, pd.DataFrame]) -> Figure:
+    """One confusion matrix per classifier, side by side: where each label source's model errs.
+
+    Cells are coloured by the share of the true class and annotated with image counts.
+    """
+    from cascade_defect.plots_audit import confusion_heatmap
+
+    sources = list(confusion)
+    if not sources:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no classifiers", ha="center", va="center")
+        return fig
+    n_classes = max(len(table.columns) for table in confusion.values())
+    fig, axes = plt.subplots(
+        1,
+        len(sources),
+        figsize=(len(sources) * (1.4 + 0.75 * n_classes), 1.6 + 0.55 * n_classes),
+        squeeze=False,
+    )
+    for ax, source in zip(axes[0], sources, strict=True):
+        confusion_heatmap(confusion[source], predicted_label="predicted", title=source, ax=ax)
     fig.tight_layout()
     return fig

@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cascade_defect.dataset import Dataset, ImageRecord
+from cascade_defect.dataset import Box, Dataset, ImageRecord
 from cascade_defect.progress import progress_disabled
 from cascade_defect.settings import SplitSettings
 
 SPLITS = ("seed", "pool", "test")
+LabelKind = Literal["boxes", "image"]
 
 
 def assign_splits(images: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame:
@@ -146,6 +148,15 @@ class SplitLayout:
     def class_names(self) -> list[str]:
         return json.loads(self.classes_file.read_text())["class_names"]
 
+    def label_kind(self) -> LabelKind:
+        """``boxes`` when the dataset came with boxes, ``image`` when only with class folders."""
+        return json.loads(self.classes_file.read_text()).get("labels", "boxes")
+
+
+def whole_image_box(record: ImageRecord) -> Box:
+    """The box an image-level label stands for: the whole image, in the image's class."""
+    return Box(record.class_name, 0.0, 0.0, float(record.width), float(record.height))
+
 
 def write_split(
     dataset: Dataset, assignment: pd.DataFrame, out_dir: Path, progress: bool = True
@@ -156,7 +167,10 @@ def write_split(
         shutil.rmtree(out_dir)
     layout.ground_truth_dir.mkdir(parents=True)
     class_names = list(dataset.class_names)
-    layout.classes_file.write_text(json.dumps({"class_names": class_names}, indent=2))
+    label_kind: LabelKind = "image" if dataset.image_level_only else "boxes"
+    layout.classes_file.write_text(
+        json.dumps({"class_names": class_names, "labels": label_kind}, indent=2)
+    )
     by_id = {r.image_id: r for r in dataset.images}
     split_of = dict(zip(assignment["image_id"], assignment["split"], strict=True))
 
@@ -172,6 +186,9 @@ def write_split(
         unit="img",
     ):
         record = by_id[image_id]
+        if dataset.image_level_only:
+            # Detection needs boxes: an image-level label becomes one whole-image box.
+            record = replace(record, boxes=[whole_image_box(record)])
         split = split_of[image_id]
         target = layout.yolo_dir(split) / "images" / f"{image_id}{record.image_path.suffix.lower()}"
         target.parent.mkdir(parents=True, exist_ok=True)

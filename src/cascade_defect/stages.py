@@ -7,6 +7,7 @@ what the chapter shows. Nothing is passed between chapters in memory.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +55,59 @@ class DataStrategyResult:
     outputs: DataStrategyOutputs
 
 
-def run_data_strategy(config: StudyConfig, on_error: str = "raise") -> DataStrategyResult:
-    """Load the dataset, subsample it for the profile, write the data card and the image index."""
+def card_overview(card: dict) -> pd.Series:
+    """The data card's headline facts, one per row, for the top of chapter 01."""
+    boxes = card["boxes"]
+    per_image = boxes.get("per_image")
+    return pd.Series(
+        {
+            "layout": card["layout"],
+            "images": card["n_images"],
+            "images with an annotation": card["n_annotated_images"],
+            "boxes": boxes["n_boxes"],
+            "boxes per image (min / mean / max)": "{min} / {mean} / {max}".format(**per_image)
+            if per_image
+            else "none: image-level labels only",
+            "image sizes": ", ".join(
+                f"{s['width']}x{s['height']} ({s['n']})" for s in card["image_sizes"]
+            ),
+            "pixel modes": ", ".join(f"{k} ({v})" for k, v in card["image_modes"].items()),
+            "subsampled per class": card["subsampled_per_class"],
+        },
+        name="data card",
+    )
+
+
+def box_class_table(boxes: pd.DataFrame) -> pd.DataFrame | str:
+    """Image class against box class, with totals: where boxes of another class hide."""
+    if boxes.empty:
+        return "no boxes: the dataset has image-level labels only"
+    return pd.crosstab(
+        boxes["image_class"], boxes["class_name"], margins=True, margins_name="total"
+    ).rename_axis(index="image class", columns="box class")
+
+
+def run_data_strategy(
+    config: StudyConfig, on_error: str = "raise", class_names: Sequence[str] | None = None
+) -> DataStrategyResult:
+    """Load the dataset, subsample it for the profile, write the data card and the image index.
+
+    ``class_names`` None infers the classes from the data (class folders, a YOLO names file or
+    the Pascal VOC box names), which gives NEU-DET's six on NEU-DET and a user's own classes on
+    theirs; a list fixes them (and their order).
+    """
     data_dir = config.require_data_dir()
     out = DataStrategyOutputs(config.paths.data_card_dir)
-    run = ChapterRun("01_data_strategy", config, out.root, parameters={"on_error": on_error})
+    chosen = list(class_names) if class_names else None
+    run = ChapterRun(
+        "01_data_strategy",
+        config,
+        out.root,
+        parameters={"on_error": on_error, "class_names": chosen},
+    )
     run.input_sources["dataset"] = str(data_dir)
     with run.timed("load"):
-        dataset = load_dataset(data_dir, on_error=on_error)  # type: ignore[arg-type]
+        dataset = load_dataset(data_dir, class_names=chosen, on_error=on_error)  # type: ignore[arg-type]
     full_card = data_card(dataset)
     per_class = config.profile.max_images_per_class
     if per_class is not None:
@@ -146,6 +192,7 @@ def dataset_from_index(out: DataStrategyOutputs) -> Dataset:
             for q in quirks.itertuples(index=False)
         ],
         quarantined=[],
+        image_level_only=bool(card.get("image_level_only", False)),
     )
 
 

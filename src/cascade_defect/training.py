@@ -24,8 +24,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,13 @@ from cascade_defect.split import (
     read_labelled_listing,
     read_pool_ground_truth,
     read_pool_listing,
+)
+from cascade_defect.yolo_env import (
+    import_ultralytics,
+    pin_training_threads,
+    quiet_ultralytics,
+    resolve_device,
+    training_threads,
 )
 
 log = logging.getLogger(__name__)
@@ -92,6 +98,8 @@ _METRIC_NAMES = {
     "metrics/recall(B)": "recall",
     "metrics/mAP50(B)": "map50",
     "metrics/mAP50-95(B)": "map50_95",
+    "metrics/accuracy_top1": "top1",
+    "metrics/accuracy_top5": "top5",
 }
 
 _PRODUCED_BY = {
@@ -567,75 +575,6 @@ def write_source_dataset(
 # --------------------------------------------------------------------------- ultralytics
 
 
-def _provide_fonts(config_dir: Path) -> None:
-    """Put a local font where ultralytics looks for Arial, so it never tries to download it.
-
-    Ultralytics checks for ``Arial.ttf`` in its settings folder whenever it reads a dataset and
-    otherwise probes its asset server. DejaVu Sans ships with matplotlib; it only draws labels
-    on ultralytics' own plots.
-    """
-    from matplotlib import font_manager
-
-    dejavu = Path(font_manager.findfont("DejaVu Sans", fallback_to_default=True))
-    config_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
-        target = config_dir / name
-        if not target.exists() and dejavu.exists():
-            shutil.copyfile(dejavu, target)
-
-
-def import_ultralytics(config_dir: Path) -> Any:
-    """Import ultralytics offline: no downloads, no installs, settings in the project's work folder.
-
-    The environment must be set before the first import because ultralytics reads it at import
-    time; a process that imported it earlier keeps its own settings (a warning says so).
-    """
-    os.environ["YOLO_OFFLINE"] = "1"
-    os.environ["YOLO_AUTOINSTALL"] = "0"
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
-    import ultralytics
-    from ultralytics.utils import ONLINE, USER_CONFIG_DIR
-
-    if ONLINE:
-        log.warning("ultralytics was imported before YOLO_OFFLINE was set; it may try the network")
-    _provide_fonts(Path(USER_CONFIG_DIR))
-    return ultralytics
-
-
-@contextmanager
-def quiet_ultralytics(enabled: bool = True) -> Iterator[None]:
-    """Silence ultralytics' per-batch logging (our epoch bar replaces it) and restore it after."""
-    from ultralytics.utils import LOGGER
-
-    previous = LOGGER.level
-    if enabled:
-        LOGGER.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        LOGGER.setLevel(previous)
-
-
-def resolve_device(requested: str) -> str:
-    """The device string to hand ultralytics, failing clearly when a GPU is asked for but absent.
-
-    ``auto`` picks GPU 0 when CUDA is available, else the CPU.
-    """
-    import torch
-
-    value = str(requested).strip().lower()
-    if value == "auto":
-        return "0" if torch.cuda.is_available() else "cpu"
-    if value in {"cpu", "mps"}:
-        return value
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"the profile asks for device {requested!r} but torch sees no CUDA GPU; run the "
-            "'quick' profile on a CPU, or override training.device='cpu' (or 'auto')"
-        )
-    return value.removeprefix("cuda:")
-
-
 def _cpu_seconds() -> float:
     """CPU time of this process and its finished children (the data-loader workers).
 
@@ -667,6 +606,8 @@ class EpochRecorder:
     epochs: int
     desc: str = "epochs"
     progress: bool = True
+    headline: str = "map50"
+    """The hold-out metric shown on the bar and in the log (``top1`` for classifiers)."""
     rows: list[dict[str, float]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
     _pending: bool = False
@@ -703,17 +644,19 @@ class EpochRecorder:
             **{k.replace("/", "_"): _as_float(v) for k, v in (trainer.lr or {}).items()},
         }
         self.rows.append(row)
+        value = metrics.get(self.headline, float("nan"))
         log.info(
-            "%s epoch %d/%d: hold-out mAP50 %.3f (%.0f s)",
+            "%s epoch %d/%d: hold-out %s %.3f (%.0f s)",
             self.desc,
             row["epoch"],
             self.epochs,
-            metrics.get("map50", float("nan")),
+            self.headline,
+            value,
             row["seconds"],
         )
         if self._bar is not None:
             self._bar.update(1)
-            self._bar.set_postfix(mAP50=f"{metrics.get('map50', float('nan')):.3f}")
+            self._bar.set_postfix({self.headline: f"{value:.3f}"})
 
     def on_train_end(self, trainer: Any) -> None:
         if self._bar is not None:
@@ -777,12 +720,17 @@ def train_yolo(
     torch_threads: int | None = None,
     progress: bool = True,
     verbose: bool = False,
+    model: Any = None,
+    headline: str = "map50",
 ) -> TrainingResult:
     """Fine-tune YOLOv8n from ``weights`` on one dataset, offline and seeded.
 
     Metrics come from ultralytics' callbacks (``trainer.metrics`` after each validation), not
     from its logs. ``amp=False`` because the AMP check downloads a model; ``deterministic=True``
-    with ``seed`` makes a rerun on the same machine repeat itself.
+    with ``seed`` makes a rerun on the same machine repeat itself. ``model`` replaces
+    ``YOLO(weights)`` when the caller built the model itself (the classification track builds
+    YOLOv8n-cls and loads ``weights`` into it); ``data_yaml`` is then whatever that task's
+    trainer reads (a folder for classification).
     """
     clash = RESERVED_TRAIN_ARGS & set(ultralytics_args or {})
     if clash:
@@ -798,18 +746,13 @@ def train_yolo(
     run_dir = Path(project_dir) / name
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    model = YOLO(str(weights))
-    recorder = EpochRecorder(epochs=epochs, desc=f"train {name}", progress=progress)
+    if model is None:
+        model = YOLO(str(weights))
+    recorder = EpochRecorder(
+        epochs=epochs, desc=f"train {name}", progress=progress, headline=headline
+    )
     recorder.attach(model)
-    if torch_threads:
-        import torch
-
-        def _set_threads(trainer: Any) -> None:
-            # ultralytics caps CPU training at cpu_count - 1 threads; on a 2-core machine that
-            # leaves one core idle while the data loader waits.
-            torch.set_num_threads(torch_threads)
-
-        model.add_callback("on_pretrain_routine_start", _set_threads)
+    pin_training_threads(model, training_threads(torch_threads))
     args: dict[str, Any] = {
         "plots": False,
         "val": True,
@@ -893,10 +836,14 @@ class TrainingOutputs:
         return self.root / f"result_{source}.json"
 
 
-def prepare_source(
-    config: StudyConfig, source: str, *, progress: bool = False
-) -> tuple[SourceDataset, Path]:
-    """Read what ``source`` is allowed to read, assemble it and write its dataset folder."""
+def assemble_source(
+    config: StudyConfig, source: str
+) -> tuple[SourceDataset, SplitInputs, PoolTruth | None]:
+    """Read what ``source`` is allowed to read and assemble its training images and labels.
+
+    The pool's truth is read only for sources that may see it and is returned with them (the
+    classification track takes image classes from it); for other sources it is None.
+    """
     validate_source(source)
     layout = SplitLayout(config.paths.split_dir)
     require_inputs({"split": layout.pool_listing}, _PRODUCED_BY)
@@ -923,6 +870,14 @@ def prepare_source(
         min_confidence=settings.pseudo_confidence_threshold,
         noise_seed=settings.seed,
     )
+    return dataset, split, truth
+
+
+def prepare_source(
+    config: StudyConfig, source: str, *, progress: bool = False
+) -> tuple[SourceDataset, Path]:
+    """Assemble ``source`` (:func:`assemble_source`) and write its detection dataset folder."""
+    dataset, split, _ = assemble_source(config, source)
     out = TrainingOutputs(config.paths.training_dir)
     data_yaml = write_source_dataset(
         dataset, out.dataset_dir(source), split.class_names, progress=progress
@@ -952,7 +907,7 @@ def training_fingerprint(dataset_dir: Path, weights: str, train_args: Mapping[st
     return digest.hexdigest()
 
 
-def _reusable_result(path: Path, fingerprint: str) -> TrainingResult | None:
+def reusable_result(path: Path, fingerprint: str) -> TrainingResult | None:
     """The saved result of an identical earlier run, if its weights are still there."""
     if not path.exists():
         return None
@@ -1007,11 +962,13 @@ def train_source(
         "patience": settings.patience,
         "seed": settings.seed,
         "ultralytics_args": settings.ultralytics_args,
-        "torch_threads": settings.torch_threads,
+        # Resolved here so that the fingerprint changes with the thread count (which changes the
+        # arithmetic, and so the weights).
+        "torch_threads": training_threads(settings.torch_threads),
     }
     fingerprint = training_fingerprint(data_yaml.parent, config.yolo_weights, schedule)
     if reuse:
-        earlier = _reusable_result(out.result_file(source), fingerprint)
+        earlier = reusable_result(out.result_file(source), fingerprint)
         if earlier is not None:
             log.info("%s: reusing the identical run in %s", source, earlier.run_dir)
             earlier.dataset_counts = dataset.counts()
@@ -1067,6 +1024,26 @@ def summary_table(results: Mapping[str, TrainingResult]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("source") if rows else pd.DataFrame()
 
 
+def write_results(results: Mapping[str, TrainingResult], path: Path) -> None:
+    """Every source's :meth:`TrainingResult.summary`, with paths relative to ``path``'s folder.
+
+    Relative paths keep the file valid when the run folder moves (or comes back from the lake).
+    """
+    payload = {}
+    for source, result in results.items():
+        entry = result.summary()
+        for key in ("best_weights", "run_dir"):
+            entry[key] = os.path.relpath(entry[key], path.parent)
+        payload[source] = entry
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def learning_history(results: Mapping[str, TrainingResult]) -> pd.DataFrame:
+    """Every source's per-epoch rows, stacked with a ``source`` column."""
+    curves = [r.history.assign(source=s) for s, r in results.items() if len(r.history)]
+    return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+
+
 def read_training_results(outputs: TrainingOutputs) -> dict[str, dict[str, Any]]:
     """Chapter 05's per-source results (weights path, counts, times), or a clear error."""
     require_inputs({"training_results": outputs.results}, {"training_results": "notebook 05"})
@@ -1116,8 +1093,7 @@ def run_training(
         if on_result is not None:
             on_result(results[source])
     summary = summary_table(results)
-    curves = [r.history.assign(source=s) for s, r in results.items() if len(r.history)]
-    history = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
+    history = learning_history(results)
     excluded_path = out.dataset_dir(PSEUDO) / "excluded.csv"
     exclusions = pd.read_csv(excluded_path) if PSEUDO in chosen and excluded_path.exists() else None
     exclusions = (
@@ -1128,13 +1104,7 @@ def run_training(
     summary.to_csv(out.summary)
     history.to_csv(out.history, index=False)
     exclusions.to_csv(out.exclusions, index=False)
-    payload = {}
-    for source, result in results.items():
-        entry = result.summary()
-        for key in ("best_weights", "run_dir"):
-            entry[key] = os.path.relpath(entry[key], out.root)
-        payload[source] = entry
-    out.results.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    write_results(results, out.results)
     run.counts.update(
         {f"wall_seconds_{s}": round(r.wall_seconds, 1) for s, r in results.items()}
         | {f"cpu_seconds_{s}": round(r.cpu_seconds, 1) for s, r in results.items()}

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cascade_defect.offline.yolo_env import import_ultralytics, resolve_weights_file
 from cascade_defect.progress import progress_disabled
+from cascade_defect.yolo_env import import_ultralytics, resolve_weights_file
 
 log = logging.getLogger(__name__)
 
