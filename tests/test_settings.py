@@ -63,3 +63,29 @@ def test_missing_data_dir_explains_how_to_get_data(
     monkeypatch.delenv("CASCADE_DATA_DIR", raising=False)
     with pytest.raises(DataLocationError, match="CASCADE_DATA_DIR"):
         load_config("quick", work_dir=tmp_path).require_data_dir()
+
+
+def test_relative_locations_resolve_from_a_notebook_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Notebooks run inside notebooks/; paths given relative to the project root still resolve."""
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    (project / "_quarto.yml").write_text("project:\n  type: book\n")
+    (project / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    weights = tmp_path / "shared" / "weights" / "yolov8n.pt"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"not really weights")
+    data = tmp_path / "shared" / "NEU-DET"
+    data.mkdir()
+    monkeypatch.setenv("CASCADE_YOLO_WEIGHTS", "../shared/weights/yolov8n.pt")
+    monkeypatch.setenv("CASCADE_DATA_DIR", "../shared/NEU-DET")
+    monkeypatch.delenv("CASCADE_WORK_DIR", raising=False)
+    for folder in (project, project / "notebooks"):
+        monkeypatch.chdir(folder)
+        config = load_config("smoke")
+        assert Path(config.yolo_weights) == weights
+        assert config.data_dir == data
+        assert config.work_dir == project / "data"
+    monkeypatch.setenv("CASCADE_YOLO_WEIGHTS", "yolov8n.pt")
+    assert load_config("smoke").yolo_weights == "yolov8n.pt"  # a bare name stays a name

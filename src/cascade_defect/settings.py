@@ -396,14 +396,29 @@ def load_config(
 
 
 def _absolute(path: Path) -> Path:
-    return Path(os.path.abspath(path.expanduser()))
+    """``path`` made absolute: from the current folder, else from the project root.
+
+    A notebook runs with ``notebooks/`` as its current folder, so a relative path given on the
+    command line at the project root (``CASCADE_DATA_DIR=../shared/NEU-DET``) would otherwise
+    point somewhere else inside the kernel. The current folder wins when the path exists there.
+    """
+    path = path.expanduser()
+    if path.is_absolute():
+        return Path(os.path.abspath(path))
+    here = Path(os.path.abspath(path))
+    if here.exists():
+        return here
+    root = find_project_root()
+    if root is not None and (root / path).exists():
+        return Path(os.path.abspath(root / path))
+    return here
 
 
 def _resolve_weights(value: str) -> str:
     """Absolute path when the weights are a local file; the bare name lets ultralytics download."""
-    candidate = Path(value).expanduser()
+    candidate = _absolute(Path(value))
     if candidate.exists():
-        return str(_absolute(candidate))
+        return str(candidate)
     return value
 
 
