@@ -17,7 +17,7 @@ from cascade_defect.manifest import (
 )
 from cascade_defect.settings import load_config
 from cascade_defect.stages import run_data_strategy, run_split
-from tests.synthetic import make_neu_like
+from tests.synthetic import make_byo_dataset, make_neu_like
 
 
 def test_manifest_records_parameters_hashes_counts_and_timings(tmp_path: Path) -> None:
@@ -75,3 +75,48 @@ def test_findings_come_from_the_run_files_and_name_what_has_not_run(tmp_path: Pa
     )
     assert "2 pixel-identical images" in text
     assert "01 data strategy" not in text.split("Not yet run")[-1]
+
+
+def test_findings_and_card_overview_for_a_dataset_without_boxes(tmp_path: Path) -> None:
+    from cascade_defect.stages import box_class_table, card_overview
+
+    data = make_byo_dataset(tmp_path / "byo", layout="classfolders", per_class=6)
+    config = load_config("smoke", data_dir=data, work_dir=tmp_path / "work")
+    result = run_data_strategy(config)
+    assert result.card["image_level_only"] is True
+    overview = card_overview(result.card)
+    assert overview["boxes"] == 0
+    assert overview["boxes per image (min / mean / max)"] == "none: image-level labels only"
+    assert "image-level labels only" in box_class_table(result.dataset.boxes_frame())
+    text = findings_markdown(config.paths, "smoke")
+    assert "image-level labels only (no boxes)" in text
+    assert "3 classes" in text
+
+
+def test_classification_findings_come_from_the_chapter_files(tmp_path: Path) -> None:
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    root = config.paths.comparison_dir / "classification"
+    root.mkdir(parents=True)
+    (root / "test_accuracy.csv").write_text(
+        "source,accuracy,ci_low,ci_high,n_test\n"
+        "human,0.95,0.92,0.97,360\npseudo,0.94,0.91,0.965,360\n"
+    )
+    (root / "comparison.json").write_text(
+        json.dumps(
+            {
+                "difference": -0.01,
+                "difference_ci_low": -0.02,
+                "difference_ci_high": 0.005,
+                "ratio": 0.94 / 0.95,
+                "target_ratio": 0.97,
+                "target_met": True,
+                "latency": {"latency_ms_median": 6.04},
+            }
+        )
+    )
+    text = findings_markdown(config.paths, "smoke")
+    line = next(x for x in text.splitlines() if "Image classification" in x)
+    assert "360 test images" in line
+    assert "`human` 95.0% [92.0%, 97.0%]" in line and "`pseudo` 94.0% [91.0%, 96.5%]" in line
+    assert "-1.0% [-2.0%, +0.5%]" in line and "98.9% of the human-label model" in line
+    assert "meets the 97% target" in line and "6.0 ms" in line
