@@ -120,3 +120,6 @@ def test_classification_findings_come_from_the_chapter_files(tmp_path: Path) -> 
     assert "`human` 95.0% [92.0%, 97.0%]" in line and "`pseudo` 94.0% [91.0%, 96.5%]" in line
     assert "-1.0% [-2.0%, +0.5%]" in line and "98.9% of the human-label model" in line
     assert "meets the 97% target" in line and "6.0 ms" in line
+    verdict = next(x for x in text.splitlines() if "Verdict, image class" in x)
+    assert "yes" in verdict and "98.9% of the human-label classifier" in verdict
+    assert "Verdict, detection" not in text  # chapter 06's detection files are absent

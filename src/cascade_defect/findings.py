@@ -187,6 +187,29 @@ def _training_section(paths: StudyPaths) -> str | None:
     return f"- **Training**, wall time per label source: {times}." if times else None
 
 
+def verdict_lines(paths: StudyPaths, target_ratio: float = 0.97) -> list[str]:
+    """The answer to the book's question in one line per track, from chapter 06's files."""
+    lines = []
+    detection = _load(paths.comparison_dir / "comparison.json")
+    versus = (detection or {}).get("comparison") or {}
+    if versus:
+        met = versus["ratio"] >= target_ratio
+        lines.append(
+            f"- **Verdict, detection (boxes, mAP50):** {'yes' if met else 'no'}: the pseudo-label "
+            f"detector reaches {versus['ratio']:.1%} of the human-label detector "
+            f"(target {target_ratio:.0%})."
+        )
+    classification = _load(paths.comparison_dir / "classification" / "comparison.json")
+    if classification and "ratio" in classification:
+        met = bool(classification["target_met"])
+        lines.append(
+            f"- **Verdict, image class (accuracy):** {'yes' if met else 'no'}: the pseudo-label "
+            f"classifier reaches {classification['ratio']:.1%} of the human-label classifier "
+            f"(target {classification['target_ratio']:.0%})."
+        )
+    return lines
+
+
 SECTIONS: list[tuple[str, Callable[[StudyPaths], str | None]]] = [
     ("01 data strategy", _data_section),
     ("02 split", _split_section),
@@ -204,6 +227,7 @@ def findings_markdown(paths: StudyPaths, profile: str) -> str:
     lines = [
         f"From the recorded `{profile}` run (each chapter's manifest lists its parameters and commit):",
         "",
+        *verdict_lines(paths),
     ]
     missing = []
     for name, section in SECTIONS:
