@@ -241,6 +241,7 @@ def test_settings_follow_the_profile() -> None:
         settings = SeedDetectorSettings.for_profile(profile)
         assert settings.epochs == profile.annotation.seed_detector_epochs
         assert settings.imgsz == profile.annotation.seed_detector_imgsz
+        assert settings.conf == profile.annotation.seed_detector_conf
         assert (settings.device, settings.seed) == (profile.training.device, profile.training.seed)
     assert SeedDetectorSettings.for_profile(load_config("quick").profile, epochs=3).epochs == 3
 

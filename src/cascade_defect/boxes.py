@@ -183,11 +183,13 @@ class SeedDetectorSettings:
 
     @classmethod
     def for_profile(cls, profile: Any, **overrides: Any) -> SeedDetectorSettings:
-        """Settings from a run profile (``load_config(...).profile``): epochs and image size
-        from ``profile.annotation``, device and random seed from ``profile.training``."""
+        """Settings from a run profile (``load_config(...).profile``): epochs, image size and
+        proposal score threshold from ``profile.annotation``, device and random seed from
+        ``profile.training``."""
         values: dict[str, Any] = {
             "epochs": int(profile.annotation.seed_detector_epochs),
             "imgsz": int(profile.annotation.seed_detector_imgsz),
+            "conf": float(profile.annotation.seed_detector_conf),
             "device": str(profile.training.device),
             "seed": int(profile.training.seed),
         }

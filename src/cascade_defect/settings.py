@@ -153,6 +153,15 @@ class AnnotationSettings(BaseModel):
 
     seed_detector_epochs: int = Field(30, ge=1)
     seed_detector_imgsz: int = Field(224, ge=32)
+    seed_detector_conf: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description=(
+            "Score below which the seed detector's proposals are dropped: lower finds more of the "
+            "true boxes (recall) and adds more false ones (precision)."
+        ),
+    )
 
 
 class ClassificationSettings(BaseModel):
