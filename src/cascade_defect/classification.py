@@ -44,6 +44,7 @@ from cascade_defect.training import (
     PoolTruth,
     SourceDataset,
     SplitInputs,
+    TrainingOutputs,
     TrainingResult,
     assemble_source,
     learning_history,
@@ -213,10 +214,8 @@ def base_classifier(
 
 
 @dataclass(frozen=True)
-class ClassificationOutputs:
-    """The files the classification track writes under chapter 05's folder."""
-
-    root: Path
+class ClassificationOutputs(TrainingOutputs):
+    """Chapter 05's file layout, for the classifiers, under ``05_training/classification``."""
 
     @property
     def results(self) -> Path:
@@ -229,20 +228,6 @@ class ClassificationOutputs:
     @property
     def history(self) -> Path:
         return self.root / "classification_history.csv"
-
-    @property
-    def datasets_dir(self) -> Path:
-        return self.root / "datasets"
-
-    @property
-    def runs_dir(self) -> Path:
-        return self.root / "runs"
-
-    def dataset_dir(self, source: str) -> Path:
-        return self.datasets_dir / source
-
-    def result_file(self, source: str) -> Path:
-        return self.root / f"result_{source}.json"
 
 
 def classification_outputs(config: StudyConfig) -> ClassificationOutputs:
