@@ -439,3 +439,25 @@ def test_plots_return_figures() -> None:
         assert isinstance(fig, Figure) and fig.axes
     with pytest.raises(ValueError):
         plot_cost_grid(grid, kind="pie")
+
+
+def test_reference_pool_costs_pick_each_mode_of_the_reference_model() -> None:
+    from cascade_defect.cost_stage import reference_pool_costs
+
+    grid = pd.DataFrame(
+        [
+            {"model": "gpt-4o-mini", "mode": "standard", "prompt_caching": False, "total_usd": 1.0},
+            {"model": "gpt-4o-mini", "mode": "standard", "prompt_caching": True, "total_usd": 0.6},
+            {"model": "gpt-4o-mini", "mode": "batch", "prompt_caching": False, "total_usd": 0.5},
+            {"model": "gpt-4o", "mode": "standard", "prompt_caching": False, "total_usd": 14.0},
+            {"model": "gpt-4o", "mode": "standard", "prompt_caching": True, "total_usd": 8.0},
+            {"model": "gpt-4o", "mode": "batch", "prompt_caching": False, "total_usd": 7.0},
+            {"model": "gpt-4o", "mode": "batch", "prompt_caching": True, "total_usd": 4.0},
+        ]
+    )
+    assert reference_pool_costs(grid) == {"standard": 14.0, "standard_cached": 8.0, "batch": 7.0}
+    assert reference_pool_costs(grid, "gpt-4o-mini") == {
+        "standard": 1.0,
+        "standard_cached": 0.6,
+        "batch": 0.5,
+    }

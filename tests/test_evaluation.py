@@ -353,3 +353,18 @@ def test_default_escalation_thresholds_spread_over_the_share_escalated() -> None
     shares = curve["escalated_share"].to_numpy()
     assert shares[0] == 0.0 and shares[-1] == 1.0
     assert np.diff(shares).max() <= 0.06  # about 1/20 per step, never one big jump
+
+
+def test_ultralytics_agreement_reports_the_absolute_gap() -> None:
+    metrics = pd.DataFrame(
+        {
+            "map50": [0.70, 0.30],
+            "map50_ultralytics": [0.69, 0.32],
+            "map50_95": [0.4, 0.1],
+            "map50_95_ultralytics": [0.4, 0.1],
+        },
+        index=["human", "pseudo"],
+    )
+    table = ev.ultralytics_agreement(metrics)
+    assert table["abs_gap_map50"].tolist() == [0.01, 0.02]
+    assert list(table.columns)[:2] == ["map50", "map50_ultralytics"]

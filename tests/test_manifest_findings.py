@@ -123,3 +123,15 @@ def test_classification_findings_come_from_the_chapter_files(tmp_path: Path) -> 
     verdict = next(x for x in text.splitlines() if "Verdict, image class" in x)
     assert "yes" in verdict and "98.9% of the human-label classifier" in verdict
     assert "Verdict, detection" not in text  # chapter 06's detection files are absent
+
+
+def test_files_table_names_files_relative_to_the_work_folder(tmp_path: Path) -> None:
+    from cascade_defect.manifest import files_table
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "a.json").write_text("{}")
+    table = files_table(tmp_path, [tmp_path / "runs" / "a.json", tmp_path / "runs" / "b.csv"])
+    assert table.to_dict("records") == [
+        {"file": "runs/a.json", "exists": True},
+        {"file": "runs/b.csv", "exists": False},
+    ]

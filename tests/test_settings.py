@@ -89,3 +89,16 @@ def test_relative_locations_resolve_from_a_notebook_folder(
         assert config.work_dir == project / "data"
     monkeypatch.setenv("CASCADE_YOLO_WEIGHTS", "yolov8n.pt")
     assert load_config("smoke").yolo_weights == "yolov8n.pt"  # a bare name stays a name
+
+
+def test_parameter_overrides_keep_the_profile_where_a_parameter_is_none() -> None:
+    from cascade_defect.settings import parameter_overrides
+
+    overrides = parameter_overrides(
+        training={"epochs": None, "imgsz": 320}, classification={"sources": []}
+    )
+    assert overrides == {"training": {"imgsz": 320}, "classification": {"sources": []}}
+    config = load_config("quick", overrides=overrides)
+    assert config.profile.training.imgsz == 320
+    assert config.profile.training.epochs == load_config("quick").profile.training.epochs
+    assert config.profile.classification.sources == []

@@ -414,40 +414,36 @@ def test_link_or_copy_falls_back_to_a_copy(tmp_path: Path, monkeypatch: pytest.M
     assert (tmp_path / "out" / "a.jpg").read_bytes() == b"pixels"
 
 
+def _tiny_schedule(tmp_path: Path) -> dict:
+    """train_yolo arguments for a run that must fail before any training starts."""
+    return {
+        "project_dir": tmp_path,
+        "name": "x",
+        "epochs": 1,
+        "imgsz": 64,
+        "batch": 2,
+        "workers": 0,
+        "device": "cpu",
+        "patience": 1,
+        "seed": 0,
+        "config_dir": tmp_path,
+    }
+
+
 def test_reserved_arguments_cannot_be_overridden(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="epochs"):
         training.train_yolo(
             tmp_path / "data.yaml",
             weights="missing.pt",
-            project_dir=tmp_path,
-            name="x",
-            epochs=1,
-            imgsz=64,
-            batch=2,
-            workers=0,
-            device="cpu",
-            patience=1,
-            seed=0,
-            config_dir=tmp_path,
             ultralytics_args={"epochs": 5},
+            **_tiny_schedule(tmp_path),
         )
 
 
 def test_missing_weights_fail_without_any_download(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="CASCADE_YOLO_WEIGHTS"):
         training.train_yolo(
-            tmp_path / "data.yaml",
-            weights="yolov8n.pt",
-            project_dir=tmp_path,
-            name="x",
-            epochs=1,
-            imgsz=64,
-            batch=2,
-            workers=0,
-            device="cpu",
-            patience=1,
-            seed=0,
-            config_dir=tmp_path,
+            tmp_path / "data.yaml", weights="yolov8n.pt", **_tiny_schedule(tmp_path)
         )
 
 

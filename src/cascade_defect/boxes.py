@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.offline.features import file_sha256
+from cascade_defect.manifest import file_sha256
 from cascade_defect.progress import progress_disabled
 from cascade_defect.yolo_env import (
     import_ultralytics,

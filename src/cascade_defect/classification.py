@@ -329,7 +329,7 @@ def run_classification_training(
         )
     out = classification_outputs(config)
     layout = SplitLayout(config.paths.split_dir)
-    note = track_note(layout) if layout.classes_file.exists() else ""
+    note = dataset_track(config)
     if not chosen:
         return ClassificationTraining(
             {}, pd.DataFrame(), pd.DataFrame(), out, "The profile skips the classification track."
@@ -500,7 +500,7 @@ def run_classification_comparison(
     trained = classification_outputs(config)
     out = ClassificationComparisonOutputs(config.paths.comparison_dir / "classification")
     layout = SplitLayout(config.paths.split_dir)
-    note = track_note(layout) if layout.classes_file.exists() else ""
+    note = dataset_track(config)
     if not config.profile.classification.sources:
         empty = pd.DataFrame()
         return ClassificationComparison(

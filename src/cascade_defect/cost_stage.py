@@ -51,6 +51,35 @@ class CostAnalysis:
     sensitivity: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def headline_costs(self) -> pd.Series:
+        """The original estimate next to what the real prompt costs with gpt-4o, per mode."""
+        reference = reference_pool_costs(self.grid)
+        return pd.Series(
+            {
+                "original estimate (1,420 x 2,500 input tokens, gpt-4o)": self.original_estimate_usd,
+                "gpt-4o standard, from the real prompt": reference["standard"],
+                "gpt-4o standard + caching": reference["standard_cached"],
+                "gpt-4o Batch": reference["batch"],
+            },
+            name="USD for the pool",
+        ).round(2)
+
+
+def reference_pool_costs(grid: pd.DataFrame, model: str = REFERENCE_MODEL) -> dict[str, float]:
+    """Cost of labelling the pool with ``model``, one image per request: standard, standard with
+    a warm prefix cache, and Batch (the grid's first row of each kind)."""
+    rows = grid[grid["model"] == model]
+
+    def total(mode: str, caching: bool) -> float:
+        chosen = rows[(rows["mode"] == mode) & (rows["prompt_caching"] == caching)]
+        return float(chosen["total_usd"].iloc[0])
+
+    return {
+        "standard": total("standard", False),
+        "standard_cached": total("standard", True),
+        "batch": total("batch", False),
+    }
+
 
 def measured_prompt_spec(
     layout: SplitLayout, detail: str = "low"
@@ -286,20 +315,13 @@ def run_cost_analysis(
         ),
     }
 
+    reference = reference_pool_costs(grid)
     summary = {
         "prompt_tokens": counted,
         "n_pool": n_pool,
         "original_estimate_usd": original,
-        "gpt4o_standard_usd": float(
-            grid.query("model == @REFERENCE_MODEL and mode == 'standard' and not prompt_caching")[
-                "total_usd"
-            ].iloc[0]
-        ),
-        "gpt4o_batch_usd": float(
-            grid.query("model == @REFERENCE_MODEL and mode == 'batch' and not prompt_caching")[
-                "total_usd"
-            ].iloc[0]
-        ),
+        "gpt4o_standard_usd": reference["standard"],
+        "gpt4o_batch_usd": reference["batch"],
         "targets": json.loads(targets.to_json(orient="records")),
         "recorded_cost_usd": float(recorded["cost_usd"].sum()) if not recorded.empty else None,
         "cascade_operating_point": operating_point,

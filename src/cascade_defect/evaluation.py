@@ -695,6 +695,17 @@ def comparison_table(comparison: Mapping[str, Any], target_ratio: float = 0.97) 
     return pd.Series(rows, name="value").to_frame()
 
 
+def ultralytics_agreement(metrics: pd.DataFrame) -> pd.DataFrame:
+    """This module's mAP next to ultralytics' ``model.val`` on the same detections, with the gap.
+
+    The bootstrap resamples this module's statistic, so it must be the one the table reports.
+    """
+    columns = ["map50", "map50_ultralytics", "map50_95", "map50_95_ultralytics"]
+    table = metrics[columns].copy()
+    table["abs_gap_map50"] = (metrics["map50"] - metrics["map50_ultralytics"]).abs()
+    return table.round(4)
+
+
 def headline_source(metrics: pd.DataFrame) -> str:
     """The model the chapter's single-model figures show: pseudo if trained, else human."""
     for source in (PSEUDO, HUMAN):

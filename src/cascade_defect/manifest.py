@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pandas as pd
 
 from cascade_defect.settings import StudyConfig, find_project_root
 
@@ -27,7 +30,8 @@ class MissingInputError(FileNotFoundError):
     """A chapter's declared input is absent: the message names the chapter that writes it."""
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read in chunks (checkpoints are several MB)."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         while block := handle.read(chunk):
@@ -186,3 +190,14 @@ def _display_path(path: Path, work_dir: Path) -> str:
         return path.resolve().relative_to(work_dir.resolve()).as_posix()
     except ValueError:
         return str(path)
+
+
+def files_table(root: Path, paths: Sequence[Path]) -> pd.DataFrame:
+    """The files a chapter wrote, relative to the work folder, and whether each exists."""
+    return pd.DataFrame(
+        [
+            {"file": str(Path(path).relative_to(root)), "exists": Path(path).exists()}
+            for path in paths
+        ],
+        columns=["file", "exists"],
+    )

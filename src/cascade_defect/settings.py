@@ -9,8 +9,9 @@ records exactly what ran.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -367,6 +368,18 @@ class StudyConfig(BaseModel):
 
 class DataLocationError(RuntimeError):
     """The dataset is not where the settings say; the message says how to fix it."""
+
+
+def parameter_overrides(**sections: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Profile overrides from notebook parameters, where None means "keep the profile's value".
+
+    ``parameter_overrides(training={"epochs": None, "imgsz": 320})`` gives
+    ``{"training": {"imgsz": 320}}``, ready for :func:`load_config`'s ``overrides``.
+    """
+    return {
+        section: {key: value for key, value in values.items() if value is not None}
+        for section, values in sections.items()
+    }
 
 
 def load_config(

@@ -34,7 +34,7 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from cascade_defect.manifest import ChapterRun, require_inputs
+from cascade_defect.manifest import ChapterRun, file_sha256, require_inputs
 from cascade_defect.progress import progress_disabled
 from cascade_defect.pseudo import AnnotationOutputs, read_pseudo_labels
 from cascade_defect.settings import StudyConfig, TrainingSettings
@@ -893,8 +893,6 @@ def training_fingerprint(dataset_dir: Path, weights: str, train_args: Mapping[st
     its minutes again.
     """
     import hashlib
-
-    from cascade_defect.manifest import file_sha256
 
     digest = hashlib.sha256()
     root = Path(dataset_dir)

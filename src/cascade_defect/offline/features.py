@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cascade_defect.manifest import file_sha256
 from cascade_defect.progress import progress_disabled
 from cascade_defect.yolo_env import import_ultralytics, resolve_weights_file
 
@@ -73,15 +74,6 @@ class FeatureBlock:
     stat: str
     start: int
     stop: int
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, read in chunks (checkpoints are several MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_grey(path: str | os.PathLike[str], imgsz: int) -> np.ndarray:
