@@ -29,9 +29,11 @@ def smoke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_chapter_runs_under_the_smoke_profile_and_the_preview_links_them(
-    smoke_data: Path, tmp_path: Path
+    smoke_data: Path, yolo_weights: Path, tmp_path: Path
 ) -> None:
-    config = load_config("smoke", data_dir=smoke_data, work_dir=tmp_path / "work")
+    config = load_config(
+        "smoke", data_dir=smoke_data, work_dir=tmp_path / "work", yolo_weights=str(yolo_weights)
+    )
     executed = tmp_path / "executed"
     timings = run_chapters(ROOT, config, output_dir=executed, progress=False)
     assert [t.notebook for t in timings] == [c.notebook for c in CHAPTERS]

@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -85,7 +87,6 @@ def run_chapters(
     progress: bool = True,
 ) -> list[ChapterTiming]:
     """Run the chosen chapters in order, each in a fresh kernel; stop at the first failure."""
-    import papermill as pm
 
     source_dir = project_root / "notebooks"
     out_dir = output_dir or default_output_dir(project_root, config)
@@ -108,8 +109,52 @@ def run_chapters(
     }
     for key, value in env_defaults.items():
         os.environ.setdefault(key, value)
+    with _kernel_settings(config):
+        return _run_each(
+            chapters=select_chapters(only),
+            source_dir=source_dir,
+            out_dir=out_dir,
+            params=params,
+            kernel_name=kernel_name,
+            progress=progress,
+        )
+
+
+@contextmanager
+def _kernel_settings(config: StudyConfig) -> Iterator[None]:
+    """Hand the kernels the weights this run resolved, then restore the environment.
+
+    Chapters read the weights from ``CASCADE_YOLO_WEIGHTS`` (they are not a notebook
+    parameter), so a run configured with other weights than the environment's, or with a
+    relative path, must pass the resolved value on.
+    """
+    chosen = {"CASCADE_YOLO_WEIGHTS": config.yolo_weights}
+    if config.yolo_cls_weights:
+        chosen["CASCADE_YOLO_CLS_WEIGHTS"] = config.yolo_cls_weights
+    previous = {key: os.environ.get(key) for key in chosen}
+    os.environ.update(chosen)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run_each(
+    *,
+    chapters: Sequence[Chapter],
+    source_dir: Path,
+    out_dir: Path,
+    params: dict[str, Any],
+    kernel_name: str,
+    progress: bool,
+) -> list[ChapterTiming]:
+    import papermill as pm
+
     timings: list[ChapterTiming] = []
-    chapters = select_chapters(only)
     bar = tqdm(chapters, desc="Chapters", unit="nb", disable=not progress)
     for chapter in bar:
         bar.set_postfix_str(chapter.notebook)
