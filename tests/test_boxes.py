@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from cascade_defect.annotate.schema import (
@@ -238,6 +239,9 @@ def test_seed_detector_trains_offline_and_proposes(
     assert training.weights.exists() and training.n_boxes == 6
     assert training.weights.is_relative_to(tmp_path / "work")  # nothing written elsewhere
     assert training.seconds > 0
+    trained_with = yaml.safe_load((training.run_dir / "args.yaml").read_text())
+    assert trained_with["single_cls"] is True
+    assert trained_with["nbs"] == 6  # an optimizer step per batch, not one per 64 images
 
     proposals = detector.propose(images)
     assert set(proposals) == set(images["image_id"])

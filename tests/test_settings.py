@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from cascade_defect.settings import PROFILES, DataLocationError, load_config
+from cascade_defect.settings import (
+    PROFILES,
+    DataLocationError,
+    key_value_arguments,
+    load_config,
+)
 
 
 def test_environment_sets_the_locations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -102,3 +107,12 @@ def test_parameter_overrides_keep_the_profile_where_a_parameter_is_none() -> Non
     assert config.profile.training.imgsz == 320
     assert config.profile.training.epochs == load_config("quick").profile.training.epochs
     assert config.profile.classification.sources == []
+
+
+def test_key_value_arguments_arrive_typed() -> None:
+    parsed = key_value_arguments(["lr0=0.002", " cos_lr = true", "optimizer=SGD", "nbs=16"])
+    assert parsed == {"lr0": 0.002, "cos_lr": True, "optimizer": "SGD", "nbs": 16}
+    assert key_value_arguments(["cache=ram", "fliplr=0"]) == {"cache": "ram", "fliplr": 0}
+    for bad in (["lr0"], ["=3"]):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            key_value_arguments(bad)

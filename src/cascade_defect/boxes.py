@@ -317,6 +317,10 @@ class SeedDetector:
             "val": False,
             "verbose": False,
             "warmup_epochs": 0,  # with 3 batches an epoch, the 100-iteration warmup would never end
+            # ultralytics accumulates gradients up to a nominal batch of 64 images: with 18 seeds
+            # that is one optimizer step every ~4 epochs. A step per batch gives 11x the steps
+            # for the same time (box recall 0.57 against 0.54 at conf 0.1, bench_seed_detector).
+            "nbs": settings.batch,
             "close_mosaic": max(1, settings.epochs // 5),
             **settings.extra_train_args,
             "data": str(data_yaml),

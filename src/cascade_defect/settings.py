@@ -9,7 +9,7 @@ records exactly what ran.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -452,3 +452,20 @@ def _deep_merge(base: dict, update: dict) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def key_value_arguments(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["lr0=0.002", "cos_lr=true"]`` -> ``{"lr0": 0.002, "cos_lr": True}``.
+
+    How scripts take further ultralytics arguments from a command line: each value is read as
+    YAML, so numbers and booleans arrive typed. A pair without ``=`` is refused.
+    """
+    import yaml
+
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed

@@ -1,0 +1,126 @@
+"""How good are the seed detector's boxes: one training, scored on the pool at several thresholds.
+
+The ``seed_detector`` box strategy is what the pseudo source's boxes come from when the
+annotator names only a class, so its recipe decides most of the pseudo detector's quality.
+This script trains the seed detector on chapter 02's seeds with the profile's recipe, changed
+by the options given, into a scratch folder; proposes boxes for every pool image once at the
+lowest threshold asked for; then, for each threshold, builds the pseudo boxes exactly as
+chapter 03 does (the annotator's class from chapter 03's store, whole-image fallback) and
+scores them against the pool's ground truth as chapter 04 does (class-agnostic recall and
+precision at IoU 0.5, mean best IoU). The book's outputs are not touched.
+
+Run chapters 01-03 first, then for example:
+
+    CASCADE_YOLO_WEIGHTS=/path/to/yolov8n.pt .venv/bin/python scripts/bench_seed_detector.py \\
+        --conf 0.05 0.1 0.25 --arg nbs=6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.audit import box_quality, normalise_gt_boxes
+from cascade_defect.boxes import (
+    SeedDetector,
+    SeedDetectorSettings,
+    predictions_from_store,
+    pseudo_boxes,
+)
+from cascade_defect.pseudo import AnnotationOutputs
+from cascade_defect.settings import key_value_arguments, load_config
+from cascade_defect.split import (
+    SplitLayout,
+    read_labelled_listing,
+    read_pool_ground_truth,
+    read_pool_listing,
+)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="quick", help="settings profile (default: quick)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the profile's")
+    parser.add_argument("--imgsz", type=int, default=None, help="default: the profile's")
+    parser.add_argument("--batch", type=int, default=None, help="default: the recipe's")
+    parser.add_argument(
+        "--conf", type=float, nargs="+", default=None, help="thresholds (default: the profile's)"
+    )
+    parser.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra ultralytics train() argument, value parsed as YAML (repeatable)",
+    )
+    parser.add_argument("--scratch", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    config = load_config(args.profile)
+    layout = SplitLayout(config.paths.split_dir)
+    annotation = AnnotationOutputs(config.paths.annotation_dir)
+    if not annotation.predictions.exists():
+        raise SystemExit(f"{annotation.predictions} not found: run chapters 01-03 first")
+    overrides: dict = {"extra_train_args": key_value_arguments(args.arg)}
+    for name in ("epochs", "imgsz", "batch"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    settings = SeedDetectorSettings.for_profile(config.profile, **overrides)
+    thresholds = sorted(args.conf or [settings.conf])
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="bench_seed_detector_"))
+    detector = SeedDetector(
+        config.yolo_weights,
+        scratch,
+        SeedDetectorSettings.for_profile(config.profile, **overrides, conf=thresholds[0]),
+        config_dir=config.work_dir / ".ultralytics",
+        threads=config.profile.training.torch_threads,
+    )
+    seeds, seed_boxes = read_labelled_listing(layout, "seed")
+    trained = detector.train(seeds, seed_boxes, layout.class_names())
+    pool = read_pool_listing(layout)
+    proposals = detector.propose(pool)
+    predictions = predictions_from_store(AnnotationStore(annotation.predictions), pool)
+    _, gt_pixel = read_pool_ground_truth(layout)
+    gt_norm = normalise_gt_boxes(gt_pixel, pool)
+    rows = []
+    for threshold in thresholds:
+        kept = {
+            image_id: [p for p in found if p.score >= threshold]
+            for image_id, found in proposals.items()
+        }
+        boxes = pseudo_boxes(predictions, "seed_detector", proposals=kept)
+        table = box_quality(gt_norm, boxes, predictions["image_id"], layout.class_names())
+        overall = table[table["class_name"] == "all"].iloc[0]
+        rows.append(
+            {
+                "conf": threshold,
+                "boxes": int(overall["n_pred"]),
+                "fallback_images": int(boxes["fallback"].sum()),
+                "recall": round(float(overall["recall_agnostic"]), 4),
+                "precision": round(float(overall["precision_agnostic"]), 4),
+                "mean_best_iou": round(float(overall["mean_best_iou"]), 4),
+                "recall_by_class": {
+                    str(r.class_name): round(float(r.recall_agnostic), 3)
+                    for r in table[table["class_name"] != "all"].itertuples()
+                },
+            }
+        )
+    print(f"seed detector {settings.describe()}: trained in {trained.seconds:.1f} s")
+    print(pd.DataFrame(rows).drop(columns="recall_by_class").to_string(index=False))
+    figures = {"settings": settings.describe(), "train_seconds": trained.seconds, "rows": rows}
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
