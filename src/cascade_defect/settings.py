@@ -237,8 +237,13 @@ PROFILES: dict[str, ProfileSettings] = {
         # 0.72 vs 0.69). One noise level on the full schedule, because 4-epoch noise runs varied
         # more between runs than between noise levels. The seed detector at 100 epochs proposes
         # boxes with precision 0.43 against 0.16 at 30 epochs (same recall), for ~70 s more.
+        # Its proposals are kept down to score 0.05: pool box recall 0.65 (0.34 at 0.25) at
+        # precision 0.22, and the pseudo detector trained on them scores test mAP50 0.344 against
+        # 0.283 with the 0.25 threshold (scripts/bench_seed_detector.py, then chapters 03-06).
         # YOLOv8n-cls at 128 px: ~11 s per epoch, 99% test accuracy after 10 epochs.
-        annotation=AnnotationSettings(seed_detector_epochs=100, seed_detector_imgsz=224),
+        annotation=AnnotationSettings(
+            seed_detector_epochs=100, seed_detector_imgsz=224, seed_detector_conf=0.05
+        ),
         training=TrainingSettings(
             epochs=10,
             imgsz=256,
@@ -253,6 +258,9 @@ PROFILES: dict[str, ProfileSettings] = {
     "full": ProfileSettings(
         name="full",
         description="GPU-sized: full resolution and long schedules.",
+        annotation=AnnotationSettings(
+            seed_detector_epochs=100, seed_detector_imgsz=224, seed_detector_conf=0.05
+        ),
         training=TrainingSettings(
             epochs=100,
             imgsz=640,
