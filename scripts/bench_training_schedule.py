@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from cascade_defect.evaluation import (
-    _test_dataset,
     bootstrap_indices,
     bootstrap_map50,
     detection_metrics,
+    golden_test_dataset,
     golden_test_truth,
     match_detections,
     percentile_interval,
@@ -96,7 +96,7 @@ def main() -> None:
 
     layout = SplitLayout(config.paths.split_dir)
     images, truth, class_names = golden_test_truth(layout)
-    test_yaml = _test_dataset(layout, scratch / "test_dataset", class_names)
+    test_yaml = golden_test_dataset(layout, scratch / "test_dataset", class_names)
     start = time.perf_counter()
     _, detections = validate_on_test(
         result.best_weights,

@@ -929,7 +929,7 @@ def golden_test_truth(layout: SplitLayout) -> tuple[pd.DataFrame, pd.DataFrame, 
     return images, truth, class_names
 
 
-def _test_dataset(layout: SplitLayout, target: Path, class_names: Sequence[str]) -> Path:
+def golden_test_dataset(layout: SplitLayout, target: Path, class_names: Sequence[str]) -> Path:
     """A linked copy of the test split for ``model.val`` (its label cache lands here, not in 02)."""
     import yaml
 
@@ -1007,7 +1007,7 @@ def run_comparison(
     image_truth = images.set_index("image_id")["class_name"]
     config_dir = config.work_dir / ".ultralytics"
     settings = config.profile.training
-    data_yaml = _test_dataset(layout, out.test_dataset, class_names)
+    data_yaml = golden_test_dataset(layout, out.test_dataset, class_names)
     matched: dict[str, MatchedDetections] = {}
     rows, per_class = [], {}
     image_level: dict[str, pd.DataFrame] = {}
