@@ -246,6 +246,19 @@ def test_kpi_is_met_by_a_perfect_detector_and_reported_unreachable_otherwise() -
     verdict = ev.kpi_threshold(ev.match_detections(wrong, truth, ids, CLASSES))
     assert not verdict["met"] and not verdict["pr_reachable"] and not verdict["map_met"]
     assert verdict["verdict"].startswith("KPI not reachable")
+    assert "no detection is right at any threshold" in verdict["verdict"]
+
+
+def test_kpi_verdict_names_the_best_f1_threshold_as_printed() -> None:
+    ids = [f"i{k}" for k in range(30)]
+    truth = _truth([(i, k % 3, 0, 0, 10, 10) for k, i in enumerate(ids)])
+    right = [(i, k % 3, 0.43, 0, 0, 10, 10) for k, i in enumerate(ids[:20])]
+    wrong_low = [(i, (k + 1) % 3, 0.2, 50, 50, 60, 60) for k, i in enumerate(ids[:20])]
+    dets = _dets(right + wrong_low)
+    verdict = ev.kpi_threshold(ev.match_detections(dets, truth, ids, CLASSES))
+    assert not verdict["pr_reachable"]  # recall is 20/30 at best
+    assert verdict["threshold"] == 0.21  # the first threshold above the wrong boxes, exactly
+    assert "best F1 at 0.21: precision 1.000, recall 0.667" in verdict["verdict"]
 
 
 def test_precision_recall_at_threshold_pools_classes() -> None:

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: IoU thresholds of mAP50-95 (the first one gives mAP50).
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+CONFIDENCE_GRID = np.round(np.arange(0.05, 0.96, 0.01), 2)
+"""Confidence thresholds swept for precision/recall and the KPI (rounded: 0.42, not 0.42000000000000004)."""
 #: The recall grid of COCO's (and ultralytics') 101-point interpolated AP.
 _RECALL_GRID = np.linspace(0.0, 1.0, 101)
 DETECTION_COLUMNS = ["image_id", "class_id", "confidence", "x1", "y1", "x2", "y2"]
@@ -395,7 +397,7 @@ class KpiTarget:
 
 
 def threshold_sweep(
-    matched: MatchedDetections, thresholds: Iterable[float] = np.arange(0.05, 0.96, 0.01)
+    matched: MatchedDetections, thresholds: Iterable[float] = CONFIDENCE_GRID
 ) -> pd.DataFrame:
     """Pooled precision and recall (IoU 0.5) and mAP50 of the kept detections per threshold."""
     rows = []
@@ -409,7 +411,7 @@ def threshold_sweep(
 def kpi_threshold(
     matched: MatchedDetections,
     target: KpiTarget = KpiTarget(),
-    thresholds: Iterable[float] = np.arange(0.05, 0.96, 0.01),
+    thresholds: Iterable[float] = CONFIDENCE_GRID,
 ) -> dict[str, Any]:
     """The confidence threshold meeting the KPI, if one exists, and why not otherwise.
 
@@ -452,10 +454,15 @@ def kpi_threshold(
         if not result["map_met"]:
             reasons.append(f"mAP {map_at_iou:.3f} < {target.map50:.2f}")
         if not result["pr_reachable"]:
+            best = (
+                f"best F1 at {result['threshold']:.2f}: precision {result['precision']:.3f}, "
+                f"recall {result['recall']:.3f}"
+                if result["threshold"] is not None
+                else "no detection is right at any threshold"
+            )
             reasons.append(
                 f"no threshold gives precision ≥ {target.precision:.2f} and recall ≥ "
-                f"{target.recall:.2f} (best F1 at {result['threshold']}: precision "
-                f"{result['precision'] or float('nan'):.3f}, recall {result['recall'] or float('nan'):.3f})"
+                f"{target.recall:.2f} ({best})"
             )
         result["verdict"] = "KPI not reachable: " + "; ".join(reasons)
     return result
