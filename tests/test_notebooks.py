@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -11,7 +15,7 @@ import pytest
 
 from cascade_defect.render import book_appendices, build_preview
 from cascade_defect.runner import CHAPTERS, run_chapters
-from cascade_defect.settings import load_config
+from cascade_defect.settings import StudyConfig, load_config
 from tests.synthetic import make_byo_dataset, make_neu_like
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,15 +32,33 @@ def smoke_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_neu_like(tmp_path_factory.mktemp("neu"), per_class=20, size=96)
 
 
-def test_every_chapter_runs_under_the_smoke_profile_and_the_preview_links_them(
-    smoke_data: Path, yolo_weights: Path, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class SmokeRun:
+    config: StudyConfig
+    executed: Path
+    timings: list
+    tmp_path: Path
+
+
+@pytest.fixture(scope="module")
+def smoke_run(
+    smoke_data: Path, yolo_weights: Path, tmp_path_factory: pytest.TempPathFactory
+) -> SmokeRun:
+    """Every chapter executed once under the smoke profile; the tests below read its files."""
+    tmp_path = tmp_path_factory.mktemp("smoke_run")
     config = load_config(
         "smoke", data_dir=smoke_data, work_dir=tmp_path / "work", yolo_weights=str(yolo_weights)
     )
     executed = tmp_path / "executed"
     timings = run_chapters(ROOT, config, output_dir=executed, progress=False)
-    assert [t.notebook for t in timings] == [c.notebook for c in CHAPTERS]
+    return SmokeRun(config, executed, timings, tmp_path)
+
+
+def test_every_chapter_runs_under_the_smoke_profile_and_the_preview_links_them(
+    smoke_run: SmokeRun,
+) -> None:
+    config, executed, tmp_path = smoke_run.config, smoke_run.executed, smoke_run.tmp_path
+    assert [t.notebook for t in smoke_run.timings] == [c.notebook for c in CHAPTERS]
     for chapter in CHAPTERS:
         notebook = nbformat.read(executed / chapter.notebook, as_version=4)
         errors = [
@@ -60,6 +82,58 @@ def test_every_chapter_runs_under_the_smoke_profile_and_the_preview_links_them(
     for chapter in CHAPTERS:
         assert f'href="{Path(chapter.notebook).stem}.html"' in index
     assert "{{<" not in index  # includes resolved
+
+
+def _run_script(name: str, config: StudyConfig, *args: str) -> dict:
+    """Run one of scripts/ on the smoke run's files and return the figures it wrote."""
+    figures = config.work_dir / f"{name}.json"
+    env = {
+        **os.environ,
+        "CASCADE_WORK_DIR": str(config.work_dir),
+        "CASCADE_DATA_DIR": str(config.data_dir),
+        "CASCADE_YOLO_WEIGHTS": str(config.yolo_weights),
+    }
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / name),
+            "--profile",
+            "smoke",
+            *args,
+            "--scratch",
+            str(config.work_dir / f"scratch_{name}"),
+            "--json",
+            str(figures),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(figures.read_text())
+
+
+def test_the_box_and_schedule_benchmarks_run_on_the_chapters_outputs(smoke_run: SmokeRun) -> None:
+    boxes = _run_script("bench_seed_detector.py", smoke_run.config, "--conf", "0.01", "0.5")
+    assert [row["conf"] for row in boxes["rows"]] == [0.01, 0.5]
+    low, high = boxes["rows"]
+    assert low["boxes"] >= high["boxes"]  # a lower threshold keeps every box a higher one keeps
+    assert all(0 <= row[k] <= 1 for row in boxes["rows"] for k in ("recall", "precision"))
+
+    schedule = _run_script(
+        "bench_training_schedule.py",
+        smoke_run.config,
+        "--epochs",
+        "1",
+        "--arg",
+        "nbs=8",
+        "--bootstrap",
+        "20",
+    )
+    assert (schedule["epochs"], schedule["extra"]["nbs"]) == (1, 8)
+    low_ci, high_ci = schedule["test_map50_ci"]
+    assert 0 <= low_ci <= high_ci <= 1 and 0 <= schedule["test_map50"] <= 1
 
 
 def test_the_study_runs_on_a_class_folder_dataset_and_says_which_track_to_read(
