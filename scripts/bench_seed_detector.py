@@ -17,12 +17,8 @@ Run chapters 01-03 first, then for example:
 
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
-from pathlib import Path
-
 import pandas as pd
+from _bench_cli import parser_with_common_options, report, scratch_folder
 
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.audit import box_quality, normalise_gt_boxes
@@ -42,45 +38,31 @@ from cascade_defect.split import (
 )
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="quick", help="settings profile (default: quick)")
-    parser.add_argument("--epochs", type=int, default=None, help="default: the profile's")
-    parser.add_argument("--imgsz", type=int, default=None, help="default: the profile's")
-    parser.add_argument("--batch", type=int, default=None, help="default: the recipe's")
+def main() -> None:
+    parser = parser_with_common_options(__doc__)
     parser.add_argument(
         "--conf", type=float, nargs="+", default=None, help="thresholds (default: the profile's)"
     )
-    parser.add_argument(
-        "--arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra ultralytics train() argument, value parsed as YAML (repeatable)",
-    )
-    parser.add_argument("--scratch", type=Path, default=None, help="default: a temporary folder")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    return parser.parse_args()
-
-
-def main() -> None:
-    args = parse_args()
+    args = parser.parse_args()
     config = load_config(args.profile)
     layout = SplitLayout(config.paths.split_dir)
     annotation = AnnotationOutputs(config.paths.annotation_dir)
     if not annotation.predictions.exists():
         raise SystemExit(f"{annotation.predictions} not found: run chapters 01-03 first")
-    overrides: dict = {"extra_train_args": key_value_arguments(args.arg)}
-    for name in ("epochs", "imgsz", "batch"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
-    settings = SeedDetectorSettings.for_profile(config.profile, **overrides)
-    thresholds = sorted(args.conf or [settings.conf])
-    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="bench_seed_detector_"))
+    thresholds = sorted(args.conf or [config.profile.annotation.seed_detector_conf])
+    chosen = {name: getattr(args, name) for name in ("epochs", "imgsz", "batch")}
+    # Proposing once at the lowest threshold and filtering by score gives, at each higher
+    # threshold, exactly the boxes proposing at that threshold would (NMS keeps higher scores).
+    settings = SeedDetectorSettings.for_profile(
+        config.profile,
+        **{name: value for name, value in chosen.items() if value is not None},
+        conf=thresholds[0],
+        extra_train_args=key_value_arguments(args.arg),
+    )
     detector = SeedDetector(
         config.yolo_weights,
-        scratch,
-        SeedDetectorSettings.for_profile(config.profile, **overrides, conf=thresholds[0]),
+        scratch_folder(args, "bench_seed_detector_"),
+        settings,
         config_dir=config.work_dir / ".ultralytics",
         threads=config.profile.training.torch_threads,
     )
@@ -116,10 +98,7 @@ def main() -> None:
         )
     print(f"seed detector {settings.describe()}: trained in {trained.seconds:.1f} s")
     print(pd.DataFrame(rows).drop(columns="recall_by_class").to_string(index=False))
-    figures = {"settings": settings.describe(), "train_seconds": trained.seconds, "rows": rows}
-    print(json.dumps(figures, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
+    report({"settings": settings.describe(), "train_seconds": trained.seconds, "rows": rows}, args)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,9 @@ Run chapters 01-05 first (any profile), then for example:
 
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
 import time
-from pathlib import Path
+
+from _bench_cli import parser_with_common_options, report, scratch_folder
 
 from cascade_defect.evaluation import (
     bootstrap_indices,
@@ -32,64 +30,45 @@ from cascade_defect.evaluation import (
     percentile_interval,
     validate_on_test,
 )
-from cascade_defect.settings import key_value_arguments, load_config
+from cascade_defect.settings import key_value_arguments, load_config, parameter_overrides
 from cascade_defect.split import SplitLayout
-from cascade_defect.training import train_yolo
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="quick", help="settings profile (default: quick)")
-    parser.add_argument("--source", default="human", help="chapter 05 dataset (default: human)")
-    parser.add_argument("--epochs", type=int, default=None, help="default: the profile's")
-    parser.add_argument("--imgsz", type=int, default=None, help="default: the profile's")
-    parser.add_argument("--batch", type=int, default=None, help="default: the profile's")
-    parser.add_argument(
-        "--arg",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra ultralytics train() argument, value parsed as YAML (repeatable)",
-    )
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples")
-    parser.add_argument("--scratch", type=Path, default=None, help="default: a temporary folder")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    return parser.parse_args()
+from cascade_defect.training import train_yolo, training_schedule
 
 
 def main() -> None:
-    args = parse_args()
-    config = load_config(args.profile)
+    parser = parser_with_common_options(__doc__)
+    parser.add_argument("--source", default="human", help="chapter 05 dataset (default: human)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples")
+    args = parser.parse_args()
+    config = load_config(
+        args.profile,
+        overrides=parameter_overrides(
+            training={
+                "imgsz": args.imgsz,
+                "batch": args.batch,
+                # merged into the profile's own ultralytics_args, validated like a notebook's
+                "ultralytics_args": key_value_arguments(args.arg) or None,
+            }
+        ),
+    )
     settings = config.profile.training
     data_yaml = config.paths.training_dir / "datasets" / args.source / "data.yaml"
     if not data_yaml.exists():
         raise SystemExit(
             f"{data_yaml} not found: run chapters 01-05 under --profile {args.profile}"
         )
-    epochs = args.epochs or settings.epochs
-    imgsz = args.imgsz or settings.imgsz
-    batch = args.batch or settings.batch
-    extra = {**settings.ultralytics_args, **key_value_arguments(args.arg)}
-    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="bench_schedule_"))
+    schedule = training_schedule(settings, args.epochs or settings.epochs)
+    scratch = scratch_folder(args, "bench_schedule_")
     config_dir = config.work_dir / ".ultralytics"
-    weights = config.yolo_weights
-    print(f"source {args.source}: {epochs} epochs at {imgsz} px, batch {batch}, extra {extra}")
+    print(f"source {args.source}: {schedule}")
 
     result = train_yolo(
         data_yaml,
-        weights=str(weights),
+        weights=config.yolo_weights,
         project_dir=scratch / "runs",
         name=args.source,
-        epochs=epochs,
-        imgsz=imgsz,
-        batch=batch,
-        workers=settings.workers,
-        device=settings.device,
-        patience=settings.patience,
-        seed=settings.seed,
         config_dir=config_dir,
-        ultralytics_args=extra,
-        torch_threads=settings.torch_threads,
+        **schedule,
     )
     history = result.history[["epoch", "seconds", "map50", "map50_95"]]
     print(history.to_string(index=False))
@@ -102,7 +81,7 @@ def main() -> None:
         result.best_weights,
         test_yaml,
         images[["image_id", "width", "height"]],
-        imgsz=imgsz,
+        imgsz=settings.imgsz,
         device=settings.device,
         config_dir=config_dir,
         project_dir=scratch / "val",
@@ -112,23 +91,24 @@ def main() -> None:
     scores = detection_metrics(matched)
     samples = bootstrap_map50(matched, bootstrap_indices(len(images), args.bootstrap, seed=0))
     low, high = percentile_interval(samples)
-    figures = {
-        "source": args.source,
-        "epochs": epochs,
-        "imgsz": imgsz,
-        "batch": batch,
-        "extra": extra,
-        "train_wall_seconds": round(result.wall_seconds, 1),
-        "holdout_map50_last": float(history["map50"].iloc[-1]),
-        "test_map50": round(scores["map50"], 4),
-        "test_map50_ci": [round(float(low), 4), round(float(high), 4)],
-        "test_map50_95": round(scores["map50_95"], 4),
-        "test_ap50": {k: round(v, 4) for k, v in scores["ap50"].items()},
-        "test_seconds": round(time.perf_counter() - start, 1),
-    }
-    print(json.dumps(figures, indent=1))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
+    report(
+        {
+            "source": args.source,
+            "epochs": schedule["epochs"],
+            "imgsz": settings.imgsz,
+            "batch": settings.batch,
+            "extra": settings.ultralytics_args,
+            "torch_threads": schedule["torch_threads"],
+            "train_wall_seconds": round(result.wall_seconds, 1),
+            "holdout_map50_last": float(history["map50"].iloc[-1]),
+            "test_map50": round(scores["map50"], 4),
+            "test_map50_ci": [round(float(low), 4), round(float(high), 4)],
+            "test_map50_95": round(scores["map50_95"], 4),
+            "test_ap50": {k: round(v, 4) for k, v in scores["ap50"].items()},
+            "test_seconds": round(time.perf_counter() - start, 1),
+        },
+        args,
+    )
 
 
 if __name__ == "__main__":

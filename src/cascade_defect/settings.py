@@ -237,9 +237,10 @@ PROFILES: dict[str, ProfileSettings] = {
         # 0.72 vs 0.69). One noise level on the full schedule, because 4-epoch noise runs varied
         # more between runs than between noise levels. The seed detector at 100 epochs proposes
         # boxes with precision 0.43 against 0.16 at 30 epochs (same recall), for ~70 s more.
-        # Its proposals are kept down to score 0.05: pool box recall 0.65 (0.34 at 0.25) at
-        # precision 0.22, and the pseudo detector trained on them scores test mAP50 0.344 against
-        # 0.283 with the 0.25 threshold (scripts/bench_seed_detector.py, then chapters 03-06).
+        # Its proposals are kept down to score 0.05: pool box recall 0.65 at precision 0.22 (0.34
+        # and 0.44 at 0.25; scripts/bench_seed_detector.py), and the pseudo detector trained on
+        # them scores test mAP50 0.344 against 0.283 in the record made with 0.25 and the old
+        # nominal batch of 64 (chapters 03-06).
         # YOLOv8n-cls at 128 px: ~11 s per epoch, 99% test accuracy after 10 epochs.
         annotation=AnnotationSettings(
             seed_detector_epochs=100, seed_detector_imgsz=224, seed_detector_conf=0.05
@@ -364,6 +365,7 @@ class StudyConfig(BaseModel):
             "run_dir": str(self.paths.run_dir),
             "storage": self.storage,
             **{f"split.{k}": v for k, v in self.profile.split.model_dump().items()},
+            **{f"annotation.{k}": v for k, v in self.profile.annotation.model_dump().items()},
             **{f"training.{k}": v for k, v in self.profile.training.model_dump().items()},
             **{
                 f"classification.{k}": v

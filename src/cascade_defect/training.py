@@ -929,6 +929,25 @@ def reusable_result(path: Path, fingerprint: str) -> TrainingResult | None:
     )
 
 
+def training_schedule(settings: TrainingSettings, epochs: int) -> dict[str, Any]:
+    """:func:`train_yolo`'s keyword arguments from a profile's training settings.
+
+    The thread count is resolved here so that a fingerprint of the schedule changes with it (it
+    changes the arithmetic, and so the weights).
+    """
+    return {
+        "epochs": epochs,
+        "imgsz": settings.imgsz,
+        "batch": settings.batch,
+        "workers": settings.workers,
+        "device": settings.device,
+        "patience": settings.patience,
+        "seed": settings.seed,
+        "ultralytics_args": settings.ultralytics_args,
+        "torch_threads": training_threads(settings.torch_threads),
+    }
+
+
 def train_source(
     config: StudyConfig,
     source: str,
@@ -951,19 +970,7 @@ def train_source(
     if epochs is None:
         epochs = epochs_for(source, settings)
     out = TrainingOutputs(config.paths.training_dir)
-    schedule = {
-        "epochs": epochs,
-        "imgsz": settings.imgsz,
-        "batch": settings.batch,
-        "workers": settings.workers,
-        "device": settings.device,
-        "patience": settings.patience,
-        "seed": settings.seed,
-        "ultralytics_args": settings.ultralytics_args,
-        # Resolved here so that the fingerprint changes with the thread count (which changes the
-        # arithmetic, and so the weights).
-        "torch_threads": training_threads(settings.torch_threads),
-    }
+    schedule = training_schedule(settings, epochs)
     fingerprint = training_fingerprint(data_yaml.parent, config.yolo_weights, schedule)
     if reuse:
         earlier = reusable_result(out.result_file(source), fingerprint)

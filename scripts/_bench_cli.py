@@ -1,0 +1,46 @@
+"""Command-line options and output shared by the benchmark scripts that retrain a model.
+
+Both scripts read a profile's chapter outputs, train into a scratch folder (never the book's),
+take further ultralytics arguments as ``--arg KEY=VALUE`` and print their figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def parser_with_common_options(doc: str) -> argparse.ArgumentParser:
+    """A parser described by the script's docstring, with the options every benchmark takes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--profile", default="quick", help="settings profile (default: quick)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the profile's")
+    parser.add_argument("--imgsz", type=int, default=None, help="default: the profile's")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="default: the profile's (or recipe's)"
+    )
+    parser.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra ultralytics train() argument, value parsed as YAML (repeatable)",
+    )
+    parser.add_argument("--scratch", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    return parser
+
+
+def scratch_folder(args: argparse.Namespace, prefix: str) -> Path:
+    return args.scratch or Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
+    """Print the figures, and write them to ``--json`` when given."""
+    text = json.dumps(figures, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
