@@ -25,15 +25,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # for tests.fake_openai_server and tests.conftest_annotate
 
-from cascade_defect import pricing  # noqa: E402
-from cascade_defect.annotate.client import MLLMAnnotator, RetryPolicy, make_client  # noqa: E402
-from cascade_defect.annotate.estimate import (  # noqa: E402
+from cascade_defect.annotate.mllm.annotator import MLLMAnnotator  # noqa: E402
+from cascade_defect.annotate.mllm.estimate import (  # noqa: E402
     count_text_tokens,
     estimate_pool_cost,
     typical_answer_json,
 )
-from cascade_defect.annotate.prompt import SeedExample, build_prompt  # noqa: E402
+from cascade_defect.annotate.mllm.prompt import SeedExample, build_prompt  # noqa: E402
+from cascade_defect.annotate.mllm.providers import make_client  # noqa: E402
+from cascade_defect.annotate.mllm.throttle import RetryPolicy  # noqa: E402
 from cascade_defect.annotate.store import AnnotationStore  # noqa: E402
+from cascade_defect.costs import pricing  # noqa: E402
 from cascade_defect.settings import NEU_CLASSES  # noqa: E402
 from tests.conftest_annotate import make_world, openai_env, texture_jpeg  # noqa: E402
 from tests.fake_openai_server import FakeOpenAIServer  # noqa: E402

@@ -20,22 +20,22 @@ from __future__ import annotations
 import pandas as pd
 from _bench_cli import parser_with_common_options, report, scratch_folder
 
-from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.audit import box_quality, normalise_gt_boxes
-from cascade_defect.boxes import (
+from cascade_defect.annotate.boxes import (
     SeedDetector,
     SeedDetectorSettings,
     predictions_from_store,
     pseudo_boxes,
 )
-from cascade_defect.pseudo import AnnotationOutputs
-from cascade_defect.settings import key_value_arguments, load_config
-from cascade_defect.split import (
+from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.chapters.c03_annotation import AnnotationOutputs
+from cascade_defect.data.split import (
     SplitLayout,
     read_labelled_listing,
     read_pool_ground_truth,
     read_pool_listing,
 )
+from cascade_defect.metrics.box_quality import box_quality, normalise_gt_boxes
+from cascade_defect.settings import key_value_arguments, load_config
 
 
 def main() -> None:

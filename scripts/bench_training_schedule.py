@@ -20,19 +20,13 @@ import time
 
 from _bench_cli import parser_with_common_options, report, scratch_folder
 
-from cascade_defect.evaluation import (
-    bootstrap_indices,
-    bootstrap_map50,
-    detection_metrics,
-    golden_test_dataset,
-    golden_test_truth,
-    match_detections,
-    percentile_interval,
-    validate_on_test,
-)
+from cascade_defect.chapters.c06_comparison import golden_test_dataset, golden_test_truth
+from cascade_defect.data.split import SplitLayout
+from cascade_defect.metrics.bootstrap import bootstrap_indices, bootstrap_map50, percentile_interval
+from cascade_defect.metrics.detection import detection_metrics, match_detections
 from cascade_defect.settings import key_value_arguments, load_config, parameter_overrides
-from cascade_defect.split import SplitLayout
-from cascade_defect.training import train_yolo, training_schedule
+from cascade_defect.train.predict import validate_on_test
+from cascade_defect.train.yolo import train_yolo, training_schedule
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import argparse
 
 import pandas as pd
 
-from cascade_defect.costs import (
+from cascade_defect.costs.model import (
     DEFAULT_CACHE_HIT_RATE,
     NEU_DET_POOL_SIZE,
     PromptSpec,
@@ -20,7 +20,7 @@ from cascade_defect.costs import (
     config_search,
     cost_grid,
 )
-from cascade_defect.pricing import load_pricing
+from cascade_defect.costs.pricing import load_pricing
 
 # Assumed prompt text (not counted): ~300 tokens of instructions plus, per seed image, its
 # class name and normalised box coordinates (~55 tokens for ~2 boxes).

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cascade_defect.annotate.client import MLLMAnnotator, PoolImage, RetryPolicy, make_client
-from cascade_defect.annotate.prompt import SeedExample, build_prompt
+from cascade_defect.annotate.mllm.annotator import MLLMAnnotator, PoolImage
+from cascade_defect.annotate.mllm.prompt import SeedExample, build_prompt
+from cascade_defect.annotate.mllm.providers import make_client
+from cascade_defect.annotate.mllm.throttle import RetryPolicy
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.settings import NEU_CLASSES
 from tests.fake_openai_server import FakeOpenAIServer

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cascade_defect import pricing
-from cascade_defect.annotate.batch import (
+from cascade_defect.annotate.mllm.batch import (
     BatchManifest,
     BudgetExceeded,
     collect_batch,
@@ -19,6 +18,7 @@ from cascade_defect.annotate.batch import (
 )
 from cascade_defect.annotate.schema import sha256_hex
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.costs import pricing
 from tests.conftest_annotate import AnnotateWorld, azure_env, make_annotator, make_world, openai_env
 from tests.fake_openai_server import Action, FakeOpenAIServer
 

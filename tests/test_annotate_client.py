@@ -14,17 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from cascade_defect import pricing
-from cascade_defect.annotate.client import (
-    AdaptiveConcurrency,
-    BudgetGuard,
+from cascade_defect.annotate.mllm.providers import (
     ProviderNotConfigured,
     detect_provider,
     make_client,
+)
+from cascade_defect.annotate.mllm.throttle import (
+    AdaptiveConcurrency,
+    BudgetGuard,
     retry_after_seconds,
 )
 from cascade_defect.annotate.schema import sha256_hex
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.costs import pricing
 from tests.conftest_annotate import AnnotateWorld, azure_env, make_annotator, make_world, openai_env
 from tests.fake_openai_server import Action, FakeOpenAIServer
 

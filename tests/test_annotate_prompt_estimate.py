@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cascade_defect import pricing
-from cascade_defect.annotate.estimate import (
+from cascade_defect.annotate.mllm.estimate import (
     PromptEstimate,
-    cacheable_prefix_tokens,
     compare_with_usage,
     count_text_tokens,
     estimate_pool_cost,
@@ -22,7 +20,7 @@ from cascade_defect.annotate.estimate import (
     request_cost_upper_bound,
     typical_answer_json,
 )
-from cascade_defect.annotate.prompt import (
+from cascade_defect.annotate.mllm.prompt import (
     QUERY_TEXT,
     SeedExample,
     build_prompt,
@@ -31,6 +29,8 @@ from cascade_defect.annotate.prompt import (
     render_prompt,
 )
 from cascade_defect.annotate.schema import Usage
+from cascade_defect.costs import pricing
+from cascade_defect.costs.model import cacheable_prefix_tokens
 from cascade_defect.settings import NEU_CLASSES
 from tests.conftest_annotate import AnnotateWorld, make_world, texture_jpeg
 from tests.test_annotate_schema_store import make_record

@@ -9,31 +9,37 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cascade_defect.annotate.labels import LABEL_COLUMNS
 from cascade_defect.annotate.schema import NO_DEFECT, AnnotationRecord
-from cascade_defect.audit import (
-    NOT_ANSWERED,
-    accuracy_metrics,
-    bin_index,
-    box_quality,
+from cascade_defect.chapters.c04_audit import (
     build_summary,
-    confusion_table,
-    coverage_at,
-    coverage_curve,
     disagreements,
-    expected_calibration_error,
     failed_attempts,
     failure_counts,
     image_table,
+)
+from cascade_defect.metrics.box_quality import (
+    box_quality,
     iou_matrix,
-    macro_scores,
     match_boxes,
     match_strategy,
     normalise_gt_boxes,
-    per_class_metrics,
-    reliability_table,
     summarise_matches,
 )
-from cascade_defect.pseudo import LABEL_COLUMNS
+from cascade_defect.metrics.calibration import (
+    bin_index,
+    coverage_at,
+    coverage_curve,
+    expected_calibration_error,
+    reliability_table,
+)
+from cascade_defect.metrics.classification import (
+    NOT_ANSWERED,
+    accuracy_metrics,
+    confusion_table,
+    macro_scores,
+    per_class_metrics,
+)
 
 CLASSES = ["a", "b", "c"]
 

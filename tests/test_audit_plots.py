@@ -16,19 +16,16 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cascade_defect import plots_audit
-from cascade_defect.audit import (
-    box_quality,
-    confusion_table,
-    coverage_at,
-    coverage_curve,
+from cascade_defect.chapters.c04_audit import (
     disagreements,
     failed_attempts,
     failure_counts,
     image_table,
-    per_class_metrics,
-    reliability_table,
 )
+from cascade_defect.metrics.box_quality import box_quality
+from cascade_defect.metrics.calibration import coverage_at, coverage_curve, reliability_table
+from cascade_defect.metrics.classification import confusion_table, per_class_metrics
+from cascade_defect.plots import audit as plots_audit
 
 CLASSES = ["crazing", "inclusion"]
 

@@ -11,12 +11,13 @@ import pytest
 
 from cascade_defect.annotate.schema import AnnotationRecord, BoxPrediction, DefectPrediction
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.audit import AuditOutputs, read_audit_summary, run_label_audit
+from cascade_defect.chapters.c01_data import run_data_strategy
+from cascade_defect.chapters.c02_split import run_split
+from cascade_defect.chapters.c03_annotation import AnnotationOutputs, write_pseudo_labels
+from cascade_defect.chapters.c04_audit import AuditOutputs, read_audit_summary, run_label_audit
+from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_pool_listing
 from cascade_defect.manifest import MissingInputError, read_manifest
-from cascade_defect.pseudo import AnnotationOutputs, write_pseudo_labels
 from cascade_defect.settings import StudyConfig, load_config
-from cascade_defect.split import SplitLayout, read_pool_ground_truth, read_pool_listing
-from cascade_defect.stages import run_data_strategy, run_split
 from tests.synthetic import make_neu_like
 
 WRONG_CONFIDENCE = 0.95

@@ -10,14 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from cascade_defect.annotate.schema import (
-    NO_DEFECT,
-    AnnotationRecord,
-    prediction_model_for,
-    sha256_hex,
-)
-from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.boxes import (
+from cascade_defect.annotate.boxes import (
     PSEUDO_BOX_COLUMNS,
     Proposal,
     SeedDetector,
@@ -28,6 +21,13 @@ from cascade_defect.boxes import (
     pseudo_boxes,
     write_detector_dataset,
 )
+from cascade_defect.annotate.schema import (
+    NO_DEFECT,
+    AnnotationRecord,
+    prediction_model_for,
+    sha256_hex,
+)
+from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.settings import load_config
 
 CLASSES = ["crazing", "inclusion", "scratches"]

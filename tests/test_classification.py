@@ -9,10 +9,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cascade_defect import classification, training
+from cascade_defect.chapters.c01_data import run_data_strategy
+from cascade_defect.chapters.c02_split import run_split
+from cascade_defect.chapters.c05_training import (
+    assemble_source,
+    primary_track,
+    run_classification_training,
+    track_note,
+)
+from cascade_defect.chapters.c06_comparison import run_classification_comparison
+from cascade_defect.data.split import SplitLayout
+from cascade_defect.metrics.bootstrap import accuracy_samples, paired_difference
 from cascade_defect.settings import load_config
-from cascade_defect.split import SplitLayout
-from cascade_defect.stages import run_data_strategy, run_split
+from cascade_defect.train.classify import (
+    base_classifier,
+    image_classes,
+    write_classification_dataset,
+)
 from tests.synthetic import make_byo_dataset, make_neu_like
 from tests.test_training import write_fake_pseudo_labels
 
@@ -54,9 +67,9 @@ def test_datasets_with_boxes_read_detection_and_class_folders_read_classificatio
     boxes = SplitLayout(neu_split.paths.split_dir)
     folders = SplitLayout(folders_split.paths.split_dir)
     assert boxes.label_kind() == "boxes" and folders.label_kind() == "image"
-    assert classification.primary_track(boxes) == "detection"
-    assert classification.primary_track(folders) == "classification"
-    assert "image-level labels only" in classification.track_note(folders)
+    assert primary_track(boxes) == "detection"
+    assert primary_track(folders) == "classification"
+    assert "image-level labels only" in track_note(folders)
 
 
 def test_image_level_labels_become_whole_image_boxes_for_detection(folders_split) -> None:
@@ -76,19 +89,19 @@ def test_image_level_labels_become_whole_image_boxes_for_detection(folders_split
 
 
 def _assembled(config, source: str):
-    return training.assemble_source(config, source)
+    return assemble_source(config, source)
 
 
 def test_human_images_take_the_truth_and_pseudo_images_the_annotator_class(neu_split) -> None:
     layout = SplitLayout(neu_split.paths.split_dir)
     truth = pd.read_csv(layout.pool_truth).set_index("image_id")["class_name"]
-    human = classification.image_classes(*_assembled(neu_split, "human"))
+    human = image_classes(*_assembled(neu_split, "human"))
     pool_ids = [i for i in human.index if i in truth.index]
     assert (human[pool_ids] == truth[pool_ids]).all()
 
     pseudo_dataset, split, none = _assembled(neu_split, "pseudo")
     assert none is None  # pseudo never receives the pool's truth
-    pseudo = classification.image_classes(pseudo_dataset, split, none)
+    pseudo = image_classes(pseudo_dataset, split, none)
     labels = pd.read_csv(neu_split.paths.annotation_dir / "pseudo_labels.csv").set_index("image_id")
     pool = [i for i in pseudo.index if i in labels.index]
     assert pool, "the fake pseudo labels cover pool images"
@@ -103,13 +116,13 @@ def test_human_images_take_the_truth_and_pseudo_images_the_annotator_class(neu_s
 def test_noise_sources_are_not_a_classification_source(neu_split) -> None:
     dataset, split, truth = _assembled(neu_split, "noise_0.3")
     with pytest.raises(ValueError, match="classification track"):
-        classification.image_classes(dataset, split, truth)
+        image_classes(dataset, split, truth)
 
 
 def test_written_folders_hold_every_class_in_both_subsets(neu_split, tmp_path: Path) -> None:
     dataset, split, truth = _assembled(neu_split, "human")
-    classes = classification.image_classes(dataset, split, truth)
-    root = classification.write_classification_dataset(
+    classes = image_classes(dataset, split, truth)
+    root = write_classification_dataset(
         dataset, classes, tmp_path / "cls", split.class_names
     )
     for subset in ("train", "val"):
@@ -124,8 +137,8 @@ def test_written_folders_hold_every_class_in_both_subsets(neu_split, tmp_path: P
 
 def test_seed_only_validates_on_its_own_images(neu_split, tmp_path: Path) -> None:
     dataset, split, truth = _assembled(neu_split, "seed_only")
-    classes = classification.image_classes(dataset, split, truth)
-    root = classification.write_classification_dataset(
+    classes = image_classes(dataset, split, truth)
+    root = write_classification_dataset(
         dataset, classes, tmp_path / "seeds", split.class_names
     )
     train = sorted(p.name for p in (root / "train").rglob("*.*"))
@@ -135,9 +148,9 @@ def test_seed_only_validates_on_its_own_images(neu_split, tmp_path: Path) -> Non
 
 def test_class_names_that_cannot_be_folders_are_refused(neu_split, tmp_path: Path) -> None:
     dataset, split, truth = _assembled(neu_split, "human")
-    classes = classification.image_classes(dataset, split, truth)
+    classes = image_classes(dataset, split, truth)
     with pytest.raises(ValueError, match="folder name"):
-        classification.write_classification_dataset(
+        write_classification_dataset(
             dataset, classes, tmp_path / "bad", ["a/b", *split.class_names[1:]]
         )
 
@@ -148,7 +161,7 @@ def test_class_names_that_cannot_be_folders_are_refused(neu_split, tmp_path: Pat
 def test_bootstrap_accuracy_on_a_known_case() -> None:
     correct = np.array([1, 1, 0, 0], dtype=bool)
     multiplicities = np.array([[1, 1, 1, 1], [4, 0, 0, 0], [0, 0, 2, 2], [2, 0, 2, 0]])
-    assert classification.accuracy_samples(correct, multiplicities).tolist() == [
+    assert accuracy_samples(correct, multiplicities).tolist() == [
         0.5,
         1.0,
         0.0,
@@ -158,14 +171,14 @@ def test_bootstrap_accuracy_on_a_known_case() -> None:
 
 def test_paired_difference_and_the_ratio_verdict() -> None:
     samples = {"human": np.linspace(0.8, 1.0, 101), "pseudo": np.linspace(0.78, 0.98, 101)}
-    result = classification.paired_difference(samples, {"human": 0.9, "pseudo": 0.88}, 0.97)
+    result = paired_difference(samples, {"human": 0.9, "pseudo": 0.88}, 0.97)
     assert result["difference"] == pytest.approx(-0.02)
     assert result["difference_ci_low"] == pytest.approx(-0.02)
     assert result["difference_ci_high"] == pytest.approx(-0.02)
     assert result["ratio"] == pytest.approx(0.88 / 0.9) and result["target_met"] is True
-    worse = classification.paired_difference(samples, {"human": 0.9, "pseudo": 0.8}, 0.97)
+    worse = paired_difference(samples, {"human": 0.9, "pseudo": 0.8}, 0.97)
     assert worse["target_met"] is False
-    assert classification.paired_difference(samples, {"human": 0.9}, 0.97) == {}
+    assert paired_difference(samples, {"human": 0.9}, 0.97) == {}
 
 
 # --------------------------------------------------------------------------- real epochs
@@ -174,7 +187,7 @@ def test_paired_difference_and_the_ratio_verdict() -> None:
 def test_backbone_comes_from_the_detection_checkpoint(yolo_weights: Path, tmp_path: Path) -> None:
     import torch
 
-    model, origin = classification.base_classifier(str(yolo_weights), None, tmp_path / "cfg")
+    model, origin = base_classifier(str(yolo_weights), None, tmp_path / "cfg")
     assert "backbone" in origin
     detection = torch.load(yolo_weights, weights_only=False)["model"].float().state_dict()
     weights = model.model.state_dict()
@@ -182,7 +195,7 @@ def test_backbone_comes_from_the_detection_checkpoint(yolo_weights: Path, tmp_pa
     assert len(shared) > 100
     assert all(torch.equal(weights[k].float(), detection[k]) for k in shared)
     with pytest.raises(FileNotFoundError, match="CASCADE_YOLO_CLS_WEIGHTS"):
-        classification.base_classifier(str(yolo_weights), str(tmp_path / "nope.pt"), tmp_path)
+        base_classifier(str(yolo_weights), str(tmp_path / "nope.pt"), tmp_path)
 
 
 @pytest.mark.slow
@@ -195,7 +208,7 @@ def test_class_folder_dataset_trains_and_scores_offline(
 ) -> None:
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics"))
     config = folders_split.model_copy(update={"yolo_weights": str(yolo_weights)})
-    chapter = classification.run_classification_training(
+    chapter = run_classification_training(
         config, sources=["human", "seed_only"], progress=False
     )
     assert no_network == []
@@ -210,7 +223,7 @@ def test_class_folder_dataset_trains_and_scores_offline(
         assert (chapter.outputs.root / entry["best_weights"]).exists()
     assert (chapter.outputs.root / "manifest.json").exists()
 
-    scored = classification.run_classification_comparison(
+    scored = run_classification_comparison(
         config, n_bootstrap=50, latency_images=2, progress=False
     )
     n_test = len(pd.read_csv(SplitLayout(config.paths.split_dir).test_listing))
@@ -228,7 +241,7 @@ def test_class_folder_dataset_trains_and_scores_offline(
     assert scored.latency["latency_ms_median"] > 0
     assert scored.outputs.metrics.exists() and scored.outputs.comparison.exists()
 
-    again = classification.run_classification_training(
+    again = run_classification_training(
         config, sources=["human"], reuse=True, progress=False
     )
     assert again.results["human"].reused

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cascade_defect.download import kaggle_credentials_present
+from cascade_defect.data.download import kaggle_credentials_present
 
 ROOT = Path(__file__).resolve().parents[1]
 

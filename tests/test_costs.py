@@ -14,31 +14,31 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from cascade_defect.costs import (
+from cascade_defect.costs.model import (
     NEU_DET_POOL_SIZE,
     PromptSpec,
     annotation_cost,
-    break_even_images,
     cacheable_prefix_tokens,
     cheapest_config,
     config_search,
     cost_from_usage,
     cost_grid,
+    prompt_token_breakdown,
+    spec_cost,
+)
+from cascade_defect.costs.references import load_cost_references, reference, references_table
+from cascade_defect.costs.sweeps import (
+    break_even_images,
     cost_per_1000_images,
     cost_vs_pool_size,
     cost_vs_price_multiplier,
     cost_vs_seed_images,
     cost_vs_tokens_per_image,
     human_labelling_cost,
-    load_cost_references,
-    prompt_token_breakdown,
-    reference,
-    references_table,
-    spec_cost,
     vendor_labelling_cost,
     yolo_cost_per_image,
 )
-from cascade_defect.plots_cost import (
+from cascade_defect.plots.cost import (
     plot_break_even,
     plot_cost_grid,
     plot_cost_per_1000,
@@ -442,7 +442,7 @@ def test_plots_return_figures() -> None:
 
 
 def test_reference_pool_costs_pick_each_mode_of_the_reference_model() -> None:
-    from cascade_defect.cost_stage import reference_pool_costs
+    from cascade_defect.chapters.c07_cost import reference_pool_costs
 
     grid = pd.DataFrame(
         [

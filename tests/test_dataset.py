@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cascade_defect.dataset import DatasetError, data_card, load_dataset
+from cascade_defect.data.ingest import load_dataset
+from cascade_defect.data.records import DatasetError, data_card
 from cascade_defect.settings import NEU_CLASSES
 from tests.synthetic import make_byo_dataset, make_neu_like
 

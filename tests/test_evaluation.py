@@ -6,7 +6,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cascade_defect import evaluation as ev
+from cascade_defect.chapters.c06_comparison import (
+    comparison_table,
+    headline_source,
+    ultralytics_agreement,
+)
+from cascade_defect.costs.cascade import annotator_price_per_image, cascade_costs, cascade_curve
+from cascade_defect.metrics.bootstrap import (
+    bootstrap_indices,
+    bootstrap_map50,
+    bootstrap_table,
+    percentile_interval,
+)
+from cascade_defect.metrics.classification import image_accuracy, image_predictions
+from cascade_defect.metrics.detection import (
+    NO_DETECTION,
+    ap_per_class,
+    average_precision,
+    detection_metrics,
+    match_detections,
+    precision_recall_at,
+)
+from cascade_defect.metrics.kpi import kpi_threshold
 
 CLASSES = ["a", "b", "c"]
 
@@ -73,14 +94,14 @@ def test_average_precision_matches_a_hand_computed_101_point_value() -> None:
     # grid 0..0.33 -> 1 (area 0.33); 0.33->0.34 -> (1+.75)/2*.01; 0.34..0.99 -> .75*.65;
     # 0.99->1.0 -> .75/2*.01
     expected = 0.33 + 0.00875 + 0.4875 + 0.00375
-    assert ev.average_precision(recall, precision) == pytest.approx(expected, abs=1e-12)
+    assert average_precision(recall, precision) == pytest.approx(expected, abs=1e-12)
 
 
 def test_a_perfect_detector_scores_ultralytics_0995() -> None:
     truth = _truth([("i1", 0, 0, 0, 10, 10), ("i2", 1, 5, 5, 20, 20)])
     dets = _dets([("i1", 0, 0.9, 0, 0, 10, 10), ("i2", 1, 0.8, 5, 5, 20, 20)])
-    matched = ev.match_detections(dets, truth, ["i1", "i2"], CLASSES)
-    metrics = ev.detection_metrics(matched)
+    matched = match_detections(dets, truth, ["i1", "i2"], CLASSES)
+    metrics = detection_metrics(matched)
     assert metrics["map50"] == pytest.approx(0.995)
     assert metrics["map50_95"] == pytest.approx(0.995)
     assert np.isnan(metrics["ap50"]["c"])  # no ground truth of class c: not averaged
@@ -95,7 +116,7 @@ def test_matching_follows_confidence_order_class_and_iou() -> None:
             ("i", 1, 0.95, 0, 0, 10, 10),  # wrong class: never a true positive
         ]
     )
-    matched = ev.match_detections(dets, truth, ["i"], CLASSES)
+    matched = match_detections(dets, truth, ["i"], CLASSES)
     assert matched.confidence.tolist() == [0.95, 0.9, 0.5]
     assert not matched.correct[0].any()
     assert matched.correct[1].tolist() == [True, True] + [False] * 8
@@ -106,22 +127,22 @@ def test_own_ap_agrees_with_ultralytics_ap_per_class() -> None:
     """Same true-positive matrix through both implementations: identical AP."""
     ev_import = pytest.importorskip("ultralytics.utils.metrics")
     dets, truth, ids = random_case(60, seed=1)
-    matched = ev.match_detections(dets, truth, ids, CLASSES)
+    matched = match_detections(dets, truth, ids, CLASSES)
     target_cls = np.repeat(np.arange(3), matched.gt_counts.sum(0))
     result = ev_import.ap_per_class(
         matched.correct, matched.confidence, matched.class_id, target_cls
     )
     ultralytics_ap = result[5]
-    own = ev.ap_per_class(matched)
+    own = ap_per_class(matched)
     assert own == pytest.approx(ultralytics_ap, abs=1e-9)
-    assert ev.detection_metrics(matched)["map50"] == pytest.approx(
+    assert detection_metrics(matched)["map50"] == pytest.approx(
         ultralytics_ap[:, 0].mean(), abs=1e-9
     )
 
 
 def test_above_threshold_keeps_only_confident_detections() -> None:
     dets, truth, ids = random_case(20, seed=2)
-    matched = ev.match_detections(dets, truth, ids, CLASSES)
+    matched = match_detections(dets, truth, ids, CLASSES)
     kept = matched.above(0.5)
     assert (kept.confidence >= 0.5).all()
     assert len(kept.confidence) == int((dets["confidence"] >= 0.5).sum())
@@ -129,7 +150,7 @@ def test_above_threshold_keeps_only_confident_detections() -> None:
 
 def test_detections_of_unknown_images_are_refused() -> None:
     with pytest.raises(ValueError, match="outside the test set"):
-        ev.match_detections(_dets([("zz", 0, 0.9, 0, 0, 1, 1)]), _truth([]), ["i"], CLASSES)
+        match_detections(_dets([("zz", 0, 0.9, 0, 0, 1, 1)]), _truth([]), ["i"], CLASSES)
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -137,9 +158,9 @@ def test_detections_of_unknown_images_are_refused() -> None:
 
 def test_weighted_resample_equals_matching_an_explicitly_duplicated_test_set() -> None:
     dets, truth, ids = random_case(30, seed=3)
-    matched = ev.match_detections(dets, truth, ids, CLASSES)
-    weights = ev.bootstrap_indices(len(ids), 1, seed=11)[0]
-    fast = ev.ap_per_class(matched, weights)
+    matched = match_detections(dets, truth, ids, CLASSES)
+    weights = bootstrap_indices(len(ids), 1, seed=11)[0]
+    fast = ap_per_class(matched, weights)
     copies_d, copies_t, copy_ids = [], [], []
     for image_id, k in zip(ids, weights, strict=True):
         for j in range(k):
@@ -147,8 +168,8 @@ def test_weighted_resample_equals_matching_an_explicitly_duplicated_test_set() -
             copy_ids.append(new)
             copies_d.append(dets[dets["image_id"] == image_id].assign(image_id=new))
             copies_t.append(truth[truth["image_id"] == image_id].assign(image_id=new))
-    slow = ev.ap_per_class(
-        ev.match_detections(pd.concat(copies_d), pd.concat(copies_t), copy_ids, CLASSES)
+    slow = ap_per_class(
+        match_detections(pd.concat(copies_d), pd.concat(copies_t), copy_ids, CLASSES)
     )
     assert fast == pytest.approx(slow, abs=1e-9, nan_ok=True)
 
@@ -159,9 +180,9 @@ def test_bootstrap_of_a_perfect_detector_is_a_point() -> None:
     dets = truth.assign(confidence=0.9)[
         ["image_id", "class_id", "confidence", "x1", "y1", "x2", "y2"]
     ]
-    matched = ev.match_detections(dets, truth, ids, CLASSES)
-    samples = ev.bootstrap_map50(matched, ev.bootstrap_indices(len(ids), 200, seed=0))
-    assert ev.percentile_interval(samples) == pytest.approx((0.995, 0.995))
+    matched = match_detections(dets, truth, ids, CLASSES)
+    samples = bootstrap_map50(matched, bootstrap_indices(len(ids), 200, seed=0))
+    assert percentile_interval(samples) == pytest.approx((0.995, 0.995))
 
 
 def test_bootstrap_interval_matches_the_binomial_width_of_a_known_case() -> None:
@@ -173,24 +194,24 @@ def test_bootstrap_interval_matches_the_binomial_width_of_a_known_case() -> None
     ids = [f"i{k}" for k in range(400)]
     truth = _truth([(i, 0, 0, 0, 10, 10) for i in ids])
     dets = _dets([(i, 0, 0.5 + k / 1000, 0, 0, 10, 10) for k, i in enumerate(ids[:200])])
-    matched = ev.match_detections(dets, truth, ids, CLASSES)
-    assert ev.detection_metrics(matched)["map50"] == pytest.approx(0.505, abs=0.011)
-    samples = ev.bootstrap_map50(matched, ev.bootstrap_indices(len(ids), 1000, seed=1))
-    low, high = ev.percentile_interval(samples)
+    matched = match_detections(dets, truth, ids, CLASSES)
+    assert detection_metrics(matched)["map50"] == pytest.approx(0.505, abs=0.011)
+    samples = bootstrap_map50(matched, bootstrap_indices(len(ids), 1000, seed=1))
+    low, high = percentile_interval(samples)
     assert low == pytest.approx(0.451, abs=0.015)
     assert high == pytest.approx(0.549, abs=0.015)
 
 
 def test_paired_difference_of_a_model_with_itself_is_exactly_zero() -> None:
     dets, truth, ids = random_case(50, seed=4)
-    matched = ev.match_detections(dets, truth, ids, CLASSES)
-    draws = ev.bootstrap_indices(len(ids), 100, seed=5)
+    matched = match_detections(dets, truth, ids, CLASSES)
+    draws = bootstrap_indices(len(ids), 100, seed=5)
     samples = {
-        "human": ev.bootstrap_map50(matched, draws),
-        "pseudo": ev.bootstrap_map50(matched, draws),
+        "human": bootstrap_map50(matched, draws),
+        "pseudo": bootstrap_map50(matched, draws),
     }
-    estimate = ev.detection_metrics(matched)["map50"]
-    table, comparison = ev.bootstrap_table({"human": estimate, "pseudo": estimate}, samples)
+    estimate = detection_metrics(matched)["map50"]
+    table, comparison = bootstrap_table({"human": estimate, "pseudo": estimate}, samples)
     assert comparison["difference_ci"] == (0.0, 0.0)
     assert comparison["ratio_ci"] == pytest.approx((1.0, 1.0))
     assert table.loc["human", "ci_low"] <= estimate <= table.loc["human", "ci_high"]
@@ -198,17 +219,17 @@ def test_paired_difference_of_a_model_with_itself_is_exactly_zero() -> None:
 
 def test_paired_difference_detects_a_worse_model() -> None:
     dets, truth, ids = random_case(80, seed=6)
-    good = ev.match_detections(dets, truth, ids, CLASSES)
+    good = match_detections(dets, truth, ids, CLASSES)
     worse_dets = dets.copy()
     worse_dets.loc[worse_dets.index % 3 == 0, "class_id"] = (worse_dets["class_id"] + 1) % 3
-    worse = ev.match_detections(worse_dets, truth, ids, CLASSES)
-    draws = ev.bootstrap_indices(len(ids), 300, seed=7)
-    samples = {"human": ev.bootstrap_map50(good, draws), "pseudo": ev.bootstrap_map50(worse, draws)}
+    worse = match_detections(worse_dets, truth, ids, CLASSES)
+    draws = bootstrap_indices(len(ids), 300, seed=7)
+    samples = {"human": bootstrap_map50(good, draws), "pseudo": bootstrap_map50(worse, draws)}
     estimates = {
-        "human": ev.detection_metrics(good)["map50"],
-        "pseudo": ev.detection_metrics(worse)["map50"],
+        "human": detection_metrics(good)["map50"],
+        "pseudo": detection_metrics(worse)["map50"],
     }
-    _, comparison = ev.bootstrap_table(estimates, samples)
+    _, comparison = bootstrap_table(estimates, samples)
     assert comparison["difference"] < 0
     assert comparison["difference_ci"][1] < 0
     assert comparison["share_of_samples_candidate_worse"] > 0.95
@@ -226,11 +247,11 @@ def test_image_accuracy_uses_the_top_confidence_box_and_counts_misses_as_wrong()
             ("i2", 2, 0.7, 0, 0, 5, 5),  # top box: class c, wrong
         ]
     )
-    matched = ev.match_detections(dets, truth, ["i1", "i2", "i3"], CLASSES)
-    predictions = ev.image_predictions(matched)
-    assert predictions["predicted_class"].tolist() == ["a", "c", ev.NO_DETECTION]
+    matched = match_detections(dets, truth, ["i1", "i2", "i3"], CLASSES)
+    predictions = image_predictions(matched)
+    assert predictions["predicted_class"].tolist() == ["a", "c", NO_DETECTION]
     assert predictions["top_confidence"].tolist() == pytest.approx([0.8, 0.7, 0.0])
-    assert ev.image_accuracy(predictions, {"i1": "a", "i2": "b", "i3": "c"}) == pytest.approx(1 / 3)
+    assert image_accuracy(predictions, {"i1": "a", "i2": "b", "i3": "c"}) == pytest.approx(1 / 3)
 
 
 def test_kpi_is_met_by_a_perfect_detector_and_reported_unreachable_otherwise() -> None:
@@ -239,11 +260,11 @@ def test_kpi_is_met_by_a_perfect_detector_and_reported_unreachable_otherwise() -
     perfect = truth.assign(confidence=0.9)[
         ["image_id", "class_id", "confidence", "x1", "y1", "x2", "y2"]
     ]
-    verdict = ev.kpi_threshold(ev.match_detections(perfect, truth, ids, CLASSES))
+    verdict = kpi_threshold(match_detections(perfect, truth, ids, CLASSES))
     assert verdict["met"] and verdict["precision"] == 1.0 and verdict["recall"] == 1.0
     assert verdict["threshold"] <= 0.9
     wrong = perfect.assign(class_id=(perfect["class_id"] + 1) % 3)
-    verdict = ev.kpi_threshold(ev.match_detections(wrong, truth, ids, CLASSES))
+    verdict = kpi_threshold(match_detections(wrong, truth, ids, CLASSES))
     assert not verdict["met"] and not verdict["pr_reachable"] and not verdict["map_met"]
     assert verdict["verdict"].startswith("KPI not reachable")
     assert "no detection is right at any threshold" in verdict["verdict"]
@@ -255,7 +276,7 @@ def test_kpi_verdict_names_the_best_f1_threshold_as_printed() -> None:
     right = [(i, k % 3, 0.43, 0, 0, 10, 10) for k, i in enumerate(ids[:20])]
     wrong_low = [(i, (k + 1) % 3, 0.2, 50, 50, 60, 60) for k, i in enumerate(ids[:20])]
     dets = _dets(right + wrong_low)
-    verdict = ev.kpi_threshold(ev.match_detections(dets, truth, ids, CLASSES))
+    verdict = kpi_threshold(match_detections(dets, truth, ids, CLASSES))
     assert not verdict["pr_reachable"]  # recall is 20/30 at best
     assert verdict["threshold"] == 0.21  # the first threshold above the wrong boxes, exactly
     assert "best F1 at 0.21: precision 1.000, recall 0.667" in verdict["verdict"]
@@ -264,11 +285,11 @@ def test_kpi_verdict_names_the_best_f1_threshold_as_printed() -> None:
 def test_precision_recall_at_threshold_pools_classes() -> None:
     truth = _truth([("i", 0, 0, 0, 10, 10), ("i", 1, 20, 20, 30, 30)])
     dets = _dets([("i", 0, 0.9, 0, 0, 10, 10), ("i", 2, 0.6, 20, 20, 30, 30)])
-    matched = ev.match_detections(dets, truth, ["i"], CLASSES)
-    assert ev.precision_recall_at(matched, 0.5) == pytest.approx(
+    matched = match_detections(dets, truth, ["i"], CLASSES)
+    assert precision_recall_at(matched, 0.5) == pytest.approx(
         {"threshold": 0.5, "precision": 0.5, "recall": 0.5, "n_detections": 2}
     )
-    assert ev.precision_recall_at(matched, 0.7)["precision"] == 1.0
+    assert precision_recall_at(matched, 0.7)["precision"] == 1.0
 
 
 # --------------------------------------------------------------------------- cascade
@@ -278,7 +299,7 @@ def test_cascade_spans_yolo_alone_to_annotator_alone() -> None:
     yolo = pd.DataFrame(
         {
             "image_id": ["i1", "i2", "i3", "i4"],
-            "predicted_class": ["a", "b", "a", ev.NO_DETECTION],
+            "predicted_class": ["a", "b", "a", NO_DETECTION],
             "top_confidence": [0.9, 0.6, 0.3, 0.0],
         }
     )
@@ -290,7 +311,7 @@ def test_cascade_spans_yolo_alone_to_annotator_alone() -> None:
         asked.append(sorted(ids))
         return {i: annotator_answers[i] for i in ids}
 
-    curve = ev.cascade_curve(yolo, truth, annotator, thresholds=[0.0, 0.5, 1.0])
+    curve = cascade_curve(yolo, truth, annotator, thresholds=[0.0, 0.5, 1.0])
     assert len(asked) == 1  # the annotator is asked once, for the widest escalation
     assert asked[0] == ["i1", "i2", "i3", "i4"]
     rows = curve.set_index("threshold")
@@ -303,7 +324,7 @@ def test_cascade_costs_follow_the_cost_module() -> None:
     curve = pd.DataFrame(
         {"threshold": [0.0, 0.5], "escalated_share": [0.0, 0.25], "accuracy": [0.8, 0.9]}
     )
-    costed = ev.cascade_costs(
+    costed = cascade_costs(
         curve, annotator_usd_per_image=0.01, yolo_latency_s=0.036, vm_usd_per_hour=1.0
     )
     yolo_per_1000 = 1000 * 0.036 / 3600
@@ -322,13 +343,13 @@ def test_annotator_price_prefers_a_measured_cost_over_the_estimate() -> None:
         "recorded_cost_usd": 0.5,
         "estimate": {"model": "gpt-4o", "per_request_usd": 0.002},
     }
-    price, origin = ev.annotator_price_per_image(measured)
+    price, origin = annotator_price_per_image(measured)
     assert price == pytest.approx(0.005) and "measured" in origin
     offline = {**measured, "recorded_cost_usd": 0.0}
-    price, origin = ev.annotator_price_per_image(offline)
+    price, origin = annotator_price_per_image(offline)
     assert price == pytest.approx(0.002) and "gpt-4o" in origin
     with pytest.raises(ValueError):
-        ev.annotator_price_per_image({"status_counts": {"ok": 3}, "recorded_cost_usd": 0})
+        annotator_price_per_image({"status_counts": {"ok": 3}, "recorded_cost_usd": 0})
 
 
 def test_comparison_table_states_the_target_verdict() -> None:
@@ -341,16 +362,16 @@ def test_comparison_table_states_the_target_verdict() -> None:
         "ratio_ci": (0.94, 1.01),
         "share_of_samples_candidate_worse": 0.9,
     }
-    table = ev.comparison_table(comparison, target_ratio=0.97)["value"]
+    table = comparison_table(comparison, target_ratio=0.97)["value"]
     assert table["estimate reaches 97% of the reference"]
     assert not table["whole interval at or above 97%"]
     assert table["97% still inside the interval"]
 
 
 def test_headline_source_prefers_pseudo_then_human() -> None:
-    assert ev.headline_source(pd.DataFrame(index=["human", "pseudo"])) == "pseudo"
-    assert ev.headline_source(pd.DataFrame(index=["seed_only", "human"])) == "human"
-    assert ev.headline_source(pd.DataFrame(index=["noise_0.1"])) == "noise_0.1"
+    assert headline_source(pd.DataFrame(index=["human", "pseudo"])) == "pseudo"
+    assert headline_source(pd.DataFrame(index=["seed_only", "human"])) == "human"
+    assert headline_source(pd.DataFrame(index=["noise_0.1"])) == "noise_0.1"
 
 
 def test_default_escalation_thresholds_spread_over_the_share_escalated() -> None:
@@ -362,7 +383,7 @@ def test_default_escalation_thresholds_spread_over_the_share_escalated() -> None
             "top_confidence": confidence,
         }
     )
-    curve = ev.cascade_curve(yolo, dict.fromkeys(yolo["image_id"], "a"), {})
+    curve = cascade_curve(yolo, dict.fromkeys(yolo["image_id"], "a"), {})
     shares = curve["escalated_share"].to_numpy()
     assert shares[0] == 0.0 and shares[-1] == 1.0
     assert np.diff(shares).max() <= 0.06  # about 1/20 per step, never one big jump
@@ -378,6 +399,6 @@ def test_ultralytics_agreement_reports_the_absolute_gap() -> None:
         },
         index=["human", "pseudo"],
     )
-    table = ev.ultralytics_agreement(metrics)
+    table = ultralytics_agreement(metrics)
     assert table["abs_gap_map50"].tolist() == [0.01, 0.02]
     assert list(table.columns)[:2] == ["map50", "map50_ultralytics"]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cascade_defect.chapters.c01_data import run_data_strategy
+from cascade_defect.chapters.c02_split import run_split
 from cascade_defect.findings import findings_markdown
 from cascade_defect.manifest import (
     ChapterRun,
@@ -16,7 +18,6 @@ from cascade_defect.manifest import (
     tree_sha256,
 )
 from cascade_defect.settings import load_config
-from cascade_defect.stages import run_data_strategy, run_split
 from tests.synthetic import make_byo_dataset, make_neu_like
 
 
@@ -78,7 +79,7 @@ def test_findings_come_from_the_run_files_and_name_what_has_not_run(tmp_path: Pa
 
 
 def test_findings_and_card_overview_for_a_dataset_without_boxes(tmp_path: Path) -> None:
-    from cascade_defect.stages import box_class_table, card_overview
+    from cascade_defect.chapters.c01_data import box_class_table, card_overview
 
     data = make_byo_dataset(tmp_path / "byo", layout="classfolders", per_class=6)
     config = load_config("smoke", data_dir=data, work_dir=tmp_path / "work")

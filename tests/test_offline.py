@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from cascade_defect.annotate.offline import FeatureSpec, OfflineAnnotator, YoloFeatureExtractor
 from cascade_defect.annotate.schema import AnnotationRecord, sha256_hex
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.offline import FeatureSpec, OfflineAnnotator, YoloFeatureExtractor
 
 CLASSES = ["stripes", "checks", "blobs"]
 IMGSZ = 64

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cascade_defect.offline.classifier import (
+from cascade_defect.annotate.offline.classifier import (
     ClassifierSettings,
     FewShotClassifier,
     knn_graph,
     label_propagation,
     pca_whiten,
 )
-from cascade_defect.offline.features import FeatureBlock
+from cascade_defect.annotate.offline.features import FeatureBlock
 
 CLASSES = ["a", "b", "c", "d"]
 

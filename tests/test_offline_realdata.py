@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from cascade_defect.annotate.offline import OfflineAnnotator
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.offline import OfflineAnnotator
-from cascade_defect.settings import load_config
-from cascade_defect.split import (
+from cascade_defect.chapters.c01_data import run_data_strategy
+from cascade_defect.chapters.c02_split import run_split
+from cascade_defect.data.split import (
     SplitLayout,
     read_labelled_listing,
     read_pool_ground_truth,
     read_pool_listing,
 )
-from cascade_defect.stages import run_data_strategy, run_split
+from cascade_defect.settings import load_config
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

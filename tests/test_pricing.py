@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from cascade_defect.pricing import (
+from cascade_defect.costs.pricing import (
     ModelPrice,
     image_tokens,
     input_rates,

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from cascade_defect.dataset import data_card, load_dataset
+from cascade_defect.chapters.c01_data import run_data_strategy
+from cascade_defect.chapters.c02_split import run_split
+from cascade_defect.data.ingest import load_dataset
+from cascade_defect.data.records import data_card
 from cascade_defect.settings import NEU_CLASSES, load_config
-from cascade_defect.stages import run_data_strategy, run_split
 
 pytestmark = pytest.mark.realdata
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cascade_defect.review_export import (
+from cascade_defect.annotate.review_export import (
     LOCAL_FILES_PREFIX,
     choose_review_strategy,
     coco_dataset,

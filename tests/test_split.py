@@ -7,9 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cascade_defect.dataset import load_dataset
-from cascade_defect.settings import NEU_CLASSES, SplitSettings
-from cascade_defect.split import (
+from cascade_defect.data.ingest import load_dataset
+from cascade_defect.data.split import (
     SplitLayout,
     assign_splits,
     leakage_report,
@@ -18,6 +17,7 @@ from cascade_defect.split import (
     read_pool_listing,
     write_split,
 )
+from cascade_defect.settings import NEU_CLASSES, SplitSettings
 from tests.synthetic import make_neu_like
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from cascade_defect.chapters.c01_data import run_data_strategy
+from cascade_defect.chapters.c02_split import run_split
 from cascade_defect.settings import load_config
-from cascade_defect.stages import run_data_strategy, run_split
 from tests.fake_dfs_server import running_fake_dfs
 from tests.synthetic import make_neu_like
 

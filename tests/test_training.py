@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -10,11 +11,38 @@ import pandas as pd
 import pytest
 import yaml
 
-from cascade_defect import training
-from cascade_defect.pseudo import AnnotationOutputs
+from cascade_defect.chapters import c05_training
+from cascade_defect.chapters.c01_data import run_data_strategy
+from cascade_defect.chapters.c02_split import run_split
+from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseudo_labels
+from cascade_defect.chapters.c05_training import (
+    TrainingOutputs,
+    prepare_source,
+    run_training,
+    train_source,
+)
+from cascade_defect.data.split import SplitLayout
 from cascade_defect.settings import load_config
-from cascade_defect.split import SplitLayout
-from cascade_defect.stages import run_data_strategy, run_split
+from cascade_defect.train.sources import (
+    GroundTruthAccessError,
+    LeakageError,
+    SourceDataset,
+    SplitInputs,
+    build_source,
+    epochs_for,
+    flip_image_classes,
+    holdout_ids,
+    link_or_copy,
+    noise_rate,
+    noise_source,
+    planned_sources,
+    pseudo_training_labels,
+    read_pool_truth,
+    read_split_inputs,
+    uses_pool_ground_truth,
+    validate_source,
+)
+from cascade_defect.train.yolo import TrainingResult, train_yolo, training_fingerprint
 from tests.synthetic import make_neu_like
 
 # --------------------------------------------------------------------------- fixtures
@@ -94,29 +122,29 @@ def write_fake_pseudo_labels(config, *, flip_every: int = 4) -> tuple[pd.DataFra
 
 
 def test_source_names_round_trip_and_reject_typos() -> None:
-    assert training.noise_source(0.1) == "noise_0.1"
-    assert training.noise_rate("noise_0.3") == pytest.approx(0.3)
-    assert training.noise_rate("human") is None
+    assert noise_source(0.1) == "noise_0.1"
+    assert noise_rate("noise_0.3") == pytest.approx(0.3)
+    assert noise_rate("human") is None
     with pytest.raises(ValueError):
-        training.validate_source("humans")
+        validate_source("humans")
     with pytest.raises(ValueError):
-        training.noise_rate("noise_abc")
+        noise_rate("noise_abc")
     with pytest.raises(ValueError):
-        training.noise_source(1.5)
+        noise_source(1.5)
 
 
 def test_planned_sources_add_the_noise_sweep_to_the_profile_sources() -> None:
     settings = load_config("quick").profile.training
-    planned = training.planned_sources(settings)
+    planned = planned_sources(settings)
     assert planned[: len(settings.sources)] == settings.sources
     assert planned[len(settings.sources) :] == [f"noise_{r:g}" for r in settings.noise_levels]
 
 
 def test_only_human_and_noise_sources_use_the_pool_truth() -> None:
-    assert training.uses_pool_ground_truth("human")
-    assert training.uses_pool_ground_truth("noise_0.2")
-    assert not training.uses_pool_ground_truth("pseudo")
-    assert not training.uses_pool_ground_truth("seed_only")
+    assert uses_pool_ground_truth("human")
+    assert uses_pool_ground_truth("noise_0.2")
+    assert not uses_pool_ground_truth("pseudo")
+    assert not uses_pool_ground_truth("seed_only")
 
 
 # --------------------------------------------------------------------------- noise
@@ -139,7 +167,7 @@ def test_flip_changes_exactly_the_requested_share_of_images_never_to_the_same_cl
             "h": 0.2,
         }
     )
-    noisy, flips = training.flip_image_classes(labels, classes, rate, n_classes, seed=7)
+    noisy, flips = flip_image_classes(labels, classes, rate, n_classes, seed=7)
     assert len(flips) == round(rate * n_images)
     assert flips["image_id"].is_unique
     assert (flips["noisy_class"] != flips["true_class"]).all()
@@ -156,9 +184,9 @@ def test_flip_is_seeded_and_uses_every_other_class() -> None:
     ids = [f"i{i}" for i in range(600)]
     classes = pd.Series(0, index=ids)
     labels = pd.DataFrame({"image_id": ids, "class_id": 0, "cx": 0.5, "cy": 0.5, "w": 1, "h": 1})
-    _, first = training.flip_image_classes(labels, classes, 0.5, 4, seed=3)
-    _, again = training.flip_image_classes(labels, classes, 0.5, 4, seed=3)
-    _, other = training.flip_image_classes(labels, classes, 0.5, 4, seed=4)
+    _, first = flip_image_classes(labels, classes, 0.5, 4, seed=3)
+    _, again = flip_image_classes(labels, classes, 0.5, 4, seed=3)
+    _, other = flip_image_classes(labels, classes, 0.5, 4, seed=4)
     pd.testing.assert_frame_equal(first, again)
     assert not first.equals(other)
     assert set(first["noisy_class"]) == {1, 2, 3}
@@ -169,11 +197,11 @@ def test_flip_is_seeded_and_uses_every_other_class() -> None:
 
 def test_holdout_is_the_same_for_every_caller_and_sized_by_the_fraction() -> None:
     ids = [f"p{i}" for i in range(1422)]
-    holdout = training.holdout_ids(ids, 0.1, seed=0)
+    holdout = holdout_ids(ids, 0.1, seed=0)
     assert len(holdout) == 142
-    assert holdout == training.holdout_ids(list(reversed(ids)), 0.1, seed=0)
-    assert holdout != training.holdout_ids(ids, 0.1, seed=1)
-    assert len(training.holdout_ids(ids[:5], 0.1, seed=0)) == 1  # never empty when possible
+    assert holdout == holdout_ids(list(reversed(ids)), 0.1, seed=0)
+    assert holdout != holdout_ids(ids, 0.1, seed=1)
+    assert len(holdout_ids(ids[:5], 0.1, seed=0)) == 1  # never empty when possible
 
 
 # --------------------------------------------------------------------------- pseudo filter
@@ -201,7 +229,7 @@ def test_pseudo_labels_leave_out_failed_low_confidence_no_defect_and_boxless_ima
             "confidence": [0.9] * 7,
         }
     )
-    yolo, excluded = training.pseudo_training_labels(
+    yolo, excluded = pseudo_training_labels(
         labels, boxes, names, strategy="annotator", min_confidence=0.5
     )
     assert set(yolo["image_id"]) == {"ok1", "ok2"}
@@ -221,32 +249,32 @@ def test_pseudo_labels_leave_out_failed_low_confidence_no_defect_and_boxless_ima
     clipped = yolo[yolo["image_id"] == "ok2"].iloc[1]
     assert clipped["cx"] + clipped["w"] / 2 == pytest.approx(1.0)  # x2 = 1.2 clipped to 1
     # a threshold at the confidence keeps the image (>=), one above it drops it
-    kept, _ = training.pseudo_training_labels(
+    kept, _ = pseudo_training_labels(
         labels, boxes, names, strategy="annotator", min_confidence=0.6
     )
     assert "ok2" in set(kept["image_id"])
-    dropped, _ = training.pseudo_training_labels(
+    dropped, _ = pseudo_training_labels(
         labels, boxes, names, strategy="annotator", min_confidence=0.61
     )
     assert "ok2" not in set(dropped["image_id"])
     with pytest.raises(ValueError):
-        training.pseudo_training_labels(labels, boxes, names, strategy="grid")
+        pseudo_training_labels(labels, boxes, names, strategy="grid")
 
 
 # --------------------------------------------------------------------------- sources on disk
 
 
-def _all_sources(config) -> dict[str, training.SourceDataset]:
+def _all_sources(config) -> dict[str, SourceDataset]:
     layout = SplitLayout(config.paths.split_dir)
-    split = training.read_split_inputs(layout)
-    holdout = training.holdout_ids(split.pool["image_id"], 0.2, seed=0)
-    truth = training.read_pool_truth(layout, split.class_names)
-    pseudo = training.read_pseudo_labels(AnnotationOutputs(config.paths.annotation_dir))
+    split = read_split_inputs(layout)
+    holdout = holdout_ids(split.pool["image_id"], 0.2, seed=0)
+    truth = read_pool_truth(layout, split.class_names)
+    pseudo = read_pseudo_labels(AnnotationOutputs(config.paths.annotation_dir))
     return {
-        "human": training.build_source("human", split, holdout=holdout, truth=truth),
-        "noise_0.5": training.build_source("noise_0.5", split, holdout=holdout, truth=truth),
-        "seed_only": training.build_source("seed_only", split, holdout=holdout),
-        "pseudo": training.build_source(
+        "human": build_source("human", split, holdout=holdout, truth=truth),
+        "noise_0.5": build_source("noise_0.5", split, holdout=holdout, truth=truth),
+        "seed_only": build_source("seed_only", split, holdout=holdout),
+        "pseudo": build_source(
             "pseudo",
             split,
             holdout=holdout,
@@ -319,42 +347,42 @@ def test_pseudo_and_seed_only_never_read_the_pool_ground_truth(
     layout = SplitLayout(config.paths.split_dir)
     shutil.rmtree(layout.ground_truth_dir)
     for source in ("pseudo", "seed_only"):
-        dataset, data_yaml = training.prepare_source(config, source)
+        dataset, data_yaml = prepare_source(config, source)
         assert data_yaml.exists() and len(dataset.images) > 0
     with pytest.raises(FileNotFoundError):
-        training.prepare_source(config, "human")
+        prepare_source(config, "human")
 
 
 def test_build_source_refuses_ground_truth_for_sources_that_must_not_see_it(split_config) -> None:
     write_fake_pseudo_labels(split_config)
     layout = SplitLayout(split_config.paths.split_dir)
-    split = training.read_split_inputs(layout)
-    truth = training.read_pool_truth(layout, split.class_names)
-    pseudo = training.read_pseudo_labels(AnnotationOutputs(split_config.paths.annotation_dir))
+    split = read_split_inputs(layout)
+    truth = read_pool_truth(layout, split.class_names)
+    pseudo = read_pseudo_labels(AnnotationOutputs(split_config.paths.annotation_dir))
     holdout = frozenset()
     for source in ("pseudo", "seed_only"):
-        with pytest.raises(training.GroundTruthAccessError):
-            training.build_source(source, split, holdout=holdout, truth=truth, pseudo=pseudo)
+        with pytest.raises(GroundTruthAccessError):
+            build_source(source, split, holdout=holdout, truth=truth, pseudo=pseudo)
     with pytest.raises(ValueError):
-        training.build_source("human", split, holdout=holdout)
+        build_source("human", split, holdout=holdout)
     with pytest.raises(ValueError):
-        training.build_source("human", split, holdout=holdout, truth=truth, pseudo=pseudo)
+        build_source("human", split, holdout=holdout, truth=truth, pseudo=pseudo)
 
 
 def test_a_test_image_smuggled_into_the_pool_is_refused(split_config) -> None:
     layout = SplitLayout(split_config.paths.split_dir)
-    split = training.read_split_inputs(layout)
-    truth = training.read_pool_truth(layout, split.class_names)
+    split = read_split_inputs(layout)
+    truth = read_pool_truth(layout, split.class_names)
     smuggled = split.test.iloc[[0]].assign(image_id="renamed_copy")  # same bytes, new name
-    tampered = training.SplitInputs(
+    tampered = SplitInputs(
         class_names=split.class_names,
         seeds=split.seeds,
         seed_labels=split.seed_labels,
         pool=pd.concat([split.pool, smuggled], ignore_index=True),
         test=split.test,
     )
-    with pytest.raises(training.LeakageError):
-        training.build_source("human", tampered, holdout=frozenset(), truth=truth)
+    with pytest.raises(LeakageError):
+        build_source("human", tampered, holdout=frozenset(), truth=truth)
 
 
 def test_noise_source_flips_only_pool_images_at_the_exact_rate(split_config) -> None:
@@ -375,7 +403,7 @@ def test_noise_source_flips_only_pool_images_at_the_exact_rate(split_config) -> 
 
 def test_written_dataset_is_an_ultralytics_folder_with_linked_images(split_config) -> None:
     write_fake_pseudo_labels(split_config)
-    dataset, data_yaml = training.prepare_source(split_config, "human")
+    dataset, data_yaml = prepare_source(split_config, "human")
     spec = yaml.safe_load(data_yaml.read_text())
     root = Path(spec["path"])
     assert spec["names"] == dict(enumerate(SplitLayout(split_config.paths.split_dir).class_names()))
@@ -396,7 +424,7 @@ def test_written_dataset_is_an_ultralytics_folder_with_linked_images(split_confi
 
 
 def test_seed_only_validates_on_its_own_images(split_config) -> None:
-    _, data_yaml = training.prepare_source(split_config, "seed_only")
+    _, data_yaml = prepare_source(split_config, "seed_only")
     spec = yaml.safe_load(data_yaml.read_text())
     assert spec["val"] == spec["train"] == "images/train"
 
@@ -408,9 +436,9 @@ def test_link_or_copy_falls_back_to_a_copy(tmp_path: Path, monkeypatch: pytest.M
     def refuse(*_args, **_kwargs):
         raise OSError("links not allowed here")
 
-    monkeypatch.setattr(training.os, "link", refuse)
+    monkeypatch.setattr(os, "link", refuse)
     monkeypatch.setattr(Path, "symlink_to", refuse)
-    assert training.link_or_copy(source, tmp_path / "out" / "a.jpg") == "copy"
+    assert link_or_copy(source, tmp_path / "out" / "a.jpg") == "copy"
     assert (tmp_path / "out" / "a.jpg").read_bytes() == b"pixels"
 
 
@@ -432,7 +460,7 @@ def _tiny_schedule(tmp_path: Path) -> dict:
 
 def test_reserved_arguments_cannot_be_overridden(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="epochs"):
-        training.train_yolo(
+        train_yolo(
             tmp_path / "data.yaml",
             weights="missing.pt",
             ultralytics_args={"epochs": 5},
@@ -442,7 +470,7 @@ def test_reserved_arguments_cannot_be_overridden(tmp_path: Path) -> None:
 
 def test_missing_weights_fail_without_any_download(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="CASCADE_YOLO_WEIGHTS"):
-        training.train_yolo(
+        train_yolo(
             tmp_path / "data.yaml", weights="yolov8n.pt", **_tiny_schedule(tmp_path)
         )
 
@@ -466,7 +494,7 @@ def test_one_epoch_trains_offline_and_records_metrics_through_callbacks(
     )
     run_data_strategy(config)
     run_split(config)
-    result = training.train_source(config, "human", epochs=1, progress=False)
+    result = train_source(config, "human", epochs=1, progress=False)
     assert no_network == []
     assert result.best_weights.exists()
     assert len(result.history) == 1 and result.history["epoch"].tolist() == [1]
@@ -474,7 +502,7 @@ def test_one_epoch_trains_offline_and_records_metrics_through_callbacks(
     assert {"map50", "map50_95"} <= set(result.holdout_metrics)
     assert result.wall_seconds > 0
     assert result.train_args["amp"] is False and result.train_args["deterministic"] is True
-    saved = training.TrainingOutputs(config.paths.training_dir).result_file("human")
+    saved = TrainingOutputs(config.paths.training_dir).result_file("human")
     assert saved.exists()
 
 
@@ -483,7 +511,7 @@ def test_chapters_05_and_06_run_end_to_end_on_a_tiny_dataset(
     yolo_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Train two sources for one epoch, then score them; own mAP must track ultralytics' val."""
-    from cascade_defect import evaluation
+    from cascade_defect.chapters.c06_comparison import cascade_inputs, run_comparison
 
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics"))
     data = make_neu_like(tmp_path / "neu", per_class=8, size=64)  # imgsz 64: no resampling
@@ -493,10 +521,10 @@ def test_chapters_05_and_06_run_end_to_end_on_a_tiny_dataset(
     run_data_strategy(config)
     run_split(config)
     write_fake_pseudo_labels(config)
-    chapter = training.run_training(config, sources=["human", "pseudo"], progress=False)
+    chapter = run_training(config, sources=["human", "pseudo"], progress=False)
     assert list(chapter.summary.index) == ["human", "pseudo"]
     assert (config.paths.training_dir / "manifest.json").exists()
-    cascade = evaluation.cascade_inputs(
+    cascade = cascade_inputs(
         config, annotator="offline", annotator_usd_per_image=0.002, progress=False
     )
     assert cascade.vm_usd_per_hour > 0 and cascade.price_origin["annotator"] == "parameter"
@@ -504,7 +532,7 @@ def test_chapters_05_and_06_run_end_to_end_on_a_tiny_dataset(
     labelled = cascade.annotator(list(test_ids.astype(str)))
     assert set(labelled) == set(test_ids.astype(str))
     assert set(labelled.values()) <= set(SplitLayout(config.paths.split_dir).class_names())
-    result = evaluation.run_comparison(
+    result = run_comparison(
         config,
         n_bootstrap=50,
         latency_images=3,
@@ -531,29 +559,29 @@ def test_each_source_gets_its_own_schedule() -> None:
     settings = load_config(
         "quick", overrides={"training": {"epochs": 7, "noise_epochs": 3, "seed_only_epochs": 50}}
     ).profile.training
-    assert training.epochs_for("human", settings) == 7
-    assert training.epochs_for("pseudo", settings) == 7
-    assert training.epochs_for("seed_only", settings) == 50
-    assert training.epochs_for("noise_0.3", settings) == 3
+    assert epochs_for("human", settings) == 7
+    assert epochs_for("pseudo", settings) == 7
+    assert epochs_for("seed_only", settings) == 50
+    assert epochs_for("noise_0.3", settings) == 3
     unset = settings.model_copy(update={"seed_only_epochs": None})
-    assert training.epochs_for("seed_only", unset) == 7
+    assert epochs_for("seed_only", unset) == 7
 
 
 def test_fingerprint_follows_labels_weights_and_arguments(split_config, tmp_path: Path) -> None:
-    _, data_yaml = training.prepare_source(split_config, "human")
+    _, data_yaml = prepare_source(split_config, "human")
     root = data_yaml.parent
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"weights")
     args = {"epochs": 3, "imgsz": 64}
-    first = training.training_fingerprint(root, str(weights), args)
-    assert training.training_fingerprint(root, str(weights), dict(args)) == first
-    assert training.training_fingerprint(root, str(weights), {**args, "epochs": 4}) != first
+    first = training_fingerprint(root, str(weights), args)
+    assert training_fingerprint(root, str(weights), dict(args)) == first
+    assert training_fingerprint(root, str(weights), {**args, "epochs": 4}) != first
     label = next((root / "labels" / "train").glob("*.txt"))
     label.write_text(label.read_text() + "0 0.5 0.5 0.1 0.1\n")
-    assert training.training_fingerprint(root, str(weights), args) != first
-    relabelled = training.training_fingerprint(root, str(weights), args)
+    assert training_fingerprint(root, str(weights), args) != first
+    relabelled = training_fingerprint(root, str(weights), args)
     weights.write_bytes(b"other weights")
-    assert training.training_fingerprint(root, str(weights), args) != relabelled
+    assert training_fingerprint(root, str(weights), args) != relabelled
 
 
 def test_reuse_returns_an_identical_earlier_run_without_training(
@@ -570,7 +598,7 @@ def test_reuse_returns_an_identical_earlier_run_without_training(
         best = Path(kwargs["project_dir"]) / kwargs["name"] / "weights" / "best.pt"
         best.parent.mkdir(parents=True, exist_ok=True)
         best.write_bytes(b"trained")
-        return training.TrainingResult(
+        return TrainingResult(
             source=kwargs["name"],
             best_weights=best,
             run_dir=best.parent.parent,
@@ -582,18 +610,18 @@ def test_reuse_returns_an_identical_earlier_run_without_training(
             holdout_metrics={"map50": 0.5},
         )
 
-    monkeypatch.setattr(training, "train_yolo", fake_train)
-    first = training.train_source(config, "seed_only", reuse=True, progress=False)
-    again = training.train_source(config, "seed_only", reuse=True, progress=False)
+    monkeypatch.setattr(c05_training, "train_yolo", fake_train)
+    first = train_source(config, "seed_only", reuse=True, progress=False)
+    again = train_source(config, "seed_only", reuse=True, progress=False)
     assert calls == ["seed_only"]
     assert again.reused and not first.reused
     assert again.wall_seconds == 12.0 and again.history["map50"].tolist() == [0.5]
-    training.train_source(config, "seed_only", reuse=False, progress=False)
+    train_source(config, "seed_only", reuse=False, progress=False)
     assert calls == ["seed_only", "seed_only"]
     other = config.model_copy(deep=True)
     other.profile.training.seed_only_epochs = 3
-    training.train_source(other, "seed_only", reuse=True, progress=False)
+    train_source(other, "seed_only", reuse=True, progress=False)
     assert len(calls) == 3  # a changed schedule trains again
     again.best_weights.unlink()
-    training.train_source(other, "seed_only", reuse=True, progress=False)
+    train_source(other, "seed_only", reuse=True, progress=False)
     assert len(calls) == 4  # missing weights train again

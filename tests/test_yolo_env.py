@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cascade_defect import yolo_env
+from cascade_defect.train import yolo_env
 
 
 def test_training_threads_default_to_every_available_core() -> None:

@@ -87,7 +87,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from cascade_defect.download import DownloadError, download_neu_det
+    from cascade_defect.data.download import DownloadError, download_neu_det
 
     try:
         folder = download_neu_det(Path(args.dest))
@@ -99,8 +99,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_annotate(args: argparse.Namespace) -> int:
-    from cascade_defect.annotate.client import ProviderNotConfigured
-    from cascade_defect.byo import InputError, annotate_folder
+    from cascade_defect.annotate.folder import InputError, annotate_folder
+    from cascade_defect.annotate.mllm.providers import ProviderNotConfigured
     from cascade_defect.settings import EnvironmentSettings
 
     weights = args.weights or EnvironmentSettings().yolo_weights

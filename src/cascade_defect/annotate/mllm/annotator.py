@@ -1,0 +1,597 @@
+"""Online few-shot annotation through the official ``openai`` SDK, robust and resumable.
+
+Design choices and why:
+
+* Credentials come only from the environment / Azure credential chain. Notebook
+  parameters pick provider, model or deployment, detail, concurrency and budget, so a
+  rendered book can never contain a key.
+* The SDK's own retries are off (``max_retries=0``): retry behaviour is ours, bounded
+  and tested — ``Retry-After``/``retry-after-ms`` on 429, exponential backoff with
+  jitter on 5xx, timeouts and connection errors.
+* Refusals, invalid JSON, schema violations and truncated answers are recorded as
+  failed attempts (with the raw text) and retried a bounded number of times; they are
+  never stored as labels.
+* Budget: before each request its worst-case cost is reserved; no request is sent
+  when spent + reserved + next worst case would exceed the cap, so the cap holds
+  even with many requests in flight.
+* Every attempt is appended durably to the :class:`AnnotationStore` under its
+  content-hash key; keys with an ``ok`` record are never sent again, so a crash or
+  ``kill -9`` costs at most the requests that were in flight.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from openai import OpenAI
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cascade_defect.annotate.mllm.estimate import (
+    PromptEstimate,
+    estimate_prompt_tokens,
+    request_cost_upper_bound,
+)
+from cascade_defect.annotate.mllm.prompt import FewShotPrompt, SeedExample, build_prompt
+from cascade_defect.annotate.mllm.providers import ClientConfig, ProviderChoice, make_client
+from cascade_defect.annotate.mllm.requests import (
+    AttemptResult,
+    _Fatal,
+    _RateLimited,
+    _Sent,
+    _Transient,
+    send_chat_request,
+)
+from cascade_defect.annotate.mllm.throttle import (
+    AdaptiveConcurrency,
+    BudgetGuard,
+    RateLimitGate,
+    RetryPolicy,
+)
+from cascade_defect.annotate.schema import (
+    AnnotationRecord,
+    Usage,
+    annotation_key,
+    prediction_model_for,
+    sha256_hex,
+)
+from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.costs import pricing
+from cascade_defect.progress import progress_disabled
+
+logger = logging.getLogger(__name__)
+
+
+class RunAborted(RuntimeError):
+    """A failure that affects every request (bad key, unknown deployment)."""
+
+
+@dataclass(frozen=True)
+class PoolImage:
+    """An unlabelled pool image: an id and a file, deliberately no class."""
+
+    image_id: str
+    path: Path
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``failed`` counts images, ``failed_attempts_by_kind`` attempts."""
+
+    requested: int = 0
+    unique_images: int = 0
+    skipped_cached: int = 0
+    ok: int = 0
+    failed: int = 0
+    not_sent: int = 0
+    http_requests: int = 0
+    rate_limited: int = 0
+    failed_attempts_by_kind: dict[str, int] = field(default_factory=dict)
+    cost_usd: float = 0.0
+    budget_usd: float | None = None
+    elapsed_s: float = 0.0
+    stopped_by_budget: bool = False
+    stop_reason: str | None = None
+    estimated_request_usd: float = 0.0
+    keys_by_image: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def images_per_minute(self) -> float:
+        return 60.0 * self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("keys_by_image")
+        data["images_per_minute"] = round(self.images_per_minute, 2)
+        return data
+
+
+@dataclass
+class _WorkItem:
+    image_id: str
+    image_bytes: bytes
+    key: str
+    reservation_usd: float = 0.0
+
+
+class MLLMAnnotator:
+    """Few-shot annotator over any OpenAI-compatible chat endpoint."""
+
+    def __init__(
+        self,
+        client: OpenAI,
+        config: ClientConfig,
+        prompt: FewShotPrompt,
+        store: AnnotationStore,
+        *,
+        pricing_model: str | None = None,
+        concurrency: int = 4,
+        budget_usd: float | None = None,
+        count_prior_spend: bool = True,
+        retry: RetryPolicy | None = None,
+        max_completion_tokens: int = 400,
+        temperature: float | None = 0.0,  # None for reasoning models, which reject it
+        budget_margin: float = 0.1,
+        progress: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+        seed: int | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.client = client
+        self.config = config
+        self.prompt = prompt
+        self.store = store
+        self.pricing_model = pricing_model or config.model
+        self.priced = True
+        try:
+            pricing.price_for(self.pricing_model)  # fail fast on an unpriced model
+        except KeyError:
+            if config.provider != "compatible":
+                raise
+            # A local server (vLLM, Ollama) costs nothing per token; no budget applies.
+            logger.warning("no price for %r: recording cost as $0", self.pricing_model)
+            self.priced = False
+        self.concurrency = concurrency
+        self.budget_usd = budget_usd
+        self.count_prior_spend = count_prior_spend
+        self.retry = retry or RetryPolicy()
+        self.max_completion_tokens = max_completion_tokens
+        self.temperature = temperature
+        self.budget_margin = budget_margin
+        self.progress = progress
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
+        self.response_model = prediction_model_for(prompt.class_names)
+        self._reservations: dict[tuple[int, int], float] = {}
+        self.request_params: dict[str, Any] = {"max_completion_tokens": max_completion_tokens}
+        if temperature is not None:
+            self.request_params["temperature"] = temperature
+        # Everything that changes the answer goes into the key; budget/concurrency do not.
+        self.key_params: dict[str, Any] = {
+            "detail": prompt.detail,
+            "response_schema": sha256_hex(
+                json.dumps(self.response_model.model_json_schema(), sort_keys=True).encode()
+            )[:16],
+            **self.request_params,
+        }
+
+    # -- keys and estimates --------------------------------------------------------------
+
+    def key_for(self, image_bytes: bytes) -> str:
+        return annotation_key(
+            self.config.model, self.prompt.prompt_hash, image_bytes, self.key_params
+        )
+
+    def estimate_for(self, image_bytes: bytes) -> PromptEstimate:
+        """Input tokens of the real request for this image."""
+        return estimate_prompt_tokens(
+            self.prompt.messages_for(image_bytes),
+            self.pricing_model,
+            n_static_messages=len(self.prompt.static_messages),
+        )
+
+    def reservation_for(self, image_bytes: bytes) -> float:
+        """Worst-case dollars of one request for this image (cached per image size)."""
+        if not self.priced:
+            return 0.0
+        with Image.open(io.BytesIO(image_bytes)) as img:
+            size = img.size
+        if size not in self._reservations:
+            estimate = self.estimate_for(image_bytes)
+            self._reservations[size] = request_cost_upper_bound(
+                estimate, self.max_completion_tokens, self.pricing_model, self.budget_margin
+            )
+            logger.info(
+                "%dx%d query image: ~%d prompt tokens, worst case $%.5f per request",
+                *size,
+                estimate.prompt_tokens,
+                self._reservations[size],
+            )
+        return self._reservations[size]
+
+    # -- run -----------------------------------------------------------------------------
+
+    def annotate(self, pool: Sequence[PoolImage]) -> RunSummary:
+        """Annotate every pool image not already answered; returns counts and cost."""
+        started = time.monotonic()
+        summary = RunSummary(requested=len(pool), budget_usd=self.budget_usd)
+        answered = self.store.answered_keys()
+        items: list[_WorkItem] = []
+        seen: set[str] = set()
+        for image in pool:
+            data = Path(image.path).read_bytes()
+            key = self.key_for(data)
+            summary.keys_by_image[image.image_id] = key
+            if key in seen:
+                continue
+            seen.add(key)
+            if key in answered:
+                summary.skipped_cached += 1
+                continue
+            items.append(_WorkItem(image.image_id, data, key, self.reservation_for(data)))
+        summary.unique_images = len(seen)
+        if not items:
+            summary.elapsed_s = time.monotonic() - started
+            logger.info("nothing to send: %d image(s) already answered", summary.skipped_cached)
+            return summary
+
+        summary.estimated_request_usd = max(item.reservation_usd for item in items)
+        prior = 0.0
+        if self.count_prior_spend:
+            prior = sum(
+                r.cost_usd
+                for r in self.store.records()
+                if r.prompt_hash == self.prompt.prompt_hash and r.model == self.config.model
+            )
+        run = _Run(self, summary, BudgetGuard(self.budget_usd, prior), prior)
+        logger.info(
+            "annotating %d image(s) with %s (%s), concurrency %d, budget %s",
+            len(items),
+            self.config.model,
+            self.config.provider,
+            self.concurrency,
+            "none" if self.budget_usd is None else f"${self.budget_usd:.2f}",
+        )
+        run.execute(items)
+        summary.elapsed_s = time.monotonic() - started
+        logger.info("annotation run finished: %s", summary.as_dict())
+        return summary
+
+    def request_cost(self, usage: Usage) -> float:
+        """Dollars billed for one answered request (cached tokens at the cached rate)."""
+        if not self.priced:
+            return 0.0
+        return pricing.request_cost(
+            self.pricing_model,
+            usage.prompt_tokens,
+            min(usage.cached_tokens, usage.prompt_tokens),
+            usage.completion_tokens,
+        )
+
+    def _backoff(self, failure_number: int) -> float:
+        with self._rng_lock:
+            return self.retry.backoff(failure_number, self._rng)
+
+
+class _Run:
+    """State of one ``annotate`` call shared by the worker threads."""
+
+    def __init__(
+        self,
+        annotator: MLLMAnnotator,
+        summary: RunSummary,
+        budget: BudgetGuard,
+        prior_spend: float,
+    ) -> None:
+        self.a = annotator
+        self.summary = summary
+        self.budget = budget
+        self.prior_spend = prior_spend
+        self.gate = RateLimitGate(annotator._sleep)
+        self.limiter = AdaptiveConcurrency(annotator.concurrency)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.failure_kinds: Counter[str] = Counter()
+        self.bar: Any = None
+
+    def execute(self, items: list[_WorkItem]) -> None:
+        self.bar = tqdm(
+            total=len(items),
+            desc="annotate",
+            unit="img",
+            disable=progress_disabled(self.a.progress),
+        )
+        try:
+            with ThreadPoolExecutor(max_workers=self.a.concurrency) as pool:
+                for future in [pool.submit(self._annotate_one, item) for item in items]:
+                    future.result()
+        finally:
+            self.bar.close()
+            self.summary.failed_attempts_by_kind = dict(self.failure_kinds)
+            self.summary.cost_usd = self.budget.spent_usd - self.prior_spend
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _record(
+        self, item: _WorkItem, attempt: int, result: AttemptResult | None, **kw: Any
+    ) -> None:
+        prediction = result.prediction if result else None
+        record = AnnotationRecord(
+            key=item.key,
+            image_id=item.image_id,
+            image_sha256=sha256_hex(item.image_bytes),
+            annotator=self.a.config.provider,
+            model=self.a.config.model,
+            prompt_hash=self.a.prompt.prompt_hash,
+            params=self.a.key_params,
+            status="ok" if prediction is not None else "failed",
+            prediction=prediction,
+            failure_kind=None if prediction is not None else kw.get("failure_kind"),
+            raw_text=result.raw_text if result else None,
+            error=kw.get("error"),
+            usage=result.usage if result else Usage(),
+            cost_usd=kw.get("cost_usd", 0.0),
+            latency_s=kw.get("latency_s", 0.0),
+            attempt=attempt,
+        )
+        self.a.store.append(record)
+        if record.status == "failed":
+            with self.lock:
+                self.failure_kinds[str(record.failure_kind)] += 1
+
+    def _finish(self, outcome: Literal["ok", "failed", "not_sent"]) -> None:
+        with self.lock:
+            if outcome == "ok":
+                self.summary.ok += 1
+            elif outcome == "failed":
+                self.summary.failed += 1
+            else:
+                self.summary.not_sent += 1
+            spent = self.budget.spent_usd - self.prior_spend
+        self.bar.set_postfix_str(f"${spent:.4f}", refresh=False)
+        self.bar.update(1)
+
+    def _stop_for_budget(self, next_request: float) -> None:
+        with self.lock:
+            if not self.summary.stopped_by_budget:
+                self.summary.stopped_by_budget = True
+                self.summary.stop_reason = (
+                    f"budget: spent ${self.budget.spent_usd:.4f} + in flight "
+                    f"${self.budget.reserved_usd:.4f} + next request ${next_request:.4f} "
+                    f"would exceed ${self.budget.budget_usd:.2f}"
+                )
+                logger.warning("stopping: %s", self.summary.stop_reason)
+        self.stop.set()
+
+    def _abort(self, reason: str) -> None:
+        with self.lock:
+            if self.summary.stop_reason is None:
+                self.summary.stop_reason = reason
+                logger.error("aborting run: %s", reason)
+        self.stop.set()
+
+    # -- one image -----------------------------------------------------------------------
+
+    def _annotate_one(self, item: _WorkItem) -> None:
+        try:
+            self._annotate_one_unsafe(item)
+        except Exception:
+            logger.exception("unexpected error on %s", item.image_id)
+            self._finish("failed")
+            raise
+
+    def _send_once(self, item: _WorkItem, messages: list[dict[str, Any]]) -> _Sent:
+        """One request under a concurrency slot and a budget reservation."""
+        a = self.a
+        self.limiter.acquire()
+        signal: Literal["success", "rate_limited", "neutral"] = "neutral"
+        try:
+            if not self.budget.try_reserve(item.reservation_usd):
+                self._stop_for_budget(item.reservation_usd)
+                return _Sent(None, None, 0.0, reserved=False)
+            with self.lock:
+                self.summary.http_requests += 1
+            started = time.monotonic()
+            try:
+                result = send_chat_request(
+                    a.client,
+                    model=a.config.model,
+                    messages=messages,
+                    response_model=a.response_model,
+                    request_params=a.request_params,
+                )
+            except (_RateLimited, _Transient, _Fatal) as exc:
+                self.budget.release(item.reservation_usd)
+                signal = "rate_limited" if isinstance(exc, _RateLimited) else "neutral"
+                return _Sent(None, exc, time.monotonic() - started)
+            signal = "success"
+            return _Sent(result, None, time.monotonic() - started)
+        finally:
+            self.limiter.release(signal)
+
+    def _annotate_one_unsafe(self, item: _WorkItem) -> None:
+        a = self.a
+        attempt = 0
+        rate_limit_waits = 0
+        messages = a.prompt.messages_for(item.image_bytes)
+        while True:
+            if self.stop.is_set():
+                if self.summary.stopped_by_budget and attempt == 0:
+                    self._record(
+                        item, 0, None, failure_kind="budget", error=self.summary.stop_reason
+                    )
+                self._finish("not_sent" if attempt == 0 else "failed")
+                return
+            self.gate.wait()
+            sent = self._send_once(item, messages)
+            if not sent.reserved:
+                continue  # the stop flag is set now
+            error = sent.error
+            if isinstance(error, _RateLimited):
+                rate_limit_waits += 1
+                with self.lock:
+                    self.summary.rate_limited += 1
+                if rate_limit_waits > a.retry.max_rate_limit_waits:
+                    self._record(
+                        item,
+                        attempt + 1,
+                        None,
+                        failure_kind="http_error",
+                        error=f"rate limited {rate_limit_waits} times: {error}",
+                    )
+                    self._finish("failed")
+                    return
+                wait = error.retry_after
+                if wait is None:
+                    wait = a._backoff(rate_limit_waits)
+                wait = min(wait, a.retry.max_retry_after_s)
+                logger.debug("429 on %s; waiting %.2fs", item.image_id, wait)
+                self.gate.pause_for(wait)
+                continue
+
+            attempt += 1  # a 429 is not an attempt: the model never saw the request
+            if isinstance(error, _Transient):
+                self._record(
+                    item,
+                    attempt,
+                    None,
+                    failure_kind=error.kind,
+                    error=str(error),
+                    latency_s=sent.latency_s,
+                )
+                if attempt >= a.retry.max_attempts:
+                    self._finish("failed")
+                    return
+                a._sleep(a._backoff(attempt))
+                continue
+            if isinstance(error, _Fatal):
+                self._record(
+                    item,
+                    attempt,
+                    None,
+                    failure_kind="http_error",
+                    error=str(error),
+                    latency_s=sent.latency_s,
+                )
+                if error.abort_run:
+                    self._abort(str(error))
+                self._finish("failed")
+                return
+
+            result = sent.result
+            assert result is not None
+            cost = a.request_cost(result.usage)
+            self.budget.settle(item.reservation_usd, cost)
+            if cost > item.reservation_usd:
+                logger.warning(
+                    "request cost $%.5f exceeded its reservation $%.5f",
+                    cost,
+                    item.reservation_usd,
+                )
+            self._record(
+                item,
+                attempt,
+                result,
+                failure_kind=result.failure_kind,
+                error=result.error,
+                cost_usd=cost,
+                latency_s=sent.latency_s,
+            )
+            if result.prediction is not None:
+                self._finish("ok")
+                return
+            logger.info("%s: %s on attempt %d", item.image_id, result.failure_kind, attempt)
+            if attempt >= a.retry.max_attempts:
+                self._finish("failed")
+                return
+
+
+def annotate_pool(
+    pool: Sequence[PoolImage],
+    seeds: Sequence[SeedExample],
+    class_names: Sequence[str],
+    store_path: str | os.PathLike[str],
+    *,
+    provider: ProviderChoice = "auto",
+    model: str | None = None,
+    pricing_model: str | None = None,
+    detail: str = "low",
+    concurrency: int = 4,
+    budget_usd: float | None = 5.0,
+    max_attempts: int = 3,
+    max_completion_tokens: int = 400,
+    temperature: float | None = 0.0,
+    base_url: str | None = None,
+    api_version: str | None = None,
+    timeout_s: float = 60.0,
+    progress: bool = True,
+) -> RunSummary:
+    """Pseudo-label ``pool`` with a few-shot MLLM; resumable through ``store_path``.
+
+    ``model`` is the Azure deployment name on Azure; ``pricing_model`` names the
+    priced model behind it when the two differ. Raises :class:`ProviderNotConfigured`
+    when ``provider="auto"`` finds no credentials, so the caller can fall back to the
+    offline annotator.
+    """
+    client, config = make_client(
+        provider, model, base_url=base_url, api_version=api_version, timeout_s=timeout_s
+    )
+    prompt = build_prompt(seeds, class_names, detail=detail)
+    annotator = MLLMAnnotator(
+        client,
+        config,
+        prompt,
+        AnnotationStore(store_path),
+        pricing_model=pricing_model,
+        concurrency=concurrency,
+        budget_usd=budget_usd,
+        retry=RetryPolicy(max_attempts=max_attempts),
+        max_completion_tokens=max_completion_tokens,
+        temperature=temperature,
+        progress=progress,
+    )
+    return annotator.annotate(pool)
+
+
+def load_manifest(
+    path: str | os.PathLike[str],
+) -> tuple[list[str], list[SeedExample], list[PoolImage]]:
+    """Read a run manifest: ``{"class_names": [...], "seeds": [...], "pool": [...]}``.
+
+    Seeds: ``{"image_id", "path", "class_name", "boxes": [[cls, x1, y1, x2, y2], ...]}``;
+    pool: ``{"image_id", "path"}`` (no class, by design). Relative paths are resolved
+    against the manifest's folder.
+    """
+    manifest_path = Path(path)
+    data = json.loads(manifest_path.read_text("utf-8"))
+    root = manifest_path.parent
+
+    def resolve(p: str) -> Path:
+        candidate = Path(p)
+        return candidate if candidate.is_absolute() else root / candidate
+
+    seeds = [
+        SeedExample(
+            image_id=s["image_id"],
+            image=resolve(s["path"]),
+            class_name=s["class_name"],
+            boxes=tuple(tuple(b) for b in s.get("boxes", [])),
+        )
+        for s in data["seeds"]
+    ]
+    pool = [PoolImage(p["image_id"], resolve(p["path"])) for p in data["pool"]]
+    return list(data["class_names"]), seeds, pool

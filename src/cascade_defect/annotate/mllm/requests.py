@@ -1,0 +1,148 @@
+"""TODO docstring for annotate.mllm.requests
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import pydantic
+from openai import OpenAI
+
+from cascade_defect.annotate.mllm.throttle import retry_after_seconds
+from cascade_defect.annotate.schema import (
+    DefectPrediction,
+    Usage,
+)
+
+
+@dataclass
+class AttemptResult:
+    """Outcome of one HTTP request that reached the model (status 200)."""
+
+    prediction: DefectPrediction | None
+    failure_kind: str | None
+    raw_text: str | None
+    error: str | None
+    usage: Usage
+
+
+def _usage_from(usage: Any) -> Usage:
+    if usage is None:
+        return Usage()
+    if not isinstance(usage, Mapping):
+        usage = usage.model_dump() if hasattr(usage, "model_dump") else dict(usage)
+    details = usage.get("prompt_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        cached_tokens=int(details.get("cached_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+    )
+
+
+def classify_completion(
+    completion: Mapping[str, Any], response_model: type[DefectPrediction]
+) -> AttemptResult:
+    """Turn a chat.completion JSON body into a prediction or a typed failure.
+
+    Shared by the online client and Batch ingestion so both apply the same rules.
+    """
+    usage = _usage_from(completion.get("usage"))
+    choices = completion.get("choices") or []
+    if not choices:
+        return AttemptResult(None, "invalid_json", None, "completion has no choices", usage)
+    choice = choices[0]
+    message = choice.get("message") or {}
+    content = message.get("content")
+    if message.get("refusal"):
+        return AttemptResult(None, "refusal", message["refusal"], "model refused", usage)
+    finish = choice.get("finish_reason")
+    if finish == "length":
+        return AttemptResult(None, "length", content, "answer truncated (max tokens)", usage)
+    if finish == "content_filter":
+        return AttemptResult(None, "content_filter", content, "content filter", usage)
+    if not content:
+        return AttemptResult(None, "invalid_json", content, "empty content", usage)
+    try:
+        json.loads(content)
+    except json.JSONDecodeError as exc:
+        return AttemptResult(None, "invalid_json", content, f"invalid JSON: {exc}", usage)
+    try:
+        prediction = response_model.model_validate_json(content)
+    except pydantic.ValidationError as exc:
+        summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return AttemptResult(None, "schema_violation", content, summary[:1000], usage)
+    return AttemptResult(prediction, None, content, None, usage)
+
+
+@dataclass
+class _Sent:
+    """What one send produced: an answer, a classified HTTP error, or no budget."""
+
+    result: AttemptResult | None
+    error: Exception | None
+    latency_s: float
+    reserved: bool = True
+
+
+class _RateLimited(Exception):
+    def __init__(self, retry_after: float | None, message: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _Transient(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class _Fatal(Exception):
+    """A client error that retrying cannot fix (400 for this image, 401/403/404 for all)."""
+
+    def __init__(self, message: str, abort_run: bool) -> None:
+        super().__init__(message)
+        self.abort_run = abort_run
+
+
+def _parse_method(client: OpenAI) -> Callable[..., Any]:
+    """``chat.completions.with_raw_response.parse``; older SDKs keep it under ``beta``."""
+    completions = client.chat.completions
+    if hasattr(completions, "parse"):
+        return completions.with_raw_response.parse
+    return client.beta.chat.completions.with_raw_response.parse  # type: ignore[attr-defined]
+
+
+def send_chat_request(
+    client: OpenAI,
+    *,
+    model: str,
+    messages: list[dict[str, Any]],
+    response_model: type[DefectPrediction],
+    request_params: Mapping[str, Any],
+) -> AttemptResult:
+    """One structured-output call via ``chat.completions.parse``; raw body kept on failure."""
+    try:
+        raw = _parse_method(client)(
+            model=model,
+            messages=messages,
+            response_format=response_model,
+            **request_params,
+        )
+    except openai.RateLimitError as exc:
+        raise _RateLimited(retry_after_seconds(exc.response.headers), str(exc)) from exc
+    except openai.APITimeoutError as exc:
+        raise _Transient("timeout", str(exc) or "request timed out") from exc
+    except openai.APIConnectionError as exc:
+        raise _Transient("http_error", f"connection error: {exc}") from exc
+    except openai.APIStatusError as exc:
+        if exc.status_code >= 500 or exc.status_code in (408, 409):
+            raise _Transient("http_error", f"HTTP {exc.status_code}: {exc.message}") from exc
+        abort = exc.status_code in (401, 403, 404)
+        raise _Fatal(f"HTTP {exc.status_code}: {exc.message}", abort_run=abort) from exc
+    # The body is classified from its raw JSON (not the SDK's parsed object) so that a
+    # failed answer keeps its exact text and gets a precise failure kind.
+    return classify_completion(raw.http_response.json(), response_model)

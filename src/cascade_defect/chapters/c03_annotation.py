@@ -1,0 +1,367 @@
+"""Chapter 03: label the pool from the 18 seeds with the chosen annotator, then write pseudo-labels.
+
+``annotator="auto"`` uses Azure OpenAI when ``AZURE_OPENAI_ENDPOINT`` is set, else OpenAI (or a
+compatible server) when ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` is set, else the offline few-shot
+annotator, so the book always runs end to end. Every answer goes into the same append-only store
+under a content-hash key, so re-running the chapter sends nothing already answered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from cascade_defect.annotate.labels import (
+    BOX_COLUMNS,
+    LABEL_COLUMNS,
+    image_labels_from_store,
+    yolo_lines,
+)
+from cascade_defect.annotate.mllm.annotator import PoolImage, annotate_pool
+from cascade_defect.annotate.mllm.estimate import compare_with_usage, estimate_pool_cost
+from cascade_defect.annotate.mllm.prompt import FewShotPrompt, build_prompt, prompt_overview
+from cascade_defect.annotate.mllm.providers import detect_provider
+from cascade_defect.annotate.schema import NO_DEFECT
+from cascade_defect.annotate.seeds import seed_examples
+from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.data.split import SplitLayout, read_labelled_listing, read_pool_listing
+from cascade_defect.manifest import ChapterRun
+from cascade_defect.settings import StudyConfig
+
+log = logging.getLogger(__name__)
+
+AnnotatorChoice = Literal["auto", "azure", "openai", "offline"]
+BOX_STRATEGIES = ("whole_image", "seed_detector", "annotator")
+
+
+@dataclass
+class AnnotationResult:
+    """What chapter 03 shows."""
+
+    annotator: str
+    model: str
+    prompt: FewShotPrompt
+    prompt_table: pd.DataFrame
+    labels: pd.DataFrame
+    boxes: pd.DataFrame
+    summary: dict
+    estimate: dict
+    estimate_vs_actual: dict | None
+    failures: pd.DataFrame
+    outputs: AnnotationOutputs
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_annotator(choice: AnnotatorChoice) -> str:
+    """The annotator ``auto`` stands for on this machine (credentials come from the environment)."""
+    if choice != "auto":
+        return choice
+    return detect_provider() or "offline"
+
+
+def run_annotation(
+    config: StudyConfig,
+    *,
+    annotator: AnnotatorChoice = "auto",
+    model: str = "gpt-4o",
+    pricing_model: str | None = None,
+    detail: str = "low",
+    concurrency: int = 4,
+    budget_usd: float = 5.0,
+    max_attempts: int = 3,
+    box_strategies: tuple[str, ...] = ("whole_image", "seed_detector", "annotator"),
+    offline_options: dict | None = None,
+) -> AnnotationResult:
+    """Annotate chapter 02's pool and write chapter 03's outputs and manifest."""
+    unknown = set(box_strategies) - set(BOX_STRATEGIES)
+    if unknown:
+        raise ValueError(f"unknown box strategies {sorted(unknown)}; choose from {BOX_STRATEGIES}")
+    layout = SplitLayout(config.paths.split_dir)
+    outputs = AnnotationOutputs(config.paths.annotation_dir)
+    chosen = resolve_annotator(annotator)
+    run = ChapterRun(
+        "03_few_shot_annotation",
+        config,
+        outputs.root,
+        parameters={
+            "annotator": annotator,
+            "resolved_annotator": chosen,
+            "model": model,
+            "detail": detail,
+            "concurrency": concurrency,
+            "budget_usd": budget_usd,
+            "max_attempts": max_attempts,
+            "box_strategies": list(box_strategies),
+            "offline_options": offline_options or {},
+        },
+        inputs={
+            "seed": layout.seed_listing,
+            "seed_boxes": layout.seed_boxes,
+            "pool": layout.pool_listing,
+        },
+    )
+    class_names = layout.class_names()
+    seeds = seed_examples(layout)
+    pool = read_pool_listing(layout)
+    prompt = build_prompt(seeds, class_names, detail=detail)
+    sample = Path(pool["path"].iloc[0]).read_bytes()
+    priced = pricing_model or model
+    prompt_estimate, cost_estimate = estimate_pool_cost(prompt, sample, len(pool), priced)
+    store = AnnotationStore(outputs.predictions)
+
+    if chosen == "offline":
+        with run.timed("annotate"):
+            run_summary = _annotate_offline(config, layout, pool, store, offline_options or {})
+        model_name = run_summary["model"]
+    else:
+        images = [PoolImage(str(r.image_id), Path(r.path)) for r in pool.itertuples(index=False)]
+        with run.timed("annotate"):
+            summary = annotate_pool(
+                images,
+                seeds,
+                class_names,
+                outputs.predictions,
+                provider=chosen,  # type: ignore[arg-type]
+                model=model,
+                pricing_model=pricing_model,
+                detail=detail,
+                concurrency=concurrency,
+                budget_usd=budget_usd,
+                max_attempts=max_attempts,
+            )
+        run_summary = summary.as_dict()
+        model_name = model
+    store = AnnotationStore(outputs.predictions)
+    with run.timed("boxes"):
+        boxes = _pseudo_boxes(config, layout, pool, store, box_strategies, chosen)
+
+    store = AnnotationStore(outputs.predictions)
+    labels = image_labels_from_store(store, pool)
+    with run.timed("write"):
+        written = write_pseudo_labels(outputs, labels, boxes, class_names)
+    records = store.records()
+    failures = pd.DataFrame(
+        [
+            {
+                "image_id": r.image_id,
+                "failure_kind": r.failure_kind,
+                "attempt": r.attempt,
+                "error": (r.error or "")[:200],
+                "raw_text": (r.raw_text or "")[:200],
+            }
+            for r in records
+            if r.status == "failed"
+        ],
+        columns=["image_id", "failure_kind", "attempt", "error", "raw_text"],
+    )
+    comparison = None
+    billed = [r for r in records if r.usage.prompt_tokens > 0]
+    if billed:
+        comparison = compare_with_usage(
+            billed, prompt_estimate, cost_estimate.completion_tokens_per_request, priced
+        ).as_dict()
+    estimate = {
+        "model": priced,
+        "prompt_tokens_per_request": prompt_estimate.prompt_tokens,
+        "prefix_tokens": prompt_estimate.prefix_tokens,
+        "text_tokens": prompt_estimate.text_tokens,
+        "image_tokens": prompt_estimate.image_tokens,
+        **{k: v for k, v in cost_estimate.as_dict().items() if k.endswith("_usd")},
+    }
+    status_counts = labels["status"].value_counts().to_dict()
+    summary_payload = {
+        "annotator": chosen,
+        "model": model_name,
+        "prompt_version": prompt.version,
+        "prompt_hash": prompt.prompt_hash,
+        "n_pool": len(pool),
+        "status_counts": status_counts,
+        "failures_by_kind": failures["failure_kind"].value_counts().to_dict(),
+        "recorded_cost_usd": round(sum(r.cost_usd for r in records), 6),
+        "run": run_summary,
+        "estimate": estimate,
+        "estimate_vs_actual": comparison,
+        "label_files_per_strategy": written,
+        "box_strategies": sorted(boxes["strategy"].unique().tolist()) if len(boxes) else [],
+    }
+    outputs.summary.write_text(json.dumps(summary_payload, indent=2, default=str) + "\n")
+    run.counts.update(
+        n_pool=len(pool),
+        n_labelled=int(status_counts.get("ok", 0)),
+        n_failed=int(status_counts.get("failed", 0) + status_counts.get("missing", 0)),
+        n_records=len(records),
+    )
+    run.write(
+        {
+            "predictions": outputs.predictions,
+            "pseudo_labels": outputs.labels,
+            "pseudo_boxes": outputs.boxes,
+            "summary": outputs.summary,
+        }
+    )
+    return AnnotationResult(
+        annotator=chosen,
+        model=model_name,
+        prompt=prompt,
+        prompt_table=pd.DataFrame(prompt_overview(prompt)),
+        labels=labels,
+        boxes=boxes,
+        summary=summary_payload,
+        estimate=estimate,
+        estimate_vs_actual=comparison,
+        failures=failures,
+        outputs=outputs,
+        timings=dict(run.timings),
+    )
+
+
+def _annotate_offline(
+    config: StudyConfig,
+    layout: SplitLayout,
+    pool: pd.DataFrame,
+    store: AnnotationStore,
+    options: dict,
+) -> dict:
+    """Fit the offline few-shot annotator on the seeds and label the pool into the store."""
+    from cascade_defect.annotate.offline import OfflineAnnotator
+
+    seeds, seed_boxes = read_labelled_listing(layout, "seed")
+    annotator = OfflineAnnotator(
+        config.yolo_weights,
+        cache_dir=config.work_dir / ".cache" / "features",
+        config_dir=config.work_dir / ".ultralytics",
+        **options,
+    )
+    annotator.fit(seeds, seed_boxes, layout.class_names())
+    summary = annotator.annotate(pool, store, box_strategy="whole_image")
+    return {"model": annotator.model_name, **asdict(summary), "seconds": annotator.seconds}
+
+
+def _pseudo_boxes(
+    config: StudyConfig,
+    layout: SplitLayout,
+    pool: pd.DataFrame,
+    store: AnnotationStore,
+    strategies: tuple[str, ...],
+    annotator: str,
+) -> pd.DataFrame:
+    """Pseudo boxes for each requested strategy, from the store's latest answers."""
+    from cascade_defect.annotate.boxes import (
+        SeedDetector,
+        SeedDetectorSettings,
+        predictions_from_store,
+        pseudo_boxes,
+    )
+
+    predictions = predictions_from_store(store, pool)
+    frames = []
+    for strategy in strategies:
+        if strategy == "annotator" and annotator == "offline":
+            log.info(
+                "the offline annotator returns no boxes of its own: 'annotator' strategy skipped"
+            )
+            continue
+        proposals = None
+        if strategy == "seed_detector":
+            seeds, seed_boxes = read_labelled_listing(layout, "seed")
+            detector = SeedDetector(
+                config.yolo_weights,
+                config.paths.annotation_dir / "seed_detector",
+                SeedDetectorSettings.for_profile(config.profile),
+                config_dir=config.work_dir / ".ultralytics",
+                threads=config.profile.training.torch_threads,
+            )
+            detector.train(seeds, seed_boxes, layout.class_names())
+            proposals = detector.propose(pool)
+        frames.append(pseudo_boxes(predictions, strategy, proposals=proposals))  # type: ignore[arg-type]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+@dataclass(frozen=True)
+class AnnotationOutputs:
+    """The files chapter 03 writes under its run folder."""
+
+    root: Path
+
+    @property
+    def predictions(self) -> Path:
+        """The append-only store of every request and answer (JSONL)."""
+        return self.root / "predictions.jsonl"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "pseudo_labels.csv"
+
+    @property
+    def boxes(self) -> Path:
+        return self.root / "pseudo_boxes.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def yolo_labels_dir(self, strategy: str) -> Path:
+        return self.root / "yolo" / strategy / "labels"
+
+
+def write_pseudo_labels(
+    outputs: AnnotationOutputs,
+    labels: pd.DataFrame,
+    boxes: pd.DataFrame,
+    class_names: Sequence[str],
+) -> dict[str, int]:
+    """Write both tables and one YOLO label folder per box strategy; returns files per strategy."""
+    outputs.root.mkdir(parents=True, exist_ok=True)
+    labels.reindex(columns=LABEL_COLUMNS).to_csv(outputs.labels, index=False)
+    boxes = boxes.reindex(columns=BOX_COLUMNS)
+    boxes.to_csv(outputs.boxes, index=False)
+    index = {name: i for i, name in enumerate(class_names)}
+    labelled = labels.loc[
+        (labels["status"] == "ok") & (labels["defect_class"] != NO_DEFECT), "image_id"
+    ]
+    written: dict[str, int] = {}
+    for strategy, group in boxes.groupby("strategy"):
+        folder = outputs.yolo_labels_dir(str(strategy))
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        by_image = {image_id: rows for image_id, rows in group.groupby("image_id")}
+        for image_id in labelled:
+            rows = by_image.get(image_id)
+            lines = [] if rows is None else yolo_lines(rows, index)
+            (folder / f"{image_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        written[str(strategy)] = len(labelled)
+    return written
+
+
+def read_pseudo_labels(outputs: AnnotationOutputs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Chapter 03's tables, or an error naming the chapter to run first."""
+    for path in (outputs.labels, outputs.boxes):
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found: run notebook 03 (few-shot annotation) first"
+            )
+    text = {
+        name: "object"
+        for name in (
+            "image_id",
+            "status",
+            "defect_class",
+            "reasoning",
+            "annotator",
+            "model",
+            "failure_kind",
+        )
+    }
+    labels = pd.read_csv(outputs.labels, dtype=text)
+    boxes = pd.read_csv(
+        outputs.boxes, dtype={"image_id": "object", "strategy": "object", "class_name": "object"}
+    )
+    return labels, boxes

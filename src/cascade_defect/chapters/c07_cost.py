@@ -1,0 +1,374 @@
+"""Chapter 07: the study's economics from the real prompt, recorded usage and measured results.
+
+Token counts come from the prompt the annotator actually builds from the 18 seeds (counted with
+the model's tokenizer, images by the provider's rule), not from a rounded guess. Where an earlier
+chapter measured something (recorded API usage, the label accuracy, the escalation share and YOLO
+latency of the cascade), it is read from that chapter's files; where it has not, the analysis
+says so instead of inventing a figure.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cascade_defect.annotate.mllm.estimate import (
+    estimate_completion_tokens,
+    estimate_prompt_tokens,
+    typical_answer_json,
+)
+from cascade_defect.annotate.mllm.prompt import build_prompt
+from cascade_defect.annotate.seeds import seed_examples
+from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.chapters.c03_annotation import AnnotationOutputs
+from cascade_defect.costs import references
+from cascade_defect.costs.model import (
+    DEFAULT_CACHE_HIT_RATE,
+    PromptSpec,
+    annotation_cost,
+    cheapest_config,
+    cost_from_usage,
+    cost_grid,
+)
+from cascade_defect.costs.pricing import image_tokens, load_pricing
+from cascade_defect.costs.sweeps import (
+    break_even_images,
+    cost_per_1000_images,
+    cost_vs_pool_size,
+    cost_vs_price_multiplier,
+    cost_vs_seed_images,
+    cost_vs_tokens_per_image,
+    human_labelling_cost,
+    vendor_labelling_cost,
+)
+from cascade_defect.data.split import SplitLayout, read_pool_listing
+from cascade_defect.manifest import ChapterRun
+from cascade_defect.settings import StudyConfig
+
+REFERENCE_MODEL = "gpt-4o"
+
+
+@dataclass
+class CostAnalysis:
+    """Everything chapter 07 shows."""
+
+    spec: PromptSpec
+    prompt_tokens: dict[str, int]
+    n_pool: int
+    boxes_per_image: float
+    grid: pd.DataFrame
+    original_estimate_usd: float
+    targets: pd.DataFrame
+    recorded_usage: pd.DataFrame
+    break_even: pd.DataFrame
+    per_1000: pd.DataFrame | None
+    operating_point: dict | None
+    sensitivity: dict[str, pd.DataFrame] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def headline_costs(self) -> pd.Series:
+        """The original estimate next to what the real prompt costs with gpt-4o, per mode."""
+        reference = reference_pool_costs(self.grid)
+        return pd.Series(
+            {
+                "original estimate (1,420 x 2,500 input tokens, gpt-4o)": self.original_estimate_usd,
+                "gpt-4o standard, from the real prompt": reference["standard"],
+                "gpt-4o standard + caching": reference["standard_cached"],
+                "gpt-4o Batch": reference["batch"],
+            },
+            name="USD for the pool",
+        ).round(2)
+
+
+def reference_pool_costs(grid: pd.DataFrame, model: str = REFERENCE_MODEL) -> dict[str, float]:
+    """Cost of labelling the pool with ``model``, one image per request: standard, standard with
+    a warm prefix cache, and Batch (the grid's first row of each kind)."""
+    rows = grid[grid["model"] == model]
+
+    def total(mode: str, caching: bool) -> float:
+        chosen = rows[(rows["mode"] == mode) & (rows["prompt_caching"] == caching)]
+        return float(chosen["total_usd"].iloc[0])
+
+    return {
+        "standard": total("standard", False),
+        "standard_cached": total("standard", True),
+        "batch": total("batch", False),
+    }
+
+
+def measured_prompt_spec(
+    layout: SplitLayout, detail: str = "low"
+) -> tuple[PromptSpec, dict[str, int]]:
+    """Describe the real few-shot prompt by token counts (text counted, images by rule)."""
+    seeds = seed_examples(layout)
+    prompt = build_prompt(seeds, layout.class_names(), detail=detail)
+    pool = read_pool_listing(layout)
+    query = Path(pool["path"].iloc[0]).read_bytes()
+    estimate = estimate_prompt_tokens(
+        prompt.messages_for(query), REFERENCE_MODEL, n_static_messages=len(prompt.static_messages)
+    )
+    seed_image_tokens = sum(
+        image_tokens(REFERENCE_MODEL, w, h, detail) for w, h in prompt.seed_sizes
+    )
+    query_size = (int(pool["width"].iloc[0]), int(pool["height"].iloc[0]))
+    query_image_tokens = image_tokens(REFERENCE_MODEL, *query_size, detail)
+    output_tokens = estimate_completion_tokens(typical_answer_json(), REFERENCE_MODEL)
+    seed_size = prompt.seed_sizes[0] if prompt.seed_sizes else query_size
+    spec = PromptSpec(
+        prefix_text_tokens=estimate.prefix_tokens - seed_image_tokens,
+        output_tokens_per_image=output_tokens,
+        n_seed_images=len(seeds),
+        seed_size=tuple(seed_size),  # type: ignore[arg-type]
+        query_size=query_size,
+        query_text_tokens=estimate.query_tokens - query_image_tokens,
+        detail=detail,
+        seed_text_tokens=round(
+            (estimate.prefix_tokens - seed_image_tokens) / max(len(seeds), 1) * 0.5
+        ),
+    )
+    counted = {
+        "prompt_tokens_gpt4o": estimate.prompt_tokens,
+        "prefix_tokens_gpt4o": estimate.prefix_tokens,
+        "query_tokens_gpt4o": estimate.query_tokens,
+        "text_tokens": estimate.text_tokens,
+        "image_tokens_gpt4o": estimate.image_tokens,
+        "n_images_per_request": estimate.n_images,
+        "output_tokens_typical_answer": output_tokens,
+    }
+    return spec, counted
+
+
+def _load_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_cost_analysis(
+    config: StudyConfig,
+    *,
+    detail: str = "low",
+    models: list[str] | None = None,
+    cache_hit_rate: float = DEFAULT_CACHE_HIT_RATE,
+    budget_gpt4o_usd: float = 2.50,
+    budget_cheapest_usd: float = 0.50,
+    original_requests: int = 1420,
+    original_input_tokens: int = 2500,
+) -> CostAnalysis:
+    """Price the annotation, compare with people and AutoML, and cost the cascade."""
+    layout = SplitLayout(config.paths.split_dir)
+    annotation = AnnotationOutputs(config.paths.annotation_dir)
+    run = ChapterRun(
+        "07_cost_analysis",
+        config,
+        config.paths.cost_dir,
+        parameters={"detail": detail, "cache_hit_rate": cache_hit_rate, "models": models},
+        inputs={"seed": layout.seed_listing, "pool": layout.pool_listing},
+    )
+    notes: list[str] = []
+    models = models or list(load_pricing())
+    with run.timed("prompt"):
+        spec, counted = measured_prompt_spec(layout, detail)
+    n_pool = len(read_pool_listing(layout))
+    card = _load_json(config.paths.data_card_dir / "data_card.json") or {}
+    boxes_per_image = float(card.get("boxes", {}).get("per_image", {}).get("mean", 0.0))
+
+    grid = cost_grid(spec, n_images=n_pool, models=models, cache_hit_rate=cache_hit_rate)
+    original = annotation_cost(
+        REFERENCE_MODEL,
+        original_requests,
+        original_input_tokens,
+        0,
+        0,
+        batch=False,
+        prompt_caching=False,
+    ).total_usd
+
+    gpt4o = cheapest_config(
+        spec,
+        n_pool,
+        [REFERENCE_MODEL],
+        budget_gpt4o_usd,
+        details=(detail,),
+        images_per_request=(1, 2, 4, 8),
+    )
+    gpt4o_single = cheapest_config(
+        spec, n_pool, [REFERENCE_MODEL], budget_gpt4o_usd, details=(detail,)
+    )
+    cheapest = cheapest_config(
+        spec,
+        n_pool,
+        models,
+        budget_cheapest_usd,
+        details=(detail,),
+        images_per_request=(1, 2, 4, 8),
+    )
+    targets = pd.DataFrame(
+        [
+            {"target": "gpt-4o, one image per request", **gpt4o_single.to_dict()},
+            {"target": f"gpt-4o within ${budget_gpt4o_usd:.2f}", **gpt4o.to_dict()},
+            {"target": f"cheapest model within ${budget_cheapest_usd:.2f}", **cheapest.to_dict()},
+        ]
+    ).drop(columns=["_cost_key"], errors="ignore")
+
+    recorded = pd.DataFrame()
+    if annotation.predictions.exists():
+        records = [
+            r for r in AnnotationStore(annotation.predictions).records() if r.annotator != "offline"
+        ]
+        if records:
+            recorded = cost_from_usage(records)
+    if recorded.empty:
+        notes.append(
+            "No API annotation run is recorded (chapter 03 used the offline annotator, cost $0): the "
+            "costs below are estimates from the real prompt, not billed usage."
+        )
+
+    human_rate = references.reference("human_labelling.hourly_rate_us_office_support").value
+    rows = []
+    per_image_gpt4o = float(gpt4o_single["total_usd"]) / n_pool
+    per_image_cheapest = float(cheapest["total_usd"]) / n_pool
+    for label, seconds in (
+        (
+            "extreme clicking",
+            references.reference("human_labelling.seconds_per_box_extreme_clicking").value,
+        ),
+        (
+            "conventional drawing",
+            references.reference("human_labelling.seconds_per_box_conventional").value,
+        ),
+    ):
+        human = human_labelling_cost(n_pool, boxes_per_image, seconds, human_rate)
+        human_per_image = human / n_pool
+        rows.append(
+            {
+                "human method": f"boxes, {label} ({seconds:.0f} s/box at ${human_rate}/h)",
+                "human_usd_pool": human,
+                "human_usd_per_image": human_per_image,
+                "gpt4o_usd_per_image": per_image_gpt4o,
+                "cheapest_usd_per_image": per_image_cheapest,
+                "gpt4o_saving_pool_usd": human - float(gpt4o_single["total_usd"]),
+            }
+        )
+    vendor_box = references.reference("vendor_labelling.google_data_labeling_per_box").value
+    vendor_image = references.reference(
+        "vendor_labelling.google_data_labeling_per_image_classification"
+    ).value
+    for label, value in (
+        (
+            "vendor, boxes (Google Data Labeling, per box)",
+            vendor_labelling_cost(n_pool, boxes_per_image, vendor_box),
+        ),
+        (
+            "vendor, image-level labels (Google, per image)",
+            vendor_labelling_cost(n_pool, 0, 0.0, vendor_image),
+        ),
+    ):
+        rows.append(
+            {
+                "human method": label,
+                "human_usd_pool": value,
+                "human_usd_per_image": value / n_pool,
+                "gpt4o_usd_per_image": per_image_gpt4o,
+                "cheapest_usd_per_image": per_image_cheapest,
+                "gpt4o_saving_pool_usd": value - float(gpt4o_single["total_usd"]),
+            }
+        )
+    break_even = pd.DataFrame(rows)
+    # The MLLM route still needs the seeds labelled by a person: that is its fixed cost.
+    n_seeds = spec.n_seed_images
+    break_even["break_even_images_gpt4o"] = [
+        break_even_images(h, per_image_gpt4o, mllm_fixed_cost=n_seeds * h)
+        for h in break_even["human_usd_per_image"]
+    ]
+
+    comparison = _load_json(config.paths.comparison_dir / "comparison.json")
+    cascade_file = config.paths.comparison_dir / "cascade.csv"
+    per_1000 = None
+    operating_point: dict | None = None
+    cascade = (
+        pd.read_csv(cascade_file)
+        if cascade_file.exists() and cascade_file.stat().st_size > 1
+        else pd.DataFrame()
+    )
+    latency_ms = (comparison or {}).get("latency", {}).get("latency_ms_median")
+    if len(cascade) and latency_ms is not None:
+        # The cheapest escalation share whose accuracy is within one point of the best measured.
+        best = cascade["accuracy"].max()
+        point = cascade[cascade["accuracy"] >= best - 0.01].sort_values("escalated_share").iloc[0]
+        operating_point = {
+            "escalated_share": float(point["escalated_share"]),
+            "accuracy": float(point["accuracy"]),
+            "yolo_latency_ms": float(latency_ms),
+        }
+        vm = references.reference("inference_vms.cpu_vm").value
+        per_1000 = (
+            cost_per_1000_images(
+                per_image_gpt4o, latency_ms / 1000, vm, operating_point["escalated_share"]
+            )
+            .to_frame()
+            .T
+        )
+    else:
+        notes.append(
+            "Chapter 06 has not measured the cascade yet: cost per 1,000 images is not computed."
+        )
+
+    sensitivity = {
+        "price": cost_vs_price_multiplier(
+            spec,
+            [0.25, 0.5, 1.0, 1.5, 2.0],
+            [REFERENCE_MODEL, "gpt-4.1-mini", "gpt-5-mini"],
+            n_pool,
+        ),
+        "tokens_per_image": cost_vs_tokens_per_image(
+            spec, [85, 170, 255, 425, 765], [REFERENCE_MODEL, "gpt-4.1"], n_pool
+        ),
+        "seed_images": cost_vs_seed_images(
+            spec, [6, 12, 18, 30, 60], [REFERENCE_MODEL, "gpt-5-mini"], n_pool
+        ),
+        "pool_size": cost_vs_pool_size(
+            spec, [500, 1422, 5000, 20000], [REFERENCE_MODEL, "gpt-5-mini"]
+        ),
+    }
+
+    reference = reference_pool_costs(grid)
+    summary = {
+        "prompt_tokens": counted,
+        "n_pool": n_pool,
+        "original_estimate_usd": original,
+        "gpt4o_standard_usd": reference["standard"],
+        "gpt4o_batch_usd": reference["batch"],
+        "targets": json.loads(targets.to_json(orient="records")),
+        "recorded_cost_usd": float(recorded["cost_usd"].sum()) if not recorded.empty else None,
+        "cascade_operating_point": operating_point,
+        "usd_per_1000_images": per_1000.iloc[0].to_dict() if per_1000 is not None else None,
+        "notes": notes,
+    }
+    (config.paths.cost_dir / "cost_summary.json").write_text(
+        json.dumps(summary, indent=2, default=str) + "\n"
+    )
+    grid.to_csv(config.paths.cost_dir / "cost_grid.csv", index=False)
+    run.counts.update(n_pool=n_pool, n_models=len(models))
+    run.write(
+        {
+            "cost_summary": config.paths.cost_dir / "cost_summary.json",
+            "cost_grid": config.paths.cost_dir / "cost_grid.csv",
+        }
+    )
+    return CostAnalysis(
+        spec=spec,
+        prompt_tokens=counted,
+        n_pool=n_pool,
+        boxes_per_image=boxes_per_image,
+        grid=grid,
+        original_estimate_usd=original,
+        targets=targets,
+        recorded_usage=recorded,
+        break_even=break_even,
+        per_1000=per_1000,
+        operating_point=operating_point,
+        sensitivity=sensitivity,
+        notes=notes,
+    )

@@ -1,0 +1,202 @@
+"""TODO docstring for data.records
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+
+
+ANNOTATION_SUFFIX = ".xml"
+
+
+OnError = Literal["raise", "quarantine"]
+
+
+class DatasetError(ValueError):
+    """A file in the dataset cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """One Pascal VOC object, in pixel coordinates of its image."""
+
+    class_name: str
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+    truncated: bool = False
+    difficult: bool = False
+
+
+@dataclass
+class ImageRecord:
+    """One image with its image-level class and every box its annotation holds."""
+
+    image_id: str
+    class_name: str
+    image_path: Path
+    annotation_path: Path | None
+    width: int
+    height: int
+    mode: str
+    sha256: str
+    pixel_hash: str
+    boxes: list[Box] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Quirk:
+    """Something unusual about the data, kept for the data card."""
+
+    kind: str
+    path: str
+    detail: str
+    image_id: str | None = None
+
+
+@dataclass
+class Dataset:
+    """The loaded dataset plus what was odd about it."""
+
+    root: Path
+    layout: str
+    class_names: list[str]
+    images: list[ImageRecord]
+    quirks: list[Quirk]
+    quarantined: list[Quirk]
+    image_level_only: bool = False
+    """No annotation files at all: the class folders are the only labels (no boxes)."""
+
+    def images_frame(self) -> pd.DataFrame:
+        """One row per image (no boxes), the table later stages work from."""
+        return pd.DataFrame(
+            [
+                {
+                    "image_id": r.image_id,
+                    "class_name": r.class_name,
+                    "image_path": str(r.image_path),
+                    "annotation_path": str(r.annotation_path) if r.annotation_path else None,
+                    "width": r.width,
+                    "height": r.height,
+                    "mode": r.mode,
+                    "sha256": r.sha256,
+                    "pixel_hash": r.pixel_hash,
+                    "n_boxes": len(r.boxes),
+                }
+                for r in self.images
+            ]
+        )
+
+    def boxes_frame(self) -> pd.DataFrame:
+        """One row per box, with the image's own class beside the box's class."""
+        rows = [
+            {"image_id": r.image_id, "image_class": r.class_name, **asdict(b)}
+            for r in self.images
+            for b in r.boxes
+        ]
+        columns = [
+            "image_id",
+            "image_class",
+            "class_name",
+            "xmin",
+            "ymin",
+            "xmax",
+            "ymax",
+            "truncated",
+            "difficult",
+        ]
+        return pd.DataFrame(rows, columns=columns)
+
+    def quirks_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [asdict(q) for q in self.quirks], columns=["kind", "path", "detail", "image_id"]
+        )
+
+    def subsample(self, per_class: int, seed: int = 0) -> Dataset:
+        """A smaller dataset with at most ``per_class`` images of each class (for smoke runs)."""
+        rng = np.random.default_rng(seed)
+        kept: list[ImageRecord] = []
+        for name in self.class_names:
+            members = [r for r in self.images if r.class_name == name]
+            if len(members) > per_class:
+                order = rng.permutation(len(members))[:per_class]
+                members = [members[i] for i in sorted(order)]
+            kept.extend(members)
+        kept_ids = {r.image_id for r in kept}
+        return Dataset(
+            root=self.root,
+            layout=self.layout,
+            class_names=list(self.class_names),
+            images=kept,
+            quirks=[q for q in self.quirks if q.image_id is None or q.image_id in kept_ids],
+            quarantined=list(self.quarantined),
+            image_level_only=self.image_level_only,
+        )
+
+
+def data_card(dataset: Dataset) -> dict:
+    """A JSON-ready summary: counts, box statistics and the quirks found."""
+    images = dataset.images_frame()
+    boxes = dataset.boxes_frame()
+    per_image = images["n_boxes"] if len(images) else pd.Series(dtype=int)
+    if len(boxes):
+        widths = (boxes["xmax"] - boxes["xmin"]).to_numpy()
+        heights = (boxes["ymax"] - boxes["ymin"]).to_numpy()
+        sizes = images.set_index("image_id").loc[boxes["image_id"], ["width", "height"]].to_numpy()
+        rel_area = widths * heights / (sizes[:, 0] * sizes[:, 1])
+        box_stats = {
+            "n_boxes": len(boxes),
+            "by_box_class": boxes["class_name"].value_counts().sort_index().to_dict(),
+            "per_image": {
+                "min": int(per_image.min()),
+                "mean": round(float(per_image.mean()), 3),
+                "max": int(per_image.max()),
+            },
+            "relative_area": {
+                "p10": round(float(np.percentile(rel_area, 10)), 4),
+                "median": round(float(np.median(rel_area)), 4),
+                "p90": round(float(np.percentile(rel_area, 90)), 4),
+            },
+            "truncated": int(boxes["truncated"].sum()),
+            "difficult": int(boxes["difficult"].sum()),
+        }
+    else:
+        box_stats = {"n_boxes": 0}
+    quirk_counts = Counter(q.kind for q in dataset.quirks)
+    return {
+        "root": str(dataset.root),
+        "layout": dataset.layout,
+        "image_level_only": dataset.image_level_only,
+        "class_names": dataset.class_names,
+        "n_images": len(images),
+        "n_annotated_images": int(images["annotation_path"].notna().sum()) if len(images) else 0,
+        "images_per_class": images["class_name"]
+        .value_counts()
+        .reindex(dataset.class_names, fill_value=0)
+        .to_dict()
+        if len(images)
+        else {},
+        "image_sizes": images.groupby(["width", "height"])
+        .size()
+        .rename("n")
+        .reset_index()
+        .to_dict("records")
+        if len(images)
+        else [],
+        "image_modes": images["mode"].value_counts().to_dict() if len(images) else {},
+        "boxes": box_stats,
+        "quirks": dict(sorted(quirk_counts.items())),
+        "images_with_cross_class_boxes": len(
+            {q.image_id for q in dataset.quirks if q.kind == "cross_class_box"}
+        ),
+        "quarantined": [asdict(q) for q in dataset.quarantined],
+    }

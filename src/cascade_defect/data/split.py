@@ -1,0 +1,325 @@
+"""The three-way split: seed (labelled), pool (to pseudo-label) and golden test.
+
+The split is stratified by class and seeded. Pixel-identical images form one group that always
+lands in a single split, so a duplicate can never leak from training into the test set. The
+pool's ground truth is written under ``ground_truth/``, apart from the pool listing, so
+annotation code that reads ``pool.csv`` cannot see the answers by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cascade_defect.data.records import Box, Dataset, ImageRecord
+from cascade_defect.progress import progress_disabled
+from cascade_defect.settings import SplitSettings
+
+SPLITS = ("seed", "pool", "test")
+LabelKind = Literal["boxes", "image"]
+
+
+def assign_splits(images: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame:
+    """Assign each image to ``seed``, ``pool`` or ``test``.
+
+    ``images`` needs ``image_id``, ``class_name`` and ``pixel_hash``. Per class, the targets are
+    ``round(n * fraction)`` (at least one) for seed and test; groups of duplicates are placed
+    whole, and a group that would overshoot a target goes to the pool.
+    """
+    required = {"image_id", "class_name", "pixel_hash"}
+    missing = required - set(images.columns)
+    if missing:
+        raise ValueError(f"images lacks columns {sorted(missing)}")
+    if images["image_id"].duplicated().any():
+        raise ValueError("image_id must be unique")
+    rng = np.random.default_rng(settings.random_seed)
+    frame = images.copy()
+    # A duplicate group belongs to the class of its first member (sorted), so members of
+    # different classes still travel together.
+    frame = frame.sort_values("image_id", kind="stable")
+    group_class = frame.groupby("pixel_hash")["class_name"].first()
+    frame["split"] = "pool"
+    for class_name in sorted(frame["class_name"].unique()):
+        n_class = int((frame["class_name"] == class_name).sum())
+        targets = {
+            "seed": max(1, round(n_class * settings.seed_fraction)),
+            "test": max(1, round(n_class * settings.test_fraction)),
+        }
+        groups = sorted(group_class[group_class == class_name].index)
+        filled = {"seed": 0, "test": 0}
+        for group in (groups[i] for i in rng.permutation(len(groups))):
+            members = frame["pixel_hash"] == group
+            size = int(members.sum())
+            for split in ("seed", "test"):
+                if filled[split] + size <= targets[split]:
+                    frame.loc[members, "split"] = split
+                    filled[split] += size
+                    break
+    return frame.sort_index()
+
+
+def split_table(assignment: pd.DataFrame) -> pd.DataFrame:
+    """Images per class and split, with totals: the table the book shows."""
+    table = pd.crosstab(
+        assignment["class_name"], assignment["split"], margins=True, margins_name="total"
+    )
+    return table.reindex(columns=[*SPLITS, "total"], fill_value=0)
+
+
+def leakage_report(assignment: pd.DataFrame) -> dict[str, int]:
+    """Counts that must all be zero: images or duplicate groups found in more than one split."""
+    ids_in_many = int(assignment.groupby("image_id")["split"].nunique().gt(1).sum())
+    groups_in_many = int(assignment.groupby("pixel_hash")["split"].nunique().gt(1).sum())
+    bytes_in_many = (
+        int(assignment.groupby("sha256")["split"].nunique().gt(1).sum())
+        if "sha256" in assignment
+        else 0
+    )
+    return {
+        "image_ids_in_several_splits": ids_in_many,
+        "pixel_duplicate_groups_across_splits": groups_in_many,
+        "byte_duplicate_groups_across_splits": bytes_in_many,
+    }
+
+
+@dataclass(frozen=True)
+class SplitLayout:
+    """The files a split writes; later chapters find their inputs here."""
+
+    root: Path
+
+    @property
+    def classes_file(self) -> Path:
+        return self.root / "classes.json"
+
+    @property
+    def seed_listing(self) -> Path:
+        return self.root / "seed.csv"
+
+    @property
+    def seed_boxes(self) -> Path:
+        return self.root / "seed_boxes.csv"
+
+    @property
+    def pool_listing(self) -> Path:
+        """Pool images without any label: the only pool file annotators read."""
+        return self.root / "pool.csv"
+
+    @property
+    def test_listing(self) -> Path:
+        return self.root / "test.csv"
+
+    @property
+    def test_boxes(self) -> Path:
+        return self.root / "test_boxes.csv"
+
+    @property
+    def ground_truth_dir(self) -> Path:
+        return self.root / "ground_truth"
+
+    @property
+    def split_manifest(self) -> Path:
+        """image id, class, split and sha256 of every image (it holds the pool's classes)."""
+        return self.ground_truth_dir / "split_manifest.csv"
+
+    @property
+    def pool_truth(self) -> Path:
+        return self.ground_truth_dir / "pool_truth.csv"
+
+    @property
+    def pool_boxes(self) -> Path:
+        return self.ground_truth_dir / "pool_boxes.csv"
+
+    @property
+    def pool_labels_dir(self) -> Path:
+        return self.ground_truth_dir / "pool_labels"
+
+    def yolo_dir(self, split: str) -> Path:
+        return self.root / "yolo" / split
+
+    def class_names(self) -> list[str]:
+        return json.loads(self.classes_file.read_text())["class_names"]
+
+    def label_kind(self) -> LabelKind:
+        """``boxes`` when the dataset came with boxes, ``image`` when only with class folders."""
+        return json.loads(self.classes_file.read_text()).get("labels", "boxes")
+
+
+def whole_image_box(record: ImageRecord) -> Box:
+    """The box an image-level label stands for: the whole image, in the image's class."""
+    return Box(record.class_name, 0.0, 0.0, float(record.width), float(record.height))
+
+
+def write_split(
+    dataset: Dataset, assignment: pd.DataFrame, out_dir: Path, progress: bool = True
+) -> SplitLayout:
+    """Write listings, the hidden pool ground truth and YOLO exports for each split."""
+    layout = SplitLayout(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    layout.ground_truth_dir.mkdir(parents=True)
+    class_names = list(dataset.class_names)
+    label_kind: LabelKind = "image" if dataset.image_level_only else "boxes"
+    layout.classes_file.write_text(
+        json.dumps({"class_names": class_names, "labels": label_kind}, indent=2)
+    )
+    by_id = {r.image_id: r for r in dataset.images}
+    split_of = dict(zip(assignment["image_id"], assignment["split"], strict=True))
+
+    manifest = assignment[["image_id", "class_name", "split", "sha256", "pixel_hash"]].copy()
+    manifest.to_csv(layout.split_manifest, index=False)
+
+    listings: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    box_rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for image_id in tqdm(
+        assignment["image_id"],
+        desc="Exporting split",
+        disable=progress_disabled(progress),
+        unit="img",
+    ):
+        record = by_id[image_id]
+        if dataset.image_level_only:
+            # Detection needs boxes: an image-level label becomes one whole-image box.
+            record = replace(record, boxes=[whole_image_box(record)])
+        split = split_of[image_id]
+        target = layout.yolo_dir(split) / "images" / f"{image_id}{record.image_path.suffix.lower()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(record.image_path, target)
+        row = {
+            "image_id": image_id,
+            "file": target.relative_to(out_dir).as_posix(),
+            "sha256": record.sha256,
+            "width": record.width,
+            "height": record.height,
+        }
+        listings[split].append(row if split == "pool" else {**row, "class_name": record.class_name})
+        for box in record.boxes:
+            box_rows[split].append(
+                {
+                    "image_id": image_id,
+                    "class_name": box.class_name,
+                    "xmin": box.xmin,
+                    "ymin": box.ymin,
+                    "xmax": box.xmax,
+                    "ymax": box.ymax,
+                    "truncated": box.truncated,
+                    "difficult": box.difficult,
+                }
+            )
+        labels_dir = (
+            layout.pool_labels_dir if split == "pool" else layout.yolo_dir(split) / "labels"
+        )
+        write_yolo_label(labels_dir / f"{image_id}.txt", record, class_names)
+
+    box_columns = [
+        "image_id",
+        "class_name",
+        "xmin",
+        "ymin",
+        "xmax",
+        "ymax",
+        "truncated",
+        "difficult",
+    ]
+    pd.DataFrame(listings["seed"]).to_csv(layout.seed_listing, index=False)
+    pd.DataFrame(listings["test"]).to_csv(layout.test_listing, index=False)
+    pd.DataFrame(listings["pool"]).to_csv(layout.pool_listing, index=False)
+    pd.DataFrame(box_rows["seed"], columns=box_columns).to_csv(layout.seed_boxes, index=False)
+    pd.DataFrame(box_rows["test"], columns=box_columns).to_csv(layout.test_boxes, index=False)
+    pd.DataFrame(box_rows["pool"], columns=box_columns).to_csv(layout.pool_boxes, index=False)
+    pool_truth = manifest[manifest["split"] == "pool"][["image_id", "class_name"]]
+    pool_truth.to_csv(layout.pool_truth, index=False)
+    for split in ("seed", "test"):
+        write_data_yaml(layout.yolo_dir(split), class_names)
+    return layout
+
+
+def yolo_lines(record: ImageRecord, class_names: Sequence[str]) -> list[str]:
+    """YOLO ``class cx cy w h`` lines (normalised); boxes of unknown classes are left out."""
+    index = {name: i for i, name in enumerate(class_names)}
+    lines = []
+    for box in record.boxes:
+        if box.class_name not in index:
+            continue
+        cx = (box.xmin + box.xmax) / 2 / record.width
+        cy = (box.ymin + box.ymax) / 2 / record.height
+        w = (box.xmax - box.xmin) / record.width
+        h = (box.ymax - box.ymin) / record.height
+        lines.append(f"{index[box.class_name]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+    return lines
+
+
+def write_yolo_label(path: Path, record: ImageRecord, class_names: Sequence[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = yolo_lines(record, class_names)
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
+
+
+def write_data_yaml(split_dir: Path, class_names: Sequence[str]) -> Path:
+    """An ultralytics dataset file pointing at one split (used for evaluation)."""
+    import yaml
+
+    path = split_dir / "data.yaml"
+    payload = {
+        "path": str(split_dir.resolve()),
+        "train": "images",
+        "val": "images",
+        "names": dict(enumerate(class_names)),
+    }
+    path.write_text(yaml.safe_dump(payload, sort_keys=False))
+    return path
+
+
+def read_pool_listing(layout: SplitLayout) -> pd.DataFrame:
+    """The pool as annotators see it: ids and files, never classes or boxes."""
+    frame = pd.read_csv(layout.pool_listing)
+    leaked = {"class_name", "xmin", "ymin", "xmax", "ymax"} & set(frame.columns)
+    if leaked:
+        raise ValueError(f"{layout.pool_listing} holds ground-truth columns {sorted(leaked)}")
+    frame["path"] = [str(layout.root / f) for f in frame["file"]]
+    return frame
+
+
+def read_labelled_listing(layout: SplitLayout, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Images and boxes of a labelled split (``seed`` or ``test``)."""
+    if split == "seed":
+        images, boxes = pd.read_csv(layout.seed_listing), pd.read_csv(layout.seed_boxes)
+    elif split == "test":
+        images, boxes = pd.read_csv(layout.test_listing), pd.read_csv(layout.test_boxes)
+    else:
+        raise ValueError("labelled splits are 'seed' and 'test'; the pool's truth is hidden")
+    images["path"] = [str(layout.root / f) for f in images["file"]]
+    return images, boxes
+
+
+def read_pool_ground_truth(layout: SplitLayout) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The pool's hidden truth (classes and boxes): for the audit and the ``human`` source only."""
+    return pd.read_csv(layout.pool_truth), pd.read_csv(layout.pool_boxes)
+
+
+def planned_split_sizes(images_per_class: dict[str, int], settings: SplitSettings) -> pd.DataFrame:
+    """The split sizes the settings ask for, per class, before any image is drawn."""
+    rows = []
+    for class_name, n in images_per_class.items():
+        seed = max(1, round(n * settings.seed_fraction))
+        test = max(1, round(n * settings.test_fraction))
+        rows.append(
+            {
+                "class_name": class_name,
+                "seed": seed,
+                "pool": n - seed - test,
+                "test": test,
+                "total": n,
+            }
+        )
+    frame = pd.DataFrame(rows).set_index("class_name")
+    frame.loc["total"] = frame.sum()
+    return frame

@@ -1,0 +1,227 @@
+"""TODO docstring for metrics.box_quality
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+
+from cascade_defect.metrics.classification import _mean_or_nan
+
+DEFAULT_IOU_THRESHOLD = 0.5
+
+
+_BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
+
+
+def normalise_gt_boxes(gt_boxes: pd.DataFrame, sizes: pd.DataFrame) -> pd.DataFrame:
+    """Ground-truth pixel boxes as normalised ``x1, y1, x2, y2`` (the pseudo-boxes' frame).
+
+    Coordinates are divided by the image's width and height from the pool listing, the same
+    convention the YOLO exports use; an image without a known size is an error, not a guess.
+    """
+    if gt_boxes.empty:
+        return pd.DataFrame(columns=["image_id", "class_name", *_BOX_COLUMNS])
+    merged = gt_boxes.merge(
+        sizes[["image_id", "width", "height"]], on="image_id", how="left", validate="many_to_one"
+    )
+    unknown = merged["width"].isna() | merged["height"].isna()
+    if unknown.any():
+        example = merged.loc[unknown, "image_id"].iloc[0]
+        raise ValueError(
+            f"{int(unknown.sum())} boxes belong to images of unknown size, e.g. {example}"
+        )
+    return pd.DataFrame(
+        {
+            "image_id": merged["image_id"],
+            "class_name": merged["class_name"],
+            "x1": merged["xmin"] / merged["width"],
+            "y1": merged["ymin"] / merged["height"],
+            "x2": merged["xmax"] / merged["width"],
+            "y2": merged["ymax"] / merged["height"],
+        }
+    )
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Intersection over union of every box in ``a`` (n x 4) with every box in ``b`` (m x 4).
+
+    Boxes are ``x1, y1, x2, y2`` on a continuous plane; a degenerate pair (zero union) has IoU 0.
+    """
+    a = np.asarray(a, dtype=float).reshape(-1, 4)
+    b = np.asarray(b, dtype=float).reshape(-1, 4)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
+    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def match_boxes(allowed: np.ndarray, iou: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """One-to-one matching of ground truth (rows) to predictions (columns) with most matches.
+
+    ``allowed`` marks the pairs that may match (IoU at or above the threshold, same class when
+    class-aware). The number of matches is maximised (Hungarian algorithm), so it does not
+    depend on the order of boxes or on ties; among maximal matchings the one with the highest
+    total IoU is chosen when ``iou`` is given. Returns ``(gt_index, prediction_index)`` pairs.
+    """
+    allowed = np.asarray(allowed, dtype=bool)
+    if allowed.size == 0 or not allowed.any():
+        return []
+    bonus = np.zeros(allowed.shape) if iou is None else np.clip(np.asarray(iou, float), 0, 1)
+    weight_per_match = min(allowed.shape) + 1.0  # one more match outweighs any IoU total
+    weights = np.where(allowed, weight_per_match + bonus, 0.0)
+    rows, cols = linear_sum_assignment(weights, maximize=True)
+    return sorted((int(r), int(c)) for r, c in zip(rows, cols, strict=True) if allowed[r, c])
+
+
+@dataclass
+class BoxMatches:
+    """Per-box outcomes of one strategy: one row per ground-truth box, one per predicted box."""
+
+    gt: pd.DataFrame
+    predictions: pd.DataFrame
+
+
+def match_strategy(
+    gt_norm: pd.DataFrame,
+    pseudo: pd.DataFrame,
+    image_ids: Iterable[str],
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+) -> BoxMatches:
+    """Best IoU and matches at ``iou_threshold`` for every box of the given images.
+
+    An image without predictions leaves its ground-truth boxes with best IoU 0 and unmatched;
+    an image without ground truth makes all its predictions false positives.
+    """
+    gt_by_image = {k: g for k, g in gt_norm.groupby("image_id")} if len(gt_norm) else {}
+    pr_by_image = {k: g for k, g in pseudo.groupby("image_id")} if len(pseudo) else {}
+    empty = pd.DataFrame(columns=["image_id", "class_name", *_BOX_COLUMNS])
+    gt_rows: list[dict] = []
+    pred_rows: list[dict] = []
+    for image_id in image_ids:
+        gt = gt_by_image.get(image_id, empty)
+        pr = pr_by_image.get(image_id, empty)
+        iou = iou_matrix(gt[_BOX_COLUMNS].to_numpy(float), pr[_BOX_COLUMNS].to_numpy(float))
+        same_class = (
+            gt["class_name"].to_numpy()[:, None] == pr["class_name"].to_numpy()[None, :]
+            if len(gt) and len(pr)
+            else np.zeros(iou.shape, dtype=bool)
+        )
+        hit = iou >= iou_threshold
+        agnostic = match_boxes(hit, iou)
+        aware = match_boxes(hit & same_class, iou)
+        gt_agnostic = {g for g, _ in agnostic}
+        gt_aware = {g for g, _ in aware}
+        pr_agnostic = {p for _, p in agnostic}
+        pr_aware = {p for _, p in aware}
+        best = iou.max(axis=1) if iou.shape[1] else np.zeros(len(gt))
+        best_same = (
+            np.where(same_class, iou, 0.0).max(axis=1) if iou.shape[1] else np.zeros(len(gt))
+        )
+        for i, name in enumerate(gt["class_name"]):
+            gt_rows.append(
+                {
+                    "image_id": image_id,
+                    "class_name": name,
+                    "best_iou": float(best[i]),
+                    "best_iou_same_class": float(best_same[i]),
+                    "matched_agnostic": i in gt_agnostic,
+                    "matched_aware": i in gt_aware,
+                }
+            )
+        for j, name in enumerate(pr["class_name"]):
+            pred_rows.append(
+                {
+                    "image_id": image_id,
+                    "class_name": name,
+                    "matched_agnostic": j in pr_agnostic,
+                    "matched_aware": j in pr_aware,
+                }
+            )
+    gt_columns = [
+        "image_id",
+        "class_name",
+        "best_iou",
+        "best_iou_same_class",
+        "matched_agnostic",
+        "matched_aware",
+    ]
+    pred_columns = ["image_id", "class_name", "matched_agnostic", "matched_aware"]
+    return BoxMatches(
+        gt=pd.DataFrame(gt_rows, columns=gt_columns),
+        predictions=pd.DataFrame(pred_rows, columns=pred_columns),
+    )
+
+
+def summarise_matches(matches: BoxMatches, class_names: Sequence[str]) -> pd.DataFrame:
+    """Per class and overall (``all``): mean best IoU, recall and precision at the IoU threshold.
+
+    Class-aware counts need the predicted box's class to equal the ground truth's; class-agnostic
+    counts only need the overlap. Per class, recall is over that class's ground-truth boxes and
+    precision over the boxes predicted as that class. An undefined ratio (no boxes) is NaN.
+    """
+    rows = []
+    for name in [*class_names, "all"]:
+        gt = matches.gt if name == "all" else matches.gt[matches.gt["class_name"] == name]
+        pr = (
+            matches.predictions
+            if name == "all"
+            else matches.predictions[matches.predictions["class_name"] == name]
+        )
+        rows.append(
+            {
+                "class_name": name,
+                "n_gt": len(gt),
+                "n_pred": len(pr),
+                "mean_best_iou": _mean_or_nan(gt["best_iou"]),
+                "mean_best_iou_same_class": _mean_or_nan(gt["best_iou_same_class"]),
+                "recall_aware": _mean_or_nan(gt["matched_aware"]),
+                "precision_aware": _mean_or_nan(pr["matched_aware"]),
+                "recall_agnostic": _mean_or_nan(gt["matched_agnostic"]),
+                "precision_agnostic": _mean_or_nan(pr["matched_agnostic"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def box_quality(
+    gt_norm: pd.DataFrame,
+    pseudo_boxes: pd.DataFrame,
+    image_ids: Iterable[str],
+    class_names: Sequence[str],
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+) -> pd.DataFrame:
+    """:func:`summarise_matches` for every box strategy present, stacked with a ``strategy`` column.
+
+    ``image_ids`` is the scope (the audit uses the answered images): boxes of other images are
+    ignored on both sides, so a strategy is judged on the images it was asked to box.
+    """
+    scope = list(dict.fromkeys(image_ids))
+    in_scope = set(scope)
+    gt = gt_norm[gt_norm["image_id"].isin(in_scope)]
+    frames = []
+    for strategy in sorted(pseudo_boxes["strategy"].dropna().unique()):
+        chosen = pseudo_boxes[
+            (pseudo_boxes["strategy"] == strategy) & pseudo_boxes["image_id"].isin(in_scope)
+        ]
+        table = summarise_matches(match_strategy(gt, chosen, scope, iou_threshold), class_names)
+        table.insert(0, "strategy", str(strategy))
+        table["n_images"] = len(scope)
+        frames.append(table)
+    if not frames:
+        return pd.DataFrame(
+            columns=["strategy", "class_name", "n_gt", "n_pred", "mean_best_iou", "n_images"]
+        )
+    return pd.concat(frames, ignore_index=True)

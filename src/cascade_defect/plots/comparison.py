@@ -1,0 +1,240 @@
+"""Figures for chapters 05 and 06; each takes a table from ``training`` or ``evaluation``.
+
+Kept apart from the computations so the numbers can be tested without matplotlib and the
+figures restyled without touching them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from cascade_defect.plots.training import _METRIC_LABELS
+
+
+def map_with_intervals(
+    metrics: pd.DataFrame,
+    target_ratio: float | None = None,
+    column: str = "map50",
+    low_column: str | None = None,
+    high_column: str | None = None,
+) -> Figure:
+    """Test mAP50 (or another ``column``) per model with its bootstrap 95% interval.
+
+    With ``target_ratio`` (e.g. 0.97) a dashed line marks that share of the human model's score,
+    the bar the pseudo-labelled model has to clear. The classification track passes
+    ``column="accuracy", low_column="ci_low", high_column="ci_high"``.
+    """
+    low_column = low_column or f"{column}_ci_low"
+    high_column = high_column or f"{column}_ci_high"
+    if metrics.empty:
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.text(0.5, 0.5, "no models scored", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    frame = metrics.sort_values(column)
+    fig, ax = plt.subplots(figsize=(7, 0.5 * max(len(frame), 1) + 1.4))
+    y = np.arange(len(frame))
+    low = frame[column] - frame.get(low_column, frame[column])
+    high = frame.get(high_column, frame[column]) - frame[column]
+    ax.errorbar(frame[column], y, xerr=[low, high], fmt="o", color="#4c72b0", capsize=4)
+    ax.set_yticks(y, frame.index)
+    if target_ratio is not None and "human" in metrics.index:
+        bar = target_ratio * float(metrics.loc["human", column])
+        ax.axvline(bar, ls="--", color="#c44e52", lw=1)
+        ax.text(bar, len(frame) - 0.5, f" {target_ratio:.0%} of human", color="#c44e52", fontsize=8)
+    label = _METRIC_LABELS.get(column, column)
+    ax.set_xlabel(f"test {label} (95% bootstrap interval over test images)")
+    ax.set_title("Golden test set")
+    fig.tight_layout()
+    return fig
+
+
+def difference_distribution(
+    samples: Mapping[str, np.ndarray], reference: str = "human", candidate: str = "pseudo"
+) -> Figure:
+    """Bootstrap distribution of mAP50(candidate) − mAP50(reference), paired over images."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    if reference not in samples or candidate not in samples:
+        ax.text(0.5, 0.5, f"needs both {reference!r} and {candidate!r}", ha="center", va="center")
+        return fig
+    diff = np.asarray(samples[candidate]) - np.asarray(samples[reference])
+    ax.hist(diff[np.isfinite(diff)], bins=40, color="#8172b3", alpha=0.85)
+    low, high = np.nanquantile(diff, [0.025, 0.975])
+    for value in (low, high):
+        ax.axvline(value, ls="--", color="k", lw=1)
+    ax.axvline(0, color="#c44e52", lw=1.5)
+    ax.set_xlabel(f"mAP50 {candidate} − {reference}")
+    ax.set_ylabel("bootstrap samples")
+    ax.set_title(f"Paired difference, 95% interval [{low:+.3f}, {high:+.3f}]")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_heatmap(per_class: pd.DataFrame) -> Figure:
+    """AP50 per class (rows) and model (columns): which defects each label source gets wrong."""
+    fig, ax = plt.subplots(
+        figsize=(1.1 * max(per_class.shape[1], 1) + 3, 0.45 * len(per_class) + 1.5)
+    )
+    sns.heatmap(per_class, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", ax=ax)
+    ax.set_xlabel("model")
+    ax.set_ylabel("")
+    ax.set_title("Test AP50 per class")
+    fig.tight_layout()
+    return fig
+
+
+def noise_curve(metrics: pd.DataFrame) -> Figure:
+    """Test mAP50 against the share of pool images relabelled to a wrong class.
+
+    When the noise sources train on ``human``'s schedule, human is the zero-noise point of the
+    line. When they train on a shorter one, they are joined among themselves only and human is
+    drawn apart, with the epochs in the legend, so a schedule difference is not read as a noise
+    effect. The pseudo-labelled model is a horizontal band either way.
+    """
+    frame = metrics.copy()
+    frame["noise_rate"] = pd.to_numeric(frame["noise_rate"], errors="coerce")
+    has_ci = {"map50_ci_low", "map50_ci_high"} <= set(frame.columns)
+
+    def epochs_of(rows: pd.DataFrame) -> str:
+        if "epochs" not in rows or rows["epochs"].isna().all():
+            return ""
+        values = sorted({int(v) for v in rows["epochs"].dropna()})
+        return f", {'/'.join(map(str, values))} epochs"
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    curve = frame.dropna(subset=["noise_rate"])
+    same_schedule = bool(
+        "human" in frame.index
+        and "epochs" in frame
+        and len(curve)
+        and set(curve["epochs"].dropna()) == {frame.loc["human", "epochs"]}
+    )
+    if same_schedule:  # human labels are the zero-noise point of the same sweep
+        curve = pd.concat([frame.loc[["human"]].assign(noise_rate=0.0), curve])
+    curve = curve.sort_values("noise_rate")
+    if len(curve):
+        err = (
+            [curve["map50"] - curve["map50_ci_low"], curve["map50_ci_high"] - curve["map50"]]
+            if has_ci
+            else None
+        )
+        ax.errorbar(
+            curve["noise_rate"],
+            curve["map50"],
+            yerr=err,
+            fmt="o-",
+            capsize=4,
+            label=f"human labels + noise{epochs_of(curve)}",
+        )
+    if "human" in frame.index and not same_schedule:
+        row = frame.loc[["human"]]
+        err = (
+            [row["map50"] - row["map50_ci_low"], row["map50_ci_high"] - row["map50"]]
+            if has_ci
+            else None
+        )
+        ax.errorbar(
+            [0.0],
+            row["map50"],
+            yerr=err,
+            fmt="s",
+            color="k",
+            capsize=4,
+            label=f"human{epochs_of(row)}",
+        )
+    if "pseudo" in frame.index:
+        row = frame.loc["pseudo"]
+        ax.axhline(row["map50"], color="#dd8452", label=f"pseudo{epochs_of(frame.loc[['pseudo']])}")
+        if has_ci:
+            ax.axhspan(row["map50_ci_low"], row["map50_ci_high"], color="#dd8452", alpha=0.2)
+    ax.set_xlabel("share of pool images relabelled to a wrong class")
+    ax.set_ylabel("test mAP50")
+    ax.set_title("How much label noise the detector tolerates")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def kpi_sweep(
+    thresholds: pd.DataFrame, source: str, precision: float = 0.8, recall: float = 0.8
+) -> Figure:
+    """Pooled precision and recall against the confidence threshold, with the KPI bars."""
+    frame = thresholds[thresholds["source"] == source]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ax.plot(frame["threshold"], frame["precision"], label="precision")
+    ax.plot(frame["threshold"], frame["recall"], label="recall")
+    if "map50_kept" in frame:
+        ax.plot(frame["threshold"], frame["map50_kept"], ls=":", label="mAP50 of kept detections")
+    ax.axhline(precision, color="#c44e52", ls="--", lw=1)
+    if recall != precision:
+        ax.axhline(recall, color="#c44e52", ls="--", lw=1)
+    ok = frame[(frame["precision"] >= precision) & (frame["recall"] >= recall)]
+    if len(ok):
+        ax.axvspan(
+            ok["threshold"].min(),
+            ok["threshold"].max(),
+            color="#55a868",
+            alpha=0.15,
+            label="KPI P/R met",
+        )
+    ax.set_xlabel("confidence threshold")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Precision and recall vs threshold ({source}, IoU 0.5)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def cascade_tradeoff(cascade: pd.DataFrame) -> Figure:
+    """Cascade accuracy against the share of images escalated and against cost per 1,000 images."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    if cascade.empty:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no cascade computed", ha="center", va="center")
+        return fig
+    axes[0].plot(cascade["escalated_share"], cascade["accuracy"], marker="o", ms=3)
+    for _, row in cascade.iloc[:: max(1, len(cascade) // 6)].iterrows():
+        axes[0].annotate(
+            f"{row['threshold']:.2f}", (row["escalated_share"], row["accuracy"]), fontsize=7
+        )
+    axes[0].set_xlabel("share of images escalated to the annotator")
+    axes[0].set_ylabel("image-level accuracy")
+    axes[0].set_title("Accuracy vs escalation (labels: threshold)")
+    if "usd_per_1000_cascade" in cascade:
+        axes[1].plot(cascade["usd_per_1000_cascade"], cascade["accuracy"], marker="o", ms=3)
+        axes[1].set_xlabel("USD per 1,000 images")
+        axes[1].set_ylabel("image-level accuracy")
+        axes[1].set_title("Accuracy vs cost")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrices(confusion: Mapping[str, pd.DataFrame]) -> Figure:
+    """One confusion matrix per classifier, side by side: where each label source's model errs.
+
+    Cells are coloured by the share of the true class and annotated with image counts.
+    """
+    from cascade_defect.plots.audit import confusion_heatmap
+
+    sources = list(confusion)
+    if not sources:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no classifiers", ha="center", va="center")
+        return fig
+    n_classes = max(len(table.columns) for table in confusion.values())
+    fig, axes = plt.subplots(
+        1,
+        len(sources),
+        figsize=(len(sources) * (1.4 + 0.75 * n_classes), 1.6 + 0.55 * n_classes),
+        squeeze=False,
+    )
+    for ax, source in zip(axes[0], sources, strict=True):
+        confusion_heatmap(confusion[source], predicted_label="predicted", title=source, ax=ax)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,525 @@
+"""Label sources and YOLOv8n fine-tuning: the work behind chapter 05.
+
+The study's question is whether pseudo-labels can stand in for human labels, so every model is
+trained the same way and only the labels change. Each *label source* becomes an ultralytics
+dataset folder:
+
+* ``human``: the ground-truth boxes of the pool plus the seeds (the reference);
+* ``seed_only``: the labelled seeds alone (what the few-shot prompt saw);
+* ``pseudo``: the annotator's labels for the pool, one box strategy, images that failed or fell
+  below a confidence threshold left out, plus the ground-truth seeds;
+* ``noise_<rate>``: the human labels with that fraction of pool images relabelled to another
+  class (seeded), to show how much label noise the detector tolerates.
+
+Validation during training uses a held-out part of the *training pool*, labelled by the same
+source (the same images for every source), never the golden test set. Assembly is a set of pure
+functions over tables so the guarantees (no test image, ground truth only where allowed) can be
+tested without training anything; :func:`write_source_dataset` is the only step touching disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from tqdm.auto import tqdm
+
+from cascade_defect.data.split import (
+    SplitLayout,
+    read_labelled_listing,
+    read_pool_ground_truth,
+    read_pool_listing,
+)
+from cascade_defect.progress import progress_disabled
+from cascade_defect.settings import TrainingSettings
+
+log = logging.getLogger(__name__)
+
+
+HUMAN = "human"
+
+
+SEED_ONLY = "seed_only"
+
+
+PSEUDO = "pseudo"
+
+
+NOISE_PREFIX = "noise_"
+
+
+BASE_SOURCES: tuple[str, ...] = (HUMAN, PSEUDO, SEED_ONLY)
+
+
+BOX_STRATEGIES: tuple[str, ...] = ("whole_image", "seed_detector", "annotator")
+
+
+#: One YOLO box per row: class index and normalised centre/size.
+LABEL_COLUMNS = ["image_id", "class_id", "cx", "cy", "w", "h"]
+
+
+#: Why a pool image was left out of the ``pseudo`` source.
+EXCLUSION_REASONS: tuple[str, ...] = (
+    "failed",
+    "no_defect",
+    "below_threshold",
+    "unknown_class",
+    "no_boxes",
+)
+
+
+class LeakageError(AssertionError):
+    """A golden test image (by id or by content hash) was about to enter training."""
+
+
+class GroundTruthAccessError(ValueError):
+    """A source that must not see the pool's ground truth was handed it."""
+
+
+def noise_source(rate: float) -> str:
+    """The source name of a label-noise level, e.g. ``noise_0.1``."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"noise rate must lie in [0, 1], got {rate}")
+    return f"{NOISE_PREFIX}{rate:g}"
+
+
+def noise_rate(source: str) -> float | None:
+    """The flip rate of a ``noise_<rate>`` source; None for every other source."""
+    if not source.startswith(NOISE_PREFIX):
+        return None
+    try:
+        rate = float(source[len(NOISE_PREFIX) :])
+    except ValueError as error:
+        raise ValueError(f"malformed noise source {source!r}; expected e.g. 'noise_0.1'") from error
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"noise rate of {source!r} must lie in [0, 1]")
+    return rate
+
+
+def validate_source(source: str) -> str:
+    if source in BASE_SOURCES or noise_rate(source) is not None:
+        return source
+    raise ValueError(f"unknown label source {source!r}; known: {[*BASE_SOURCES, 'noise_<rate>']}")
+
+
+def planned_sources(settings: TrainingSettings) -> list[str]:
+    """The profile's sources in training order, followed by its noise sweep."""
+    sources = [validate_source(s) for s in settings.sources]
+    sources += [noise_source(rate) for rate in settings.noise_levels]
+    return list(dict.fromkeys(sources))
+
+
+def uses_pool_ground_truth(source: str) -> bool:
+    """Only the reference and its noisy copies may read the pool's hidden labels."""
+    return source == HUMAN or noise_rate(source) is not None
+
+
+def epochs_for(source: str, settings: TrainingSettings) -> int:
+    """The schedule of a source: the noise sweep and seed_only have their own epoch counts."""
+    if noise_rate(source) is not None:
+        return settings.noise_epochs
+    if source == SEED_ONLY and settings.seed_only_epochs is not None:
+        return settings.seed_only_epochs
+    return settings.epochs
+
+
+def source_descriptions(sources: Sequence[str], settings: TrainingSettings) -> pd.DataFrame:
+    """What each source trains on, for the book: pool labels, seeds, epochs, truth access."""
+    rows = []
+    for source in sources:
+        rate = noise_rate(validate_source(source))
+        if source == HUMAN:
+            pool = "ground-truth boxes"
+        elif source == SEED_ONLY:
+            pool = "none (seeds only)"
+        elif source == PSEUDO:
+            pool = (
+                f"annotator labels, '{settings.box_strategy}' boxes, confidence ≥ "
+                f"{settings.pseudo_confidence_threshold:g}"
+            )
+        else:
+            pool = f"ground-truth boxes, {rate:.0%} of images relabelled to another class"
+        rows.append(
+            {
+                "source": source,
+                "pool labels": pool,
+                "seeds": "ground truth",
+                "hold-out": "the seeds themselves" if source == SEED_ONLY else "pool, same source",
+                "epochs": epochs_for(source, settings),
+                "reads pool ground truth": uses_pool_ground_truth(source),
+            }
+        )
+    return pd.DataFrame(rows).set_index("source")
+
+
+@dataclass(frozen=True)
+class SplitInputs:
+    """What every source may read from chapter 02: seeds with labels, the pool without."""
+
+    class_names: list[str]
+    seeds: pd.DataFrame  # image_id, path, sha256, class_name
+    seed_labels: pd.DataFrame  # LABEL_COLUMNS
+    pool: pd.DataFrame  # image_id, path, sha256 (no classes)
+    test: pd.DataFrame  # image_id, path, sha256: only to prove none of it enters training
+
+
+@dataclass(frozen=True)
+class PoolTruth:
+    """The pool's hidden labels; :func:`read_pool_truth` is the one reader in this module."""
+
+    image_classes: pd.Series  # image_id -> class index
+    labels: pd.DataFrame  # LABEL_COLUMNS
+
+
+def read_yolo_labels(labels_dir: Path, image_ids: Sequence[str]) -> pd.DataFrame:
+    """YOLO label files of the given images as one table; a missing file means no boxes."""
+    rows = []
+    for image_id in image_ids:
+        path = Path(labels_dir) / f"{image_id}.txt"
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 5:
+                continue
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "class_id": int(parts[0]),
+                    **dict(zip(("cx", "cy", "w", "h"), map(float, parts[1:]), strict=True)),
+                }
+            )
+    return pd.DataFrame(rows, columns=LABEL_COLUMNS).astype({"class_id": int})
+
+
+def read_split_inputs(layout: SplitLayout) -> SplitInputs:
+    """Seeds, pool listing and test listing of chapter 02 (never the pool's truth)."""
+    seeds, _ = read_labelled_listing(layout, "seed")
+    test, _ = read_labelled_listing(layout, "test")
+    pool = read_pool_listing(layout)
+    seeds["image_id"] = seeds["image_id"].astype(str)
+    pool["image_id"] = pool["image_id"].astype(str)
+    test["image_id"] = test["image_id"].astype(str)
+    seed_labels = read_yolo_labels(layout.yolo_dir("seed") / "labels", list(seeds["image_id"]))
+    return SplitInputs(
+        class_names=layout.class_names(),
+        seeds=seeds[["image_id", "path", "sha256", "class_name"]],
+        seed_labels=seed_labels,
+        pool=pool[["image_id", "path", "sha256"]],
+        test=test[["image_id", "path", "sha256"]],
+    )
+
+
+def read_pool_truth(layout: SplitLayout, class_names: Sequence[str]) -> PoolTruth:
+    """The pool's ground truth as YOLO labels plus each image's class index."""
+    truth, _ = read_pool_ground_truth(layout)
+    index = {name: i for i, name in enumerate(class_names)}
+    truth["image_id"] = truth["image_id"].astype(str)
+    classes = truth.set_index("image_id")["class_name"].map(index)
+    if classes.isna().any():
+        raise ValueError("pool ground truth names a class missing from classes.json")
+    labels = read_yolo_labels(layout.pool_labels_dir, list(truth["image_id"]))
+    return PoolTruth(image_classes=classes.astype(int), labels=labels)
+
+
+def _empty_excluded() -> pd.DataFrame:
+    return pd.DataFrame(columns=["image_id", "reason"])
+
+
+def _empty_flips() -> pd.DataFrame:
+    return pd.DataFrame(columns=["image_id", "true_class", "noisy_class"])
+
+
+@dataclass(frozen=True)
+class SourceDataset:
+    """One source's training data, before it is written: images, boxes and what was left out."""
+
+    source: str
+    images: pd.DataFrame  # image_id, path, sha256, subset ("train"|"val"), origin ("seed"|"pool")
+    labels: pd.DataFrame  # LABEL_COLUMNS
+    excluded: pd.DataFrame = field(default_factory=_empty_excluded)
+    flips: pd.DataFrame = field(default_factory=_empty_flips)
+    val_is_train: bool = False  # seed_only: no held-out labels exist in that scenario
+
+    def counts(self) -> dict[str, int]:
+        subset = self.images["subset"].value_counts()
+        origin = self.images["origin"].value_counts()
+        return {
+            "n_train": int(subset.get("train", 0)),
+            "n_val": int(subset.get("val", 0)) if not self.val_is_train else 0,
+            "n_seed": int(origin.get("seed", 0)),
+            "n_pool": int(origin.get("pool", 0)),
+            "n_boxes": len(self.labels),
+            "n_excluded": len(self.excluded),
+            "n_flipped": len(self.flips),
+        }
+
+
+def holdout_ids(pool_ids: Sequence[str], fraction: float, seed: int) -> frozenset[str]:
+    """The pool images held out for validation, drawn once from the whole pool listing.
+
+    Drawing from the full listing (not from each source's kept images) gives every source the
+    same hold-out images wherever it has labels for them, so validation curves are comparable.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError("fraction must lie in [0, 1)")
+    ids = sorted(set(map(str, pool_ids)))
+    n_val = round(fraction * len(ids))
+    if fraction > 0 and len(ids) >= 2:
+        n_val = max(1, n_val)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return frozenset(ids[i] for i in order[:n_val])
+
+
+def flip_image_classes(
+    labels: pd.DataFrame,
+    image_classes: pd.Series,
+    rate: float,
+    n_classes: int,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Relabel exactly ``round(rate * n_images)`` images to another class, seeded.
+
+    This mimics an annotator that names the wrong class for a whole image: every box of a chosen
+    image takes the new class, which is drawn uniformly from the classes other than the image's
+    own. Returns the noisy labels and a table of the flips.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError("rate must lie in [0, 1]")
+    if n_classes < 2:
+        raise ValueError("flipping needs at least two classes")
+    ids = sorted(map(str, image_classes.index))
+    n_flip = round(rate * len(ids))
+    rng = np.random.default_rng(seed)
+    chosen = [ids[i] for i in sorted(rng.choice(len(ids), size=n_flip, replace=False))]
+    flips = []
+    for image_id in chosen:
+        true_class = int(image_classes[image_id])
+        noisy_class = (true_class + int(rng.integers(1, n_classes))) % n_classes
+        flips.append({"image_id": image_id, "true_class": true_class, "noisy_class": noisy_class})
+    flip_table = pd.DataFrame(flips, columns=["image_id", "true_class", "noisy_class"])
+    noisy = labels.copy()
+    new_class = noisy["image_id"].map(
+        dict(zip(flip_table["image_id"], flip_table["noisy_class"], strict=True))
+    )
+    noisy["class_id"] = new_class.fillna(noisy["class_id"]).astype(int)
+    return noisy, flip_table
+
+
+def pseudo_training_labels(
+    labels: pd.DataFrame,
+    boxes: pd.DataFrame,
+    class_names: Sequence[str],
+    *,
+    strategy: str,
+    min_confidence: float = 0.0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The annotator's boxes (one strategy) as YOLO labels, and the images left out with why.
+
+    An image is kept only when its annotation succeeded (any other status, ``missing``
+    included, counts as ``failed``), named a known defect class with a confidence of at least
+    ``min_confidence``, and the strategy gave it at least one box of a known class with an area:
+    training on an image without its boxes would teach the detector that the defect is
+    background.
+    """
+    if strategy not in BOX_STRATEGIES:
+        raise ValueError(f"unknown box strategy {strategy!r}; known: {list(BOX_STRATEGIES)}")
+    index = {name: i for i, name in enumerate(class_names)}
+    frame = labels.copy()
+    frame["image_id"] = frame["image_id"].astype(str)
+    confidence = pd.to_numeric(frame["confidence"], errors="coerce")
+    reason = pd.Series(pd.NA, index=frame.index, dtype="object")
+    reason[frame["status"] != "ok"] = "failed"
+    reason[reason.isna() & (frame["defect_class"] == "no_defect")] = "no_defect"
+    reason[reason.isna() & ~frame["defect_class"].isin(list(index))] = "unknown_class"
+    reason[reason.isna() & ~(confidence.fillna(-1.0) >= min_confidence)] = "below_threshold"
+    chosen = boxes[boxes["strategy"] == strategy]
+    chosen = chosen[chosen["class_name"].isin(list(index))]
+    x1, x2 = chosen["x1"].clip(0, 1), chosen["x2"].clip(0, 1)
+    y1, y2 = chosen["y1"].clip(0, 1), chosen["y2"].clip(0, 1)
+    yolo = pd.DataFrame(
+        {
+            "image_id": chosen["image_id"].astype(str),
+            "class_id": chosen["class_name"].map(index).astype(int),
+            "cx": (x1 + x2) / 2,
+            "cy": (y1 + y2) / 2,
+            "w": x2 - x1,
+            "h": y2 - y1,
+        }
+    )
+    yolo = yolo[(yolo["w"] > 0) & (yolo["h"] > 0)]  # boxes that clipping leaves without area
+    reason[reason.isna() & ~frame["image_id"].isin(set(yolo["image_id"]))] = "no_boxes"
+    excluded = pd.DataFrame({"image_id": frame["image_id"], "reason": reason}).dropna()
+    yolo = yolo[yolo["image_id"].isin(set(frame.loc[reason.isna(), "image_id"]))]
+    return yolo.reset_index(drop=True)[LABEL_COLUMNS], excluded.reset_index(drop=True)
+
+
+def compose_source(
+    source: str,
+    split: SplitInputs,
+    *,
+    pool_ids: Sequence[str],
+    pool_labels: pd.DataFrame,
+    holdout: frozenset[str],
+    excluded: pd.DataFrame | None = None,
+    flips: pd.DataFrame | None = None,
+) -> SourceDataset:
+    """Seeds (always training) plus the chosen pool images split into train and hold-out."""
+    pool = split.pool[split.pool["image_id"].isin(set(pool_ids))].copy()
+    pool["subset"] = np.where(pool["image_id"].isin(holdout), "val", "train")
+    pool["origin"] = "pool"
+    seeds = split.seeds[["image_id", "path", "sha256"]].copy()
+    seeds["subset"] = "train"
+    seeds["origin"] = "seed"
+    val_is_train = not (pool["subset"] == "val").any()
+    images = pd.concat([seeds, pool], ignore_index=True)
+    labels = pd.concat(
+        [split.seed_labels, pool_labels[pool_labels["image_id"].isin(set(pool["image_id"]))]],
+        ignore_index=True,
+    )[LABEL_COLUMNS]
+    dataset = SourceDataset(
+        source=source,
+        images=images.reset_index(drop=True),
+        labels=labels.astype({"class_id": int}),
+        excluded=excluded if excluded is not None else _empty_excluded(),
+        flips=flips if flips is not None else _empty_flips(),
+        val_is_train=val_is_train,
+    )
+    assert_no_test_images(dataset, split)
+    return dataset
+
+
+def build_source(
+    source: str,
+    split: SplitInputs,
+    *,
+    holdout: frozenset[str],
+    truth: PoolTruth | None = None,
+    pseudo: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    box_strategy: str = "seed_detector",
+    min_confidence: float = 0.0,
+    noise_seed: int = 0,
+) -> SourceDataset:
+    """Assemble one label source from tables, refusing inputs the source must not see."""
+    validate_source(source)
+    if truth is not None and not uses_pool_ground_truth(source):
+        raise GroundTruthAccessError(f"source {source!r} must not be given the pool's ground truth")
+    if pseudo is not None and source != PSEUDO:
+        raise ValueError(f"source {source!r} takes no pseudo-labels")
+    if source == SEED_ONLY:
+        empty = pd.DataFrame(columns=LABEL_COLUMNS)
+        return compose_source(source, split, pool_ids=[], pool_labels=empty, holdout=holdout)
+    if source == PSEUDO:
+        if pseudo is None:
+            raise ValueError("the pseudo source needs chapter 03's labels and boxes")
+        labels, excluded = pseudo_training_labels(
+            *pseudo, split.class_names, strategy=box_strategy, min_confidence=min_confidence
+        )
+        known = set(split.pool["image_id"])
+        kept = sorted(set(labels["image_id"]) & known)
+        return compose_source(
+            source, split, pool_ids=kept, pool_labels=labels, holdout=holdout, excluded=excluded
+        )
+    if truth is None:
+        raise ValueError(f"source {source!r} needs the pool's ground truth")
+    pool_ids = list(split.pool["image_id"])
+    rate = noise_rate(source)
+    if rate is None:
+        return compose_source(
+            source, split, pool_ids=pool_ids, pool_labels=truth.labels, holdout=holdout
+        )
+    classes = truth.image_classes[truth.image_classes.index.isin(pool_ids)]
+    noisy, flips = flip_image_classes(
+        truth.labels, classes, rate, len(split.class_names), seed=noise_seed
+    )
+    return compose_source(
+        source, split, pool_ids=pool_ids, pool_labels=noisy, holdout=holdout, flips=flips
+    )
+
+
+def assert_no_test_images(dataset: SourceDataset, split: SplitInputs) -> None:
+    """Refuse a training set holding any golden test image, by id or by identical bytes."""
+    by_id = set(dataset.images["image_id"]) & set(split.test["image_id"])
+    by_hash = set(dataset.images["sha256"].dropna()) & set(split.test["sha256"].dropna())
+    if by_id or by_hash:
+        raise LeakageError(
+            f"source {dataset.source!r} would train on {len(by_id | by_hash)} golden test "
+            f"image(s): ids {sorted(by_id)[:5]}, hashes {sorted(by_hash)[:2]}"
+        )
+
+
+def link_or_copy(source: Path, target: Path) -> str:
+    """Hard-link, else symlink, else copy ``source`` to ``target``; returns which was used.
+
+    Links keep a dataset folder per source cheap (1,800 images each would otherwise be copied
+    for every source and noise level).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    try:
+        os.link(source, target)
+        return "hardlink"
+    except OSError:
+        pass
+    try:
+        target.symlink_to(Path(source).resolve())
+        return "symlink"
+    except OSError:
+        shutil.copy2(source, target)
+        return "copy"
+
+
+def _label_text(rows: pd.DataFrame) -> str:
+    lines = [
+        f"{int(r.class_id)} {r.cx:.6f} {r.cy:.6f} {r.w:.6f} {r.h:.6f}"
+        for r in rows.itertuples(index=False)
+    ]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def write_source_dataset(
+    dataset: SourceDataset, out_dir: Path, class_names: Sequence[str], progress: bool = False
+) -> Path:
+    """Write ``images/{train,val}``, ``labels/{train,val}`` and ``data.yaml``; returns the yaml."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    by_image = {image_id: rows for image_id, rows in dataset.labels.groupby("image_id")}
+    empty = pd.DataFrame(columns=LABEL_COLUMNS)
+    methods: dict[str, int] = {}
+    for row in tqdm(
+        dataset.images.itertuples(index=False),
+        total=len(dataset.images),
+        desc=f"Writing {dataset.source}",
+        unit="img",
+        disable=progress_disabled(progress),
+    ):
+        image = Path(row.path)
+        target = out_dir / "images" / row.subset / f"{row.image_id}{image.suffix.lower()}"
+        method = link_or_copy(image, target)
+        methods[method] = methods.get(method, 0) + 1
+        label = out_dir / "labels" / row.subset / f"{row.image_id}.txt"
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text(_label_text(by_image.get(row.image_id, empty)))
+    dataset.images.drop(columns=["path"]).to_csv(out_dir / "images.csv", index=False)
+    dataset.excluded.to_csv(out_dir / "excluded.csv", index=False)
+    if len(dataset.flips):
+        dataset.flips.to_csv(out_dir / "flips.csv", index=False)
+    payload = {
+        "path": str(out_dir.resolve()),
+        "train": "images/train",
+        "val": "images/train" if dataset.val_is_train else "images/val",
+        "names": dict(enumerate(class_names)),
+    }
+    data_yaml = out_dir / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump(payload, sort_keys=False))
+    log.info("%s: %s images written (%s)", dataset.source, len(dataset.images), methods)
+    return data_yaml
