@@ -34,6 +34,7 @@ from cascade_defect.annotate.mllm.estimate import (  # noqa: E402
 from cascade_defect.annotate.mllm.prompt import SeedExample, build_prompt  # noqa: E402
 from cascade_defect.annotate.mllm.providers import make_client  # noqa: E402
 from cascade_defect.annotate.mllm.throttle import RetryPolicy  # noqa: E402
+from cascade_defect.annotate.options import AnnotatorOptions  # noqa: E402
 from cascade_defect.annotate.store import AnnotationStore  # noqa: E402
 from cascade_defect.costs import pricing  # noqa: E402
 from cascade_defect.settings import NEU_CLASSES  # noqa: E402
@@ -45,7 +46,9 @@ ORIGINAL_ESTIMATE_REQUESTS = 1420
 ORIGINAL_ESTIMATE_INPUT_TOKENS = 2500
 
 
-def bench_throughput(args: argparse.Namespace, root: Path) -> list[dict[str, float]]:
+def bench_throughput(
+    args: argparse.Namespace, options: AnnotatorOptions, root: Path
+) -> list[dict[str, float]]:
     world = make_world(root / "world", n_pool=args.images, seeds_per_class=3)
     rows = []
     for concurrency in args.concurrency:
@@ -54,16 +57,14 @@ def bench_throughput(args: argparse.Namespace, root: Path) -> list[dict[str, flo
             rate_limit_per_minute=args.rpm,
             rate_limit_burst=args.burst,
         ) as server:
-            client, config = make_client("openai", "gpt-4o", environ=openai_env(server))
+            client, config = make_client("openai", options.model, environ=openai_env(server))
             annotator = MLLMAnnotator(
                 client,
                 config,
-                build_prompt(world.seeds, world.class_names),
+                build_prompt(world.seeds, world.class_names, detail=options.detail),
                 AnnotationStore(root / f"store-c{concurrency}.jsonl"),
-                concurrency=concurrency,
-                budget_usd=None,
+                AnnotatorOptions.from_fields(options, concurrency=concurrency),
                 retry=RetryPolicy(max_rate_limit_waits=1000),
-                progress=False,
             )
             started = time.monotonic()
             summary = annotator.annotate(world.pool)
@@ -87,7 +88,7 @@ def bench_throughput(args: argparse.Namespace, root: Path) -> list[dict[str, flo
     return rows
 
 
-def pool_cost(args: argparse.Namespace) -> dict[str, float]:
+def pool_cost(args: argparse.Namespace, options: AnnotatorOptions) -> dict[str, float]:
     """Cost of the full NEU pool with 18 seeds (3 per class) at 200x200, from the real prompt."""
     seeds = []
     for class_index, name in enumerate(NEU_CLASSES):
@@ -98,16 +99,17 @@ def pool_cost(args: argparse.Namespace) -> dict[str, float]:
             seeds.append(
                 SeedExample(f"{name}_{variant}", texture_jpeg(class_index, variant), name, boxes)
             )
-    prompt = build_prompt(seeds, NEU_CLASSES, detail=args.detail)
-    completion = count_text_tokens(typical_answer_json(n_boxes=args.boxes_per_seed), args.model)
+    prompt = build_prompt(seeds, NEU_CLASSES, detail=options.detail)
+    model = options.priced_model
+    completion = count_text_tokens(typical_answer_json(n_boxes=args.boxes_per_seed), model)
     estimate, run = estimate_pool_cost(
-        prompt, texture_jpeg(0, 999), NEU_POOL_IMAGES, args.model, completion_tokens=completion
+        prompt, texture_jpeg(0, 999), NEU_POOL_IMAGES, model, completion_tokens=completion
     )
     price = pricing.price_for("gpt-4o")
     original = (
         ORIGINAL_ESTIMATE_REQUESTS * ORIGINAL_ESTIMATE_INPUT_TOKENS * price.input_per_mtok / 1e6
     )
-    print(f"\nNEU pool estimate: {NEU_POOL_IMAGES} images, {args.model}, detail={args.detail}")
+    print(f"\nNEU pool estimate: {NEU_POOL_IMAGES} images, {model}, detail={options.detail}")
     print(
         f"  prompt per request: {estimate.prompt_tokens} tokens = {estimate.text_tokens} text"
         f" + {estimate.image_tokens} image ({estimate.n_images} images)"
@@ -142,6 +144,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    # The loopback server costs nothing real: no budget cap, no progress bars between the lines.
+    options = AnnotatorOptions(
+        annotator="openai", model=args.model, detail=args.detail, budget_usd=None, progress=False
+    )
 
     print(
         f"fake server: {args.latency:.1f} s latency, {args.rpm:.0f} requests/min"
@@ -150,8 +156,8 @@ def main() -> int:
     results: dict[str, object] = {}
     if not args.skip_throughput:
         with tempfile.TemporaryDirectory() as tmp:
-            results["throughput"] = bench_throughput(args, Path(tmp))
-    results["pool_cost"] = pool_cost(args)
+            results["throughput"] = bench_throughput(args, options, Path(tmp))
+    results["pool_cost"] = pool_cost(args, options)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), "utf-8")
     return 0

@@ -20,7 +20,6 @@ Data and weights come from the settings (``CASCADE_DATA_DIR``, ``CASCADE_YOLO_WE
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import os
 import tempfile
@@ -40,6 +39,7 @@ from cascade_defect.data.split import (
     read_pool_ground_truth,
     read_pool_listing,
 )
+from cascade_defect.metrics.calibration import expected_calibration_error
 from cascade_defect.settings import load_config
 
 
@@ -94,18 +94,6 @@ def draw_seeds(images: pd.DataFrame, per_class: int, seed: int) -> np.ndarray:
         for name in sorted(images["class_name"].unique())
     ]
     return np.sort(np.concatenate(picks))
-
-
-def expected_calibration_error(
-    confidence: np.ndarray, correct: np.ndarray, bins: int = 10
-) -> float:
-    edges = np.linspace(0, 1, bins + 1)
-    error = 0.0
-    for low, high in itertools.pairwise(edges):
-        inside = (confidence > low) & (confidence <= high)
-        if inside.any():
-            error += inside.mean() * abs(confidence[inside].mean() - correct[inside].mean())
-    return float(error)
 
 
 def run_draw(

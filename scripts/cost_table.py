@@ -15,6 +15,7 @@ import pandas as pd
 from cascade_defect.costs.model import (
     DEFAULT_CACHE_HIT_RATE,
     NEU_DET_POOL_SIZE,
+    BillingOptions,
     PromptSpec,
     cheapest_config,
     config_search,
@@ -75,7 +76,8 @@ def main() -> None:
         f"{spec.output_tokens_per_image} tokens/image (incl. {args.reasoning_tokens} "
         f"reasoning); cache hit rate {args.cache_hit_rate:.0%} (assumed).\n"
     )
-    grid = cost_grid(spec, args.pool, cache_hit_rate=args.cache_hit_rate)
+    billing = BillingOptions(cache_hit_rate=args.cache_hit_rate)
+    grid = cost_grid(spec, args.pool, billing=billing)
     grid["mode_label"] = grid["mode"] + grid["prompt_caching"].map({False: "", True: "+cache"})
     table = grid.pivot(index="model", columns="mode_label", values="total_usd")
     table = table[["standard", "standard+cache", "batch", "batch+cache"]]
@@ -93,21 +95,21 @@ def main() -> None:
         models=["gpt-4o"],
         budget_usd=GPT4O_BUDGET_USD,
         images_per_request=PACKING_OPTIONS,
-        cache_hit_rate=args.cache_hit_rate,
+        billing=billing,
     )
     overall = cheapest_config(
         spec,
         args.pool,
         budget_usd=OVERALL_BUDGET_USD,
         images_per_request=PACKING_OPTIONS,
-        cache_hit_rate=args.cache_hit_rate,
+        billing=billing,
     )
     gpt4o_1 = cheapest_config(
         spec,
         args.pool,
         models=["gpt-4o"],
         budget_usd=GPT4O_BUDGET_USD,
-        cache_hit_rate=args.cache_hit_rate,
+        billing=billing,
     )
     for label, best in (
         ("gpt-4o, one query image per request", gpt4o_1),
@@ -127,7 +129,7 @@ def main() -> None:
         args.pool,
         models=["gpt-4o"],
         images_per_request=PACKING_OPTIONS,
-        cache_hit_rate=args.cache_hit_rate,
+        billing=billing,
     )
     affordable = packed[packed["total_usd"] <= GPT4O_BUDGET_USD]
     if affordable.empty:

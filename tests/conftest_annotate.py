@@ -19,6 +19,7 @@ from cascade_defect.annotate.mllm.annotator import MLLMAnnotator, PoolImage
 from cascade_defect.annotate.mllm.prompt import SeedExample, build_prompt
 from cascade_defect.annotate.mllm.providers import make_client
 from cascade_defect.annotate.mllm.throttle import RetryPolicy
+from cascade_defect.annotate.options import AnnotatorOptions
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.settings import NEU_CLASSES
 from tests.fake_openai_server import FakeOpenAIServer
@@ -46,21 +47,6 @@ class AnnotateWorld:
     seeds: list[SeedExample]
     pool: list[PoolImage]
     root: Path
-
-    def manifest(self) -> dict[str, Any]:
-        return {
-            "class_names": list(self.class_names),
-            "seeds": [
-                {
-                    "image_id": s.image_id,
-                    "path": str(s.image),
-                    "class_name": s.class_name,
-                    "boxes": [list(b) for b in s.boxes],
-                }
-                for s in self.seeds
-            ],
-            "pool": [{"image_id": p.image_id, "path": str(p.path)} for p in self.pool],
-        }
 
 
 def make_world(root: Path, n_pool: int = 12, seeds_per_class: int = 1) -> AnnotateWorld:
@@ -113,14 +99,18 @@ def make_annotator(
     *,
     provider: str = "auto",
     model: str | None = "gpt-4o",
-    pricing_model: str | None = "gpt-4o",
-    detail: str = "low",
-    **kwargs: Any,
+    retry: RetryPolicy = FAST_RETRY,
+    **option_fields: Any,
 ) -> MLLMAnnotator:
+    """An annotator on ``provider`` (``compatible`` included) with test defaults: no budget cap,
+    no progress bar, fast retries; ``option_fields`` change :class:`AnnotatorOptions`."""
     client, config = make_client(provider, model, environ=environ, timeout_s=10)  # type: ignore[arg-type]
-    prompt = build_prompt(world.seeds, world.class_names, detail=detail)
-    kwargs.setdefault("retry", FAST_RETRY)
-    kwargs.setdefault("progress", False)
-    return MLLMAnnotator(
-        client, config, prompt, AnnotationStore(store_path), pricing_model=pricing_model, **kwargs
-    )
+    fields: dict[str, Any] = {
+        "pricing_model": "gpt-4o",
+        "budget_usd": None,
+        "progress": False,
+        **option_fields,
+    }
+    options = AnnotatorOptions(**fields)
+    prompt = build_prompt(world.seeds, world.class_names, detail=options.detail)
+    return MLLMAnnotator(client, config, prompt, AnnotationStore(store_path), options, retry=retry)

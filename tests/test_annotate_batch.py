@@ -16,9 +16,9 @@ from cascade_defect.annotate.mllm.batch import (
     run_batch,
     submit_batch,
 )
-from cascade_defect.annotate.schema import sha256_hex
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.costs import pricing
+from cascade_defect.hashing import sha256_bytes
 from tests.conftest_annotate import AnnotateWorld, azure_env, make_annotator, make_world, openai_env
 from tests.fake_openai_server import Action, FakeOpenAIServer
 
@@ -48,7 +48,7 @@ def test_openai_batch_round_trip(
 ) -> None:
     store_path = tmp_path / "store.jsonl"
     annotator = make_annotator(world, store_path, openai_env(server))
-    refused = sha256_hex(world.pool[2].path.read_bytes())
+    refused = sha256_bytes(world.pool[2].path.read_bytes())
     server.script_image(refused, [Action("refusal")])
 
     manifest, manifest_path = prepare_batch(annotator, world.pool, tmp_path / "batch")
@@ -152,3 +152,13 @@ def test_batch_refuses_to_submit_over_budget(
     with pytest.raises(BudgetExceeded):
         submit_batch(annotator.client, manifest, path, budget_usd=manifest.worst_case_usd / 2)
     assert not [r for r in server.requests if r.path.endswith("/files")]
+
+
+@pytest.mark.integration
+def test_run_batch_applies_the_options_budget(
+    world: AnnotateWorld, server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    annotator = make_annotator(world, tmp_path / "store.jsonl", openai_env(server), budget_usd=1e-6)
+    with pytest.raises(BudgetExceeded, match="exceeds budget"):
+        run_batch(annotator, world.pool, tmp_path / "batch", poll_interval_s=0, sleep=no_sleep)
+    assert not [r for r in server.requests if r.path.endswith(("/files", "/batches"))]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,9 +24,9 @@ from cascade_defect.annotate.mllm.throttle import (
     BudgetGuard,
     retry_after_seconds,
 )
-from cascade_defect.annotate.schema import sha256_hex
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.costs import pricing
+from cascade_defect.hashing import sha256_bytes
 from tests.conftest_annotate import AnnotateWorld, azure_env, make_annotator, make_world, openai_env
 from tests.fake_openai_server import Action, FakeOpenAIServer
 
@@ -45,7 +45,7 @@ def server() -> Iterator[FakeOpenAIServer]:
 
 
 def image_sha(world: AnnotateWorld, index: int) -> str:
-    return sha256_hex(world.pool[index].path.read_bytes())
+    return sha256_bytes(world.pool[index].path.read_bytes())
 
 
 # -- provider selection (no HTTP) -----------------------------------------------------------
@@ -358,13 +358,22 @@ def _ok_shas(store_path: Path) -> Counter[str]:
     )
 
 
+def _seed_class_folders(world: AnnotateWorld, root: Path) -> Path:
+    """The world's seeds in the layout ``cascade-defect annotate`` reads: one folder per class."""
+    for seed in world.seeds:
+        folder = root / seed.class_name
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(seed.image, folder / Path(seed.image).name)
+    return root
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_labels_each_image_once(tmp_path: Path) -> None:
     world = make_world(tmp_path, n_pool=16)
-    manifest = tmp_path / "manifest.json"
-    manifest.write_text(json.dumps(world.manifest()), "utf-8")
-    store_path = tmp_path / "store.jsonl"
+    seeds = _seed_class_folders(world, tmp_path / "seed_classes")
+    out = tmp_path / "out"
+    store_path = out / "predictions.jsonl"
 
     with FakeOpenAIServer(latency_s=0.3) as fake:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_OPENAI", "OPENAI_"))}
@@ -373,11 +382,15 @@ def test_sigkill_mid_run_then_resume_labels_each_image_once(tmp_path: Path) -> N
         command = [
             sys.executable,
             "-m",
-            "cascade_defect.annotate.client",
-            str(manifest),
-            "--store",
-            str(store_path),
-            "--provider",
+            "cascade_defect.cli",
+            "annotate",
+            "--images",
+            str(tmp_path / "pool"),
+            "--seeds",
+            str(seeds),
+            "--out",
+            str(out),
+            "--annotator",
             "openai",
             "--model",
             "gpt-4o",
@@ -388,7 +401,7 @@ def test_sigkill_mid_run_then_resume_labels_each_image_once(tmp_path: Path) -> N
         first = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while sum(_ok_shas(store_path).values()) < 4:
             assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
             assert time.monotonic() < deadline, "first run made no progress"
@@ -401,14 +414,16 @@ def test_sigkill_mid_run_then_resume_labels_each_image_once(tmp_path: Path) -> N
         requests_before = fake.requests_by_image()
         assert 4 <= len(answered_before) < len(world.pool), "the kill must land mid-run"
 
-        second = subprocess.run(command, env=env, capture_output=True, timeout=60)
+        second = subprocess.run(command, env=env, capture_output=True, timeout=120)
         assert second.returncode == 0, second.stderr.decode()[-2000:]
+        assert b"labelled 16 of 16" in second.stdout
 
         requests_after = fake.requests_by_image()
         resent = {sha for sha in answered_before if requests_after[sha] != requests_before[sha]}
         assert not resent, "an already-answered image was requested again"
 
     final = _ok_shas(store_path)
-    all_shas = {sha256_hex(p.path.read_bytes()) for p in world.pool}
+    all_shas = {sha256_bytes(p.path.read_bytes()) for p in world.pool}
     assert set(final) == all_shas
     assert set(final.values()) == {1}, "every image is labelled exactly once"
+    assert len(list((out / "labels").glob("*.txt"))) == len(world.pool)

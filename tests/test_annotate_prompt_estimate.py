@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import importlib.util
 import io
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tiktoken
+import tiktoken.load
+import tiktoken.registry
 from PIL import Image
 
+from cascade_defect.annotate.mllm import estimate
 from cascade_defect.annotate.mllm.estimate import (
     PromptEstimate,
     compare_with_usage,
@@ -31,6 +39,7 @@ from cascade_defect.annotate.mllm.prompt import (
 from cascade_defect.annotate.schema import Usage
 from cascade_defect.costs import pricing
 from cascade_defect.costs.model import cacheable_prefix_tokens
+from cascade_defect.hashing import sha256_file
 from cascade_defect.settings import NEU_CLASSES
 from tests.conftest_annotate import AnnotateWorld, make_world, texture_jpeg
 from tests.test_annotate_schema_store import make_record
@@ -131,13 +140,76 @@ def test_render_prompt_shows_text_and_image_placeholders(world: AnnotateWorld) -
 # -- tokens ---------------------------------------------------------------------------------
 
 
-def test_o200k_tokenizer_is_available_offline_and_exact() -> None:
+@pytest.fixture
+def fresh_tokenizer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """No tiktoken cache setting, no encoding loaded yet; the project cache is a fresh folder."""
+    for variable in estimate.CACHE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    project_cache = tmp_path / "project-cache"
+    monkeypatch.setattr(estimate, "project_tiktoken_cache_dir", lambda: project_cache)
+    monkeypatch.delitem(tiktoken.registry.ENCODINGS, "o200k_base", raising=False)
+    o200k_encoding.cache_clear()
+    yield project_cache
+    o200k_encoding.cache_clear()
+
+
+def test_o200k_tokenizer_is_available_offline_and_exact(
+    fresh_tokenizer: Path, no_network: list[str]
+) -> None:
     encoding = o200k_encoding()
     assert encoding.name == "o200k_base"
     assert encoding.n_vocab == 200019
     # Reference ids from tiktoken's o200k_base (the vocabulary hash is also verified).
     assert encoding.encode("hello world") == [24912, 2375]
     assert count_text_tokens("hello world") == 2
+    assert no_network == []
+    # The vocabulary sits where tiktoken's own cache looks, and the setting was for the call only.
+    (blob,) = fresh_tokenizer.iterdir()
+    assert blob.name == hashlib.sha1(estimate.O200K_URL.encode()).hexdigest()
+    assert sha256_file(blob) == estimate.O200K_SHA256
+    assert "TIKTOKEN_CACHE_DIR" not in os.environ
+
+
+def test_tiktoken_reads_the_placed_vocabulary_from_its_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+) -> None:
+    placed = estimate.place_o200k_vocabulary(tmp_path / "cache")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+    contents = tiktoken.load.read_file_cached(estimate.O200K_URL, estimate.O200K_SHA256)
+    assert contents == placed.read_bytes() and no_network == []
+
+
+def test_a_cache_folder_the_user_set_is_used_and_left_set(
+    fresh_tokenizer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+) -> None:
+    chosen = tmp_path / "users-cache"
+    monkeypatch.setenv("DATA_GYM_CACHE_DIR", str(chosen))
+    assert o200k_encoding().encode("hello world") == [24912, 2375]
+    assert [p.name for p in chosen.iterdir()] == [estimate.tiktoken_cache_blob_name()]
+    assert not fresh_tokenizer.exists()
+    assert os.environ["DATA_GYM_CACHE_DIR"] == str(chosen)
+    assert "TIKTOKEN_CACHE_DIR" not in os.environ and no_network == []
+
+
+def test_a_damaged_cached_vocabulary_is_replaced(tmp_path: Path) -> None:
+    target = tmp_path / estimate.tiktoken_cache_blob_name()
+    target.write_bytes(b"truncated")
+    assert estimate.place_o200k_vocabulary(tmp_path) == target
+    assert sha256_file(target) == estimate.O200K_SHA256
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no temporary file left
+
+
+def test_without_bpe_openai_the_error_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "bpe_openai" else real_find_spec(name, *a),
+    )
+    with pytest.raises(estimate.TokenizerUnavailable, match="bpe-openai"):
+        estimate.place_o200k_vocabulary(tmp_path / "empty")
 
 
 def test_message_overhead_and_image_tokens_hand_checked() -> None:

@@ -20,7 +20,6 @@ from cascade_defect.chapters.c04_audit import (
 )
 from cascade_defect.metrics.box_quality import (
     box_quality,
-    iou_matrix,
     match_boxes,
     match_strategy,
     normalise_gt_boxes,
@@ -40,6 +39,7 @@ from cascade_defect.metrics.classification import (
     macro_scores,
     per_class_metrics,
 )
+from cascade_defect.metrics.detection import box_iou
 
 CLASSES = ["a", "b", "c"]
 
@@ -263,10 +263,12 @@ def test_no_defect_answers_are_kept_and_counted_apart() -> None:
 def test_iou_on_hand_computed_boxes() -> None:
     a = np.array([[0, 0, 2, 2]])
     b = np.array([[1, 1, 3, 3], [0, 0, 2, 2], [2, 0, 4, 2], [5, 5, 6, 6], [0, 0, 1, 2]])
-    assert iou_matrix(a, b)[0].tolist() == pytest.approx([1 / 7, 1.0, 0.0, 0.0, 0.5])
-    assert iou_matrix(np.zeros((0, 4)), b).shape == (0, 5)
-    assert iou_matrix(a, np.zeros((0, 4))).shape == (1, 0)
-    assert iou_matrix(np.array([[1, 1, 1, 1]]), np.array([[1, 1, 1, 1]]))[0, 0] == 0.0
+    assert box_iou(a, b)[0].tolist() == [1 / 7, 1.0, 0.0, 0.0, 0.5]
+    assert box_iou(np.zeros((0, 4)), b).shape == (0, 5)
+    assert box_iou(a, np.zeros((0, 4))).shape == (1, 0)
+    assert box_iou(np.array([[1, 1, 1, 1]]), np.array([[1, 1, 1, 1]]))[0, 0] == 0.0
+    # An inverted box is empty: it overlaps nothing, even a box it "spans".
+    assert box_iou(np.array([[2, 2, 0, 0]]), a)[0, 0] == 0.0
 
 
 def test_matching_with_equal_ious_finds_the_most_matches() -> None:

@@ -25,9 +25,9 @@ from cascade_defect.annotate.schema import (
     NO_DEFECT,
     AnnotationRecord,
     prediction_model_for,
-    sha256_hex,
 )
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.hashing import sha256_bytes
 from cascade_defect.settings import load_config
 
 CLASSES = ["crazing", "inclusion", "scratches"]
@@ -173,7 +173,7 @@ def write_boxed_images(folder: Path, n: int, size: int = 64) -> tuple[pd.DataFra
             {
                 "image_id": f"img_{i}",
                 "path": str(path),
-                "sha256": sha256_hex(path.read_bytes()),
+                "sha256": sha256_bytes(path.read_bytes()),
                 "width": size,
                 "height": size,
                 "class_name": cls,

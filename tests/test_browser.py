@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlparse
 
 import pytest
 
-from cascade_defect.render import build_preview
+from cascade_defect.render import book_appendices, build_preview
 from cascade_defect.runner import CHAPTERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,11 @@ def test_every_page_loads_without_errors_missing_images_or_broken_links(site: st
     from playwright.sync_api import sync_playwright
 
     executable = _chromium()
-    pages = ["index.html", *(f"{Path(c.notebook).stem}.html" for c in CHAPTERS)]
+    pages = [
+        "index.html",
+        *(f"{Path(c.notebook).stem}.html" for c in CHAPTERS),
+        *(f"{Path(a).stem}.html" for a in book_appendices(ROOT)),
+    ]
     problems: list[str] = []
     visited_links: set[str] = set()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -109,6 +113,18 @@ def test_every_page_loads_without_errors_missing_images_or_broken_links(site: st
                 ".map(i => (i.getAttribute('src') || '').slice(0, 60))"
             )
             problems += [f"{name}: image not shown: {src}" for src in broken_images]
+            without_alt = page.evaluate(
+                "Array.from(document.images).filter(i => !(i.alt || '').trim()"
+                " || i.alt === 'No description has been provided for this image').length"
+            )
+            if without_alt:
+                problems.append(f"{name}: {without_alt} image(s) without alt text")
+            targets = page.evaluate(
+                "Array.from(document.querySelectorAll('a[href^=\"#fig-\"]'))"
+                ".filter(a => !document.getElementById(a.getAttribute('href').slice(1)))"
+                ".map(a => a.getAttribute('href'))"
+            )
+            problems += [f"{name}: cross-reference to a missing figure: {t}" for t in targets]
             hrefs = page.evaluate(
                 "Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))"
             )

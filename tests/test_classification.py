@@ -14,18 +14,20 @@ from cascade_defect.chapters.c02_split import run_split
 from cascade_defect.chapters.c05_training import (
     assemble_source,
     primary_track,
+    read_training_results,
     run_classification_training,
     track_note,
 )
 from cascade_defect.chapters.c06_comparison import run_classification_comparison
 from cascade_defect.data.split import SplitLayout
-from cascade_defect.metrics.bootstrap import accuracy_samples, paired_difference
-from cascade_defect.settings import load_config
+from cascade_defect.metrics.bootstrap import accuracy_samples, paired_comparison, read_comparison
+from cascade_defect.settings import ClassificationSettings, TrainingSettings, load_config
 from cascade_defect.train.classify import (
     base_classifier,
     image_classes,
     write_classification_dataset,
 )
+from cascade_defect.train.sources import epochs_for
 from tests.synthetic import make_byo_dataset, make_neu_like
 from tests.test_training import write_fake_pseudo_labels
 
@@ -169,16 +171,35 @@ def test_bootstrap_accuracy_on_a_known_case() -> None:
     ]
 
 
-def test_paired_difference_and_the_ratio_verdict() -> None:
+def test_paired_comparison_and_the_ratio_verdict() -> None:
     samples = {"human": np.linspace(0.8, 1.0, 101), "pseudo": np.linspace(0.78, 0.98, 101)}
-    result = paired_difference(samples, {"human": 0.9, "pseudo": 0.88}, 0.97)
-    assert result["difference"] == pytest.approx(-0.02)
-    assert result["difference_ci_low"] == pytest.approx(-0.02)
-    assert result["difference_ci_high"] == pytest.approx(-0.02)
-    assert result["ratio"] == pytest.approx(0.88 / 0.9) and result["target_met"] is True
-    worse = paired_difference(samples, {"human": 0.9, "pseudo": 0.8}, 0.97)
-    assert worse["target_met"] is False
-    assert paired_difference(samples, {"human": 0.9}, 0.97) == {}
+
+    def compare(estimates: dict[str, float]):
+        return paired_comparison(estimates, samples, metric="accuracy", target_ratio=0.97)
+
+    result = compare({"human": 0.9, "pseudo": 0.88})
+    assert result is not None and result.metric == "accuracy"
+    assert (result.reference_value, result.candidate_value) == (0.9, 0.88)
+    assert result.difference == pytest.approx(-0.02)
+    assert result.difference_ci == pytest.approx((-0.02, -0.02))
+    assert result.ratio == pytest.approx(0.88 / 0.9) and result.target_met is True
+    worse = compare({"human": 0.9, "pseudo": 0.8})
+    assert worse is not None and worse.target_met is False
+    assert compare({"human": 0.9}) is None
+
+
+def test_epochs_for_reads_each_tracks_own_settings() -> None:
+    """Both tracks share one epochs_for; classification has no noise sweep to give epochs to."""
+    classification = ClassificationSettings(epochs=7, seed_only_epochs=40)
+    assert epochs_for("human", classification) == 7
+    assert epochs_for("pseudo", classification) == 7
+    assert epochs_for("seed_only", classification) == 40
+    assert epochs_for("seed_only", ClassificationSettings(epochs=7)) == 7  # None: epochs
+    with pytest.raises(ValueError, match="no noise sources"):
+        epochs_for("noise_0.1", classification)
+    detection = TrainingSettings(epochs=7, noise_epochs=3, seed_only_epochs=50)
+    assert epochs_for("noise_0.1", detection) == 3
+    assert epochs_for("seed_only", detection) == 50
 
 
 # --------------------------------------------------------------------------- real epochs
@@ -214,13 +235,13 @@ def test_class_folder_dataset_trains_and_scores_offline(
     assert no_network == []
     assert list(chapter.summary.index) == ["human", "seed_only"]
     assert {"top1", "top5"} <= set(chapter.history.columns)
-    results = json.loads(chapter.outputs.results.read_text())
+    results = read_training_results(chapter.outputs, config)
     assert (
         "backbone"
         in json.loads(chapter.outputs.result_file("human").read_text())["initial_weights"]
     )
     for entry in results.values():
-        assert (chapter.outputs.root / entry["best_weights"]).exists()
+        assert Path(entry["best_weights"]).exists()
     assert (chapter.outputs.root / "manifest.json").exists()
 
     scored = run_classification_comparison(
@@ -240,6 +261,9 @@ def test_class_folder_dataset_trains_and_scores_offline(
         assert frame["correct"].mean() == pytest.approx(metrics.loc[source, "accuracy"])
     assert scored.latency["latency_ms_median"] > 0
     assert scored.outputs.metrics.exists() and scored.outputs.comparison.exists()
+    comparison, extra = read_comparison(scored.outputs.comparison)
+    assert comparison is None and scored.comparison == {}  # no pseudo model to compare
+    assert extra["n_test_images"] == n_test and extra["latency"]["model"] == "human"
 
     again = run_classification_training(
         config, sources=["human"], reuse=True, progress=False

@@ -149,5 +149,55 @@ def test_help_explains_every_option() -> None:
         "--box-strategy",
         "--detail",
         "--concurrency",
+        "--max-attempts",
+        "--no-progress",
     ):
         assert option in result.stdout
+
+
+def test_an_invalid_option_is_named(tmp_path: Path, unlabelled: Path) -> None:
+    seeds = make_byo_dataset(tmp_path / "seeds", layout="classfolders", per_class=2)
+    common = ("--images", str(unlabelled), "--seeds", str(seeds), "--out", str(tmp_path / "o"))
+    result = annotate(*common, "--concurrency", "0", "--budget", "-1")
+    assert result.returncode == 2
+    assert "--concurrency" in result.stderr and "--budget" in result.stderr
+    assert "greater than or equal to" in result.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+    wrong_choice = annotate(*common, "--box-strategy", "polygons")
+    assert wrong_choice.returncode == 2 and "--box-strategy" in wrong_choice.stderr
+
+
+def test_every_annotate_flag_defaults_to_the_options_model() -> None:
+    """Defaults, choices and help of the option flags are the options model's, not copies."""
+    from typing import get_args
+
+    from cascade_defect.annotate.folder import FOLDER_DEFAULTS
+    from cascade_defect.annotate.options import AnnotatorOptions, ImageDetail
+    from cascade_defect.cli import ANNOTATE_OPTION_FLAGS, annotator_options_from_args, build_parser
+
+    parser = build_parser()
+    required = ("--images", "i", "--seeds", "s", "--out", "o")
+    args = parser.parse_args(["annotate", *required])
+    assert annotator_options_from_args(args) == FOLDER_DEFAULTS
+    model_defaults = AnnotatorOptions()
+    for name in ANNOTATE_OPTION_FLAGS:
+        expected = AnnotatorOptions.model_fields[name].default
+        if name == "box_strategies":  # the folder's one deliberate difference: one strategy
+            assert (getattr(args, name),) == FOLDER_DEFAULTS.box_strategies
+            assert set(FOLDER_DEFAULTS.box_strategies) < set(expected)
+        else:
+            assert getattr(args, name) == expected == getattr(model_defaults, name), name
+
+    annotate = next(
+        action.choices["annotate"]
+        for action in parser._actions
+        if isinstance(action.choices, dict) and "annotate" in action.choices
+    )
+    actions = {action.dest: action for action in annotate._actions}
+    assert actions["detail"].choices == list(get_args(ImageDetail))
+    assert actions["concurrency"].help.startswith(
+        AnnotatorOptions.model_fields["concurrency"].description
+    )
+    off = parser.parse_args(["annotate", *required, "--no-progress", "--budget", "2.5"])
+    assert annotator_options_from_args(off).progress is False
+    assert annotator_options_from_args(off).budget_usd == 2.5

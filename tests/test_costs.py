@@ -4,6 +4,7 @@ $10 out per 1M tokens, Batch half; gpt-5 $1.25 / $0.125 / $10, Batch cached $0.0
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import matplotlib
@@ -13,9 +14,11 @@ matplotlib.use("Agg")
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
+from pydantic import ValidationError
 
 from cascade_defect.costs.model import (
     NEU_DET_POOL_SIZE,
+    BillingOptions,
     PromptSpec,
     annotation_cost,
     cacheable_prefix_tokens,
@@ -30,10 +33,7 @@ from cascade_defect.costs.references import load_cost_references, reference, ref
 from cascade_defect.costs.sweeps import (
     break_even_images,
     cost_per_1000_images,
-    cost_vs_pool_size,
-    cost_vs_price_multiplier,
-    cost_vs_seed_images,
-    cost_vs_tokens_per_image,
+    cost_sweep,
     human_labelling_cost,
     vendor_labelling_cost,
     yolo_cost_per_image,
@@ -145,26 +145,26 @@ def test_standard_without_caching() -> None:
     ],
 )
 def test_prompt_caching_discounts_the_cacheable_prefix(hit_rate: float, expected: float) -> None:
-    cost = annotation_cost(
-        "gpt-4o", 10, 2000, 100, 50, prompt_caching=True, cache_hit_rate=hit_rate
-    )
+    billing = BillingOptions(prompt_caching=True, cache_hit_rate=hit_rate)
+    cost = annotation_cost("gpt-4o", 10, 2000, 100, 50, billing)
     assert cost.total_usd == pytest.approx(expected)
     assert cost.input_tokens == 21000
 
 
 def test_short_prefix_earns_no_caching() -> None:
     plain = annotation_cost("gpt-4o", 10, 1000, 100, 50)
-    cached = annotation_cost("gpt-4o", 10, 1000, 100, 50, prompt_caching=True, cache_hit_rate=1)
+    cached = annotation_cost(
+        "gpt-4o", 10, 1000, 100, 50, BillingOptions(prompt_caching=True, cache_hit_rate=1)
+    )
     assert cached.total_usd == pytest.approx(plain.total_usd)
 
 
 def test_batch_and_caching_interplay() -> None:
     # gpt-4o on Batch: half price, no listed Batch cache discount -> caching changes nothing
-    batch = annotation_cost("gpt-4o", 10, 2000, 100, 50, batch=True)
+    batch = annotation_cost("gpt-4o", 10, 2000, 100, 50, BillingOptions(batch=True))
     assert batch.total_usd == pytest.approx(0.02625 + 0.0025)
-    both = annotation_cost(
-        "gpt-4o", 10, 2000, 100, 50, batch=True, prompt_caching=True, cache_hit_rate=1
-    )
+    cached_batch = BillingOptions(batch=True, prompt_caching=True, cache_hit_rate=1)
+    both = annotation_cost("gpt-4o", 10, 2000, 100, 50, cached_batch)
     assert both.total_usd == pytest.approx(batch.total_usd)
     # assumed stacking: 19200 * $0.625 + 1800 * $1.25 + 500 * $5
     assumed = annotation_cost(
@@ -173,35 +173,55 @@ def test_batch_and_caching_interplay() -> None:
         2000,
         100,
         50,
-        batch=True,
-        prompt_caching=True,
-        cache_hit_rate=1,
-        batch_caching=True,
+        billing=BillingOptions(
+            batch=True, prompt_caching=True, cache_hit_rate=1, batch_caching=True
+        ),
     )
     assert assumed.total_usd == pytest.approx(0.012 + 0.00225 + 0.0025)
     # gpt-5 lists a Batch cached price: 19200 * $0.0625 + 1800 * $0.625 + 500 * $5
-    gpt5 = annotation_cost(
-        "gpt-5", 10, 2000, 100, 50, batch=True, prompt_caching=True, cache_hit_rate=1
-    )
+    gpt5 = annotation_cost("gpt-5", 10, 2000, 100, 50, cached_batch)
     assert gpt5.total_usd == pytest.approx(0.0012 + 0.001125 + 0.0025)
     assert gpt5.mode == "batch"
 
 
 def test_price_multiplier_scales_linearly() -> None:
-    one = annotation_cost("gpt-4.1", 7, 3000, 90, 40, prompt_caching=True)
-    two = annotation_cost("gpt-4.1", 7, 3000, 90, 40, prompt_caching=True, price_multiplier=2)
+    one = annotation_cost("gpt-4.1", 7, 3000, 90, 40, BillingOptions(prompt_caching=True))
+    two = annotation_cost(
+        "gpt-4.1", 7, 3000, 90, 40, BillingOptions(prompt_caching=True, price_multiplier=2)
+    )
     assert two.total_usd == pytest.approx(2 * one.total_usd)
 
 
+def test_annotation_cost_rejects_negative_counts() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        annotation_cost("gpt-4o", n_requests=-1, prefix_tokens=1, varying_tokens=1, output_tokens=1)
+
+
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"cache_hit_rate": 1.5}, {"price_multiplier": -1}, {"n_requests": -1}],
+    ("options", "field", "message"),
+    [
+        ({"cache_hit_rate": 1.5}, "cache_hit_rate", "less than or equal to 1"),
+        ({"cache_hit_rate": -0.1}, "cache_hit_rate", "greater than or equal to 0"),
+        ({"price_multiplier": -1}, "price_multiplier", "greater than or equal to 0"),
+        ({"prompt_cache": True}, "prompt_cache", "Extra inputs are not permitted"),
+    ],
 )
-def test_annotation_cost_rejects_bad_input(kwargs: dict) -> None:
-    args = {"model": "gpt-4o", "n_requests": 1, "prefix_tokens": 1, "varying_tokens": 1}
-    args |= {"output_tokens": 1} | kwargs
-    with pytest.raises(ValueError):
-        annotation_cost(**args)
+def test_a_bad_billing_option_is_named(options: dict, field: str, message: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        BillingOptions(**options)
+    (error,) = raised.value.errors()
+    assert error["loc"] == (field,)
+    assert message in str(raised.value)
+
+
+def test_a_sweep_refuses_a_negative_price_multiplier() -> None:
+    with pytest.raises(ValidationError, match="price_multiplier"):
+        cost_sweep(TEST_SPEC, "price_multiplier_value", [-1.0], ["gpt-4o"])
+
+
+def test_billing_options_are_frozen() -> None:
+    with pytest.raises(ValidationError):
+        BillingOptions().batch = True  # type: ignore[misc]
 
 
 def test_spec_cost_for_the_pool() -> None:
@@ -329,7 +349,9 @@ def test_cascade_cost_per_1000_images() -> None:
 
 
 def test_price_sweep_is_linear() -> None:
-    sweep = cost_vs_price_multiplier(TEST_SPEC, [0.5, 1.0, 2.0], ["gpt-4o"], modes=[(False, False)])
+    sweep = cost_sweep(
+        TEST_SPEC, "price_multiplier_value", [0.5, 1.0, 2.0], ["gpt-4o"], modes=[(False, False)]
+    )
     costs = sweep.set_index("price_multiplier_value")["total_usd"]
     assert costs[2.0] == pytest.approx(2 * costs[1.0]) and costs[0.5] == pytest.approx(
         costs[1.0] / 2
@@ -337,7 +359,7 @@ def test_price_sweep_is_linear() -> None:
 
 
 def test_tokens_per_image_sweep_matches_the_real_rule_at_85() -> None:
-    sweep = cost_vs_tokens_per_image(TEST_SPEC, [85, 255], ["gpt-4o"], modes=[(False, False)])
+    sweep = cost_sweep(TEST_SPEC, "tokens_per_image", [85, 255], ["gpt-4o"], modes=[(False, False)])
     real = spec_cost("gpt-4o", TEST_SPEC, NEU_DET_POOL_SIZE).total_usd
     assert sweep.loc[sweep["tokens_per_image"] == 85, "total_usd"].item() == pytest.approx(real)
     # each image token more costs 19 images * 1422 requests * $2.50 / 1M
@@ -346,15 +368,43 @@ def test_tokens_per_image_sweep_matches_the_real_rule_at_85() -> None:
 
 
 def test_seed_sweep_adds_image_and_box_text_per_seed() -> None:
-    sweep = cost_vs_seed_images(TEST_SPEC, [6, 18], ["gpt-4o"], modes=[(False, False)])
+    sweep = cost_sweep(TEST_SPEC, "n_seeds", [6, 18], ["gpt-4o"], modes=[(False, False)])
     prefix = sweep.set_index("n_seeds")["prefix_tokens"]
     assert prefix[18] - prefix[6] == 12 * (85 + 55)
 
 
 def test_pool_sweep_scales_with_requests() -> None:
-    sweep = cost_vs_pool_size(TEST_SPEC, [711, 1422], ["gpt-5-mini"], modes=[(True, False)])
+    sweep = cost_sweep(TEST_SPEC, "pool_size", [711, 1422], ["gpt-5-mini"], modes=[(True, False)])
     costs = sweep.set_index("pool_size")["total_usd"]
     assert costs[1422] == pytest.approx(2 * costs[711])
+
+
+def test_every_sweep_point_is_the_cost_model_at_that_setting() -> None:
+    """Each row equals pricing the varied configuration directly, and the column names it."""
+    models, modes = ["gpt-4o", "gpt-5-mini"], [(False, False), (True, True)]
+    direct = {
+        "price_multiplier_value": (1.5, lambda: (TEST_SPEC, NEU_DET_POOL_SIZE, 1.5)),
+        "tokens_per_image": (
+            255,
+            lambda: (replace(TEST_SPEC, image_tokens_override=255), NEU_DET_POOL_SIZE, 1.0),
+        ),
+        "n_seeds": (30, lambda: (TEST_SPEC.with_seeds(30), NEU_DET_POOL_SIZE, 1.0)),
+        "pool_size": (5000, lambda: (TEST_SPEC, 5000, 1.0)),
+    }
+    for parameter, (value, setting) in direct.items():
+        sweep = cost_sweep(TEST_SPEC, parameter, [value], models, modes=modes)
+        assert sweep[parameter].tolist() == [value] * len(models) * len(modes)
+        spec, n_images, multiplier = setting()
+        for row in sweep.to_dict("records"):
+            billing = BillingOptions(
+                batch=row["mode"] == "batch",
+                prompt_caching=row["prompt_caching"],
+                price_multiplier=multiplier,
+            )
+            expected = spec_cost(row["model"], spec, n_images, billing)
+            assert row["total_usd"] == expected.total_usd, parameter
+    with pytest.raises(ValueError, match="unknown sweep parameter"):
+        cost_sweep(TEST_SPEC, "detail", [1], models)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- cheapest config
@@ -426,7 +476,7 @@ def test_references_table_has_one_row_per_figure() -> None:
 
 def test_plots_return_figures() -> None:
     grid = cost_grid(TEST_SPEC, models=["gpt-4o", "gpt-5-nano"])
-    sweep = cost_vs_seed_images(TEST_SPEC, [6, 18], ["gpt-4o"])
+    sweep = cost_sweep(TEST_SPEC, "n_seeds", [6, 18], ["gpt-4o"])
     figures = [
         plot_cost_grid(grid),
         plot_cost_grid(grid, kind="heatmap"),

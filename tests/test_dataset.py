@@ -144,3 +144,22 @@ def test_yolo_labels_need_a_names_file_and_valid_lines(tmp_path: Path) -> None:
     bad.write_text("7 0.5 0.5 0.1 0.1\n")
     with pytest.raises(DatasetError, match=bad.name.replace(".", r"\.")):
         load_dataset(root, class_names=None, progress=False)
+
+
+def test_the_card_and_quirks_name_files_by_the_data_folder_variable(tmp_path: Path) -> None:
+    from cascade_defect.settings import load_config
+
+    root = make_neu_like(
+        tmp_path / "neu", per_class=3, cross_class_box=True, corrupt_image=True, duplicate=True
+    )
+    dataset = load_dataset(root, on_error="quarantine", progress=False)
+    config = load_config("smoke", data_dir=root, work_dir=tmp_path / "work")
+    card = data_card(dataset, config)
+    assert card["root"] == "$CASCADE_DATA_DIR"
+    assert card["quarantined"] and all(
+        q["path"].startswith("$CASCADE_DATA_DIR/") for q in card["quarantined"]
+    )
+    quirks = dataset.quirks_frame(config)
+    assert len(quirks) and quirks["path"].str.startswith("$CASCADE_DATA_DIR/").all()
+    assert str(tmp_path) not in repr(card) + quirks.to_csv()
+    assert data_card(dataset)["root"] == str(root)  # in memory, without a configuration

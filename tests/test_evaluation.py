@@ -13,16 +13,23 @@ from cascade_defect.chapters.c06_comparison import (
 )
 from cascade_defect.costs.cascade import annotator_price_per_image, cascade_costs, cascade_curve
 from cascade_defect.metrics.bootstrap import (
+    Comparison,
+    accuracy_samples,
     bootstrap_indices,
     bootstrap_map50,
     bootstrap_table,
+    paired_comparison,
     percentile_interval,
+    read_comparison,
+    write_comparison,
 )
 from cascade_defect.metrics.classification import image_accuracy, image_predictions
 from cascade_defect.metrics.detection import (
     NO_DETECTION,
+    ULTRALYTICS_UNION_EPS,
     ap_per_class,
     average_precision,
+    box_iou,
     detection_metrics,
     match_detections,
     precision_recall_at,
@@ -212,8 +219,9 @@ def test_paired_difference_of_a_model_with_itself_is_exactly_zero() -> None:
     }
     estimate = detection_metrics(matched)["map50"]
     table, comparison = bootstrap_table({"human": estimate, "pseudo": estimate}, samples)
-    assert comparison["difference_ci"] == (0.0, 0.0)
-    assert comparison["ratio_ci"] == pytest.approx((1.0, 1.0))
+    assert comparison is not None and comparison.metric == "map50"
+    assert comparison.difference_ci == (0.0, 0.0)
+    assert comparison.ratio_ci == pytest.approx((1.0, 1.0))
     assert table.loc["human", "ci_low"] <= estimate <= table.loc["human", "ci_high"]
 
 
@@ -230,9 +238,129 @@ def test_paired_difference_detects_a_worse_model() -> None:
         "pseudo": detection_metrics(worse)["map50"],
     }
     _, comparison = bootstrap_table(estimates, samples)
-    assert comparison["difference"] < 0
-    assert comparison["difference_ci"][1] < 0
-    assert comparison["share_of_samples_candidate_worse"] > 0.95
+    assert comparison is not None
+    assert comparison.difference < 0
+    assert comparison.difference_ci[1] < 0
+    assert comparison.share_of_samples_candidate_worse > 0.95
+    assert bootstrap_table(estimates, {"human": samples["human"]})[1] is None
+
+
+def _earlier_detection_comparison(estimates, samples, level=0.95):
+    """Chapter 06's detection comparison as it was computed before both tracks shared one."""
+    diff = samples["pseudo"] - samples["human"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = samples["pseudo"] / samples["human"]
+    return {
+        "difference": estimates["pseudo"] - estimates["human"],
+        "difference_ci": percentile_interval(diff, level),
+        "ratio": estimates["pseudo"] / estimates["human"] if estimates["human"] else float("nan"),
+        "ratio_ci": percentile_interval(ratio[np.isfinite(ratio)], level)
+        if np.isfinite(ratio).any()
+        else (float("nan"), float("nan")),
+        "share_of_samples_candidate_worse": float(np.mean(diff < 0)),
+    }
+
+
+def _earlier_classification_comparison(samples, estimates, target_ratio):
+    """The classification track's comparison as it was computed before (flat interval keys)."""
+    difference = samples["pseudo"] - samples["human"]
+    low, high = percentile_interval(difference)
+    ratio = estimates["pseudo"] / estimates["human"] if estimates["human"] else float("nan")
+    return {
+        "difference": estimates["pseudo"] - estimates["human"],
+        "difference_ci_low": low,
+        "difference_ci_high": high,
+        "ratio": ratio,
+        "target_met": bool(ratio >= target_ratio),
+    }
+
+
+def test_one_paired_comparison_gives_both_tracks_their_earlier_numbers() -> None:
+    """The shared comparison reproduces each track's earlier figures exactly (==, not approx)."""
+    dets, truth, ids = random_case(60, seed=11)
+    good = match_detections(dets, truth, ids, CLASSES)
+    noisy = dets.copy()
+    noisy.loc[noisy.index % 4 == 0, "class_id"] = (noisy["class_id"] + 1) % 3
+    worse = match_detections(noisy, truth, ids, CLASSES)
+    draws = bootstrap_indices(len(ids), 400, seed=12)
+    samples = {"human": bootstrap_map50(good, draws), "pseudo": bootstrap_map50(worse, draws)}
+    samples["human"][:5] = 0.0  # resamples where the ratio is not finite are left out
+    estimates = {
+        "human": detection_metrics(good)["map50"],
+        "pseudo": detection_metrics(worse)["map50"],
+    }
+    _, shared = bootstrap_table(estimates, samples)
+    assert shared is not None
+    earlier = _earlier_detection_comparison(estimates, samples)
+    assert shared.model_dump(include=set(earlier)) == earlier
+
+    rng = np.random.default_rng(13)
+    correct = {"human": rng.random(300) < 0.9, "pseudo": rng.random(300) < 0.85}
+    draws = bootstrap_indices(300, 500, seed=14)
+    accuracy = {s: accuracy_samples(c, draws) for s, c in correct.items()}
+    point = {s: float(c.mean()) for s, c in correct.items()}
+    shared = paired_comparison(point, accuracy, metric="accuracy", target_ratio=0.97)
+    assert shared is not None
+    earlier = _earlier_classification_comparison(accuracy, point, 0.97)
+    assert shared.difference == earlier["difference"] and shared.ratio == earlier["ratio"]
+    assert shared.difference_ci == (earlier["difference_ci_low"], earlier["difference_ci_high"])
+    assert shared.target_met is earlier["target_met"]
+
+
+def test_comparison_json_round_trips_and_rejects_an_unknown_layout(tmp_path) -> None:
+    samples = {"human": np.array([0.8, 0.9, 1.0]), "pseudo": np.array([0.0, 0.9, 0.95])}
+    comparison = paired_comparison(
+        {"human": 0.9, "pseudo": 0.0}, samples, metric="accuracy", target_ratio=0.97
+    )
+    assert comparison is not None and comparison.ratio == 0.0 and not comparison.target_met
+    path = tmp_path / "comparison.json"
+    write_comparison(path, comparison, n_test_images=3, latency={"latency_ms_median": 5.0})
+    assert read_comparison(path) == (
+        comparison,
+        {"n_test_images": 3, "latency": {"latency_ms_median": 5.0}},
+    )
+    write_comparison(path, None, n_test_images=3)
+    assert read_comparison(path) == (None, {"n_test_images": 3})
+    path.write_text('{"comparison": {"difference": -0.1, "difference_ci_low": -0.2}}')
+    with pytest.raises(ValueError, match="re-run chapter 06"):
+        read_comparison(path)
+
+
+# --------------------------------------------------------------------------- IoU
+
+
+def _earlier_matching_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Detection matching's IoU as it was written before (ultralytics' +1e-7 on the union)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-7)
+
+
+def test_box_iou_on_a_hand_computed_case() -> None:
+    a = np.array([[0.0, 0.0, 4.0, 2.0]])  # area 8
+    b = np.array([[2.0, 1.0, 6.0, 3.0], [0.0, 0.0, 4.0, 2.0], [4.0, 0.0, 5.0, 2.0]])
+    # overlap 2 x 1 = 2, union 8 + 8 - 2 = 14; identical boxes; touching edges only
+    assert box_iou(a, b).tolist() == [[2 / 14, 1.0, 0.0]]
+    assert box_iou(a, b, ULTRALYTICS_UNION_EPS).tolist() == [[2 / (14 + 1e-7), 8 / (8 + 1e-7), 0.0]]
+    assert box_iou(a, b).dtype == np.float64
+
+
+def test_box_iou_is_torchvision_and_matching_keeps_its_earlier_numbers() -> None:
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(21)
+    corner = rng.uniform(0, 200, (2, 40, 2))
+    size = rng.uniform(1, 80, (2, 40, 2))
+    a, b = (np.concatenate([corner[k], corner[k] + size[k]], axis=1) for k in range(2))
+    a[:5] = np.round(a[:5])  # integer ground-truth-like corners as well
+    expected = torchvision.ops.box_iou(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    assert np.array_equal(box_iou(a, b), expected)
+    assert np.array_equal(box_iou(a, b, ULTRALYTICS_UNION_EPS), _earlier_matching_iou(a, b))
 
 
 # --------------------------------------------------------------------------- image level, KPI
@@ -353,19 +481,32 @@ def test_annotator_price_prefers_a_measured_cost_over_the_estimate() -> None:
 
 
 def test_comparison_table_states_the_target_verdict() -> None:
-    comparison = {
-        "reference": "human",
-        "candidate": "pseudo",
-        "difference": -0.02,
-        "difference_ci": (-0.05, 0.01),
-        "ratio": 0.975,
-        "ratio_ci": (0.94, 1.01),
-        "share_of_samples_candidate_worse": 0.9,
-    }
-    table = comparison_table(comparison, target_ratio=0.97)["value"]
-    assert table["estimate reaches 97% of the reference"]
-    assert not table["whole interval at or above 97%"]
-    assert table["97% still inside the interval"]
+    comparison = Comparison(
+        metric="map50",
+        reference="human",
+        candidate="pseudo",
+        reference_value=0.8,
+        candidate_value=0.78,
+        difference=-0.02,
+        difference_ci=(-0.05, 0.01),
+        ratio=0.975,
+        ratio_ci=(0.94, 1.01),
+        share_of_samples_candidate_worse=0.9,
+        level=0.95,
+        target_ratio=0.97,
+        target_met=True,
+    )
+    for given in (comparison, comparison.model_dump()):
+        table = comparison_table(given, target_ratio=0.97)["value"]
+        assert table["mAP50 difference (candidate − reference)"] == -0.02
+        assert table["estimate reaches 97% of the reference"]
+        assert not table["whole interval at or above 97%"]
+        assert table["97% still inside the interval"]
+    stricter = comparison_table(comparison, target_ratio=0.98)["value"]  # a notebook's own target
+    assert not stricter["estimate reaches 98% of the reference"]
+    accuracy = comparison.model_copy(update={"metric": "accuracy"})
+    assert "accuracy ratio (candidate / reference)" in comparison_table(accuracy)["value"]
+    assert "needs both" in comparison_table({})["value"].iloc[0]
 
 
 def test_headline_source_prefers_pseudo_then_human() -> None:

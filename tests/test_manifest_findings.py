@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from cascade_defect.chapters.c01_data import run_data_strategy
@@ -17,6 +18,7 @@ from cascade_defect.manifest import (
     require_inputs,
     tree_sha256,
 )
+from cascade_defect.metrics.bootstrap import Comparison, write_comparison
 from cascade_defect.settings import load_config
 from tests.synthetic import make_byo_dataset, make_neu_like
 
@@ -34,7 +36,9 @@ def test_manifest_records_parameters_hashes_counts_and_timings(tmp_path: Path) -
     manifest = read_manifest(tmp_path / "out")
     assert manifest["parameters"] == {"alpha": 1}
     assert manifest["inputs"]["source"]["sha256"] == tree_sha256(source)
-    assert manifest["inputs"]["source"]["path"] == "input.txt"  # relative to the work folder
+    # The work folder lies outside the project here, so paths name its variable.
+    assert manifest["inputs"]["source"]["path"] == "$CASCADE_WORK_DIR/input.txt"
+    assert manifest["outputs"] == {"result": "$CASCADE_WORK_DIR/out/result.csv"}
     assert manifest["counts"] == {"n": 3}
     assert set(manifest["timings_s"]) == {"step", "total"}
     assert manifest["config"]["profile"] == "smoke"
@@ -94,6 +98,25 @@ def test_findings_and_card_overview_for_a_dataset_without_boxes(tmp_path: Path) 
     assert "3 classes" in text
 
 
+def _comparison(metric: str, human: float, pseudo: float, ci: tuple[float, float]) -> Comparison:
+    ratio = pseudo / human
+    return Comparison(
+        metric=metric,
+        reference="human",
+        candidate="pseudo",
+        reference_value=human,
+        candidate_value=pseudo,
+        difference=pseudo - human,
+        difference_ci=ci,
+        ratio=ratio,
+        ratio_ci=(ratio - 0.02, ratio + 0.01),
+        share_of_samples_candidate_worse=0.8,
+        level=0.95,
+        target_ratio=0.97,
+        target_met=ratio >= 0.97,
+    )
+
+
 def test_classification_findings_come_from_the_chapter_files(tmp_path: Path) -> None:
     config = load_config("smoke", work_dir=tmp_path / "work")
     root = config.paths.comparison_dir / "classification"
@@ -102,18 +125,10 @@ def test_classification_findings_come_from_the_chapter_files(tmp_path: Path) -> 
         "source,accuracy,ci_low,ci_high,n_test\n"
         "human,0.95,0.92,0.97,360\npseudo,0.94,0.91,0.965,360\n"
     )
-    (root / "comparison.json").write_text(
-        json.dumps(
-            {
-                "difference": -0.01,
-                "difference_ci_low": -0.02,
-                "difference_ci_high": 0.005,
-                "ratio": 0.94 / 0.95,
-                "target_ratio": 0.97,
-                "target_met": True,
-                "latency": {"latency_ms_median": 6.04},
-            }
-        )
+    write_comparison(
+        root / "comparison.json",
+        _comparison("accuracy", 0.95, 0.94, (-0.02, 0.005)),
+        latency={"latency_ms_median": 6.04},
     )
     text = findings_markdown(config.paths, "smoke")
     line = next(x for x in text.splitlines() if "Image classification" in x)
@@ -126,6 +141,37 @@ def test_classification_findings_come_from_the_chapter_files(tmp_path: Path) -> 
     assert "Verdict, detection" not in text  # chapter 06's detection files are absent
 
 
+def test_both_tracks_comparisons_read_the_same_way(tmp_path: Path) -> None:
+    """Detection and classification write one comparison layout and get one sentence form."""
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    root = config.paths.comparison_dir
+    (root / "classification").mkdir(parents=True)
+    (root / "test_metrics.csv").write_text(
+        "source,map50,map50_ci_low,map50_ci_high\nhuman,0.7,0.67,0.73\npseudo,0.35,0.32,0.38\n"
+    )
+    write_comparison(
+        root / "comparison.json",
+        _comparison("map50", 0.7, 0.35, (-0.386, -0.32)),
+        latency={"latency_ms_median": 25.4, "source": "human"},
+        n_test_images=360,
+    )
+    (root / "classification" / "test_accuracy.csv").write_text(
+        "source,accuracy,ci_low,ci_high,n_test\nhuman,0.99,0.98,1.0,360\n"
+    )
+    write_comparison(root / "classification" / "comparison.json", None, latency={})
+    text = findings_markdown(config.paths, "smoke")
+    line = next(x for x in text.splitlines() if "Golden test set (360 images)" in x)
+    assert "`human` 0.700 [0.670, 0.730]; `pseudo` 0.350 [0.320, 0.380]" in line
+    assert "`pseudo` − `human`: -0.350 [-0.386, -0.320], 50.0% of the human-label model" in line
+    assert "(misses the 97% target)" in line and "25.4 ms" in line
+    verdict = next(x for x in text.splitlines() if "Verdict, detection" in x)
+    assert verdict.startswith("- **Verdict, detection (boxes, mAP50):** no: the pseudo-label")
+    assert "50.0% of the human-label detector (target 97%)" in verdict
+    classification = next(x for x in text.splitlines() if "Image classification" in x)
+    assert "`human` 99.0%" in classification and "−" not in classification  # no pair, no sentence
+    assert "Verdict, image class" not in text
+
+
 def test_files_table_names_files_relative_to_the_work_folder(tmp_path: Path) -> None:
     from cascade_defect.manifest import files_table
 
@@ -136,3 +182,99 @@ def test_files_table_names_files_relative_to_the_work_folder(tmp_path: Path) -> 
         {"file": "runs/a.json", "exists": True},
         {"file": "runs/b.csv", "exists": False},
     ]
+
+
+def _git(repo: Path, *args: str) -> str:
+    import subprocess
+
+    identity = ["-c", "user.name=record", "-c", "user.email=record@example.invalid"]
+    return subprocess.run(
+        ["git", *identity, *args], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_a_run_is_dirty_for_code_changes_but_not_for_the_record_it_rewrites(
+    tmp_path: Path,
+) -> None:
+    from cascade_defect.manifest import git_state
+
+    repo = tmp_path / "checkout"
+    files = {
+        "_quarto.yml": "project:\n  type: book\n",
+        "pyproject.toml": "[project]\nname = 'x'\n",
+        "notebooks/01_data_strategy.ipynb": "{}",
+        "data/runs/quick/01_data_strategy/manifest.json": "{}",
+        "_findings.md": "findings\n",
+        "src/module.py": "x = 1\n",
+    }
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "record")
+    assert git_state(repo / "notebooks") == {
+        "commit": _git(repo, "rev-parse", "HEAD").strip(),
+        "dirty": False,
+    }
+    # What the run itself rewrites: the executed notebooks, the run folder, the findings.
+    for name in (
+        "notebooks/01_data_strategy.ipynb",
+        "data/runs/quick/01_data_strategy/manifest.json",
+        "_findings.md",
+    ):
+        (repo / name).write_text("rewritten by the run")
+    assert git_state(repo)["dirty"] is False
+    (repo / "src" / "module.py").write_text("x = 2\n")
+    assert git_state(repo)["dirty"] is True
+
+
+def test_chapters_01_02_record_no_absolute_path(tmp_path: Path) -> None:
+    """The files the record commits name places relative to the checkout or by their variable."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "_quarto.yml").write_text("project:\n  type: book\n")
+    (checkout / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    data = make_neu_like(
+        tmp_path / "shared" / "NEU-DET",
+        per_class=6,
+        duplicate=True,
+        cross_class_box=True,
+        filename_without_extension=True,
+    )
+    weights = tmp_path / "shared" / "yolov8n.pt"
+    weights.write_bytes(b"weights")
+    config = load_config(
+        "smoke", data_dir=data, work_dir=checkout / "data", yolo_weights=str(weights)
+    )
+    run_data_strategy(config)
+    run_split(config)
+
+    run = checkout / "data" / "runs" / "smoke"
+    committed = [
+        run / "01_data_strategy" / name
+        for name in ("manifest.json", "data_card.json", "quirks.csv")
+    ] + [
+        run / "02_split" / name
+        for name in ("manifest.json", "classes.json", "leakage.json", "split_table.csv")
+    ]
+    for path in committed:
+        text = path.read_text()
+        assert str(tmp_path) not in text and str(tmp_path.resolve()) not in text, path
+    manifest = read_manifest(run / "01_data_strategy")
+    assert {
+        k: manifest["config"][k] for k in ("data_dir", "yolo_weights", "work_dir", "run_dir")
+    } == {
+        "data_dir": "$CASCADE_DATA_DIR",
+        "yolo_weights": "$CASCADE_YOLO_WEIGHTS",
+        "work_dir": "data",
+        "run_dir": "data/runs/smoke",
+    }
+    assert manifest["outputs"]["quirks"] == "data/runs/smoke/01_data_strategy/quirks.csv"
+    split = read_manifest(run / "02_split")
+    assert split["inputs"]["images"]["path"] == "data/runs/smoke/01_data_strategy/images.csv"
+    card = json.loads((run / "01_data_strategy" / "data_card.json").read_text())
+    assert card["root"] == "$CASCADE_DATA_DIR"
+    quirks = pd.read_csv(run / "01_data_strategy" / "quirks.csv")
+    assert {"cross_class_box", "mismatched_filename", "duplicate_image"} <= set(quirks["kind"])
+    assert quirks["path"].str.startswith("$CASCADE_DATA_DIR/").all()

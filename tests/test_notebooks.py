@@ -13,10 +13,11 @@ import nbformat
 import pandas as pd
 import pytest
 
-from cascade_defect.render import book_appendices, build_preview
+from cascade_defect.render import book_appendices, build_preview, cell_options
 from cascade_defect.runner import CHAPTERS, run_chapters
 from cascade_defect.settings import StudyConfig, load_config
 from tests.synthetic import make_byo_dataset, make_neu_like
+from tests.test_book_structure import images_without_alt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,10 @@ def smoke_run(
         "smoke", data_dir=smoke_data, work_dir=tmp_path / "work", yolo_weights=str(yolo_weights)
     )
     executed = tmp_path / "executed"
-    timings = run_chapters(ROOT, config, output_dir=executed, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        # The kernels draw inline, as in the book, so every figure cell's image is checked.
+        patch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        timings = run_chapters(ROOT, config, output_dir=executed, progress=False)
     return SmokeRun(config, executed, timings, tmp_path)
 
 
@@ -72,6 +76,16 @@ def test_every_chapter_runs_under_the_smoke_profile_and_the_preview_links_them(
             c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", [])
         ]
         assert injected and 'profile = "smoke"' in injected[0].source
+        figures = [
+            (cell_options(c.source)["label"], c)
+            for c in notebook.cells
+            if c.cell_type == "code"
+            and str(cell_options(c.source).get("label", "")).startswith("fig-")
+        ]
+        assert figures, chapter.notebook
+        for label, cell in figures:
+            images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            assert len(images) == 1, f"{chapter.notebook} {label}: {len(images)} images"
     split_manifest = config.paths.split_dir / "manifest.json"
     assert split_manifest.exists()
 
@@ -82,6 +96,7 @@ def test_every_chapter_runs_under_the_smoke_profile_and_the_preview_links_them(
     for chapter in CHAPTERS:
         assert f'href="{Path(chapter.notebook).stem}.html"' in index
     assert "{{<" not in index  # includes resolved
+    assert not images_without_alt(site)
 
 
 def _run_script(name: str, config: StudyConfig, *args: str) -> dict:

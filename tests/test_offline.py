@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from cascade_defect.annotate.offline import FeatureSpec, OfflineAnnotator, YoloFeatureExtractor
-from cascade_defect.annotate.schema import AnnotationRecord, sha256_hex
+from cascade_defect.annotate.schema import AnnotationRecord
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.hashing import sha256_bytes
 
 CLASSES = ["stripes", "checks", "blobs"]
 IMGSZ = 64
@@ -56,7 +57,7 @@ def write_images(folder: Path, per_class: int, offset: int) -> pd.DataFrame:
                 {
                     "image_id": f"{kind}_{i}",
                     "file": path.name,
-                    "sha256": sha256_hex(path.read_bytes()),
+                    "sha256": sha256_bytes(path.read_bytes()),
                     "width": IMGSZ,
                     "height": IMGSZ,
                     "class_name": kind,

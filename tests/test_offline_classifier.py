@@ -123,12 +123,26 @@ def test_label_propagation_follows_a_chain() -> None:
 def test_pca_whiten_gives_unit_variance_components() -> None:
     rng = np.random.default_rng(0)
     data = rng.normal(size=(200, 10)) * np.arange(1, 11)
-    for sample in (data, data[:8]):  # the covariance and the Gram-matrix routes
+    for sample in (data, data[:8]):  # more images than features, and fewer
         whitened = pca_whiten(sample, 5)
         assert whitened.shape == (len(sample), min(5, len(sample) - 1))
     whitened = pca_whiten(data, 5)
     np.testing.assert_allclose(whitened.std(axis=0), 1.0, rtol=0.01)
     np.testing.assert_allclose(np.corrcoef(whitened.T), np.eye(5), atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(30, 80), (200, 40)])
+def test_pca_whiten_is_the_floored_whitening_of_the_svd(shape: tuple[int, int]) -> None:
+    """Top components from an SVD, each divided by its standard deviation + 1e-3, up to sign."""
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=shape) @ rng.normal(size=(shape[1], shape[1])) * 0.05
+    centred = data - data.mean(axis=0)
+    u, singular, _ = np.linalg.svd(centred, full_matrices=False)
+    dim = 12
+    expected = u[:, :dim] * singular[:dim] / (singular[:dim] / np.sqrt(len(data)) + 1e-3)
+    whitened = pca_whiten(data, dim)
+    signs = np.sign((whitened * expected).sum(axis=0))
+    np.testing.assert_allclose(whitened * signs, expected, rtol=0, atol=1e-10)
 
 
 def test_settings_are_validated() -> None:

@@ -58,3 +58,27 @@ def test_real_split_is_18_1422_360_and_keeps_the_duplicate_pair_together(
     assert pair.nunique() == 1
     assert not any(result.leakage.values())
     assert (config.paths.split_dir / "manifest.json").exists()
+
+
+def test_real_quirks_match_the_record_with_paths_named_by_the_data_variable(
+    real_data_dir: Path, tmp_path: Path
+) -> None:
+    """Chapter 01 on the real data writes the recorded quirks, each path under $CASCADE_DATA_DIR."""
+    import json
+
+    import pandas as pd
+
+    config = load_config("quick", data_dir=real_data_dir, work_dir=tmp_path)
+    out = run_data_strategy(config).outputs
+    written = pd.read_csv(out.quirks, keep_default_na=False)
+    assert len(written) == 364
+    assert written["path"].str.startswith("$CASCADE_DATA_DIR/").all()
+    assert json.loads(out.card.read_text())["root"] == "$CASCADE_DATA_DIR"
+
+    record = Path(__file__).resolve().parents[1] / "data" / "runs" / "quick" / "01_data_strategy"
+    recorded = pd.read_csv(record / "quirks.csv", keep_default_na=False)
+    recorded_root = json.loads((record / "data_card.json").read_text())["root"]
+    # The record may predate portable paths: compare paths below each record's own data root.
+    for frame, root in ((written, "$CASCADE_DATA_DIR"), (recorded, recorded_root)):
+        frame["path"] = [p.removeprefix(root + "/") for p in frame["path"]]
+    assert written.to_dict("records") == recorded.to_dict("records")

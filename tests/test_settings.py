@@ -116,3 +116,104 @@ def test_key_value_arguments_arrive_typed() -> None:
     for bad in (["lr0"], ["=3"]):
         with pytest.raises(ValueError, match="KEY=VALUE"):
             key_value_arguments(bad)
+
+
+def _checkout(root: Path) -> Path:
+    """A folder the settings recognise as the project root."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "_quarto.yml").write_text("project:\n  type: book\n")
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    return root
+
+
+def test_portable_paths_are_relative_or_name_their_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cascade_defect.locations import portable_path, resolve_portable_path
+
+    project = _checkout(tmp_path / "checkout")
+    data = tmp_path / "shared" / "NEU-DET"
+    data.mkdir(parents=True)
+    weights = tmp_path / "shared" / "weights" / "yolov8n.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"w")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(
+        "quick", data_dir=data, work_dir=project / "data", yolo_weights=str(weights)
+    )
+    assert config.project_root == project
+    expected = {
+        data / "IMAGES" / "crazing_1.jpg": "$CASCADE_DATA_DIR/IMAGES/crazing_1.jpg",
+        data: "$CASCADE_DATA_DIR",
+        weights: "$CASCADE_YOLO_WEIGHTS",
+        # A work folder inside the checkout travels with it: relative to the project root.
+        project / "data" / "runs" / "quick" / "05_training": "data/runs/quick/05_training",
+        project / "notebooks" / "01_data_strategy.ipynb": "notebooks/01_data_strategy.ipynb",
+        project: ".",
+    }
+    for path, written in expected.items():
+        assert portable_path(path, config) == written
+        assert resolve_portable_path(written, config) == path
+    outside = tmp_path / "elsewhere" / "x.csv"
+    assert portable_path(outside, config) == str(outside)  # nothing to name it by
+    assert resolve_portable_path(str(outside), config) == outside  # records from before
+    assert portable_path("yolov8n.pt", config) == "yolov8n.pt"  # a bare name stays a name
+
+    scratch = load_config("smoke", data_dir=data, work_dir=tmp_path / "scratch")
+    run_file = tmp_path / "scratch" / "runs" / "smoke" / "01_data_strategy" / "quirks.csv"
+    assert (
+        portable_path(run_file, scratch)
+        == "$CASCADE_WORK_DIR/runs/smoke/01_data_strategy/quirks.csv"
+    )
+    assert resolve_portable_path("$CASCADE_WORK_DIR/runs/smoke", scratch) == run_file.parents[1]
+    nested = load_config("smoke", data_dir=tmp_path, work_dir=tmp_path / "work")
+    assert portable_path(tmp_path / "work" / "a", nested) == "$CASCADE_WORK_DIR/a"  # innermost
+
+
+def test_a_portable_path_needs_its_variable_to_be_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cascade_defect.locations import resolve_portable_path
+
+    monkeypatch.delenv("CASCADE_DATA_DIR", raising=False)
+    config = load_config("smoke", work_dir=tmp_path)
+    with pytest.raises(DataLocationError, match="CASCADE_DATA_DIR"):
+        resolve_portable_path("$CASCADE_DATA_DIR/IMAGES/a.jpg", config)
+    monkeypatch.setenv("CASCADE_DATA_DIR", str(tmp_path / "neu"))
+    # Without a configuration, the environment says where the variable points.
+    assert resolve_portable_path("$CASCADE_DATA_DIR/IMAGES/a.jpg", tmp_path) == (
+        tmp_path / "neu" / "IMAGES" / "a.jpg"
+    )
+    with pytest.raises(ValueError, match="HOME"):
+        resolve_portable_path("$HOME/x", config)
+
+
+def test_the_printed_settings_show_portable_locations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = _checkout(tmp_path / "checkout")
+    weights, classifier = tmp_path / "w.pt", tmp_path / "w-cls.pt"
+    weights.write_bytes(b"w")
+    classifier.write_bytes(b"c")
+    monkeypatch.setenv("CASCADE_YOLO_CLS_WEIGHTS", str(classifier))
+    config = load_config(
+        "quick", data_dir=tmp_path, work_dir=project / "data", yolo_weights=str(weights)
+    )
+    summary = config.summary()
+    assert summary["data_dir"] == "$CASCADE_DATA_DIR"
+    assert summary["yolo_weights"] == "$CASCADE_YOLO_WEIGHTS"
+    assert summary["yolo_cls_weights"] == "$CASCADE_YOLO_CLS_WEIGHTS"
+    assert (summary["work_dir"], summary["run_dir"]) == ("data", "data/runs/quick")
+    assert str(tmp_path) not in repr(summary)
+
+
+def test_free_text_gets_the_same_portable_forms(tmp_path: Path) -> None:
+    from cascade_defect.locations import portable_text
+
+    project = _checkout(tmp_path / "checkout")
+    data = tmp_path / "NEU-DET"
+    config = load_config("quick", data_dir=data, work_dir=project / "data")
+    line = f"val: {project}/data/runs/x... found 7 images; see {data}/IMAGES and {data}-copy"
+    assert portable_text(line, config) == (
+        f"val: data/runs/x... found 7 images; see $CASCADE_DATA_DIR/IMAGES and {data}-copy"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -249,9 +250,7 @@ def test_pseudo_labels_leave_out_failed_low_confidence_no_defect_and_boxless_ima
     clipped = yolo[yolo["image_id"] == "ok2"].iloc[1]
     assert clipped["cx"] + clipped["w"] / 2 == pytest.approx(1.0)  # x2 = 1.2 clipped to 1
     # a threshold at the confidence keeps the image (>=), one above it drops it
-    kept, _ = pseudo_training_labels(
-        labels, boxes, names, strategy="annotator", min_confidence=0.6
-    )
+    kept, _ = pseudo_training_labels(labels, boxes, names, strategy="annotator", min_confidence=0.6)
     assert "ok2" in set(kept["image_id"])
     dropped, _ = pseudo_training_labels(
         labels, boxes, names, strategy="annotator", min_confidence=0.61
@@ -470,9 +469,7 @@ def test_reserved_arguments_cannot_be_overridden(tmp_path: Path) -> None:
 
 def test_missing_weights_fail_without_any_download(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="CASCADE_YOLO_WEIGHTS"):
-        train_yolo(
-            tmp_path / "data.yaml", weights="yolov8n.pt", **_tiny_schedule(tmp_path)
-        )
+        train_yolo(tmp_path / "data.yaml", weights="yolov8n.pt", **_tiny_schedule(tmp_path))
 
 
 def test_full_profile_is_sized_for_a_gpu() -> None:
@@ -625,3 +622,103 @@ def test_reuse_returns_an_identical_earlier_run_without_training(
     again.best_weights.unlink()
     train_source(other, "seed_only", reuse=True, progress=False)
     assert len(calls) == 4  # missing weights train again
+
+
+def _fake_training(calls: list[str]):
+    """Stands in for :func:`train_yolo`: writes a ``best.pt`` and returns its result."""
+
+    def fake_train(data_yaml, **kwargs):
+        calls.append(kwargs["name"])
+        best = Path(kwargs["project_dir"]) / kwargs["name"] / "weights" / "best.pt"
+        best.parent.mkdir(parents=True, exist_ok=True)
+        best.write_bytes(b"trained")
+        return TrainingResult(
+            source=kwargs["name"],
+            best_weights=best,
+            run_dir=best.parent.parent,
+            epochs_planned=kwargs["epochs"],
+            epochs_run=kwargs["epochs"],
+            imgsz=kwargs["imgsz"],
+            wall_seconds=12.0,
+            history=pd.DataFrame({"epoch": [1], "map50": [0.5]}),
+            holdout_metrics={"map50": 0.5},
+        )
+
+    return fake_train
+
+
+def _checkout_with_split(split_config, root: Path, weights: Path):
+    """A project folder whose ``data/`` holds a copy of the split, and its configuration."""
+    root.mkdir(parents=True)
+    (root / "_quarto.yml").write_text("project:\n  type: book\n")
+    (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    config = split_config.model_copy(
+        update={"work_dir": root / "data", "yolo_weights": str(weights)}
+    )
+    for chapter in (split_config.paths.data_card_dir, split_config.paths.split_dir):
+        shutil.copytree(chapter, config.paths.run_dir / chapter.name)
+    return config
+
+
+def test_reuse_finds_the_weights_of_a_result_written_in_another_checkout(
+    split_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A result committed in one checkout names its weights portably; another checkout reuses it."""
+    weights = tmp_path / "shared" / "yolov8n.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"coco weights")
+    calls: list[str] = []
+    monkeypatch.setattr(c05_training, "train_yolo", _fake_training(calls))
+    first = _checkout_with_split(split_config, tmp_path / "first", weights)
+    train_source(first, "seed_only", reuse=True, progress=False)
+    assert calls == ["seed_only"]
+    result_file = TrainingOutputs(first.paths.training_dir).result_file("seed_only")
+    written = json.loads(result_file.read_text())
+    assert written["best_weights"] == "data/runs/smoke/05_training/runs/seed_only/weights/best.pt"
+    assert written["run_dir"] == "data/runs/smoke/05_training/runs/seed_only"
+    assert str(tmp_path) not in result_file.read_text()
+
+    # A fresh clone of the record, with the weights brought along, and the first checkout gone.
+    second_root = tmp_path / "second"
+    second = _checkout_with_split(split_config, second_root, weights)
+    shutil.copytree(first.paths.training_dir, second.paths.training_dir)
+    shutil.rmtree(tmp_path / "first")
+    again = train_source(second, "seed_only", reuse=True, progress=False)
+    assert calls == ["seed_only"]  # not trained again
+    assert again.reused
+    assert again.best_weights == second.paths.training_dir / "runs/seed_only/weights/best.pt"
+    assert again.run_dir == second.paths.training_dir / "runs" / "seed_only"
+    again.best_weights.unlink()
+    train_source(second, "seed_only", reuse=True, progress=False)
+    assert calls == ["seed_only", "seed_only"]  # without its weights the result is not reused
+
+
+def test_training_results_are_written_portably_and_read_back_as_local_paths(
+    split_config, tmp_path: Path
+) -> None:
+    from cascade_defect.chapters.c05_training import read_training_results, write_results
+
+    config = split_config.model_copy(update={"work_dir": tmp_path / "work"})
+    out = TrainingOutputs(config.paths.training_dir)
+    out.root.mkdir(parents=True)
+    best = out.runs_dir / "human" / "weights" / "best.pt"
+    result = TrainingResult(
+        source="human",
+        best_weights=best,
+        run_dir=best.parent.parent,
+        epochs_planned=1,
+        epochs_run=1,
+        imgsz=64,
+        wall_seconds=1.0,
+        history=pd.DataFrame(),
+        holdout_metrics={},
+    )
+    write_results({"human": result}, out.results, config)
+    entry = json.loads(out.results.read_text())["human"]
+    assert (
+        entry["best_weights"]
+        == "$CASCADE_WORK_DIR/runs/smoke/05_training/runs/human/weights/best.pt"
+    )
+    assert entry["run_dir"] == "$CASCADE_WORK_DIR/runs/smoke/05_training/runs/human"
+    back = read_training_results(out, config)["human"]
+    assert (Path(back["best_weights"]), Path(back["run_dir"])) == (best, best.parent.parent)

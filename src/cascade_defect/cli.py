@@ -1,4 +1,7 @@
-"""Command-line entry point: ``cascade-defect run|render|download``."""
+"""Command-line entry point: ``cascade-defect run|train|render|annotate|download``.
+
+Also runnable as ``python -m cascade_defect.cli``.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,15 @@ import logging
 import sys
 import time
 from pathlib import Path
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+
+from pydantic import ValidationError
 
 from cascade_defect.settings import PROFILES, DataLocationError, find_project_root, load_config
+
+if TYPE_CHECKING:
+    from cascade_defect.annotate.options import AnnotatorOptions
 
 
 def _project_root() -> Path:
@@ -98,25 +108,102 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+ANNOTATE_OPTION_FLAGS = {
+    "annotator": "--annotator",
+    "model": "--model",
+    "pricing_model": "--pricing-model",
+    "detail": "--detail",
+    "budget_usd": "--budget",
+    "concurrency": "--concurrency",
+    "max_attempts": "--max-attempts",
+    "box_strategies": "--box-strategy",
+    "progress": "--no-progress",
+}
+"""Which ``cascade-defect annotate`` flag sets each :class:`AnnotatorOptions` field.
+
+Each flag's default, choices and help come from the field (defaults from
+:data:`~cascade_defect.annotate.folder.FOLDER_DEFAULTS`), so the command line cannot drift from
+the options it builds. ``--box-strategy`` takes one strategy (a folder gets one set of labels);
+a boolean field defaulting to true becomes a ``--no-...`` switch.
+"""
+
+
+def _optional_inner(annotation: Any) -> Any:
+    """``X`` for ``X | None``; the annotation itself otherwise."""
+    if get_origin(annotation) in (Union, UnionType):
+        inner = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    return annotation
+
+
+def add_annotator_option_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per :data:`ANNOTATE_OPTION_FLAGS` entry, described by the options model."""
+    from cascade_defect.annotate.folder import FOLDER_DEFAULTS
+    from cascade_defect.annotate.options import AnnotatorOptions
+
+    for name, flag in ANNOTATE_OPTION_FLAGS.items():
+        field = AnnotatorOptions.model_fields[name]
+        default = getattr(FOLDER_DEFAULTS, name)
+        annotation = _optional_inner(field.annotation)
+        description = field.description or ""
+        if annotation is bool:
+            if not (default and flag.startswith("--no-")):
+                raise TypeError(f"{flag}: only true-by-default switches are supported")
+            parser.add_argument(
+                flag,
+                dest=name,
+                action="store_false",
+                help=f"do not {description[:1].lower()}{description[1:]}",
+            )
+            continue
+        if get_origin(annotation) is tuple:  # one value on the command line, a tuple in options
+            annotation = get_args(annotation)[0]
+            (default,) = default
+        kwargs: dict[str, Any] = {"dest": name, "default": default}
+        if get_origin(annotation) is Literal:
+            kwargs["choices"] = list(get_args(annotation))
+        else:
+            kwargs["type"] = annotation
+            kwargs["metavar"] = flag.removeprefix("--").replace("-", "_").upper()
+        suffix = "" if default is None else " (default: %(default)s)"
+        parser.add_argument(flag, help=description.replace("%", "%%") + suffix, **kwargs)
+
+
+def annotator_options_from_args(args: argparse.Namespace) -> AnnotatorOptions:
+    """The annotate command's flags as validated options (raises pydantic's ValidationError)."""
+    from cascade_defect.annotate.options import AnnotatorOptions
+
+    fields = {name: getattr(args, name) for name in ANNOTATE_OPTION_FLAGS}
+    fields["box_strategies"] = (fields["box_strategies"],)
+    return AnnotatorOptions(**fields)
+
+
+def describe_option_errors(error: ValidationError) -> str:
+    """One line per invalid option, named by its command-line flag."""
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        flag = ANNOTATE_OPTION_FLAGS.get(field, field)
+        lines.append(f"argument {flag}: {item['msg']}")
+    return "\n".join(lines)
+
+
 def cmd_annotate(args: argparse.Namespace) -> int:
     from cascade_defect.annotate.folder import InputError, annotate_folder
     from cascade_defect.annotate.mllm.providers import ProviderNotConfigured
     from cascade_defect.settings import EnvironmentSettings
 
+    try:
+        options = annotator_options_from_args(args)
+    except ValidationError as error:
+        for line in describe_option_errors(error).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
     weights = args.weights or EnvironmentSettings().yolo_weights
     try:
         result = annotate_folder(
-            Path(args.images),
-            Path(args.seeds),
-            Path(args.out),
-            annotator=args.annotator,
-            model=args.model,
-            pricing_model=args.pricing_model,
-            detail=args.detail,
-            budget_usd=args.budget,
-            concurrency=args.concurrency,
-            box_strategy=args.box_strategy,
-            weights=weights,
+            Path(args.images), Path(args.seeds), Path(args.out), options, weights=weights
         )
     except (InputError, ProviderNotConfigured) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -246,39 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="labelled examples: one subfolder per class, or Pascal VOC XMLs, or YOLO images/+labels/+classes.txt",
     )
     annotate.add_argument("--out", required=True, help="output folder (created; reused to resume)")
-    annotate.add_argument(
-        "--annotator",
-        choices=["auto", "azure", "openai", "offline"],
-        default="auto",
-        help="auto: Azure OpenAI if configured, else OpenAI, else the offline annotator (default: auto)",
-    )
-    annotate.add_argument(
-        "--model", default="gpt-4o", help="model, or Azure deployment name (default: gpt-4o)"
-    )
-    annotate.add_argument(
-        "--pricing-model", help="priced model behind an Azure deployment with another name"
-    )
-    annotate.add_argument(
-        "--detail",
-        choices=["low", "high", "auto"],
-        default="low",
-        help="image detail sent to the model (default: low)",
-    )
-    annotate.add_argument(
-        "--budget",
-        type=float,
-        default=5.0,
-        help="stop before spending more than this many dollars (default: 5.00)",
-    )
-    annotate.add_argument(
-        "--concurrency", type=int, default=4, help="requests in flight (default: 4)"
-    )
-    annotate.add_argument(
-        "--box-strategy",
-        choices=["whole_image", "seed_detector", "annotator"],
-        default="whole_image",
-        help="boxes written: the whole image, a detector fine-tuned on the seeds, or the MLLM's own boxes (default: whole_image)",
-    )
+    add_annotator_option_flags(annotate)
     annotate.add_argument(
         "--weights",
         help="YOLOv8n weights for the offline annotator (default: $CASCADE_YOLO_WEIGHTS or yolov8n.pt)",

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from cascade_defect.metrics.bootstrap import Comparison, read_comparison
 from cascade_defect.settings import StudyPaths
 
 FINDINGS_FILE = "_findings.md"
@@ -111,13 +112,30 @@ def _cost_section(paths: StudyPaths) -> str | None:
     return "\n".join(lines)
 
 
+#: How each metric's difference reads in the findings: mAP in points, accuracy in percent.
+_DIFFERENCE_FORMATS = {"map50": "+.3f", "accuracy": "+.1%"}
+
+
+def _versus(comparison: Comparison) -> str:
+    """One sentence on a candidate vs reference comparison, the same for both tracks."""
+    form = _DIFFERENCE_FORMATS.get(comparison.metric, "+.3f")
+    low, high = comparison.difference_ci
+    verdict = "meets" if comparison.target_met else "misses"
+    return (
+        f" `{comparison.candidate}` − `{comparison.reference}`: {comparison.difference:{form}} "
+        f"[{low:{form}}, {high:{form}}], {comparison.ratio:.1%} of the "
+        f"{comparison.reference}-label model ({verdict} the {comparison.target_ratio:.0%} target)."
+    )
+
+
 def _comparison_section(paths: StudyPaths) -> str | None:
     import pandas as pd
 
     metrics_file = paths.comparison_dir / "test_metrics.csv"
-    comparison = _load(paths.comparison_dir / "comparison.json")
-    if comparison is None or not metrics_file.exists():
+    comparison_file = paths.comparison_dir / "comparison.json"
+    if not comparison_file.exists() or not metrics_file.exists():
         return None
+    comparison, extra = read_comparison(comparison_file)
     metrics = pd.read_csv(metrics_file, index_col=0)
     parts = []
     for source, row in metrics.iterrows():
@@ -126,17 +144,12 @@ def _comparison_section(paths: StudyPaths) -> str | None:
             ci = f" [{row['map50_ci_low']:.3f}, {row['map50_ci_high']:.3f}]"
         parts.append(f"`{source}` {row['map50']:.3f}{ci}")
     text = (
-        f"- **Golden test set ({comparison['n_test_images']} images).** YOLOv8n mAP50 with 95% bootstrap "
+        f"- **Golden test set ({extra['n_test_images']} images).** YOLOv8n mAP50 with 95% bootstrap "
         f"intervals: {'; '.join(parts)}."
     )
-    versus = comparison.get("comparison") or {}
-    if versus:
-        low, high = versus["difference_ci"]
-        text += (
-            f" `{versus['candidate']}` − `{versus['reference']}`: {versus['difference']:+.3f} "
-            f"[{low:+.3f}, {high:+.3f}], i.e. {versus['ratio']:.1%} of the human-label model."
-        )
-    latency = comparison.get("latency", {}).get("latency_ms_median")
+    if comparison is not None:
+        text += _versus(comparison)
+    latency = extra.get("latency", {}).get("latency_ms_median")
     if latency is not None:
         text += f" YOLO CPU latency {latency:.1f} ms per image (median)."
     return text
@@ -147,9 +160,9 @@ def _classification_section(paths: StudyPaths) -> str | None:
 
     root = paths.comparison_dir / "classification"
     metrics_file = root / "test_accuracy.csv"
-    comparison = _load(root / "comparison.json")
-    if comparison is None or not metrics_file.exists():
+    if not (root / "comparison.json").exists() or not metrics_file.exists():
         return None
+    comparison, extra = read_comparison(root / "comparison.json")
     metrics = pd.read_csv(metrics_file, index_col=0)
     parts = [
         f"`{source}` {row['accuracy']:.1%} [{row['ci_low']:.1%}, {row['ci_high']:.1%}]"
@@ -160,15 +173,9 @@ def _classification_section(paths: StudyPaths) -> str | None:
         f"- **Image classification (YOLOv8n-cls, {n_test} test images).** Top-1 accuracy with 95% "
         f"bootstrap intervals: {'; '.join(parts)}."
     )
-    if "difference" in comparison:
-        verdict = "meets" if comparison["target_met"] else "misses"
-        text += (
-            f" `pseudo` − `human`: {comparison['difference']:+.1%} "
-            f"[{comparison['difference_ci_low']:+.1%}, {comparison['difference_ci_high']:+.1%}], "
-            f"{comparison['ratio']:.1%} of the human-label model ({verdict} the "
-            f"{comparison['target_ratio']:.0%} target)."
-        )
-    latency = comparison.get("latency", {}).get("latency_ms_median")
+    if comparison is not None:
+        text += _versus(comparison)
+    latency = extra.get("latency", {}).get("latency_ms_median")
     if latency is not None:
         text += f" CPU latency {latency:.1f} ms per image (median)."
     return text
@@ -187,25 +194,25 @@ def _training_section(paths: StudyPaths) -> str | None:
     return f"- **Training**, wall time per label source: {times}." if times else None
 
 
-def verdict_lines(paths: StudyPaths, target_ratio: float = 0.97) -> list[str]:
+#: Chapter 06's two answers: the track's name, what it trains, and its comparison file.
+_VERDICT_TRACKS = (
+    ("detection (boxes, mAP50)", "detector", Path("comparison.json")),
+    ("image class (accuracy)", "classifier", Path("classification") / "comparison.json"),
+)
+
+
+def verdict_lines(paths: StudyPaths) -> list[str]:
     """The answer to the book's question in one line per track, from chapter 06's files."""
     lines = []
-    detection = _load(paths.comparison_dir / "comparison.json")
-    versus = (detection or {}).get("comparison") or {}
-    if versus:
-        met = versus["ratio"] >= target_ratio
+    for track, model, name in _VERDICT_TRACKS:
+        path = paths.comparison_dir / name
+        comparison = read_comparison(path)[0] if path.exists() else None
+        if comparison is None:
+            continue
         lines.append(
-            f"- **Verdict, detection (boxes, mAP50):** {'yes' if met else 'no'}: the pseudo-label "
-            f"detector reaches {versus['ratio']:.1%} of the human-label detector "
-            f"(target {target_ratio:.0%})."
-        )
-    classification = _load(paths.comparison_dir / "classification" / "comparison.json")
-    if classification and "ratio" in classification:
-        met = bool(classification["target_met"])
-        lines.append(
-            f"- **Verdict, image class (accuracy):** {'yes' if met else 'no'}: the pseudo-label "
-            f"classifier reaches {classification['ratio']:.1%} of the human-label classifier "
-            f"(target {classification['target_ratio']:.0%})."
+            f"- **Verdict, {track}:** {'yes' if comparison.target_met else 'no'}: the "
+            f"{comparison.candidate}-label {model} reaches {comparison.ratio:.1%} of the "
+            f"{comparison.reference}-label {model} (target {comparison.target_ratio:.0%})."
         )
     return lines
 
@@ -242,6 +249,10 @@ def findings_markdown(paths: StudyPaths, profile: str) -> str:
 
 
 def write_findings(project_root: Path, paths: StudyPaths, profile: str) -> Path:
+    """Write ``_findings.md``, and the verdict figure the preface opens with (``_verdict.md``)."""
+    from cascade_defect.plots.verdict import write_verdict
+
     target = project_root / FINDINGS_FILE
     target.write_text(findings_markdown(paths, profile))
+    write_verdict(project_root, paths.comparison_dir)
     return target

@@ -7,9 +7,7 @@ number in the book can be traced to the run that produced it, and a stale input 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
 import subprocess
 import time
@@ -21,46 +19,44 @@ from pathlib import Path
 
 import pandas as pd
 
+from cascade_defect.hashing import tree_sha256
+from cascade_defect.locations import portable_path, portable_values
 from cascade_defect.settings import StudyConfig, find_project_root
 
 MANIFEST_NAME = "manifest.json"
+
+#: Tracked files a run of the book rewrites itself: the record. Changes there do not make a run
+#: "dirty"; any other uncommitted change to a tracked file does.
+RECORD_OUTPUTS: tuple[str, ...] = (
+    "notebooks/*.ipynb",
+    "data/runs",
+    "_findings.md",
+    "_verdict.md",
+    "figures/verdict.png",
+    "_scaling_out.md",
+    "_preview",
+)
 
 
 class MissingInputError(FileNotFoundError):
     """A chapter's declared input is absent: the message names the chapter that writes it."""
 
 
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, read in chunks (checkpoints are several MB)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def tree_sha256(path: Path) -> str:
-    """One hash for a folder: relative paths and file hashes, in sorted order."""
-    path = Path(path)
-    if path.is_file():
-        return file_sha256(path)
-    digest = hashlib.sha256()
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(item.relative_to(path).as_posix().encode())
-        digest.update(file_sha256(item).encode())
-    return digest.hexdigest()
-
-
 def git_state(start: Path | None = None) -> dict[str, object]:
-    """The commit the code ran at and whether the tree had uncommitted changes."""
+    """The commit the code ran at and whether tracked files other than the record had changed.
+
+    The record's own files (:data:`RECORD_OUTPUTS`) are rewritten by the run in progress, so
+    they are left out; otherwise every manifest after the first would say ``dirty``.
+    """
     root = find_project_root(start) or Path.cwd()
+    excluded = [f":(top,exclude,glob){pattern}" for pattern in RECORD_OUTPUTS]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = bool(
             subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
+                ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded],
                 cwd=root,
                 capture_output=True,
                 text=True,
@@ -148,20 +144,19 @@ class ChapterRun:
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "profile": self.config.profile.name,
             "config": self.config.summary(),
-            "parameters": self.parameters,
-            "git": git_state(),
+            "parameters": portable_values(self.parameters, self.config),
+            "git": git_state(self.config.project_root),
             "python": platform.python_version(),
             "inputs": {
                 name: {
-                    "path": _display_path(path, self.config.work_dir),
+                    "path": portable_path(path, self.config),
                     "sha256": tree_sha256(path),
                     "source": self.input_sources.get(name, "local"),
                 }
                 for name, path in self.inputs.items()
             },
             "outputs": {
-                name: _display_path(path, self.config.work_dir)
-                for name, path in (outputs or {}).items()
+                name: portable_path(path, self.config) for name, path in (outputs or {}).items()
             },
             "counts": self.counts,
             "timings_s": self.timings,
@@ -181,15 +176,6 @@ def read_manifest(stage_dir: Path) -> dict:
     if not path.exists():
         raise MissingInputError(f"no manifest at {path}: that chapter has not run yet")
     return json.loads(path.read_text())
-
-
-def _display_path(path: Path, work_dir: Path) -> str:
-    """Paths under the work folder are recorded relative to it, so manifests travel."""
-    path = Path(path)
-    try:
-        return path.resolve().relative_to(work_dir.resolve()).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def files_table(root: Path, paths: Sequence[Path]) -> pd.DataFrame:

@@ -6,6 +6,10 @@ failing chapter and says which cell failed and where the partly executed noteboo
 Where executed notebooks go: the ``quick`` profile is the book's record, so by default its
 executed notebooks replace the ones in ``notebooks/`` (the files Quarto renders and git keeps).
 Other profiles write to ``<work_dir>/runs/<profile>/notebooks/`` and never touch the record.
+
+The record must read the same in every checkout, so locations reach the kernels through the
+``CASCADE_*`` environment variables rather than as injected parameters, and papermill's own
+metadata in each executed notebook is rewritten with :func:`~cascade_defect.locations.portable_path`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from cascade_defect.locations import portable_path, portable_text, portable_values
 from cascade_defect.settings import StudyConfig
 
 log = logging.getLogger(__name__)
@@ -91,20 +96,14 @@ def run_chapters(
     source_dir = project_root / "notebooks"
     out_dir = output_dir or default_output_dir(project_root, config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {
-        "profile": config.profile.name,
-        "work_dir": str(config.work_dir),
-        "storage": config.storage,
-        **(parameters or {}),
-    }
-    if config.data_dir is not None:
-        params["data_dir"] = str(config.data_dir)
+    # data_dir and work_dir stay None in the notebooks: the kernels read them from the
+    # environment (_kernel_settings), so no machine's path is written into the record.
+    params = {"profile": config.profile.name, "storage": config.storage, **(parameters or {})}
     # Notebooks must never reach the network for model weights or settings sync.
     env_defaults = {
         "YOLO_OFFLINE": "1",
         "YOLO_AUTOINSTALL": "0",
         "YOLO_CONFIG_DIR": str(config.work_dir / ".ultralytics"),
-        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         "CASCADE_PROGRESS": "off",
     }
     for key, value in env_defaults.items():
@@ -117,18 +116,32 @@ def run_chapters(
             params=params,
             kernel_name=kernel_name,
             progress=progress,
+            config=config,
         )
+
+
+#: The kernels draw figures into the notebook, whatever backend the calling process uses.
+KERNEL_MPL_BACKEND = "module://matplotlib_inline.backend_inline"
 
 
 @contextmanager
 def _kernel_settings(config: StudyConfig) -> Iterator[None]:
-    """Hand the kernels the weights this run resolved, then restore the environment.
+    """Hand the kernels the locations this run resolved, then restore the environment.
 
-    Chapters read the weights from ``CASCADE_YOLO_WEIGHTS`` (they are not a notebook
-    parameter), so a run configured with other weights than the environment's, or with a
-    relative path, must pass the resolved value on.
+    Chapters read the data, work folder and weights from ``CASCADE_DATA_DIR``,
+    ``CASCADE_WORK_DIR`` and ``CASCADE_YOLO_WEIGHTS`` (the notebooks' ``data_dir`` and
+    ``work_dir`` stay None), so a run configured otherwise than the environment, or with a
+    relative path, passes the resolved values on, and the executed notebooks hold none of them.
+    Figures always use the inline backend: a headless ``MPLBACKEND=Agg`` in the caller's
+    environment (the tests set one) would leave a figure cell ending in ``;`` without its image.
     """
-    chosen = {"CASCADE_YOLO_WEIGHTS": config.yolo_weights}
+    chosen = {
+        "CASCADE_WORK_DIR": str(config.work_dir),
+        "CASCADE_YOLO_WEIGHTS": config.yolo_weights,
+        "MPLBACKEND": KERNEL_MPL_BACKEND,
+    }
+    if config.data_dir is not None:
+        chosen["CASCADE_DATA_DIR"] = str(config.data_dir)
     if config.yolo_cls_weights:
         chosen["CASCADE_YOLO_CLS_WEIGHTS"] = config.yolo_cls_weights
     previous = {key: os.environ.get(key) for key in chosen}
@@ -151,6 +164,7 @@ def _run_each(
     params: dict[str, Any],
     kernel_name: str,
     progress: bool,
+    config: StudyConfig,
 ) -> list[ChapterTiming]:
     import papermill as pm
 
@@ -176,7 +190,7 @@ def _run_each(
                 f"{chapter.notebook} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
                 f"The partly executed notebook is at {target}."
             ) from error
-        strip_widget_outputs(target)
+        finish_notebook(target, config)
         seconds = time.perf_counter() - start
         timings.append(ChapterTiming(chapter.notebook, round(seconds, 1), target))
         log.info("%s done in %.1f s", chapter.notebook, seconds)
@@ -186,22 +200,51 @@ def _run_each(
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
-def strip_widget_outputs(path: Path) -> int:
-    """Drop interactive-widget outputs (progress bars) from an executed notebook.
+def finish_notebook(path: Path, config: StudyConfig) -> None:
+    """Make an executed notebook fit for the record: no widget outputs, no machine's paths.
 
-    Their state is not saved by papermill, so in a static book they render as nothing but a
-    request to a CDN; the text and figures around them are what the record keeps.
+    Widget outputs (progress bars) are dropped: papermill does not save their state, so in a
+    static book they render as nothing but a request to a CDN; the text and figures around them
+    are what the record keeps.
+
+    papermill writes the absolute input and output paths and the parameters into the
+    notebook's metadata and has no option against it; they are rewritten here with
+    :func:`~cascade_defect.locations.portable_path`. An output outside the project and the
+    work folder (a scratch copy) is recorded by its file name. Text outputs (a library's log
+    line naming a dataset folder) get the same forms through ``portable_text``.
     """
     import nbformat
 
     notebook = nbformat.read(str(path), as_version=4)
-    removed = 0
+    _strip_widgets(notebook)
+    notebook.metadata.pop("widgets", None)
     for cell in notebook.cells:
-        outputs = cell.get("outputs", [])
-        kept = [o for o in outputs if WIDGET_MIME not in o.get("data", {})]
-        removed += len(outputs) - len(kept)
-        if outputs:
-            cell["outputs"] = kept
-    if notebook.metadata.pop("widgets", None) is not None or removed:
-        nbformat.write(notebook, str(path))
-    return removed
+        for output in cell.get("outputs", []):
+            _portable_output(output, config)
+    papermill = notebook.metadata.get("papermill")
+    if papermill is not None:
+        for key in ("input_path", "output_path"):
+            if papermill.get(key):
+                written = portable_path(papermill[key], config)
+                papermill[key] = Path(written).name if Path(written).is_absolute() else written
+        if papermill.get("parameters"):
+            papermill["parameters"] = portable_values(dict(papermill["parameters"]), config)
+    nbformat.write(notebook, str(path))
+
+
+def _portable_output(output: Any, config: StudyConfig) -> None:
+    """Rewrite the absolute locations in one output's text, in place."""
+    if isinstance(output.get("text"), str):
+        output["text"] = portable_text(output["text"], config)
+    for mime, value in output.get("data", {}).items():
+        if mime.startswith("text/") and isinstance(value, str):
+            output["data"][mime] = portable_text(value, config)
+    if isinstance(output.get("traceback"), list):
+        output["traceback"] = [portable_text(line, config) for line in output["traceback"]]
+
+
+def _strip_widgets(notebook: Any) -> None:
+    """Remove widget outputs from ``notebook`` in place."""
+    for cell in notebook.cells:
+        if cell.get("outputs"):
+            cell["outputs"] = [o for o in cell["outputs"] if WIDGET_MIME not in o.get("data", {})]

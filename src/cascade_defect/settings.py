@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cascade_defect.locations import DataLocationError, portable_path
+
 ProfileName = Literal["smoke", "quick", "full"]
 
 NEU_CLASSES: tuple[str, ...] = (
@@ -355,14 +357,23 @@ class StudyConfig(BaseModel):
             )
         return self.data_dir
 
+    @property
+    def project_root(self) -> Path | None:
+        """The checkout this run belongs to: above the work folder, else above the current one."""
+        return find_project_root(self.work_dir) or find_project_root()
+
     def summary(self) -> dict[str, object]:
-        """A flat, printable view for the book (no secrets live here by construction)."""
+        """A flat, printable view for the book (no secrets live here by construction).
+
+        Locations are shown as :func:`portable_path` writes them, so the printed table and the
+        manifests that copy it read the same on every machine.
+        """
         return {
             "profile": self.profile.name,
-            "data_dir": str(self.data_dir) if self.data_dir else None,
-            "yolo_weights": self.yolo_weights,
-            "work_dir": str(self.work_dir),
-            "run_dir": str(self.paths.run_dir),
+            "data_dir": portable_path(self.data_dir, self) if self.data_dir else None,
+            "yolo_weights": portable_path(self.yolo_weights, self),
+            "work_dir": portable_path(self.work_dir, self),
+            "run_dir": portable_path(self.paths.run_dir, self),
             "storage": self.storage,
             **{f"split.{k}": v for k, v in self.profile.split.model_dump().items()},
             **{f"annotation.{k}": v for k, v in self.profile.annotation.model_dump().items()},
@@ -371,13 +382,11 @@ class StudyConfig(BaseModel):
                 f"classification.{k}": v
                 for k, v in self.profile.classification.model_dump().items()
             },
-            "yolo_cls_weights": self.yolo_cls_weights,
+            "yolo_cls_weights": portable_path(self.yolo_cls_weights, self)
+            if self.yolo_cls_weights
+            else None,
             "max_images_per_class": self.profile.max_images_per_class,
         }
-
-
-class DataLocationError(RuntimeError):
-    """The dataset is not where the settings say; the message says how to fix it."""
 
 
 def parameter_overrides(**sections: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

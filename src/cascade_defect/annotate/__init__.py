@@ -1,9 +1,9 @@
-"""Few-shot multimodal-LLM annotator: schema, durable store, prompt, client, Batch, cost.
+"""Few-shot annotation of an unlabelled pool: options, schema, durable store, MLLM and offline.
 
 ``schema`` and ``store`` are imported eagerly (every annotator, the offline one
-included, needs them and they are light); the online client, Batch and estimate
-modules pull in the ``openai`` SDK and the tokenizer, so their names are resolved
-lazily on first use.
+included, needs them and they are light); the options, the online annotator, Batch and
+estimate modules pull in pandas, the ``openai`` SDK and the tokenizer, so their names
+are resolved lazily on first use.
 """
 
 from __future__ import annotations
@@ -23,29 +23,31 @@ from cascade_defect.annotate.schema import (
 from cascade_defect.annotate.store import AnnotationStore
 
 _LAZY = {
-    "PROMPT_VERSION": "prompt",
-    "SeedExample": "prompt",
-    "FewShotPrompt": "prompt",
-    "build_prompt": "prompt",
-    "normalise_box": "prompt",
-    "prompt_overview": "prompt",
-    "render_prompt": "prompt",
-    "PoolImage": "client",
-    "RunSummary": "client",
-    "RetryPolicy": "client",
-    "MLLMAnnotator": "client",
-    "ProviderNotConfigured": "client",
-    "annotate_pool": "client",
-    "detect_provider": "client",
-    "make_client": "client",
-    "run_batch": "batch",
-    "collect_batch": "batch",
-    "BatchManifest": "batch",
-    "estimate_prompt_tokens": "estimate",
-    "estimate_run_cost": "estimate",
-    "estimate_pool_cost": "estimate",
-    "compare_with_usage": "estimate",
-    "count_text_tokens": "estimate",
+    "PROMPT_VERSION": "mllm.prompt",
+    "SeedExample": "mllm.prompt",
+    "FewShotPrompt": "mllm.prompt",
+    "build_prompt": "mllm.prompt",
+    "normalise_box": "mllm.prompt",
+    "prompt_overview": "mllm.prompt",
+    "render_prompt": "mllm.prompt",
+    "AnnotatorOptions": "options",
+    "resolve_annotator": "options",
+    "PoolImage": "mllm.annotator",
+    "RunSummary": "mllm.annotator",
+    "MLLMAnnotator": "mllm.annotator",
+    "annotate_pool": "mllm.annotator",
+    "RetryPolicy": "mllm.throttle",
+    "ProviderNotConfigured": "mllm.providers",
+    "detect_provider": "mllm.providers",
+    "make_client": "mllm.providers",
+    "run_batch": "mllm.batch",
+    "collect_batch": "mllm.batch",
+    "BatchManifest": "mllm.batch",
+    "estimate_prompt_tokens": "mllm.estimate",
+    "estimate_run_cost": "mllm.estimate",
+    "estimate_pool_cost": "mllm.estimate",
+    "compare_with_usage": "mllm.estimate",
+    "count_text_tokens": "mllm.estimate",
 }
 
 __all__ = [

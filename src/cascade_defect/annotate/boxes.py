@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.manifest import file_sha256
+from cascade_defect.data.yolo_txt import write_data_yaml, write_label_file, yolo_line
+from cascade_defect.hashing import sha256_file
 from cascade_defect.progress import progress_disabled
 from cascade_defect.train.yolo_env import (
     import_ultralytics,
@@ -270,7 +271,7 @@ class SeedDetector:
     def describe(self) -> dict[str, Any]:
         """Recorded in annotation params: which detector proposed a record's boxes."""
         weights = self.trained.weights if self.trained else self.base_weights
-        digest = file_sha256(weights) if weights.exists() else None
+        digest = sha256_file(weights) if weights.exists() else None
         return {"weights_sha256": digest, **self.settings.describe()}
 
     # -- training ------------------------------------------------------------------
@@ -426,7 +427,6 @@ def write_detector_dataset(
     Written by this module rather than reused from the split's export so the detector can be
     trained from any seed frame (e.g. each benchmark draw). Boxes are clipped to the image.
     """
-    import yaml
 
     out = Path(out_dir)
     if out.exists():
@@ -450,22 +450,10 @@ def write_detector_dataset(
             if x2 - x1 < 1 or y2 - y1 < 1:
                 continue
             cx, cy = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
-            lines.append(
-                f"{index[box.class_name]} {cx:.6f} {cy:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
-            )
+            lines.append(yolo_line(index[box.class_name], cx, cy, (x2 - x1) / w, (y2 - y1) / h))
         n_boxes += len(lines)
-        (out / "labels" / f"{image.image_id}.txt").write_text(
-            "\n".join(lines) + ("\n" if lines else "")
-        )
-    data_yaml = out / "data.yaml"
-    payload = {
-        "path": str(out.resolve()),
-        "train": "images",
-        "val": "images",
-        "names": dict(enumerate(class_names)),
-    }
-    data_yaml.write_text(yaml.safe_dump(payload, sort_keys=False))
-    return data_yaml, n_boxes
+        write_label_file(out / "labels" / f"{image.image_id}.txt", lines)
+    return write_data_yaml(out, class_names), n_boxes
 
 
 def _image_sizes(images: pd.DataFrame) -> dict[str, tuple[float, float]]:

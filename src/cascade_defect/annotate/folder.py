@@ -17,14 +17,16 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from cascade_defect.annotate.boxes import BoxStrategy
 from cascade_defect.annotate.labels import image_labels_from_store, yolo_lines
 from cascade_defect.annotate.mllm.prompt import SeedExample, normalise_box
+from cascade_defect.annotate.options import AnnotatorOptions
 from cascade_defect.annotate.review_export import coco_dataset
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.chapters.c03_annotation import resolve_annotator
 from cascade_defect.data.ingest import load_dataset
 from cascade_defect.data.records import IMAGE_SUFFIXES, Dataset, DatasetError
-from cascade_defect.manifest import file_sha256
+from cascade_defect.data.yolo_txt import write_label_file
+from cascade_defect.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ def scan_images(images_dir: Path) -> pd.DataFrame:
                 "image_id": image_id,
                 "path": str(path),
                 "file_name": path.relative_to(images_dir).as_posix(),
-                "sha256": file_sha256(path),
+                "sha256": sha256_file(path),
                 "width": width,
                 "height": height,
             }
@@ -128,29 +130,34 @@ def seed_frames(seeds: Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
     return images, boxes
 
 
+FOLDER_DEFAULTS = AnnotatorOptions(box_strategies=("whole_image",))
+"""A folder gets whole-image boxes unless asked otherwise: they need no training."""
+
+
 def annotate_folder(
     images_dir: Path,
     seeds_dir: Path,
     out_dir: Path,
+    options: AnnotatorOptions = FOLDER_DEFAULTS,
     *,
-    annotator: str = "auto",
-    model: str = "gpt-4o",
-    pricing_model: str | None = None,
-    detail: str = "low",
-    budget_usd: float = 5.0,
-    concurrency: int = 4,
-    box_strategy: str = "whole_image",
     weights: str = "yolov8n.pt",
-    progress: bool = True,
 ) -> FolderAnnotation:
-    """Label every image in ``images_dir`` from the seeds; resumable through ``out_dir``."""
+    """Label every image in ``images_dir`` from the seeds; resumable through ``out_dir``.
+
+    ``options.box_strategies`` must name one strategy: the folder gets one set of labels.
+    ``weights`` is the YOLOv8n checkpoint of the offline annotator and the seed detector.
+    """
+    if len(options.box_strategies) != 1:
+        raise InputError(f"give one box strategy for a folder, not {list(options.box_strategies)}")
+    (box_strategy,) = options.box_strategies
     start = time.perf_counter()
     seeds = load_seeds(seeds_dir)
     pool = scan_images(images_dir)
     class_names = list(seeds.class_names)
     out_dir.mkdir(parents=True, exist_ok=True)
     store = AnnotationStore(out_dir / "predictions.jsonl")
-    chosen = resolve_annotator(annotator)  # type: ignore[arg-type]
+    resolved = options.resolved()
+    chosen = resolved.annotator
     seed_images, seed_boxes = seed_frames(seeds)
     if box_strategy == "annotator" and chosen == "offline":
         raise InputError(
@@ -163,7 +170,8 @@ def annotate_folder(
             weights,
             cache_dir=out_dir / ".cache",
             config_dir=out_dir / ".ultralytics",
-            progress=progress,
+            progress=options.progress,
+            **options.offline_options,
         )
         offline.fit(seed_images, seed_boxes, class_names)
         offline.annotate(pool, store, box_strategy="whole_image")
@@ -189,18 +197,20 @@ def annotate_folder(
             examples,
             class_names,
             store.path,
-            provider=chosen,  # type: ignore[arg-type]
-            model=model,
-            pricing_model=pricing_model,
-            detail=detail,
-            concurrency=concurrency,
-            budget_usd=budget_usd,
-            progress=progress,
+            resolved,
         )
-        model_name = model
+        model_name = options.model
     store = AnnotationStore(out_dir / "predictions.jsonl")
     files = write_folder_outputs(
-        out_dir, pool, store, class_names, box_strategy, weights, seed_images, seed_boxes
+        out_dir,
+        pool,
+        store,
+        class_names,
+        box_strategy,
+        weights,
+        seed_images,
+        seed_boxes,
+        progress=options.progress,
     )
     labels = image_labels_from_store(store, pool)
     n_ok = int((labels["status"] == "ok").sum())
@@ -222,10 +232,12 @@ def write_folder_outputs(
     pool: pd.DataFrame,
     store: AnnotationStore,
     class_names: list[str],
-    box_strategy: str,
+    box_strategy: BoxStrategy,
     weights: str,
     seed_images: pd.DataFrame,
     seed_boxes: pd.DataFrame,
+    *,
+    progress: bool = True,
 ) -> dict[str, str]:
     """YOLO labels + names, a COCO JSON and the review CSV (least confident first)."""
     from cascade_defect.annotate.boxes import SeedDetector, predictions_from_store, pseudo_boxes
@@ -234,11 +246,14 @@ def write_folder_outputs(
     proposals = None
     if box_strategy == "seed_detector":
         detector = SeedDetector(
-            weights, out_dir / "seed_detector", config_dir=out_dir / ".ultralytics"
+            weights,
+            out_dir / "seed_detector",
+            config_dir=out_dir / ".ultralytics",
+            progress=progress,
         )
         detector.train(seed_images, seed_boxes, class_names)
         proposals = detector.propose(pool)
-    boxes = pseudo_boxes(predictions, box_strategy, proposals=proposals)  # type: ignore[arg-type]
+    boxes = pseudo_boxes(predictions, box_strategy, proposals=proposals)
 
     labels_dir = out_dir / "labels"
     labels_dir.mkdir(exist_ok=True)
@@ -247,7 +262,7 @@ def write_folder_outputs(
     for image_id in predictions["image_id"]:
         rows = by_image.get(image_id)
         lines = [] if rows is None else yolo_lines(rows, index)
-        (labels_dir / f"{image_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        write_label_file(labels_dir / f"{image_id}.txt", lines)
     (out_dir / "classes.txt").write_text("\n".join(class_names) + "\n")
 
     coco = coco_dataset(

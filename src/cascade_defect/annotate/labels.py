@@ -11,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.data.yolo_txt import yolo_line
 
 LABEL_COLUMNS = [
     "image_id",
@@ -69,7 +70,5 @@ def yolo_lines(rows: pd.DataFrame, class_index: dict[str, int]) -> list[str]:
         if row.class_name not in class_index:
             continue
         cx, cy = (row.x1 + row.x2) / 2, (row.y1 + row.y2) / 2
-        lines.append(
-            f"{class_index[row.class_name]} {cx:.6f} {cy:.6f} {row.x2 - row.x1:.6f} {row.y2 - row.y1:.6f}"
-        )
+        lines.append(yolo_line(class_index[row.class_name], cx, cy, row.x2 - row.x1, row.y2 - row.y1))
     return lines

@@ -9,13 +9,14 @@ provider stays minimal and the answer is still checked locally.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from cascade_defect.hashing import sha256_bytes
 
 NO_DEFECT = "no_defect"
 """Class name the model answers when it sees no defect of a known class."""
@@ -170,11 +171,6 @@ class AnnotationRecord(BaseModel):
         return self
 
 
-def sha256_hex(data: bytes) -> str:
-    """Hex SHA-256, the one content hash used across the annotator."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def canonical_json(value: Any) -> str:
     """Deterministic JSON (sorted keys, no spaces) so hashes do not depend on dict order."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -191,7 +187,7 @@ def annotation_key(
     payload = {
         "model": model,
         "prompt_hash": prompt_hash,
-        "image_sha256": sha256_hex(image_bytes),
+        "image_sha256": sha256_bytes(image_bytes),
         "params": dict(params),
     }
-    return sha256_hex(canonical_json(payload).encode("utf-8"))
+    return sha256_bytes(canonical_json(payload).encode("utf-8"))

@@ -1,7 +1,7 @@
-"""The work behind chapters 01 and 02, callable from notebooks, the CLI and tests alike.
+"""Chapter 01, data strategy: load the dataset once, describe it, and index it for the rest.
 
-Each function reads its declared inputs, writes its declared outputs and a manifest, and returns
-what the chapter shows. Nothing is passed between chapters in memory.
+Later chapters read this index (images, boxes, quirks, data card) instead of scanning the data
+again, so what the book says about the data and what it trains on cannot drift apart.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pandas as pd
 
 from cascade_defect.data.ingest import load_dataset
 from cascade_defect.data.records import Box, Dataset, ImageRecord, Quirk, data_card
+from cascade_defect.locations import portable_path, resolve_portable_path
 from cascade_defect.manifest import ChapterRun, require_inputs
 from cascade_defect.settings import StudyConfig
 
@@ -99,14 +100,14 @@ def run_data_strategy(
         out.root,
         parameters={"on_error": on_error, "class_names": chosen},
     )
-    run.input_sources["dataset"] = str(data_dir)
+    run.input_sources["dataset"] = portable_path(data_dir, config)
     with run.timed("load"):
         dataset = load_dataset(data_dir, class_names=chosen, on_error=on_error)  # type: ignore[arg-type]
     full_card = data_card(dataset)
     per_class = config.profile.max_images_per_class
     if per_class is not None:
         dataset = dataset.subsample(per_class, seed=config.profile.split.random_seed)
-    card = data_card(dataset)
+    card = data_card(dataset, config)
     card["full_dataset"] = {
         "n_images": full_card["n_images"],
         "quirks": full_card["quirks"],
@@ -116,7 +117,7 @@ def run_data_strategy(
     with run.timed("write"):
         dataset.images_frame().to_csv(out.images, index=False)
         dataset.boxes_frame().to_csv(out.boxes, index=False)
-        dataset.quirks_frame().to_csv(out.quirks, index=False)
+        dataset.quirks_frame(config).to_csv(out.quirks, index=False)
         out.card.write_text(json.dumps(card, indent=2) + "\n")
     run.counts.update(
         n_images=card["n_images"],
@@ -130,8 +131,12 @@ def run_data_strategy(
     return DataStrategyResult(dataset=dataset, card=card, outputs=out)
 
 
-def dataset_from_index(out: DataStrategyOutputs) -> Dataset:
-    """Rebuild the dataset from chapter 01's files (no re-scan, no hidden state)."""
+def dataset_from_index(out: DataStrategyOutputs, config: StudyConfig) -> Dataset:
+    """Rebuild the dataset from chapter 01's files (no re-scan, no hidden state).
+
+    The data card's root and the quirks' paths are portable (:func:`portable_path`); they come
+    back as this machine's paths.
+    """
     require_inputs(
         {"images": out.images, "boxes": out.boxes, "data_card": out.card},
         {
@@ -177,12 +182,17 @@ def dataset_from_index(out: DataStrategyOutputs) -> Dataset:
         for row in images.itertuples(index=False)
     ]
     return Dataset(
-        root=Path(card["root"]),
+        root=resolve_portable_path(card["root"], config),
         layout=card["layout"],
         class_names=list(card["class_names"]),
         images=records,
         quirks=[
-            Quirk(str(q.kind), str(q.path), str(q.detail), str(q.image_id) or None)
+            Quirk(
+                str(q.kind),
+                str(resolve_portable_path(str(q.path), config)),
+                str(q.detail),
+                str(q.image_id) or None,
+            )
             for q in quirks.itertuples(index=False)
         ],
         quarantined=[],

@@ -1,4 +1,7 @@
-"""TODO docstring for chapters.c02_split
+"""Chapter 02, split: seed, pool and golden test set, fixed once for every later chapter.
+
+Every comparison in the book is only fair if all label sources see the same seeds and are scored
+on the same untouched test images; this chapter writes that split and checks it for leaks.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def run_split(config: StudyConfig) -> SplitResult:
             "data_card": source.card,
         },
     )
-    dataset = dataset_from_index(source)
+    dataset = dataset_from_index(source, config)
     images = dataset.images_frame()
     with run.timed("assign"):
         assignment = assign_splits(images, config.profile.split)

@@ -1,5 +1,6 @@
 """Chapter 03: label the pool from the 18 seeds with the chosen annotator, then write pseudo-labels.
 
+The chapter's parameters are :class:`~cascade_defect.annotate.options.AnnotatorOptions`.
 ``annotator="auto"`` uses Azure OpenAI when ``AZURE_OPENAI_ENDPOINT`` is set, else OpenAI (or a
 compatible server) when ``OPENAI_API_KEY``/``OPENAI_BASE_URL`` is set, else the offline few-shot
 annotator, so the book always runs end to end. Every answer goes into the same append-only store
@@ -14,7 +15,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import pandas as pd
 
@@ -27,18 +28,16 @@ from cascade_defect.annotate.labels import (
 from cascade_defect.annotate.mllm.annotator import PoolImage, annotate_pool
 from cascade_defect.annotate.mllm.estimate import compare_with_usage, estimate_pool_cost
 from cascade_defect.annotate.mllm.prompt import FewShotPrompt, build_prompt, prompt_overview
-from cascade_defect.annotate.mllm.providers import detect_provider
+from cascade_defect.annotate.options import AnnotatorOptions
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.seeds import seed_examples
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.data.split import SplitLayout, read_labelled_listing, read_pool_listing
+from cascade_defect.data.yolo_txt import write_label_file
 from cascade_defect.manifest import ChapterRun
 from cascade_defect.settings import StudyConfig
 
 log = logging.getLogger(__name__)
-
-AnnotatorChoice = Literal["auto", "azure", "openai", "offline"]
-BOX_STRATEGIES = ("whole_image", "seed_detector", "annotator")
 
 
 @dataclass
@@ -56,50 +55,39 @@ class AnnotationResult:
     estimate_vs_actual: dict | None
     failures: pd.DataFrame
     outputs: AnnotationOutputs
+    options: AnnotatorOptions
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def resolve_annotator(choice: AnnotatorChoice) -> str:
-    """The annotator ``auto`` stands for on this machine (credentials come from the environment)."""
-    if choice != "auto":
-        return choice
-    return detect_provider() or "offline"
-
-
 def run_annotation(
-    config: StudyConfig,
-    *,
-    annotator: AnnotatorChoice = "auto",
-    model: str = "gpt-4o",
-    pricing_model: str | None = None,
-    detail: str = "low",
-    concurrency: int = 4,
-    budget_usd: float = 5.0,
-    max_attempts: int = 3,
-    box_strategies: tuple[str, ...] = ("whole_image", "seed_detector", "annotator"),
-    offline_options: dict | None = None,
+    config: StudyConfig, options: AnnotatorOptions | None = None, **fields: Any
 ) -> AnnotationResult:
-    """Annotate chapter 02's pool and write chapter 03's outputs and manifest."""
-    unknown = set(box_strategies) - set(BOX_STRATEGIES)
-    if unknown:
-        raise ValueError(f"unknown box strategies {sorted(unknown)}; choose from {BOX_STRATEGIES}")
+    """Annotate chapter 02's pool and write chapter 03's outputs and manifest.
+
+    ``fields`` are :class:`AnnotatorOptions` fields given as keywords (the notebook passes its
+    papermill parameters this way: ``annotator=..., model=..., budget_usd=...``); they change
+    ``options``, or the defaults when ``options`` is None. A wrong name or value raises
+    pydantic's ``ValidationError`` naming it.
+    """
+    options = AnnotatorOptions.from_fields(options, **fields)
     layout = SplitLayout(config.paths.split_dir)
     outputs = AnnotationOutputs(config.paths.annotation_dir)
-    chosen = resolve_annotator(annotator)
+    resolved = options.resolved()
+    chosen = resolved.annotator
     run = ChapterRun(
         "03_few_shot_annotation",
         config,
         outputs.root,
         parameters={
-            "annotator": annotator,
+            "annotator": options.annotator,
             "resolved_annotator": chosen,
-            "model": model,
-            "detail": detail,
-            "concurrency": concurrency,
-            "budget_usd": budget_usd,
-            "max_attempts": max_attempts,
-            "box_strategies": list(box_strategies),
-            "offline_options": offline_options or {},
+            "model": options.model,
+            "detail": options.detail,
+            "concurrency": options.concurrency,
+            "budget_usd": options.budget_usd,
+            "max_attempts": options.max_attempts,
+            "box_strategies": list(options.box_strategies),
+            "offline_options": dict(options.offline_options),
         },
         inputs={
             "seed": layout.seed_listing,
@@ -110,37 +98,25 @@ def run_annotation(
     class_names = layout.class_names()
     seeds = seed_examples(layout)
     pool = read_pool_listing(layout)
-    prompt = build_prompt(seeds, class_names, detail=detail)
+    prompt = build_prompt(seeds, class_names, detail=options.detail)
     sample = Path(pool["path"].iloc[0]).read_bytes()
-    priced = pricing_model or model
+    priced = options.priced_model
     prompt_estimate, cost_estimate = estimate_pool_cost(prompt, sample, len(pool), priced)
     store = AnnotationStore(outputs.predictions)
 
     if chosen == "offline":
         with run.timed("annotate"):
-            run_summary = _annotate_offline(config, layout, pool, store, offline_options or {})
+            run_summary = _annotate_offline(config, layout, pool, store, options)
         model_name = run_summary["model"]
     else:
         images = [PoolImage(str(r.image_id), Path(r.path)) for r in pool.itertuples(index=False)]
         with run.timed("annotate"):
-            summary = annotate_pool(
-                images,
-                seeds,
-                class_names,
-                outputs.predictions,
-                provider=chosen,  # type: ignore[arg-type]
-                model=model,
-                pricing_model=pricing_model,
-                detail=detail,
-                concurrency=concurrency,
-                budget_usd=budget_usd,
-                max_attempts=max_attempts,
-            )
+            summary = annotate_pool(images, seeds, class_names, outputs.predictions, resolved)
         run_summary = summary.as_dict()
-        model_name = model
+        model_name = options.model
     store = AnnotationStore(outputs.predictions)
     with run.timed("boxes"):
-        boxes = _pseudo_boxes(config, layout, pool, store, box_strategies, chosen)
+        boxes = _pseudo_boxes(config, layout, pool, store, resolved)
 
     store = AnnotationStore(outputs.predictions)
     labels = image_labels_from_store(store, pool)
@@ -218,6 +194,7 @@ def run_annotation(
         estimate_vs_actual=comparison,
         failures=failures,
         outputs=outputs,
+        options=options,
         timings=dict(run.timings),
     )
 
@@ -227,7 +204,7 @@ def _annotate_offline(
     layout: SplitLayout,
     pool: pd.DataFrame,
     store: AnnotationStore,
-    options: dict,
+    options: AnnotatorOptions,
 ) -> dict:
     """Fit the offline few-shot annotator on the seeds and label the pool into the store."""
     from cascade_defect.annotate.offline import OfflineAnnotator
@@ -237,7 +214,8 @@ def _annotate_offline(
         config.yolo_weights,
         cache_dir=config.work_dir / ".cache" / "features",
         config_dir=config.work_dir / ".ultralytics",
-        **options,
+        progress=options.progress,
+        **options.offline_options,
     )
     annotator.fit(seeds, seed_boxes, layout.class_names())
     summary = annotator.annotate(pool, store, box_strategy="whole_image")
@@ -249,10 +227,10 @@ def _pseudo_boxes(
     layout: SplitLayout,
     pool: pd.DataFrame,
     store: AnnotationStore,
-    strategies: tuple[str, ...],
-    annotator: str,
+    options: AnnotatorOptions,
 ) -> pd.DataFrame:
-    """Pseudo boxes for each requested strategy, from the store's latest answers."""
+    """Pseudo boxes for each of ``options.box_strategies`` from the store's latest answers
+    (``options.annotator`` resolved: the offline annotator has no boxes of its own)."""
     from cascade_defect.annotate.boxes import (
         SeedDetector,
         SeedDetectorSettings,
@@ -262,8 +240,8 @@ def _pseudo_boxes(
 
     predictions = predictions_from_store(store, pool)
     frames = []
-    for strategy in strategies:
-        if strategy == "annotator" and annotator == "offline":
+    for strategy in options.box_strategies:
+        if strategy == "annotator" and options.annotator == "offline":
             log.info(
                 "the offline annotator returns no boxes of its own: 'annotator' strategy skipped"
             )
@@ -277,10 +255,11 @@ def _pseudo_boxes(
                 SeedDetectorSettings.for_profile(config.profile),
                 config_dir=config.work_dir / ".ultralytics",
                 threads=config.profile.training.torch_threads,
+                progress=options.progress,
             )
             detector.train(seeds, seed_boxes, layout.class_names())
             proposals = detector.propose(pool)
-        frames.append(pseudo_boxes(predictions, strategy, proposals=proposals))  # type: ignore[arg-type]
+        frames.append(pseudo_boxes(predictions, strategy, proposals=proposals))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -336,7 +315,7 @@ def write_pseudo_labels(
         for image_id in labelled:
             rows = by_image.get(image_id)
             lines = [] if rows is None else yolo_lines(rows, index)
-            (folder / f"{image_id}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+            write_label_file(folder / f"{image_id}.txt", lines)
         written[str(strategy)] = len(labelled)
     return written
 

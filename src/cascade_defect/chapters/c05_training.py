@@ -1,10 +1,14 @@
-"""The image-classification track: YOLOv8n-cls per label source, scored by test accuracy.
+"""Chapter 05, training: one YOLOv8n per label source, and the image-classification track.
+
+Every source trains the same detector on the same schedule, so chapter 06 can put any difference
+down to the labels. Results name their weights with portable paths, so ``reuse`` finds an
+identical earlier run in any checkout that has its weights.
 
 Detection (chapters 05 and 06) scores boxes. Many inspection lines need only the defect class of
 an image, and a dataset with image-level labels only has no boxes worth scoring (its detection
-track trains on whole-image boxes). This track trains YOLOv8n-cls on each source's image-level
-labels, on exactly the images, hold-out and exclusions of the detection source of the same name,
-and scores top-1 accuracy on the golden test set with bootstrap intervals.
+track trains on whole-image boxes). The classification track trains YOLOv8n-cls on each source's
+image-level labels, on exactly the images, hold-out and exclusions of the detection source of the
+same name, and scores top-1 accuracy on the golden test set with bootstrap intervals.
 
 The classifier starts from ImageNet weights when ``CASCADE_YOLO_CLS_WEIGHTS`` names a
 ``yolov8n-cls.pt``; otherwise YOLOv8n-cls is built from its configuration and its backbone is
@@ -16,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,8 @@ from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseud
 from cascade_defect.data.split import (
     SplitLayout,
 )
+from cascade_defect.hashing import sha256_file
+from cascade_defect.locations import resolve_portable_path
 from cascade_defect.manifest import ChapterRun, require_inputs
 from cascade_defect.settings import StudyConfig
 from cascade_defect.train.classify import (
@@ -183,27 +188,52 @@ def train_source(
     out = TrainingOutputs(config.paths.training_dir)
     schedule = training_schedule(settings, epochs)
     fingerprint = training_fingerprint(data_yaml.parent, config.yolo_weights, schedule)
-    if reuse:
-        earlier = reusable_result(out.result_file(source), fingerprint)
-        if earlier is not None:
-            log.info("%s: reusing the identical run in %s", source, earlier.run_dir)
-            earlier.dataset_counts = dataset.counts()
-            return earlier
-    result = train_yolo(
-        data_yaml,
-        weights=config.yolo_weights,
-        project_dir=out.runs_dir,
-        name=source,
-        config_dir=config.work_dir / ".ultralytics",
-        progress=progress,
-        verbose=verbose,
-        **schedule,
+    return train_or_reuse(
+        config,
+        out.result_file(source),
+        fingerprint,
+        dataset.counts(),
+        reuse=reuse,
+        train=lambda: train_yolo(
+            data_yaml,
+            weights=config.yolo_weights,
+            project_dir=out.runs_dir,
+            name=source,
+            config_dir=config.work_dir / ".ultralytics",
+            progress=progress,
+            verbose=verbose,
+            **schedule,
+        ),
     )
-    result.dataset_counts = dataset.counts()
-    payload = result.summary()
-    payload["fingerprint"] = fingerprint
-    payload["history"] = result.history.to_dict(orient="records")
-    out.result_file(source).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def train_or_reuse(
+    config: StudyConfig,
+    result_file: Path,
+    fingerprint: str,
+    counts: dict[str, int],
+    *,
+    reuse: bool,
+    train: Callable[[], TrainingResult],
+    extra: Mapping[str, Any] | None = None,
+) -> TrainingResult:
+    """The one path both tracks take: an identical earlier run when ``reuse`` finds one, else
+    ``train()`` and record its result (portable paths, fingerprint, ``extra``, history)."""
+    if reuse and (earlier := reusable_result(result_file, fingerprint, config)) is not None:
+        log.info("%s: reusing the identical run in %s", result_file.stem, earlier.run_dir)
+        earlier.dataset_counts = counts
+        return earlier
+    result = train()
+    result.dataset_counts = counts
+    payload = result.summary(config)
+    payload.update(
+        {
+            "fingerprint": fingerprint,
+            **(extra or {}),
+            "history": result.history.to_dict(orient="records"),
+        }
+    )
+    result_file.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return result
 
 
@@ -237,17 +267,13 @@ def summary_table(results: Mapping[str, TrainingResult]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("source") if rows else pd.DataFrame()
 
 
-def write_results(results: Mapping[str, TrainingResult], path: Path) -> None:
-    """Every source's :meth:`TrainingResult.summary`, with paths relative to ``path``'s folder.
+def write_results(results: Mapping[str, TrainingResult], path: Path, config: StudyConfig) -> None:
+    """Every source's :meth:`TrainingResult.summary`, its paths written by ``portable_path``.
 
-    Relative paths keep the file valid when the run folder moves (or comes back from the lake).
+    Portable paths keep the file valid in another checkout or on another machine;
+    :func:`read_training_results` reads them back.
     """
-    payload = {}
-    for source, result in results.items():
-        entry = result.summary()
-        for key in ("best_weights", "run_dir"):
-            entry[key] = os.path.relpath(entry[key], path.parent)
-        payload[source] = entry
+    payload = {source: result.summary(config) for source, result in results.items()}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
@@ -257,13 +283,18 @@ def learning_history(results: Mapping[str, TrainingResult]) -> pd.DataFrame:
     return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
 
 
-def read_training_results(outputs: TrainingOutputs) -> dict[str, dict[str, Any]]:
-    """Chapter 05's per-source results (weights path, counts, times), or a clear error."""
+def read_training_results(
+    outputs: TrainingOutputs, config: StudyConfig
+) -> dict[str, dict[str, Any]]:
+    """Chapter 05's per-source results (weights path, counts, times), or a clear error.
+
+    ``best_weights`` and ``run_dir`` come back as local paths (:func:`resolve_portable_path`).
+    """
     require_inputs({"training_results": outputs.results}, {"training_results": "notebook 05"})
     payload = json.loads(outputs.results.read_text())
-    root = outputs.root
     for entry in payload.values():
-        entry["best_weights"] = str(root / entry["best_weights"])
+        for key in ("best_weights", "run_dir"):
+            entry[key] = str(resolve_portable_path(entry[key], config))
     return payload
 
 
@@ -317,7 +348,7 @@ def run_training(
     summary.to_csv(out.summary)
     history.to_csv(out.history, index=False)
     exclusions.to_csv(out.exclusions, index=False)
-    write_results(results, out.results)
+    write_results(results, out.results, config)
     run.counts.update(
         {f"wall_seconds_{s}": round(r.wall_seconds, 1) for s, r in results.items()}
         | {f"cpu_seconds_{s}": round(r.cpu_seconds, 1) for s, r in results.items()}
@@ -385,6 +416,14 @@ def classification_outputs(config: StudyConfig) -> ClassificationOutputs:
     return ClassificationOutputs(config.paths.training_dir / "classification")
 
 
+def _checkpoint_identity(config: StudyConfig) -> str:
+    """The ImageNet classifier checkpoint by content (its path differs between machines)."""
+    weights = config.yolo_cls_weights
+    if weights and Path(weights).is_file():
+        return sha256_file(weights)
+    return weights or ""
+
+
 def train_classifier_source(
     config: StudyConfig,
     source: str,
@@ -414,36 +453,36 @@ def train_classifier_source(
     fingerprint = training_fingerprint(
         data_dir,
         config.yolo_weights,
-        {**schedule, "task": "classify", "cls_weights": config.yolo_cls_weights or ""},
+        {**schedule, "task": "classify", "cls_weights": _checkpoint_identity(config)},
     )
-    if reuse and (earlier := reusable_result(out.result_file(source), fingerprint)) is not None:
-        log.info("%s (classification): reusing the identical run in %s", source, earlier.run_dir)
-        earlier.dataset_counts = dataset.counts()
-        return earlier
     config_dir = config.work_dir / ".ultralytics"
-    model, origin = base_classifier(config.yolo_weights, config.yolo_cls_weights, config_dir)
-    result = train_yolo(
-        data_dir,
-        weights=config.yolo_weights,
-        project_dir=out.runs_dir,
-        name=source,
-        config_dir=config_dir,
-        progress=progress,
-        model=model,
-        headline="top1",
-        **schedule,
+    initial: dict[str, str] = {}
+
+    def train() -> TrainingResult:
+        model, initial["initial_weights"] = base_classifier(
+            config.yolo_weights, config.yolo_cls_weights, config_dir
+        )
+        return train_yolo(
+            data_dir,
+            weights=config.yolo_weights,
+            project_dir=out.runs_dir,
+            name=source,
+            config_dir=config_dir,
+            progress=progress,
+            model=model,
+            headline="top1",
+            **schedule,
+        )
+
+    return train_or_reuse(
+        config,
+        out.result_file(source),
+        fingerprint,
+        dataset.counts(),
+        reuse=reuse,
+        train=train,
+        extra=initial,
     )
-    result.dataset_counts = dataset.counts()
-    payload = result.summary()
-    payload.update(
-        {
-            "fingerprint": fingerprint,
-            "initial_weights": origin,
-            "history": result.history.to_dict(orient="records"),
-        }
-    )
-    out.result_file(source).write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    return result
 
 
 @dataclass
@@ -504,7 +543,7 @@ def run_classification_training(
     history = learning_history(results)
     summary.to_csv(out.summary)
     history.to_csv(out.history, index=False)
-    write_results(results, out.results)
+    write_results(results, out.results, config)
     run.counts.update(
         {f"wall_seconds_{s}": round(r.wall_seconds, 1) for s, r in results.items()}
         | {"n_sources": len(results)}

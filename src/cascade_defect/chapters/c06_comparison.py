@@ -16,7 +16,7 @@ annotator; its accuracy and cost per 1,000 images are traced over the threshold.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,25 +36,39 @@ from cascade_defect.costs.cascade import (
     annotator_price_per_image,
     cascade_costs,
     cascade_curve,
+    images_annotator,
 )
+from cascade_defect.costs.references import cpu_vm_usd_per_hour
 from cascade_defect.data.split import SplitLayout, read_labelled_listing
+from cascade_defect.data.yolo_txt import write_data_yaml
 from cascade_defect.manifest import ChapterRun, require_inputs
 from cascade_defect.metrics.bootstrap import (
+    DEFAULT_TARGET_RATIO,
     accuracy_samples,
     bootstrap_indices,
-    bootstrap_map50,
+    bootstrap_map50_per_model,
     bootstrap_table,
-    paired_difference,
-    percentile_interval,
+    write_comparison,
+)
+from cascade_defect.metrics.bootstrap import (
+    comparison_table as comparison_table,  # notebook 06 imports it from here
 )
 from cascade_defect.metrics.classification import (
+    classifier_scores,
     image_accuracy,
     image_predictions,
     macro_scores,
-    per_class_metrics,
 )
-from cascade_defect.metrics.detection import MatchedDetections, detection_metrics, match_detections
-from cascade_defect.metrics.kpi import DEFAULT_KPI_TARGET, KpiTarget, kpi_threshold, threshold_sweep
+from cascade_defect.metrics.detection import (
+    MatchedDetections,
+    detection_metrics,
+    ground_truth_table,
+    match_detections,
+)
+from cascade_defect.metrics.detection import (
+    ultralytics_agreement as ultralytics_agreement,  # notebook 06 imports it from here
+)
+from cascade_defect.metrics.kpi import DEFAULT_KPI_TARGET, KpiTarget, kpi_tables
 from cascade_defect.settings import StudyConfig
 from cascade_defect.train.classify import classify_images
 from cascade_defect.train.predict import measure_latency, validate_on_test
@@ -77,7 +91,6 @@ def cascade_inputs(
 ) -> CascadeInputs:
     """Resolve the cascade's annotator and prices from the parameters and earlier chapters."""
     from cascade_defect.chapters.c03_annotation import AnnotationOutputs
-    from cascade_defect.costs.references import reference
 
     origin: dict[str, str] = {}
     if annotator_usd_per_image is None:
@@ -90,11 +103,7 @@ def cascade_inputs(
         )
     else:
         origin["annotator"] = "parameter"
-    if vm_usd_per_hour is None:
-        vm = reference("inference_vms.cpu_vm")
-        vm_usd_per_hour, origin["vm"] = float(vm.value), f"cost references: {vm.name}"
-    else:
-        origin["vm"] = "parameter"
+    vm_usd_per_hour, origin["vm"] = cpu_vm_usd_per_hour(vm_usd_per_hour)
     labeller = escalation_annotator(config, annotator, progress=progress) if annotator else None
     return CascadeInputs(
         annotator=labeller,
@@ -120,9 +129,6 @@ def escalation_annotator(config: StudyConfig, kind: str, progress: bool = True) 
     layout = SplitLayout(config.paths.split_dir)
     seeds, seed_boxes = read_labelled_listing(layout, "seed")
     test, _ = read_labelled_listing(layout, "test")
-    unlabelled = test[["image_id", "path", "sha256"]].assign(
-        image_id=lambda f: f["image_id"].astype(str)
-    )
     annotator = OfflineAnnotator(
         config.yolo_weights,
         cache_dir=config.work_dir / ".cache" / "offline_features",
@@ -131,49 +137,7 @@ def escalation_annotator(config: StudyConfig, kind: str, progress: bool = True) 
         progress=progress,
     )
     annotator.fit(seeds, seed_boxes, layout.class_names())
-
-    def label(image_ids: Sequence[str]) -> dict[str, str]:
-        chosen = unlabelled[unlabelled["image_id"].isin(set(map(str, image_ids)))]
-        if chosen.empty:
-            return {}
-        answers = annotator.predict(chosen)
-        return dict(zip(answers["image_id"].astype(str), answers["class_name"], strict=True))
-
-    return label
-
-
-def comparison_table(comparison: Mapping[str, Any], target_ratio: float = 0.97) -> pd.DataFrame:
-    """The paired pseudo-vs-human comparison as a readable table, with the target verdict."""
-    if not comparison:
-        return pd.DataFrame({"value": ["needs both the reference and the candidate model"]})
-    low, high = comparison["ratio_ci"]
-    rows = {
-        "reference": comparison["reference"],
-        "candidate": comparison["candidate"],
-        "mAP50 difference (candidate − reference)": round(comparison["difference"], 4),
-        "95% interval of the difference": tuple(round(v, 4) for v in comparison["difference_ci"]),
-        "mAP50 ratio (candidate / reference)": round(comparison["ratio"], 4),
-        "95% interval of the ratio": (round(low, 4), round(high, 4)),
-        f"estimate reaches {target_ratio:.0%} of the reference": comparison["ratio"]
-        >= target_ratio,
-        f"whole interval at or above {target_ratio:.0%}": low >= target_ratio,
-        f"{target_ratio:.0%} still inside the interval": low <= target_ratio <= high,
-        "share of resamples where the candidate is worse": round(
-            comparison["share_of_samples_candidate_worse"], 3
-        ),
-    }
-    return pd.Series(rows, name="value").to_frame()
-
-
-def ultralytics_agreement(metrics: pd.DataFrame) -> pd.DataFrame:
-    """This module's mAP next to ultralytics' ``model.val`` on the same detections, with the gap.
-
-    The bootstrap resamples this module's statistic, so it must be the one the table reports.
-    """
-    columns = ["map50", "map50_ultralytics", "map50_95", "map50_95_ultralytics"]
-    table = metrics[columns].copy()
-    table["abs_gap_map50"] = (metrics["map50"] - metrics["map50_ultralytics"]).abs()
-    return table.round(4)
+    return images_annotator(annotator.predict, test)
 
 
 def headline_source(metrics: pd.DataFrame) -> str:
@@ -237,7 +201,7 @@ class ComparisonChapter:
     metrics: pd.DataFrame
     per_class: pd.DataFrame
     bootstrap: pd.DataFrame
-    comparison: dict[str, Any]
+    comparison: dict[str, Any]  # Comparison.model_dump(); empty without both models
     kpi: pd.DataFrame
     thresholds: pd.DataFrame
     cascade: pd.DataFrame
@@ -251,44 +215,18 @@ def golden_test_truth(layout: SplitLayout) -> tuple[pd.DataFrame, pd.DataFrame, 
     """Test images (id, path, class) and their boxes in pixel corners with class indices."""
     images, boxes = read_labelled_listing(layout, "test")
     class_names = layout.class_names()
-    index = {name: i for i, name in enumerate(class_names)}
     images["image_id"] = images["image_id"].astype(str)
-    boxes = boxes[boxes["class_name"].isin(index)].copy()
-    truth = pd.DataFrame(
-        {
-            "image_id": boxes["image_id"].astype(str),
-            "class_id": boxes["class_name"].map(index).astype(int),
-            "x1": boxes["xmin"].astype(float),
-            "y1": boxes["ymin"].astype(float),
-            "x2": boxes["xmax"].astype(float),
-            "y2": boxes["ymax"].astype(float),
-        }
-    )
-    return images, truth, class_names
+    return images, ground_truth_table(boxes, class_names), class_names
 
 
 def golden_test_dataset(layout: SplitLayout, target: Path, class_names: Sequence[str]) -> Path:
     """A linked copy of the test split for ``model.val`` (its label cache lands here, not in 02)."""
-    import yaml
-
     source = layout.yolo_dir("test")
     for sub in ("images", "labels"):
         for path in sorted((source / sub).glob("*")):
             if path.is_file() and not path.name.endswith(".cache"):
                 link_or_copy(path, target / sub / path.name)
-    data_yaml = target / "data.yaml"
-    data_yaml.write_text(
-        yaml.safe_dump(
-            {
-                "path": str(target.resolve()),
-                "train": "images",
-                "val": "images",
-                "names": dict(enumerate(class_names)),
-            },
-            sort_keys=False,
-        )
-    )
-    return data_yaml
+    return write_data_yaml(target, class_names)
 
 
 def run_comparison(
@@ -306,6 +244,7 @@ def run_comparison(
     annotator_usd_per_image: float = 0.0,
     vm_usd_per_hour: float = 0.0,
     cascade_source: str | None = None,
+    target_ratio: float = DEFAULT_TARGET_RATIO,
     progress: bool = True,
 ) -> ComparisonChapter:
     """Score every trained model on the golden test set, bootstrap, check the KPI, run the cascade.
@@ -314,7 +253,7 @@ def run_comparison(
     a callable on image ids); without one the cascade table is left empty and a note says so.
     """
     training = TrainingOutputs(config.paths.training_dir)
-    results = read_training_results(training)
+    results = read_training_results(training, config)
     chosen = [s for s in (sources or list(results)) if s in results]
     missing = [s for s in (sources or []) if s not in results]
     if missing:
@@ -333,6 +272,7 @@ def run_comparison(
             "n_bootstrap": n_bootstrap,
             "bootstrap_seed": bootstrap_seed,
             "kpi_target": kpi_target.__dict__,
+            "target_ratio": target_ratio,
             "latency_images": latency_images,
             "annotator": annotator_name if annotator is not None else None,
             "annotator_usd_per_image": annotator_usd_per_image,
@@ -398,24 +338,18 @@ def run_comparison(
             )
         metrics["latency_ms_median"] = latency["latency_ms_median"]
     multiplicities = bootstrap_indices(len(images), n_bootstrap, bootstrap_seed)
-    samples: dict[str, np.ndarray] = {}
     with run.timed("bootstrap"):
-        for source in chosen:
-            samples[source] = bootstrap_map50(
-                matched[source], multiplicities, progress=progress, desc=f"bootstrap {source}"
-            )
+        samples = bootstrap_map50_per_model(matched, multiplicities, progress=progress)
     boot, comparison = bootstrap_table(
-        metrics["map50"].to_dict(), samples, reference=reference, candidate=candidate
+        metrics["map50"].to_dict(),
+        samples,
+        reference=reference,
+        candidate=candidate,
+        target_ratio=target_ratio,
     )
     if len(boot):
         metrics = metrics.join(boot[["ci_low", "ci_high"]].add_prefix("map50_"))
-    kpi_rows, sweeps = [], []
-    for source in chosen:
-        verdict = kpi_threshold(matched[source], kpi_target)
-        kpi_rows.append({"source": source, **verdict})
-        sweeps.append(threshold_sweep(matched[source]).assign(source=source))
-    kpi = pd.DataFrame(kpi_rows).set_index("source") if kpi_rows else pd.DataFrame()
-    thresholds = pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame()
+    kpi, thresholds = kpi_tables(matched, kpi_target)
     cascade_from = cascade_source or (candidate if candidate in chosen else latency_source)
     cascade = pd.DataFrame()
     if annotator is None:
@@ -437,19 +371,19 @@ def run_comparison(
     kpi.to_csv(out.kpi)
     thresholds.to_csv(out.thresholds, index=False)
     cascade.to_csv(out.cascade, index=False)
-    payload = {
-        "comparison": comparison,
-        "latency": {**latency, "source": latency_source},
-        "n_test_images": len(images),
-        "n_bootstrap": n_bootstrap,
-        "notes": notes,
-        "max_abs_map50_gap_vs_ultralytics": float(
+    write_comparison(
+        out.comparison,
+        comparison,
+        latency={**latency, "source": latency_source},
+        n_test_images=len(images),
+        n_bootstrap=n_bootstrap,
+        notes=notes,
+        max_abs_map50_gap_vs_ultralytics=float(
             (metrics["map50"] - metrics["map50_ultralytics"]).abs().max()
         )
         if len(metrics)
         else None,
-    }
-    out.comparison.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    )
     run.counts.update(n_models=len(chosen), n_test_images=len(images))
     run.write(
         {
@@ -467,7 +401,7 @@ def run_comparison(
         metrics,
         per_class_table,
         boot,
-        comparison,
+        comparison.model_dump() if comparison else {},
         kpi,
         thresholds,
         cascade,
@@ -511,7 +445,7 @@ class ClassificationComparison:
     metrics: pd.DataFrame
     per_class: pd.DataFrame
     confusion: dict[str, pd.DataFrame]
-    comparison: dict[str, Any]
+    comparison: dict[str, Any]  # Comparison.model_dump(); empty without both models
     samples: dict[str, np.ndarray]
     predictions: dict[str, pd.DataFrame]
     outputs: ClassificationComparisonOutputs
@@ -524,7 +458,7 @@ def run_classification_comparison(
     *,
     n_bootstrap: int = 1000,
     bootstrap_seed: int = 0,
-    target_ratio: float = 0.97,
+    target_ratio: float = DEFAULT_TARGET_RATIO,
     latency_images: int = 50,
     progress: bool = True,
 ) -> ClassificationComparison:
@@ -542,7 +476,7 @@ def run_classification_comparison(
         {"classification_results": trained.results, "split_test": layout.test_listing},
         {"classification_results": "notebook 05", "split_test": "notebook 02"},
     )
-    results = json.loads(trained.results.read_text())
+    results = read_training_results(trained, config)
     test_images, _, class_names = golden_test_truth(layout)
     truth = test_images.set_index("image_id")["class_name"].astype(str)
     out.root.mkdir(parents=True, exist_ok=True)
@@ -583,24 +517,12 @@ def run_classification_comparison(
         predictions[source] = frame
         aligned = frame.set_index("image_id").reindex(test_images["image_id"].astype(str))
         samples[source] = accuracy_samples(aligned["correct"].to_numpy(), multiplicities)
-        per_class = per_class_metrics(
-            frame.rename(columns={"predicted_class": "predicted"}), class_names
-        )
+        per_class, confusion[source] = classifier_scores(frame, class_names)
         per_class_frames.append(per_class["recall"].rename(source))
-        confusion[source] = pd.crosstab(
-            pd.Categorical(frame["true_class"], categories=class_names),
-            pd.Categorical(frame["predicted_class"], categories=class_names),
-            rownames=["true_class"],
-            colnames=["predicted"],
-            dropna=False,
-        )
-        low, high = percentile_interval(samples[source])
         rows.append(
             {
                 "source": source,
                 "accuracy": float(frame["correct"].mean()),
-                "ci_low": low,
-                "ci_high": high,
                 **macro_scores(per_class),
                 "n_test": len(frame),
                 "epochs_run": entry["epochs_run"],
@@ -608,9 +530,12 @@ def run_classification_comparison(
                 "train_minutes": round(float(entry["wall_seconds"]) / 60, 2),
             }
         )
-    metrics = pd.DataFrame(rows).set_index("source")
+    scores = pd.DataFrame(rows).set_index("source")
+    boot, comparison = bootstrap_table(
+        scores["accuracy"].to_dict(), samples, metric="accuracy", target_ratio=target_ratio
+    )
+    metrics = boot.join(scores.drop(columns="accuracy"))  # accuracy, ci_low, ci_high, ...
     per_class_table = pd.concat(per_class_frames, axis=1)
-    comparison = paired_difference(samples, metrics["accuracy"].to_dict(), target_ratio)
     latency: dict[str, Any] = {}
     headline = HUMAN if HUMAN in results else next(iter(results))
     if latency_images > 0:
@@ -626,8 +551,12 @@ def run_classification_comparison(
     metrics.to_csv(out.metrics)
     per_class_table.to_csv(out.per_class)
     pd.concat(confusion, names=["source"]).to_csv(out.confusion)
-    out.comparison.write_text(
-        json.dumps({**comparison, "latency": latency}, indent=2, default=float) + "\n"
+    write_comparison(
+        out.comparison,
+        comparison,
+        latency=latency,
+        n_test_images=len(test_images),
+        n_bootstrap=n_bootstrap,
     )
     run.counts.update(
         {f"accuracy_{s}": round(float(v), 4) for s, v in metrics["accuracy"].items()}
@@ -642,5 +571,13 @@ def run_classification_comparison(
         }
     )
     return ClassificationComparison(
-        metrics, per_class_table, confusion, comparison, samples, predictions, out, latency, note
+        metrics,
+        per_class_table,
+        confusion,
+        comparison.model_dump() if comparison else {},
+        samples,
+        predictions,
+        out,
+        latency,
+        note,
     )

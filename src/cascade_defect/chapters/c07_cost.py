@@ -27,6 +27,7 @@ from cascade_defect.chapters.c03_annotation import AnnotationOutputs
 from cascade_defect.costs import references
 from cascade_defect.costs.model import (
     DEFAULT_CACHE_HIT_RATE,
+    BillingOptions,
     PromptSpec,
     annotation_cost,
     cheapest_config,
@@ -37,10 +38,7 @@ from cascade_defect.costs.pricing import image_tokens, load_pricing
 from cascade_defect.costs.sweeps import (
     break_even_images,
     cost_per_1000_images,
-    cost_vs_pool_size,
-    cost_vs_price_multiplier,
-    cost_vs_seed_images,
-    cost_vs_tokens_per_image,
+    cost_sweep,
     human_labelling_cost,
     vendor_labelling_cost,
 )
@@ -174,15 +172,10 @@ def run_cost_analysis(
     card = _load_json(config.paths.data_card_dir / "data_card.json") or {}
     boxes_per_image = float(card.get("boxes", {}).get("per_image", {}).get("mean", 0.0))
 
-    grid = cost_grid(spec, n_images=n_pool, models=models, cache_hit_rate=cache_hit_rate)
+    billing = BillingOptions(cache_hit_rate=cache_hit_rate)
+    grid = cost_grid(spec, n_images=n_pool, models=models, billing=billing)
     original = annotation_cost(
-        REFERENCE_MODEL,
-        original_requests,
-        original_input_tokens,
-        0,
-        0,
-        batch=False,
-        prompt_caching=False,
+        REFERENCE_MODEL, original_requests, original_input_tokens, 0, 0
     ).total_usd
 
     gpt4o = cheapest_config(
@@ -192,9 +185,10 @@ def run_cost_analysis(
         budget_gpt4o_usd,
         details=(detail,),
         images_per_request=(1, 2, 4, 8),
+        billing=billing,
     )
     gpt4o_single = cheapest_config(
-        spec, n_pool, [REFERENCE_MODEL], budget_gpt4o_usd, details=(detail,)
+        spec, n_pool, [REFERENCE_MODEL], budget_gpt4o_usd, details=(detail,), billing=billing
     )
     cheapest = cheapest_config(
         spec,
@@ -203,6 +197,7 @@ def run_cost_analysis(
         budget_cheapest_usd,
         details=(detail,),
         images_per_request=(1, 2, 4, 8),
+        billing=billing,
     )
     targets = pd.DataFrame(
         [
@@ -302,7 +297,7 @@ def run_cost_analysis(
             "accuracy": float(point["accuracy"]),
             "yolo_latency_ms": float(latency_ms),
         }
-        vm = references.reference("inference_vms.cpu_vm").value
+        vm, _ = references.cpu_vm_usd_per_hour()
         per_1000 = (
             cost_per_1000_images(
                 per_image_gpt4o, latency_ms / 1000, vm, operating_point["escalated_share"]
@@ -316,20 +311,36 @@ def run_cost_analysis(
         )
 
     sensitivity = {
-        "price": cost_vs_price_multiplier(
+        "price": cost_sweep(
             spec,
+            "price_multiplier_value",
             [0.25, 0.5, 1.0, 1.5, 2.0],
             [REFERENCE_MODEL, "gpt-4.1-mini", "gpt-5-mini"],
             n_pool,
+            billing=billing,
         ),
-        "tokens_per_image": cost_vs_tokens_per_image(
-            spec, [85, 170, 255, 425, 765], [REFERENCE_MODEL, "gpt-4.1"], n_pool
+        "tokens_per_image": cost_sweep(
+            spec,
+            "tokens_per_image",
+            [85, 170, 255, 425, 765],
+            [REFERENCE_MODEL, "gpt-4.1"],
+            n_pool,
+            billing=billing,
         ),
-        "seed_images": cost_vs_seed_images(
-            spec, [6, 12, 18, 30, 60], [REFERENCE_MODEL, "gpt-5-mini"], n_pool
+        "seed_images": cost_sweep(
+            spec,
+            "n_seeds",
+            [6, 12, 18, 30, 60],
+            [REFERENCE_MODEL, "gpt-5-mini"],
+            n_pool,
+            billing=billing,
         ),
-        "pool_size": cost_vs_pool_size(
-            spec, [500, 1422, 5000, 20000], [REFERENCE_MODEL, "gpt-5-mini"]
+        "pool_size": cost_sweep(
+            spec,
+            "pool_size",
+            [500, 1422, 5000, 20000],
+            [REFERENCE_MODEL, "gpt-5-mini"],
+            billing=billing,
         ),
     }
 

@@ -1,1 +1,3 @@
-"""TODO package docstring."""
+"""The study's economics as pure functions over token counts and prices: packaged prices, the
+annotation cost model, sweeps, published reference costs and the YOLO-to-annotator cascade.
+"""

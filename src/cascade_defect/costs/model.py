@@ -14,7 +14,9 @@ Billing rules modelled (sources in ``data/pricing.yaml``):
   cached tokens bill at the cached-input rate;
 * the Batch API halves input and output prices; its cached-input discount is listed only
   for the gpt-5 family, so other models get no caching discount on Batch unless
-  ``batch_caching=True`` is passed (see :func:`cascade_defect.pricing.input_rates`).
+  ``batch_caching=True`` is set (see :func:`cascade_defect.pricing.input_rates`).
+
+These billing choices travel together as one :class:`BillingOptions`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from cascade_defect.costs.pricing import (
     TOKENS_PER_MTOK,
@@ -55,6 +58,51 @@ DEFAULT_CACHE_HIT_RATE = 0.9
 
 
 MODES = ("standard", "batch")
+
+
+class BillingOptions(BaseModel):
+    """How requests are billed: the same choices price one request, a grid and a sweep.
+
+    :func:`cost_grid`, :func:`config_search` and :func:`cost_sweep` vary ``batch`` and
+    ``prompt_caching`` (and a price sweep ``price_multiplier``) themselves and take the rest
+    from here.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch: bool = Field(False, description="Bill at the Batch API's discounted rates.")
+    prompt_caching: bool = Field(
+        False,
+        description="Bill the cacheable prefix at the cached-input rate for cache hits.",
+    )
+    cache_hit_rate: float = Field(
+        DEFAULT_CACHE_HIT_RATE,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests whose prefix is served from the cache (with caching).",
+    )
+    batch_caching: bool | None = Field(
+        None,
+        description=(
+            "Whether Batch requests earn the caching discount; None: only where the price "
+            "list gives a Batch cached rate (see cascade_defect.pricing.input_rates)."
+        ),
+    )
+    price_multiplier: float = Field(
+        1.0, ge=0.0, description="Scales every price, for sensitivity to price changes."
+    )
+
+    @property
+    def mode(self) -> str:
+        """``"batch"`` or ``"standard"``, as the cost tables name it."""
+        return "batch" if self.batch else "standard"
+
+    def with_mode(self, batch: bool, prompt_caching: bool) -> BillingOptions:
+        """These options in another billing mode (a :data:`ModeTuple`)."""
+        return self.model_copy(update={"batch": batch, "prompt_caching": prompt_caching})
+
+
+DEFAULT_BILLING = BillingOptions()
 
 
 @dataclass(frozen=True)
@@ -242,25 +290,19 @@ def annotation_cost(
     prefix_tokens: int,
     varying_tokens: int,
     output_tokens: int,
-    batch: bool = False,
-    prompt_caching: bool = False,
-    cache_hit_rate: float = DEFAULT_CACHE_HIT_RATE,
-    batch_caching: bool | None = None,
-    price_multiplier: float = 1.0,
+    billing: BillingOptions = DEFAULT_BILLING,
 ) -> CostBreakdown:
     """Cost of ``n_requests`` identical-shape requests (tokens are per request).
 
-    With ``prompt_caching`` a share ``cache_hit_rate`` of requests bills the cacheable part
-    of the prefix at the cached rate (on Batch: see ``batch_caching`` in
-    :func:`cascade_defect.pricing.input_rates`). ``price_multiplier`` scales every price,
-    for sensitivity to price changes.
+    With ``billing.prompt_caching`` a share ``billing.cache_hit_rate`` of requests bills the
+    cacheable part of the prefix at the cached rate (on Batch: see ``batch_caching`` in
+    :func:`cascade_defect.pricing.input_rates`). ``billing.price_multiplier`` scales every
+    price, for sensitivity to price changes.
     """
     if n_requests < 0 or min(prefix_tokens, varying_tokens, output_tokens) < 0:
         raise ValueError("counts must be non-negative")
-    if not 0.0 <= cache_hit_rate <= 1.0:
-        raise ValueError("cache_hit_rate must be within [0, 1]")
-    if price_multiplier < 0:
-        raise ValueError("price_multiplier must be non-negative")
+    batch, prompt_caching = billing.batch, billing.prompt_caching
+    cache_hit_rate, price_multiplier = billing.cache_hit_rate, billing.price_multiplier
     price = price_for(model)
     prompt = prefix_tokens + varying_tokens
     cached_per_hit = cacheable_prefix_tokens(prefix_tokens) if prompt_caching else 0
@@ -269,12 +311,14 @@ def annotation_cost(
     uncached_total = n_requests * prompt - cached_total
     output_total = n_requests * output_tokens
 
-    uncached_rate, cached_rate = input_rates(model, batch=batch, batch_caching=batch_caching)
+    uncached_rate, cached_rate = input_rates(
+        model, batch=batch, batch_caching=billing.batch_caching
+    )
     output_rate = price.output_per_mtok * (price.batch_discount if batch else 1.0)
     scale = price_multiplier / TOKENS_PER_MTOK
     return CostBreakdown(
         model=price.model,
-        mode="batch" if batch else "standard",
+        mode=billing.mode,
         prompt_caching=prompt_caching,
         n_requests=n_requests,
         uncached_input_tokens=uncached_total,
@@ -292,11 +336,7 @@ def spec_cost(
     model: str,
     spec: PromptSpec,
     n_images: int,
-    batch: bool = False,
-    prompt_caching: bool = False,
-    cache_hit_rate: float = DEFAULT_CACHE_HIT_RATE,
-    batch_caching: bool | None = None,
-    price_multiplier: float = 1.0,
+    billing: BillingOptions = DEFAULT_BILLING,
 ) -> CostBreakdown:
     """:func:`annotation_cost` for annotating ``n_images`` with the prompt ``spec``."""
     tokens = spec.breakdown(model)
@@ -306,28 +346,15 @@ def spec_cost(
         prefix_tokens=tokens.prefix_tokens,
         varying_tokens=tokens.varying_tokens,
         output_tokens=spec.output_tokens_per_request(),
-        batch=batch,
-        prompt_caching=prompt_caching,
-        cache_hit_rate=cache_hit_rate,
-        batch_caching=batch_caching,
-        price_multiplier=price_multiplier,
+        billing=billing,
     )
 
 
 def _config_row(
-    model: str,
-    spec: PromptSpec,
-    n_images: int,
-    batch: bool,
-    caching: bool,
-    cache_hit_rate: float,
-    batch_caching: bool | None,
-    price_multiplier: float = 1.0,
+    model: str, spec: PromptSpec, n_images: int, billing: BillingOptions
 ) -> dict[str, Any]:
     tokens = spec.breakdown(model)
-    cost = spec_cost(
-        model, spec, n_images, batch, caching, cache_hit_rate, batch_caching, price_multiplier
-    )
+    cost = spec_cost(model, spec, n_images, billing)
     price = price_for(model)
     return {
         **cost.as_dict(),
@@ -347,13 +374,16 @@ def cost_grid(
     spec: PromptSpec,
     n_images: int = NEU_DET_POOL_SIZE,
     models: Sequence[str] | None = None,
-    cache_hit_rate: float = DEFAULT_CACHE_HIT_RATE,
-    batch_caching: bool | None = None,
+    billing: BillingOptions = DEFAULT_BILLING,
 ) -> pd.DataFrame:
-    """Cost of annotating ``n_images`` for each model x {standard, batch} x {caching off, on}."""
+    """Cost of annotating ``n_images`` for each model x {standard, batch} x {caching off, on}.
+
+    ``billing`` gives the cache hit rate, Batch caching and price multiplier; the grid sets
+    ``batch`` and ``prompt_caching`` itself.
+    """
     models = list(models) if models is not None else list(load_pricing())
     rows = [
-        _config_row(model, spec, n_images, batch, caching, cache_hit_rate, batch_caching)
+        _config_row(model, spec, n_images, billing.with_mode(batch, caching))
         for model in models
         for batch in (False, True)
         for caching in (False, True)
@@ -453,19 +483,16 @@ def config_search(
     details: Sequence[str] = ("low", "high"),
     images_per_request: Sequence[int] = (1,),
     modes: Sequence[ModeTuple] = ALL_MODES,
-    cache_hit_rate: float = DEFAULT_CACHE_HIT_RATE,
-    batch_caching: bool | None = None,
+    billing: BillingOptions = DEFAULT_BILLING,
 ) -> pd.DataFrame:
-    """Every configuration's cost, cheapest first."""
+    """Every configuration's cost, cheapest first (``modes`` set ``billing``'s mode)."""
     models = list(models) if models is not None else list(load_pricing())
     rows = []
     for model, detail, per_request, (batch, caching) in itertools.product(
         models, details, images_per_request, modes
     ):
         variant = replace(spec, detail=detail, images_per_request=per_request)
-        rows.append(
-            _config_row(model, variant, n_images, batch, caching, cache_hit_rate, batch_caching)
-        )
+        rows.append(_config_row(model, variant, n_images, billing.with_mode(batch, caching)))
     table = pd.DataFrame(rows)
     # Ties (e.g. caching that earns no discount on Batch) go to the simpler configuration.
     table["_cost_key"] = table["total_usd"].round(9)
@@ -481,24 +508,14 @@ def cheapest_config(
     details: Sequence[str] = ("low", "high"),
     images_per_request: Sequence[int] = (1,),
     modes: Sequence[ModeTuple] = ALL_MODES,
-    cache_hit_rate: float = DEFAULT_CACHE_HIT_RATE,
-    batch_caching: bool | None = None,
+    billing: BillingOptions = DEFAULT_BILLING,
 ) -> pd.Series:
     """The cheapest configuration over the given options, with ``within_budget``.
 
     Computed, not asserted: if nothing meets ``budget_usd`` the cheapest row is still
     returned with ``within_budget=False`` so the caller sees by how much it misses.
     """
-    table = config_search(
-        spec,
-        n_images,
-        models,
-        details,
-        images_per_request,
-        modes,
-        cache_hit_rate,
-        batch_caching,
-    )
+    table = config_search(spec, n_images, models, details, images_per_request, modes, billing)
     best = table.iloc[0].copy()
     best["within_budget"] = budget_usd is None or bool(best["total_usd"] <= budget_usd)
     best["budget_usd"] = budget_usd

@@ -1,4 +1,7 @@
-"""TODO docstring for costs.references
+"""Non-LLM reference figures (human and vendor labelling, VM prices) with their sources and dates.
+
+They live in ``cost_references.yaml`` beside this module, so a price can be checked and
+updated without touching code; :func:`references_table` lists them for the book's appendix.
 """
 
 from __future__ import annotations
@@ -65,6 +68,18 @@ def reference(key: str) -> CostReference:
     if key not in refs:
         raise KeyError(f"unknown cost reference {key!r}; known: {', '.join(sorted(refs))}")
     return refs[key]
+
+
+def cpu_vm_usd_per_hour(override: float | None = None) -> tuple[float, str]:
+    """The hourly price of the CPU VM that runs YOLO, and where it comes from.
+
+    ``override`` (a chapter parameter) wins; otherwise the cost reference
+    ``inference_vms.cpu_vm``.
+    """
+    if override is not None:
+        return float(override), "parameter"
+    vm = reference("inference_vms.cpu_vm")
+    return float(vm.value), f"cost references: {vm.name}"
 
 
 def references_table() -> pd.DataFrame:

@@ -1,20 +1,25 @@
-"""TODO docstring for costs.sweeps
+"""How the labelling cost moves with one assumption, and the costs it is compared against.
+
+:func:`cost_sweep` varies one input of the cost model at a time (prices, image tokens, seeds,
+pool size); the rest prices the alternatives: labelling by hand or by a vendor, the break-even
+pool size and YOLO's own inference cost.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Literal, get_args
 
 import pandas as pd
 
 from cascade_defect.costs.model import (
     ALL_MODES,
-    DEFAULT_CACHE_HIT_RATE,
+    DEFAULT_BILLING,
     NEU_DET_POOL_SIZE,
+    BillingOptions,
     ModeTuple,
     PromptSpec,
     _config_row,
@@ -107,104 +112,53 @@ def cost_per_1000_images(
     )
 
 
-def _sweep(
-    parameter: str,
-    values: Iterable[Any],
-    make: Callable[[Any], tuple[PromptSpec, int, float]],
+SweepParameter = Literal["price_multiplier_value", "tokens_per_image", "n_seeds", "pool_size"]
+"""What :func:`cost_sweep` varies; each is also the name of the swept column.
+
+* ``price_multiplier_value``: every price scaled by a factor (price cuts or rises);
+* ``tokens_per_image``: each image (seed and query) costs that many tokens;
+* ``n_seeds``: few-shot seeds, each adding its image and box text to the prefix;
+* ``pool_size``: images labelled (linear per request, so mostly a check); replaces ``n_images``.
+"""
+
+
+def cost_sweep(
+    spec: PromptSpec,
+    parameter: SweepParameter,
+    values: Iterable[float],
     models: Sequence[str],
-    modes: Sequence[ModeTuple],
-    cache_hit_rate: float,
-    batch_caching: bool | None,
+    n_images: int = NEU_DET_POOL_SIZE,
+    modes: Sequence[ModeTuple] = ALL_MODES,
+    billing: BillingOptions = DEFAULT_BILLING,
 ) -> pd.DataFrame:
+    """The pool's labelling cost per model and billing mode as one parameter varies.
+
+    One row per value, model and mode: the value in a column named after ``parameter``, then
+    the cost model's row for that configuration. ``modes`` set ``billing``'s mode, and a
+    ``price_multiplier_value`` sweep its price multiplier.
+    """
     rows = []
     for value in values:
-        spec, n_images, multiplier = make(value)
+        variant, n, multiplier = _swept(spec, parameter, value, n_images)
+        point = billing
+        if multiplier is not None:  # validated again: a negative multiplier is refused
+            point = BillingOptions(**{**billing.model_dump(), "price_multiplier": multiplier})
         for model, (batch, caching) in itertools.product(models, modes):
-            row = _config_row(
-                model, spec, n_images, batch, caching, cache_hit_rate, batch_caching, multiplier
-            )
+            row = _config_row(model, variant, n, point.with_mode(batch, caching))
             rows.append({parameter: value, **row})
     return pd.DataFrame(rows)
 
 
-def cost_vs_price_multiplier(
-    spec: PromptSpec,
-    multipliers: Iterable[float],
-    models: Sequence[str],
-    n_images: int = NEU_DET_POOL_SIZE,
-    modes: Sequence[ModeTuple] = ALL_MODES,
-    cache_hit_rate: float = DEFAULT_CACHE_HIT_RATE,
-    batch_caching: bool | None = None,
-) -> pd.DataFrame:
-    """Cost if every price were scaled by a factor (price cuts or rises)."""
-    return _sweep(
-        "price_multiplier_value",
-        multipliers,
-        lambda m: (spec, n_images, float(m)),
-        models,
-        modes,
-        cache_hit_rate,
-        batch_caching,
-    )
-
-
-def cost_vs_tokens_per_image(
-    spec: PromptSpec,
-    tokens_per_image: Iterable[int],
-    models: Sequence[str],
-    n_images: int = NEU_DET_POOL_SIZE,
-    modes: Sequence[ModeTuple] = ALL_MODES,
-    cache_hit_rate: float = DEFAULT_CACHE_HIT_RATE,
-    batch_caching: bool | None = None,
-) -> pd.DataFrame:
-    """Cost if each image (seed and query) cost a given number of tokens."""
-    return _sweep(
-        "tokens_per_image",
-        tokens_per_image,
-        lambda t: (replace(spec, image_tokens_override=int(t)), n_images, 1.0),
-        models,
-        modes,
-        cache_hit_rate,
-        batch_caching,
-    )
-
-
-def cost_vs_seed_images(
-    spec: PromptSpec,
-    seed_counts: Iterable[int],
-    models: Sequence[str],
-    n_images: int = NEU_DET_POOL_SIZE,
-    modes: Sequence[ModeTuple] = ALL_MODES,
-    cache_hit_rate: float = DEFAULT_CACHE_HIT_RATE,
-    batch_caching: bool | None = None,
-) -> pd.DataFrame:
-    """Cost by number of few-shot seeds; each seed adds its image and box text to the prefix."""
-    return _sweep(
-        "n_seeds",
-        seed_counts,
-        lambda n: (spec.with_seeds(int(n)), n_images, 1.0),
-        models,
-        modes,
-        cache_hit_rate,
-        batch_caching,
-    )
-
-
-def cost_vs_pool_size(
-    spec: PromptSpec,
-    pool_sizes: Iterable[int],
-    models: Sequence[str],
-    modes: Sequence[ModeTuple] = ALL_MODES,
-    cache_hit_rate: float = DEFAULT_CACHE_HIT_RATE,
-    batch_caching: bool | None = None,
-) -> pd.DataFrame:
-    """Cost as the unlabelled pool grows (linear per request, so this is mostly a check)."""
-    return _sweep(
-        "pool_size",
-        pool_sizes,
-        lambda n: (spec, int(n), 1.0),
-        models,
-        modes,
-        cache_hit_rate,
-        batch_caching,
-    )
+def _swept(
+    spec: PromptSpec, parameter: SweepParameter, value: float, n_images: int
+) -> tuple[PromptSpec, int, float | None]:
+    """The prompt, pool size and price multiplier (None: unchanged) of one point of a sweep."""
+    if parameter == "price_multiplier_value":
+        return spec, n_images, float(value)
+    if parameter == "tokens_per_image":
+        return replace(spec, image_tokens_override=int(value)), n_images, None
+    if parameter == "n_seeds":
+        return spec.with_seeds(int(value)), n_images, None
+    if parameter == "pool_size":
+        return spec, int(value), None
+    raise ValueError(f"unknown sweep parameter {parameter!r}; one of {get_args(SweepParameter)}")

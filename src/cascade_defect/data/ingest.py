@@ -11,7 +11,6 @@ error that names the file (``on_error="raise"``, the default) or are quarantined
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,7 @@ from cascade_defect.data.records import (
 )
 from cascade_defect.data.voc import _classes_from_voc, _parse_voc
 from cascade_defect.data.yolo_txt import NAMES_FILES, _parse_yolo, yolo_class_names
+from cascade_defect.hashing import sha256_bytes
 from cascade_defect.progress import progress_disabled
 from cascade_defect.settings import NEU_CLASSES
 
@@ -335,12 +335,12 @@ def _read_image(path: Path) -> dict:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DatasetError(f"corrupt or unreadable image: {error}") from error
     height, width = pixels.shape[:2]
-    pixel_digest = hashlib.sha256(f"{width}x{height}".encode() + pixels.tobytes()).hexdigest()
+    pixel_digest = sha256_bytes(f"{width}x{height}".encode() + pixels.tobytes())
     return {
         "width": int(width),
         "height": int(height),
         "mode": mode,
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": sha256_bytes(data),
         "pixel_hash": pixel_digest,
     }
 

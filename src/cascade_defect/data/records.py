@@ -1,15 +1,20 @@
-"""TODO docstring for data.records
+"""The in-memory dataset every loader returns: images, boxes, quirks, and the data card.
+
+Whatever the layout on disk (Pascal VOC, YOLO txt, class folders), the rest of the study sees
+these few records, so one description of the data serves every chapter and format.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+
+from cascade_defect.locations import PathAnchors, portable_path
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 
@@ -35,6 +40,10 @@ class Box:
     ymax: float
     truncated: bool = False
     difficult: bool = False
+
+
+BOX_FIELDS = [f.name for f in fields(Box)]
+"""The columns of a box in every box table (pixel corners, VOC flags), in :class:`Box` order."""
 
 
 @dataclass
@@ -103,23 +112,16 @@ class Dataset:
             for r in self.images
             for b in r.boxes
         ]
-        columns = [
-            "image_id",
-            "image_class",
-            "class_name",
-            "xmin",
-            "ymin",
-            "xmax",
-            "ymax",
-            "truncated",
-            "difficult",
-        ]
-        return pd.DataFrame(rows, columns=columns)
+        return pd.DataFrame(rows, columns=["image_id", "image_class", *BOX_FIELDS])
 
-    def quirks_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(
+    def quirks_frame(self, where: PathAnchors | None = None) -> pd.DataFrame:
+        """One row per quirk; with ``where``, paths as :func:`portable_path` writes them."""
+        frame = pd.DataFrame(
             [asdict(q) for q in self.quirks], columns=["kind", "path", "detail", "image_id"]
         )
+        if where is not None:
+            frame["path"] = [portable_path(path, where) for path in frame["path"]]
+        return frame
 
     def subsample(self, per_class: int, seed: int = 0) -> Dataset:
         """A smaller dataset with at most ``per_class`` images of each class (for smoke runs)."""
@@ -143,8 +145,16 @@ class Dataset:
         )
 
 
-def data_card(dataset: Dataset) -> dict:
-    """A JSON-ready summary: counts, box statistics and the quirks found."""
+def data_card(dataset: Dataset, where: PathAnchors | None = None) -> dict:
+    """A JSON-ready summary: counts, box statistics and the quirks found.
+
+    With ``where``, the dataset's root and quarantined files are written by
+    :func:`portable_path` (``$CASCADE_DATA_DIR``), so the card reads the same on every machine.
+    """
+
+    def written(path: str | Path) -> str:
+        return portable_path(path, where) if where is not None else str(path)
+
     images = dataset.images_frame()
     boxes = dataset.boxes_frame()
     per_image = images["n_boxes"] if len(images) else pd.Series(dtype=int)
@@ -173,7 +183,7 @@ def data_card(dataset: Dataset) -> dict:
         box_stats = {"n_boxes": 0}
     quirk_counts = Counter(q.kind for q in dataset.quirks)
     return {
-        "root": str(dataset.root),
+        "root": written(dataset.root),
         "layout": dataset.layout,
         "image_level_only": dataset.image_level_only,
         "class_names": dataset.class_names,
@@ -198,5 +208,5 @@ def data_card(dataset: Dataset) -> dict:
         "images_with_cross_class_boxes": len(
             {q.image_id for q in dataset.quirks if q.kind == "cross_class_box"}
         ),
-        "quarantined": [asdict(q) for q in dataset.quarantined],
+        "quarantined": [{**asdict(q), "path": written(q.path)} for q in dataset.quarantined],
     }

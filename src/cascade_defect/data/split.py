@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cascade_defect.data.records import Box, Dataset, ImageRecord
+from cascade_defect.data.records import BOX_FIELDS, Box, Dataset, ImageRecord
+from cascade_defect.data.yolo_txt import write_data_yaml, write_label_file, yolo_line
 from cascade_defect.progress import progress_disabled
 from cascade_defect.settings import SplitSettings
 
@@ -202,33 +203,13 @@ def write_split(
         }
         listings[split].append(row if split == "pool" else {**row, "class_name": record.class_name})
         for box in record.boxes:
-            box_rows[split].append(
-                {
-                    "image_id": image_id,
-                    "class_name": box.class_name,
-                    "xmin": box.xmin,
-                    "ymin": box.ymin,
-                    "xmax": box.xmax,
-                    "ymax": box.ymax,
-                    "truncated": box.truncated,
-                    "difficult": box.difficult,
-                }
-            )
+            box_rows[split].append({"image_id": image_id, **asdict(box)})
         labels_dir = (
             layout.pool_labels_dir if split == "pool" else layout.yolo_dir(split) / "labels"
         )
         write_yolo_label(labels_dir / f"{image_id}.txt", record, class_names)
 
-    box_columns = [
-        "image_id",
-        "class_name",
-        "xmin",
-        "ymin",
-        "xmax",
-        "ymax",
-        "truncated",
-        "difficult",
-    ]
+    box_columns = ["image_id", *BOX_FIELDS]
     pd.DataFrame(listings["seed"]).to_csv(layout.seed_listing, index=False)
     pd.DataFrame(listings["test"]).to_csv(layout.test_listing, index=False)
     pd.DataFrame(listings["pool"]).to_csv(layout.pool_listing, index=False)
@@ -253,29 +234,12 @@ def yolo_lines(record: ImageRecord, class_names: Sequence[str]) -> list[str]:
         cy = (box.ymin + box.ymax) / 2 / record.height
         w = (box.xmax - box.xmin) / record.width
         h = (box.ymax - box.ymin) / record.height
-        lines.append(f"{index[box.class_name]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+        lines.append(yolo_line(index[box.class_name], cx, cy, w, h))
     return lines
 
 
 def write_yolo_label(path: Path, record: ImageRecord, class_names: Sequence[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = yolo_lines(record, class_names)
-    path.write_text("\n".join(lines) + ("\n" if lines else ""))
-
-
-def write_data_yaml(split_dir: Path, class_names: Sequence[str]) -> Path:
-    """An ultralytics dataset file pointing at one split (used for evaluation)."""
-    import yaml
-
-    path = split_dir / "data.yaml"
-    payload = {
-        "path": str(split_dir.resolve()),
-        "train": "images",
-        "val": "images",
-        "names": dict(enumerate(class_names)),
-    }
-    path.write_text(yaml.safe_dump(payload, sort_keys=False))
-    return path
+    write_label_file(path, yolo_lines(record, class_names))
 
 
 def read_pool_listing(layout: SplitLayout) -> pd.DataFrame:

@@ -1,4 +1,6 @@
-"""TODO docstring for data.voc
+"""Pascal VOC XML, NEU-DET's own annotation format: class names and boxes of one file.
+
+Kept apart from the loader so the one place that reads VOC also decides what a broken XML is.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""TODO docstring for data.yolo_txt
+"""YOLO txt labels and names files, for users who bring their own data in that format.
+
+It turns normalised ``class cx cy w h`` lines back into pixel boxes, so such a dataset enters the
+study through the same records as NEU-DET's Pascal VOC.
 """
 
 from __future__ import annotations
@@ -9,6 +12,34 @@ from pathlib import Path
 from cascade_defect.data.records import DatasetError
 
 NAMES_FILES = ("classes.txt", "obj.names", "names.txt", "data.yaml", "dataset.yaml")
+
+
+def yolo_line(class_id: int, cx: float, cy: float, width: float, height: float) -> str:
+    """One normalised ``class cx cy w h`` label line, at the precision every writer here uses."""
+    return f"{class_id} {cx:.6f} {cy:.6f} {width:.6f} {height:.6f}"
+
+
+def write_label_file(path: Path, lines: Sequence[str]) -> None:
+    """A YOLO label file; an image without boxes gets an empty file (a background image)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
+
+
+def write_data_yaml(
+    folder: Path, class_names: Sequence[str], train: str = "images", val: str = "images"
+) -> Path:
+    """The ultralytics dataset file of ``folder`` (``train``/``val`` are relative to it)."""
+    import yaml
+
+    path = folder / "data.yaml"
+    payload = {
+        "path": str(folder.resolve()),
+        "train": train,
+        "val": val,
+        "names": dict(enumerate(class_names)),
+    }
+    path.write_text(yaml.safe_dump(payload, sort_keys=False))
+    return path
 
 
 def yolo_class_names(root: Path) -> list[str] | None:

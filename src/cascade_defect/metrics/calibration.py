@@ -1,4 +1,7 @@
-"""TODO docstring for metrics.calibration
+"""Whether an annotator's confidence means what it says: reliability bins, ECE and coverage curves.
+
+A confidence threshold decides which pseudo-labels train the detector, so the audit and the
+benchmarks need one definition of calibration; this is it.
 """
 
 from __future__ import annotations

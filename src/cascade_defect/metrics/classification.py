@@ -1,4 +1,7 @@
-"""TODO docstring for metrics.classification
+"""Image-level scores: accuracy, per-class precision/recall/F1 and confusion of any labeller.
+
+One definition serves the label audit (where an unanswered image counts as wrong), the
+classification track and the detector's top-detection accuracy on the test set.
 """
 
 from __future__ import annotations
@@ -96,6 +99,39 @@ def confusion_table(images: pd.DataFrame, class_names: Sequence[str]) -> pd.Data
     table.index.name = "true_class"
     table.columns.name = "predicted"
     return table
+
+
+def class_confusion(
+    true_class: pd.Series, predicted: pd.Series, class_names: Sequence[str]
+) -> pd.DataFrame:
+    """Counts of true class (rows) against predicted class (columns), every class on both axes.
+
+    For a classifier that always names one of ``class_names``; :func:`confusion_table` is the
+    annotator's version, with columns for ``no_defect`` and unanswered images.
+    """
+    return pd.crosstab(
+        pd.Categorical(true_class, categories=class_names),
+        pd.Categorical(predicted, categories=class_names),
+        rownames=["true_class"],
+        colnames=["predicted"],
+        dropna=False,
+    )
+
+
+def classifier_scores(
+    predictions: pd.DataFrame, class_names: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-class scores (:func:`per_class_metrics`) and :func:`class_confusion` of a classifier.
+
+    ``predictions`` holds one row per image with ``true_class`` and ``predicted_class``.
+    """
+    per_class = per_class_metrics(
+        predictions.rename(columns={"predicted_class": "predicted"}), class_names
+    )
+    confusion = class_confusion(
+        predictions["true_class"], predictions["predicted_class"], class_names
+    )
+    return per_class, confusion
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:

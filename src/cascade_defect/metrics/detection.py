@@ -1,4 +1,7 @@
-"""TODO docstring for metrics.detection
+"""Detection scoring as ultralytics does it (IoU, greedy matching, 101-point AP), on saved output.
+
+Detections are matched to the ground truth once; any resample of test images then gets its mAP
+without matching again, which is what makes the bootstrap over images cheap.
 """
 
 from __future__ import annotations
@@ -41,17 +44,36 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(_RECALL_GRID)))
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of corner boxes ``a`` (N, 4) and ``b`` (M, 4) -> (N, M)."""
-    a = np.asarray(a, dtype=float).reshape(-1, 4)
-    b = np.asarray(b, dtype=float).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter + 1e-7)
+#: What ultralytics adds to every union when it matches detections; kept so that an IoU exactly
+#: at a threshold is decided as ultralytics decides it.
+ULTRALYTICS_UNION_EPS = 1e-7
+
+
+def box_iou(a: np.ndarray, b: np.ndarray, union_eps: float = 0.0) -> np.ndarray:
+    """Pairwise IoU of corner boxes ``a`` (N, 4) and ``b`` (M, 4) -> (N, M), float64.
+
+    torchvision's intersection and union; an inverted box counts as empty, and a pair with
+    zero union (two empty boxes) has IoU 0. ``union_eps`` is added to each union before the
+    division (:data:`ULTRALYTICS_UNION_EPS` in detection matching, 0 for the plain ratio).
+    """
+    import torch
+    from torchvision.ops.boxes import _box_inter_union  # what torchvision.ops.box_iou divides
+
+    a = _corner_boxes(a)
+    b = _corner_boxes(b)
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    inter, union = _box_inter_union(torch.from_numpy(a), torch.from_numpy(b))
+    if union_eps:
+        return (inter / (union + union_eps)).numpy()
+    return torch.where(union > 0, inter / union, 0.0).numpy()
+
+
+def _corner_boxes(boxes: np.ndarray) -> np.ndarray:
+    """``x1, y1, x2, y2`` rows as float64, with an inverted side collapsed to zero width."""
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2])
+    return boxes
 
 
 def match_image(
@@ -70,7 +92,7 @@ def match_image(
     correct = np.zeros((n_pred, len(thresholds)), dtype=bool)
     if n_pred == 0 or len(true_classes) == 0:
         return correct
-    iou = box_iou(true_boxes, pred_boxes)  # (M, N)
+    iou = box_iou(true_boxes, pred_boxes, ULTRALYTICS_UNION_EPS)  # (M, N)
     iou = iou * (np.asarray(true_classes)[:, None] == np.asarray(pred_classes)[None, :])
     claimed = np.zeros((len(true_classes), len(thresholds)), dtype=bool)
     for j in np.flatnonzero((iou >= thresholds.min()).any(0)):
@@ -244,3 +266,34 @@ def precision_recall_at(
         "recall": tp / n_gt if n_gt else float("nan"),
         "n_detections": n_pred,
     }
+
+
+def ground_truth_table(boxes: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    """Labelled boxes (``image_id, class_name, xmin, ymin, xmax, ymax``) as matching input.
+
+    Pixel corners and class indices, as :func:`match_detections` reads them; boxes of a class
+    outside ``class_names`` are left out.
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    boxes = boxes[boxes["class_name"].isin(index)]
+    return pd.DataFrame(
+        {
+            "image_id": boxes["image_id"].astype(str),
+            "class_id": boxes["class_name"].map(index).astype(int),
+            "x1": boxes["xmin"].astype(float),
+            "y1": boxes["ymin"].astype(float),
+            "x2": boxes["xmax"].astype(float),
+            "y2": boxes["ymax"].astype(float),
+        }
+    )
+
+
+def ultralytics_agreement(metrics: pd.DataFrame) -> pd.DataFrame:
+    """This package's mAP next to ultralytics' ``model.val`` on the same detections, with the gap.
+
+    The bootstrap resamples this package's statistic, so it must be the one the table reports.
+    """
+    columns = ["map50", "map50_ultralytics", "map50_95", "map50_95_ultralytics"]
+    table = metrics[columns].copy()
+    table["abs_gap_map50"] = (metrics["map50"] - metrics["map50_ultralytics"]).abs()
+    return table.round(4)

@@ -1,9 +1,12 @@
-"""TODO docstring for metrics.kpi
+"""The deployment bar: does a detector reach the KPI's mAP, precision and recall at some threshold?
+
+mAP is threshold-free, precision and recall are not, so the confidence threshold is swept and
+the one meeting the bar (or the reason none does) is reported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,3 +108,15 @@ def kpi_threshold(
             )
         result["verdict"] = "KPI not reachable: " + "; ".join(reasons)
     return result
+
+
+def kpi_tables(
+    matched: Mapping[str, MatchedDetections], target: KpiTarget = DEFAULT_KPI_TARGET
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per model: the KPI verdict (one row per source) and the threshold sweep (stacked)."""
+    verdicts = [{"source": source, **kpi_threshold(m, target)} for source, m in matched.items()]
+    sweeps = [threshold_sweep(m).assign(source=source) for source, m in matched.items()]
+    return (
+        pd.DataFrame(verdicts).set_index("source") if verdicts else pd.DataFrame(),
+        pd.concat(sweeps, ignore_index=True) if sweeps else pd.DataFrame(),
+    )

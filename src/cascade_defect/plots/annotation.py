@@ -1,12 +1,12 @@
-"""TODO docstring for plots.annotation
-"""
+"""Figures and tables for chapter 03: the prompt, the answers, their failures and boxes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import HTML
 from matplotlib.figure import Figure
 
 
@@ -26,3 +26,55 @@ def label_overview(labels: pd.DataFrame, class_names: Sequence[str]) -> Figure:
     axes[1].set_xlabel("confidence")
     fig.tight_layout()
     return fig
+
+
+def failure_summary(failures: pd.DataFrame) -> pd.DataFrame | str:
+    """Failed attempts by kind (refusal, invalid JSON, schema violation, ...)."""
+    if not len(failures):
+        return "no failed attempts"
+    return failures.groupby("failure_kind").size().rename("attempts").to_frame()
+
+
+def box_summary(boxes: pd.DataFrame) -> pd.DataFrame:
+    """Pseudo-boxes and the images holding them, per box strategy."""
+    return boxes.groupby("strategy").agg(boxes=("image_id", "size"), images=("image_id", "nunique"))
+
+
+def prompt_parts(prompt_table: pd.DataFrame) -> pd.DataFrame:
+    """One request in a few rows: its parts counted by message, role and kind."""
+    return prompt_table.groupby(["message", "role", "kind"]).size().rename("parts").reset_index()
+
+
+def prompt_text(prompt_table: pd.DataFrame, width: int = 160) -> HTML:
+    """Every part of one request, each text cut at ``width`` characters (images are
+    placeholders): the prompt as the annotator receives it."""
+    shown = prompt_table.assign(
+        content=[
+            text if len(text) <= width else f"{text[: width - 1]}…"
+            for text in prompt_table["content"].astype(str)
+        ]
+    )
+    return HTML(shown.to_html())
+
+
+def annotation_overview(
+    summary: Mapping[str, object], timings: Mapping[str, float] | None = None
+) -> pd.DataFrame:
+    """The run in a few rows, from chapter 03's summary: who answered with which prompt, how
+    many pool images got a label, and what it cost."""
+    status = dict(summary["status_counts"])  # type: ignore[call-overload]
+    labelled = int(status.get("ok", 0))
+    prompt_hash = str(summary["prompt_hash"])[:12]
+    return pd.Series(
+        {
+            "annotator": summary["annotator"],
+            "model": summary["model"],
+            "prompt version / hash": f"{summary['prompt_version']} / {prompt_hash}",
+            "pool images": summary["n_pool"],
+            "labelled": labelled,
+            "without a label": int(summary["n_pool"]) - labelled,  # type: ignore[call-overload]
+            "recorded cost (USD)": summary["recorded_cost_usd"],
+            "annotation time (s)": (timings or {}).get("annotate"),
+        },
+        name="run",
+    ).to_frame()

@@ -1,4 +1,4 @@
-"""Figures for the label audit (chapter 04); each returns a matplotlib Figure so the notebook stays thin."""
+"""Figures and tables for the label audit (chapter 04), so the notebook stays thin."""
 
 from __future__ import annotations
 
@@ -319,3 +319,54 @@ def disagreement_gallery(
     fig.suptitle("Most confident wrong answers", fontsize=10, y=1 - 0.12 / inches)
     fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.75 / inches, bottom=0.95 / inches)
     return fig
+
+
+def per_class_table(per_class: pd.DataFrame) -> pd.DataFrame:
+    """Precision, recall and F1 per class, to three decimals."""
+    return per_class.round(3)
+
+
+def cross_class_table(images: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy on images whose boxes include a second class, next to the others.
+
+    ``correct`` scores against the file's class; ``acceptable`` also accepts any class present
+    in the image's boxes.
+    """
+    return (
+        images.groupby("cross_class")
+        .agg(
+            images=("image_id", "size"),
+            correct=("correct", "mean"),
+            acceptable=("acceptable", "mean"),
+        )
+        .round(3)
+    )
+
+
+def reliability_table(reliability: pd.DataFrame) -> pd.DataFrame:
+    """The reliability diagram's bins as numbers, to three decimals."""
+    return reliability.round(3)
+
+
+def coverage_table(coverage_rows: Sequence[Mapping[str, object]]) -> pd.DataFrame:
+    """Coverage and accuracy at a few confidence thresholds (the summary's ``coverage_table``)."""
+    return pd.DataFrame(list(coverage_rows)).set_index("threshold").round(3)
+
+
+def box_quality_table(box_metrics: pd.DataFrame, by_class: bool = False) -> pd.DataFrame:
+    """Box quality per strategy over all classes, or per strategy and class with ``by_class``."""
+    if by_class:
+        return box_metrics.set_index(["strategy", "class_name"]).round(3)
+    overall = box_metrics[box_metrics["class_name"] == "all"]
+    return overall.set_index("strategy").drop(columns=["class_name"]).round(3)
+
+
+def failed_attempt_table(failed_attempts: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The first ``n`` failed requests with what the model sent back."""
+    return failed_attempts[["image_id", "failure_kind", "attempt", "error", "raw_text"]].head(n)
+
+
+def disagreement_table(disagreements: pd.DataFrame, n: int = 5) -> pd.DataFrame:
+    """The ``n`` most confident wrong answers, with the model's reasoning."""
+    columns = ["image_id", "true_class", "predicted", "confidence", "box_classes", "reasoning"]
+    return disagreements[columns].head(n)

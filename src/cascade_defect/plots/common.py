@@ -1,5 +1,5 @@
-"""Figures for the data chapters; each returns a matplotlib Figure so notebooks stay thin.
-"""
+"""Drawing helpers the figure modules share: one colour per class or label source, and an image
+with its boxes."""
 
 from __future__ import annotations
 

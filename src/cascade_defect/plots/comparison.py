@@ -1,4 +1,4 @@
-"""Figures for chapters 05 and 06; each takes a table from ``training`` or ``evaluation``.
+"""Figures and tables for chapter 06; each takes a table of chapter 06's results.
 
 Kept apart from the computations so the numbers can be tested without matplotlib and the
 figures restyled without touching them.
@@ -6,7 +6,7 @@ figures restyled without touching them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -238,3 +238,44 @@ def confusion_matrices(confusion: Mapping[str, pd.DataFrame]) -> Figure:
         confusion_heatmap(confusion[source], predicted_label="predicted", title=source, ax=ax)
     fig.tight_layout()
     return fig
+
+
+def metrics_table(metrics: pd.DataFrame, decimals: int = 4) -> pd.DataFrame:
+    """Test metrics per model, rounded for reading."""
+    return metrics.round(decimals)
+
+
+def kpi_table(kpi: pd.DataFrame) -> pd.DataFrame:
+    """Per model: mAP, the chosen threshold, pooled precision and recall there, and the verdict."""
+    return kpi[["map", "threshold", "precision", "recall", "met", "verdict"]]
+
+
+def cascade_table(cascade: pd.DataFrame) -> pd.DataFrame:
+    """Every threshold of the cascade sweep, rounded for reading."""
+    return cascade.round(4)
+
+
+def cascade_summary(
+    cascade: pd.DataFrame, shares: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
+) -> pd.DataFrame:
+    """A few rows of the cascade sweep: the threshold nearest each escalation share in
+    ``shares`` (YOLO alone at 0, the annotator alone at 1) and the most accurate one."""
+    if cascade.empty:
+        return cascade
+    picked = [(cascade["escalated_share"] - share).abs().idxmin() for share in shares]
+    best = cascade[cascade["accuracy"] == cascade["accuracy"].max()]
+    picked.append(best["escalated_share"].idxmin())
+    columns = [
+        c
+        for c in ("threshold", "escalated_share", "accuracy", "usd_per_1000_cascade")
+        if c in cascade
+    ]
+    return cascade.loc[sorted(set(picked)), columns].round(4)
+
+
+def classification_comparison_table(
+    comparison: Mapping[str, object], latency: Mapping[str, object]
+) -> pd.DataFrame:
+    """The paired accuracy difference and the classifier's CPU latency, one figure per row."""
+    values = {**comparison, **{f"latency.{k}": v for k, v in latency.items()}}
+    return pd.Series(values, name="value").to_frame()

@@ -1,4 +1,4 @@
-"""Figures for the cost chapter; each function takes a DataFrame from ``costs`` and returns a Figure.
+"""Figures and tables for the cost chapter; each function takes a DataFrame from ``costs``.
 
 Kept apart from the computations so that the numbers can be tested without matplotlib
 and the figures restyled without touching the arithmetic.
@@ -14,6 +14,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+
+from cascade_defect.costs.references import references_table
 
 MODE_ORDER = ("standard", "standard+cache", "batch", "batch+cache")
 
@@ -154,3 +156,60 @@ def plot_cost_per_1000(
         ax.get_legend().remove()
     fig.tight_layout()
     return fig
+
+
+def cost_table(grid: pd.DataFrame) -> pd.DataFrame:
+    """The cost grid as numbers: model by billing mode and caching, USD for the pool."""
+    return grid.pivot_table(
+        index="model", columns=["mode", "prompt_caching"], values="total_usd"
+    ).round(2)
+
+
+def targets_table(targets: pd.DataFrame) -> pd.DataFrame:
+    """The cheapest configuration found for each cost target, and whether it fits the budget."""
+    columns = [
+        "target",
+        "model",
+        "detail",
+        "images_per_request",
+        "mode",
+        "prompt_caching",
+        "total_usd",
+        "within_budget",
+    ]
+    return targets[columns]
+
+
+def break_even_table(break_even: pd.DataFrame) -> pd.DataFrame:
+    """Per human labelling method: cost per image and the pool size where the MLLM is cheaper."""
+    return break_even.round(4)
+
+
+def plot_break_even_table(break_even: pd.DataFrame, max_images: int) -> Figure:
+    """:func:`plot_break_even` for a break-even table: one dashed line per human method and
+    gpt-4o (one image per request) as the MLLM line."""
+    human = dict(zip(break_even["human method"], break_even["human_usd_per_image"], strict=True))
+    mllm = {"gpt-4o (one image per request)": float(break_even["gpt4o_usd_per_image"].iloc[0])}
+    return plot_break_even(human, mllm, max_images=max_images)
+
+
+def plot_cost_per_1000_table(per_1000: pd.DataFrame | None) -> Figure:
+    """:func:`plot_cost_per_1000` for the analysis' one-row table (routes as columns), or a
+    note when chapter 06 has not measured the cascade."""
+    if per_1000 is None or per_1000.empty:
+        fig, ax = plt.subplots(figsize=(7, 1.5))
+        ax.text(
+            0.5,
+            0.5,
+            "not computed: chapter 06 has not measured the cascade",
+            ha="center",
+            va="center",
+        )
+        ax.set_axis_off()
+        return fig
+    return plot_cost_per_1000(per_1000.T)
+
+
+def reference_sources() -> pd.DataFrame:
+    """Every price and reference figure with its unit, date, verification and source."""
+    return references_table()[["key", "value", "unit", "date", "verified", "source"]]

@@ -1,9 +1,8 @@
-"""TODO docstring for plots.data
-"""
+"""Figures and tables for chapters 01 and 02: the dataset, its quirks and the three-way split."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -149,3 +148,26 @@ def seed_gallery(layout: SplitLayout) -> Figure:
     fig.suptitle("The seed images in the prompt, with their boxes", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def quirk_summary(quirks: pd.DataFrame) -> pd.DataFrame | str:
+    """Quirks by kind, with a count and the first example of each."""
+    if quirks.empty:
+        return "no quirks found"
+    return quirks.groupby("kind").agg(count=("path", "size"), example=("detail", "first"))
+
+
+def quarantine_table(card: Mapping[str, object]) -> pd.DataFrame | str:
+    """The files ``on_error="quarantine"`` set aside, from the data card."""
+    quarantined = card.get("quarantined") or []
+    return pd.DataFrame(quarantined) if quarantined else "nothing quarantined"
+
+
+def duplicates_table(duplicates: pd.DataFrame) -> pd.DataFrame | str:
+    """Pixel-identical images and the one split each group landed in."""
+    return duplicates if len(duplicates) else "no pixel-identical images"
+
+
+def listing_preview(listing: Path, n: int = 5) -> pd.DataFrame:
+    """The first rows of a split listing: what its columns hold."""
+    return pd.read_csv(listing).head(n)

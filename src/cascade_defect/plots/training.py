@@ -1,5 +1,4 @@
-"""TODO docstring for plots.training
-"""
+"""Figures and tables for chapter 05: learning curves and training time per label source."""
 
 from __future__ import annotations
 
@@ -70,3 +69,14 @@ def training_time(summary: pd.DataFrame) -> Figure:
     ax.set_title("Training time per label source")
     fig.tight_layout()
     return fig
+
+
+def training_totals(summary: pd.DataFrame) -> pd.DataFrame:
+    """The chapter's training time in one figure, and how many sources it covers."""
+    return pd.Series(
+        {
+            "total training minutes": round(summary["wall_minutes"].sum(), 1),
+            "sources trained": len(summary),
+        },
+        name="value",
+    ).to_frame()

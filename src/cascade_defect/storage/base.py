@@ -8,16 +8,20 @@ rerun (or a resumed, interrupted transfer) moves only what changed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal, TypeVar
+
+# The content hashes live in cascade_defect.hashing; the storage modules import them from here.
+from cascade_defect.hashing import sha256_bytes as sha256_bytes
+from cascade_defect.hashing import sha256_file as sha256_file
+from cascade_defect.hashing import tree_digest as tree_digest
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +31,6 @@ SHA256_METADATA_KEY = "sha256"
 TEMP_MARKER = ".cascade-tmp-"
 """Part of every temporary name; listings and tree transfers never show such paths."""
 
-_CHUNK = 1 << 20
 # "%" is decoded once more by the SDK's rename, "?" can be taken for a SAS token and "#" ends a
 # URL: names with them would not round-trip through ADLS, so they are refused on every backend.
 _FORBIDDEN_CHARACTERS = frozenset("%?#\\")
@@ -71,31 +74,6 @@ class TransferReport:
             f"{verb} {len(self.transferred)} file(s) ({self.bytes_transferred} bytes), "
             f"skipped {len(self.skipped)} unchanged, {self.source} -> {self.destination}"
         )
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def tree_digest(file_hashes: Iterable[tuple[str, str]]) -> str:
-    """One hash for a folder from ``(relative path, file sha256)`` pairs.
-
-    Same definition as :func:`cascade_defect.manifest.tree_sha256` (paths in ``PurePosixPath``
-    order, each path then its hex hash), so a remote folder and its local copy agree.
-    """
-    digest = hashlib.sha256()
-    for relative, file_hash in sorted(file_hashes, key=lambda pair: PurePosixPath(pair[0])):
-        digest.update(relative.encode())
-        digest.update(file_hash.encode())
-    return digest.hexdigest()
 
 
 def normalize_path(path: str | os.PathLike[str], *, allow_root: bool = False) -> str:

@@ -1,4 +1,5 @@
-"""TODO docstring for train.predict
+"""Running trained detectors on the golden test images: saved detections, ultralytics' own
+validation for cross-checking, and the per-image CPU latency the cascade and cost chapters price.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Label sources and YOLOv8n fine-tuning: the work behind chapter 05.
+"""Label sources: the training sets chapter 05 fine-tunes YOLOv8n on, one per kind of label.
 
 The study's question is whether pseudo-labels can stand in for human labels, so every model is
 trained the same way and only the labels change. Each *label source* becomes an ultralytics
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from tqdm.auto import tqdm
 
 from cascade_defect.data.split import (
@@ -37,8 +36,9 @@ from cascade_defect.data.split import (
     read_pool_ground_truth,
     read_pool_listing,
 )
+from cascade_defect.data.yolo_txt import write_data_yaml, write_label_file, yolo_line
 from cascade_defect.progress import progress_disabled
-from cascade_defect.settings import TrainingSettings
+from cascade_defect.settings import ClassificationSettings, TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,15 @@ def uses_pool_ground_truth(source: str) -> bool:
     return source == HUMAN or noise_rate(source) is not None
 
 
-def epochs_for(source: str, settings: TrainingSettings) -> int:
-    """The schedule of a source: the noise sweep and seed_only have their own epoch counts."""
+def epochs_for(source: str, settings: TrainingSettings | ClassificationSettings) -> int:
+    """Epochs of a source in either track: seed_only and the noise sweep have their own counts.
+
+    The classification track has no noise sweep (its settings have no ``noise_epochs``), so a
+    noise source is an error there rather than a silent fallback to ``epochs``.
+    """
     if noise_rate(source) is not None:
+        if not isinstance(settings, TrainingSettings):
+            raise ValueError(f"{source!r}: the classification track trains no noise sources")
         return settings.noise_epochs
     if source == SEED_ONLY and settings.seed_only_epochs is not None:
         return settings.seed_only_epochs
@@ -477,14 +483,6 @@ def link_or_copy(source: Path, target: Path) -> str:
         return "copy"
 
 
-def _label_text(rows: pd.DataFrame) -> str:
-    lines = [
-        f"{int(r.class_id)} {r.cx:.6f} {r.cy:.6f} {r.w:.6f} {r.h:.6f}"
-        for r in rows.itertuples(index=False)
-    ]
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
 def write_source_dataset(
     dataset: SourceDataset, out_dir: Path, class_names: Sequence[str], progress: bool = False
 ) -> Path:
@@ -506,20 +504,16 @@ def write_source_dataset(
         target = out_dir / "images" / row.subset / f"{row.image_id}{image.suffix.lower()}"
         method = link_or_copy(image, target)
         methods[method] = methods.get(method, 0) + 1
-        label = out_dir / "labels" / row.subset / f"{row.image_id}.txt"
-        label.parent.mkdir(parents=True, exist_ok=True)
-        label.write_text(_label_text(by_image.get(row.image_id, empty)))
+        rows = by_image.get(row.image_id, empty)
+        lines = [
+            yolo_line(int(r.class_id), r.cx, r.cy, r.w, r.h) for r in rows.itertuples(index=False)
+        ]
+        write_label_file(out_dir / "labels" / row.subset / f"{row.image_id}.txt", lines)
     dataset.images.drop(columns=["path"]).to_csv(out_dir / "images.csv", index=False)
     dataset.excluded.to_csv(out_dir / "excluded.csv", index=False)
     if len(dataset.flips):
         dataset.flips.to_csv(out_dir / "flips.csv", index=False)
-    payload = {
-        "path": str(out_dir.resolve()),
-        "train": "images/train",
-        "val": "images/train" if dataset.val_is_train else "images/val",
-        "names": dict(enumerate(class_names)),
-    }
-    data_yaml = out_dir / "data.yaml"
-    data_yaml.write_text(yaml.safe_dump(payload, sort_keys=False))
+    val = "images/train" if dataset.val_is_train else "images/val"
+    data_yaml = write_data_yaml(out_dir, class_names, train="images/train", val=val)
     log.info("%s: %s images written (%s)", dataset.source, len(dataset.images), methods)
     return data_yaml

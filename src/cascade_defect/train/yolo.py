@@ -1,4 +1,7 @@
-"""TODO docstring for train.yolo
+"""Fine-tune a YOLOv8 model offline and seeded, and know when an earlier run can be reused.
+
+Every label source and both tracks train through :func:`train_yolo`, so only the labels differ
+between the models the book compares; the fingerprint lets a re-run skip an identical training.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cascade_defect.manifest import file_sha256
+from cascade_defect.hashing import sha256_file
+from cascade_defect.locations import (
+    DataLocationError,
+    PathAnchors,
+    portable_path,
+    resolve_portable_path,
+)
 from cascade_defect.progress import progress_disabled
 from cascade_defect.settings import TrainingSettings
 from cascade_defect.train.yolo_env import (
@@ -171,11 +180,16 @@ class TrainingResult:
     dataset_counts: dict[str, int] = field(default_factory=dict)
     train_args: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, where: PathAnchors | None = None) -> dict[str, Any]:
+        """The result as JSON-ready values; with ``where``, paths written by ``portable_path``."""
+
+        def written(path: Path) -> str:
+            return portable_path(path, where) if where is not None else str(path)
+
         return {
             "source": self.source,
-            "best_weights": str(self.best_weights),
-            "run_dir": str(self.run_dir),
+            "best_weights": written(self.best_weights),
+            "run_dir": written(self.run_dir),
             "epochs_planned": self.epochs_planned,
             "epochs_run": self.epochs_run,
             "imgsz": self.imgsz,
@@ -297,23 +311,32 @@ def training_fingerprint(dataset_dir: Path, weights: str, train_args: Mapping[st
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     digest.update((root / "images.csv").read_bytes())
-    digest.update(file_sha256(Path(weights)).encode())
+    digest.update(sha256_file(Path(weights)).encode())
     digest.update(json.dumps(dict(train_args), sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
-def reusable_result(path: Path, fingerprint: str) -> TrainingResult | None:
-    """The saved result of an identical earlier run, if its weights are still there."""
+def reusable_result(path: Path, fingerprint: str, where: PathAnchors) -> TrainingResult | None:
+    """The saved result of an identical earlier run, if its weights are still there.
+
+    Its paths are read back with :func:`resolve_portable_path`, so a result written in another
+    checkout (or on another machine) is reused when its weights were brought along.
+    """
     if not path.exists():
         return None
     payload = json.loads(path.read_text())
-    best = Path(payload.get("best_weights", ""))
-    if payload.get("fingerprint") != fingerprint or not best.exists():
+    if payload.get("fingerprint") != fingerprint or not payload.get("best_weights"):
+        return None
+    try:
+        best = resolve_portable_path(payload["best_weights"], where)
+    except DataLocationError:
+        return None
+    if not best.exists():
         return None
     return TrainingResult(
         source=payload["source"],
         best_weights=best,
-        run_dir=Path(payload["run_dir"]),
+        run_dir=resolve_portable_path(payload["run_dir"], where),
         epochs_planned=int(payload["epochs_planned"]),
         epochs_run=int(payload["epochs_run"]),
         imgsz=int(payload["imgsz"]),

@@ -29,9 +29,9 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +45,7 @@ from cascade_defect.annotate.mllm.estimate import (
     request_cost_upper_bound,
 )
 from cascade_defect.annotate.mllm.prompt import FewShotPrompt, SeedExample, build_prompt
-from cascade_defect.annotate.mllm.providers import ClientConfig, ProviderChoice, make_client
+from cascade_defect.annotate.mllm.providers import ClientConfig, make_client
 from cascade_defect.annotate.mllm.requests import (
     AttemptResult,
     _Fatal,
@@ -60,15 +60,16 @@ from cascade_defect.annotate.mllm.throttle import (
     RateLimitGate,
     RetryPolicy,
 )
+from cascade_defect.annotate.options import AnnotatorOptions
 from cascade_defect.annotate.schema import (
     AnnotationRecord,
     Usage,
     annotation_key,
     prediction_model_for,
-    sha256_hex,
 )
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.costs import pricing
+from cascade_defect.hashing import sha256_bytes
 from cascade_defect.progress import progress_disabled
 
 logger = logging.getLogger(__name__)
@@ -135,26 +136,25 @@ class MLLMAnnotator:
         config: ClientConfig,
         prompt: FewShotPrompt,
         store: AnnotationStore,
+        options: AnnotatorOptions | None = None,
         *,
-        pricing_model: str | None = None,
-        concurrency: int = 4,
-        budget_usd: float | None = None,
-        count_prior_spend: bool = True,
         retry: RetryPolicy | None = None,
-        max_completion_tokens: int = 400,
-        temperature: float | None = 0.0,  # None for reasoning models, which reject it
+        count_prior_spend: bool = True,
         budget_margin: float = 0.1,
-        progress: bool = True,
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        """``client`` and ``config`` say where requests go (:meth:`from_options` builds them);
+        ``options`` give the pricing model, budget, concurrency, attempts and answer settings;
+        ``retry`` only the waits between attempts (its attempt count is ``options.max_attempts``).
+        """
+        options = options or AnnotatorOptions()
+        self.options = options
         self.client = client
         self.config = config
         self.prompt = prompt
         self.store = store
-        self.pricing_model = pricing_model or config.model
+        self.pricing_model = options.pricing_model or config.model
         self.priced = True
         try:
             pricing.price_for(self.pricing_model)  # fail fast on an unpriced model
@@ -164,30 +164,59 @@ class MLLMAnnotator:
             # A local server (vLLM, Ollama) costs nothing per token; no budget applies.
             logger.warning("no price for %r: recording cost as $0", self.pricing_model)
             self.priced = False
-        self.concurrency = concurrency
-        self.budget_usd = budget_usd
+        self.concurrency = options.concurrency
+        self.budget_usd = options.budget_usd
         self.count_prior_spend = count_prior_spend
-        self.retry = retry or RetryPolicy()
-        self.max_completion_tokens = max_completion_tokens
-        self.temperature = temperature
+        self.retry = replace(retry or RetryPolicy(), max_attempts=options.max_attempts)
+        self.max_completion_tokens = options.max_completion_tokens
+        self.temperature = options.temperature
         self.budget_margin = budget_margin
-        self.progress = progress
+        self.progress = options.progress
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self.response_model = prediction_model_for(prompt.class_names)
         self._reservations: dict[tuple[int, int], float] = {}
-        self.request_params: dict[str, Any] = {"max_completion_tokens": max_completion_tokens}
-        if temperature is not None:
-            self.request_params["temperature"] = temperature
+        self.request_params: dict[str, Any] = {"max_completion_tokens": self.max_completion_tokens}
+        if self.temperature is not None:
+            self.request_params["temperature"] = self.temperature
         # Everything that changes the answer goes into the key; budget/concurrency do not.
         self.key_params: dict[str, Any] = {
             "detail": prompt.detail,
-            "response_schema": sha256_hex(
+            "response_schema": sha256_bytes(
                 json.dumps(self.response_model.model_json_schema(), sort_keys=True).encode()
             )[:16],
             **self.request_params,
         }
+
+    @classmethod
+    def from_options(
+        cls,
+        seeds: Sequence[SeedExample],
+        class_names: Sequence[str],
+        store_path: str | os.PathLike[str],
+        options: AnnotatorOptions,
+        *,
+        environ: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> MLLMAnnotator:
+        """The client, prompt and store ``options`` describe (credentials from ``environ``).
+
+        Raises :class:`ProviderNotConfigured` when ``annotator="auto"`` finds no credentials,
+        so the caller can fall back to the offline annotator.
+        """
+        if options.annotator == "offline":
+            raise ValueError("the offline annotator is not an MLLM: use OfflineAnnotator")
+        client, config = make_client(
+            options.annotator,
+            options.model,
+            base_url=options.base_url,
+            api_version=options.api_version,
+            timeout_s=options.timeout_s,
+            environ=environ,
+        )
+        prompt = build_prompt(seeds, class_names, detail=options.detail)
+        return cls(client, config, prompt, AnnotationStore(store_path), options, **kwargs)
 
     # -- keys and estimates --------------------------------------------------------------
 
@@ -333,7 +362,7 @@ class _Run:
         record = AnnotationRecord(
             key=item.key,
             image_id=item.image_id,
-            image_sha256=sha256_hex(item.image_bytes),
+            image_sha256=sha256_bytes(item.image_bytes),
             annotator=self.a.config.provider,
             model=self.a.config.model,
             prompt_hash=self.a.prompt.prompt_hash,
@@ -525,73 +554,11 @@ def annotate_pool(
     seeds: Sequence[SeedExample],
     class_names: Sequence[str],
     store_path: str | os.PathLike[str],
-    *,
-    provider: ProviderChoice = "auto",
-    model: str | None = None,
-    pricing_model: str | None = None,
-    detail: str = "low",
-    concurrency: int = 4,
-    budget_usd: float | None = 5.0,
-    max_attempts: int = 3,
-    max_completion_tokens: int = 400,
-    temperature: float | None = 0.0,
-    base_url: str | None = None,
-    api_version: str | None = None,
-    timeout_s: float = 60.0,
-    progress: bool = True,
+    options: AnnotatorOptions | None = None,
 ) -> RunSummary:
-    """Pseudo-label ``pool`` with a few-shot MLLM; resumable through ``store_path``.
-
-    ``model`` is the Azure deployment name on Azure; ``pricing_model`` names the
-    priced model behind it when the two differ. Raises :class:`ProviderNotConfigured`
-    when ``provider="auto"`` finds no credentials, so the caller can fall back to the
-    offline annotator.
-    """
-    client, config = make_client(
-        provider, model, base_url=base_url, api_version=api_version, timeout_s=timeout_s
-    )
-    prompt = build_prompt(seeds, class_names, detail=detail)
-    annotator = MLLMAnnotator(
-        client,
-        config,
-        prompt,
-        AnnotationStore(store_path),
-        pricing_model=pricing_model,
-        concurrency=concurrency,
-        budget_usd=budget_usd,
-        retry=RetryPolicy(max_attempts=max_attempts),
-        max_completion_tokens=max_completion_tokens,
-        temperature=temperature,
-        progress=progress,
+    """Pseudo-label ``pool`` with a few-shot MLLM as ``options`` say; resumable through
+    ``store_path`` (see :meth:`MLLMAnnotator.from_options`)."""
+    annotator = MLLMAnnotator.from_options(
+        seeds, class_names, store_path, options or AnnotatorOptions()
     )
     return annotator.annotate(pool)
-
-
-def load_manifest(
-    path: str | os.PathLike[str],
-) -> tuple[list[str], list[SeedExample], list[PoolImage]]:
-    """Read a run manifest: ``{"class_names": [...], "seeds": [...], "pool": [...]}``.
-
-    Seeds: ``{"image_id", "path", "class_name", "boxes": [[cls, x1, y1, x2, y2], ...]}``;
-    pool: ``{"image_id", "path"}`` (no class, by design). Relative paths are resolved
-    against the manifest's folder.
-    """
-    manifest_path = Path(path)
-    data = json.loads(manifest_path.read_text("utf-8"))
-    root = manifest_path.parent
-
-    def resolve(p: str) -> Path:
-        candidate = Path(p)
-        return candidate if candidate.is_absolute() else root / candidate
-
-    seeds = [
-        SeedExample(
-            image_id=s["image_id"],
-            image=resolve(s["path"]),
-            class_name=s["class_name"],
-            boxes=tuple(tuple(b) for b in s.get("boxes", [])),
-        )
-        for s in data["seeds"]
-    ]
-    pool = [PoolImage(p["image_id"], resolve(p["path"])) for p in data["pool"]]
-    return list(data["class_names"]), seeds, pool

@@ -33,8 +33,9 @@ from openai.lib._parsing import type_to_response_format_param
 
 from cascade_defect.annotate.mllm.annotator import MLLMAnnotator, PoolImage
 from cascade_defect.annotate.mllm.requests import classify_completion
-from cascade_defect.annotate.schema import AnnotationRecord, Usage, sha256_hex
+from cascade_defect.annotate.schema import AnnotationRecord, Usage
 from cascade_defect.costs import pricing
+from cascade_defect.hashing import sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def prepare_batch(
             part_bytes += len(line)
             part_requests += 1
             entries[key] = BatchEntry(
-                image.image_id, sha256_hex(data), annotator.reservation_for(data)
+                image.image_id, sha256_bytes(data), annotator.reservation_for(data)
             )
     finally:
         if handle is not None:
@@ -388,18 +389,24 @@ def run_batch(
     pool: Sequence[PoolImage],
     work_dir: str | os.PathLike[str],
     *,
-    budget_usd: float | None = None,
     poll_interval_s: float = 60.0,
     timeout_s: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
     name: str = "batch",
 ) -> IngestSummary:
-    """Prepare, submit, poll, download and ingest in one call (blocking)."""
+    """Prepare, submit, poll, download and ingest in one call (blocking).
+
+    The annotator carries the run's :class:`~cascade_defect.annotate.options.AnnotatorOptions`
+    (build it with :meth:`MLLMAnnotator.from_options`): the same prompt, model and answer
+    settings as an online run, and its ``budget_usd`` caps the Batch's worst case.
+    """
     manifest, manifest_path = prepare_batch(annotator, pool, work_dir, name=name)
     if not manifest.entries:
         logger.info("every image already answered; no batch submitted")
         return IngestSummary()
-    batch_ids = submit_batch(annotator.client, manifest, manifest_path, budget_usd=budget_usd)
+    batch_ids = submit_batch(
+        annotator.client, manifest, manifest_path, budget_usd=annotator.options.budget_usd
+    )
     return collect_batch(
         annotator, manifest, batch_ids, interval_s=poll_interval_s, timeout_s=timeout_s, sleep=sleep
     )

@@ -2,10 +2,11 @@
 
 Text is counted with the model's real tokenizer (``o200k_base`` for the gpt-4o,
 gpt-4.1, gpt-5 and o-series families). ``tiktoken`` normally downloads that
-vocabulary at run time, which a machine without internet cannot do, so the file is
-taken from the ``bpe-openai`` wheel (which ships it gzipped) and checked against the
-SHA-256 that ``tiktoken`` itself expects before use: the counts are exactly
-tiktoken's. Image tokens come from :func:`cascade_defect.pricing.image_tokens`.
+vocabulary on first use, which a machine without internet cannot do, so the file is
+taken from the ``bpe-openai`` wheel (which ships it gzipped), checked against the
+SHA-256 that ``tiktoken`` itself expects, and placed in tiktoken's own cache (see
+:func:`o200k_encoding`): the counts are exactly tiktoken's. Image tokens come from
+:func:`cascade_defect.costs.pricing.image_tokens`.
 
 Chat formatting overhead follows OpenAI's cookbook rule for current chat models:
 3 tokens per message, 1 per ``name``, plus 3 that prime the reply. Content parts of
@@ -16,31 +17,39 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import importlib.util
 import io
 import logging
 import math
+import os
+import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import tiktoken
 from PIL import Image
-from tiktoken.load import check_hash
 
 from cascade_defect.annotate.mllm.prompt import FewShotPrompt
 from cascade_defect.annotate.schema import AnnotationRecord, BoxPrediction, DefectPrediction
 from cascade_defect.costs import pricing
 from cascade_defect.costs.model import cacheable_prefix_tokens
+from cascade_defect.hashing import sha256_bytes, sha256_file
+from cascade_defect.settings import find_project_root
 
 logger = logging.getLogger(__name__)
 
 VOCAB_PATH = Path("data", "o200k_base.tiktoken.gz")
+O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
+"""Where tiktoken fetches o200k_base; its cache names the file by the SHA-1 of this URL."""
 O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+CACHE_VARIABLES = ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")
+"""tiktoken's cache folder settings, in the order it reads them."""
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
@@ -53,13 +62,31 @@ class TokenizerUnavailable(RuntimeError):
     """The o200k_base vocabulary could not be loaded offline."""
 
 
-@cache
-def o200k_encoding() -> tiktoken.Encoding:
-    """``tiktoken`` o200k_base built from the vocabulary shipped in the bpe-openai wheel.
+def tiktoken_cache_blob_name(url: str = O200K_URL) -> str:
+    """The file name tiktoken's ``read_file_cached`` gives ``url`` in its cache folder."""
+    return hashlib.sha1(url.encode()).hexdigest()
 
-    The pattern and special tokens come from tiktoken's own registry function; only
-    its download step is replaced by the local, hash-verified file.
-    """
+
+def user_tiktoken_cache_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The cache folder the user chose for tiktoken, or None (unset, or set empty: no cache)."""
+    env = os.environ if environ is None else environ
+    for variable in CACHE_VARIABLES:
+        if variable in env:
+            return Path(env[variable]) if env[variable] else None
+    return None
+
+
+def project_tiktoken_cache_dir() -> Path:
+    """``<project>/.cache/tiktoken``, or a per-user cache folder outside a project checkout."""
+    root = find_project_root(Path(__file__).parent) or find_project_root()
+    if root is not None:
+        return root / ".cache" / "tiktoken"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cascade-defect" / "tiktoken"
+
+
+def packaged_o200k_vocabulary() -> bytes:
+    """The o200k_base vocabulary shipped in the ``bpe-openai`` wheel, verified by SHA-256."""
     # Locate the file without importing bpe_openai (its import loads a large native
     # library and every vocabulary it ships).
     spec = importlib.util.find_spec("bpe_openai")
@@ -68,22 +95,74 @@ def o200k_encoding() -> tiktoken.Encoding:
         raise TokenizerUnavailable(
             "the o200k_base vocabulary ships in the 'bpe-openai' package; install it"
         )
-    packed = vocab.read_bytes()
-    contents = gzip.decompress(packed)
-    if not check_hash(contents, O200K_SHA256):
+    contents = gzip.decompress(vocab.read_bytes())
+    if sha256_bytes(contents) != O200K_SHA256:
         raise TokenizerUnavailable("o200k_base vocabulary does not match tiktoken's SHA-256")
-    ranks = {
-        base64.b64decode(token): int(rank)
-        for token, rank in (line.split() for line in contents.splitlines() if line)
-    }
-    import tiktoken_ext.openai_public as openai_public
+    return contents
 
-    with (
-        _ENCODING_LOCK,
-        mock.patch.object(openai_public, "load_tiktoken_bpe", lambda *_a, **_k: ranks),
-    ):
-        spec = openai_public.o200k_base()
-    return tiktoken.Encoding(**spec)
+
+def place_o200k_vocabulary(cache_dir: Path) -> Path:
+    """Put the verified vocabulary in ``cache_dir`` under the name tiktoken looks for.
+
+    Done once: a file already there with the right hash is kept. Written to a temporary file
+    and renamed, so a concurrent reader never sees half a vocabulary.
+    """
+    target = cache_dir / tiktoken_cache_blob_name()
+    if target.is_file() and sha256_file(target) == O200K_SHA256:
+        return target
+    contents = packaged_o200k_vocabulary()
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(
+            dir=cache_dir, prefix=f"{target.name}.", suffix=".tmp", delete=False
+        ) as handle:
+            handle.write(contents)
+        os.chmod(handle.name, 0o644)  # readable like any cache file, not only by its writer
+        os.replace(handle.name, target)
+    except OSError as error:
+        raise TokenizerUnavailable(
+            f"cannot place the o200k_base vocabulary in tiktoken's cache {cache_dir}: {error}"
+        ) from error
+    return target
+
+
+@contextmanager
+def _tiktoken_cache_at(cache_dir: Path | None) -> Iterator[None]:
+    """Point ``TIKTOKEN_CACHE_DIR`` at ``cache_dir`` for the block (None: leave it as it is)."""
+    if cache_dir is None:
+        yield
+        return
+    previous = os.environ.get("TIKTOKEN_CACHE_DIR")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TIKTOKEN_CACHE_DIR"]
+        else:
+            os.environ["TIKTOKEN_CACHE_DIR"] = previous
+
+
+@cache
+def o200k_encoding() -> tiktoken.Encoding:
+    """``tiktoken.get_encoding("o200k_base")``, served from tiktoken's cache, never downloaded.
+
+    The hash-verified vocabulary from the bpe-openai wheel is placed in the cache folder the
+    user chose (``TIKTOKEN_CACHE_DIR`` or ``DATA_GYM_CACHE_DIR``), else in a project-local one
+    that ``TIKTOKEN_CACHE_DIR`` points to during this call only. tiktoken then finds the file,
+    checks its hash again and builds the encoding with its own pattern and special tokens.
+    """
+    chosen = user_tiktoken_cache_dir()
+    cache_dir = chosen or project_tiktoken_cache_dir()
+    with _ENCODING_LOCK:
+        place_o200k_vocabulary(cache_dir)
+        with _tiktoken_cache_at(None if chosen else cache_dir):
+            try:
+                return tiktoken.get_encoding("o200k_base")
+            except (OSError, ValueError, ImportError) as error:  # a download it attempted
+                raise TokenizerUnavailable(
+                    f"tiktoken could not load o200k_base from {cache_dir}: {error}"
+                ) from error
 
 
 def encoding_for_model(model: str) -> tiktoken.Encoding:

@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from cascade_defect.annotate.schema import NO_DEFECT, canonical_json, sha256_hex
+from cascade_defect.annotate.schema import NO_DEFECT, canonical_json
+from cascade_defect.hashing import sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def encode_image(image_bytes: bytes) -> EncodedImage:
             img.save(buffer, format="PNG")
             payload, mime = buffer.getvalue(), "image/png"
     data_url = f"data:{mime};base64,{base64.b64encode(payload).decode('ascii')}"
-    return EncodedImage(data_url, mime, width, height, sha256_hex(image_bytes))
+    return EncodedImage(data_url, mime, width, height, sha256_bytes(image_bytes))
 
 
 def image_part(data_url: str, detail: str) -> dict[str, Any]:
@@ -212,7 +213,7 @@ def build_prompt(
         {"role": "system", "content": system},
         {"role": "user", "content": gallery},
     )
-    prompt_hash = sha256_hex(
+    prompt_hash = sha256_bytes(
         canonical_json(
             {"version": PROMPT_VERSION, "detail": detail, "static": list(static_messages)}
         ).encode("utf-8")

@@ -1,4 +1,8 @@
-"""TODO docstring for annotate.mllm.providers
+"""Which endpoint the MLLM annotator talks to: Azure OpenAI, OpenAI or a compatible server.
+
+Credentials come only from the environment (keys, or Entra ID on Azure), so a notebook's
+parameters or a manifest can never hold one; :func:`make_client` turns that environment into an
+SDK client with the SDK's own retries off, because the annotator does its own.
 """
 
 from __future__ import annotations

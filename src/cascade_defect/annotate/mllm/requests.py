@@ -1,4 +1,8 @@
-"""TODO docstring for annotate.mllm.requests
+"""One chat request and the classification of its answer, shared by the online and Batch paths.
+
+Both paths must judge an answer by the same rules (refusal, truncation, invalid JSON, schema
+violation) and the retry loop must know which HTTP errors are worth another attempt, so the
+request, its error classes and :func:`classify_completion` live here, apart from the run loop.
 """
 
 from __future__ import annotations

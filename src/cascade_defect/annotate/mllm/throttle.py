@@ -1,4 +1,8 @@
-"""TODO docstring for annotate.mllm.throttle
+"""Pace and spending limits of an online run: retries, rate-limit pauses, budget, concurrency.
+
+Many requests are in flight at once, so these small thread-safe pieces decide when the next one
+may go: a shared pause after a 429, a budget that reserves each request's worst case before it
+is sent, and a concurrency limit that shrinks under rate limiting and grows back after.
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ from cascade_defect.annotate.schema import (
     annotation_key,
     canonical_json,
     prediction_model_for,
-    sha256_hex,
 )
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.hashing import sha256_bytes
 from cascade_defect.progress import progress_disabled
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class OfflineAnnotator:
             raise RuntimeError("fit() the annotator on the seeds first")
         seeds = sorted(zip(self.seed_images["sha256"], self.seed_images["class_name"], strict=True))
         payload = {"seeds": seeds, "class_names": self.class_names}
-        return sha256_hex(canonical_json(payload).encode("utf-8"))
+        return sha256_bytes(canonical_json(payload).encode("utf-8"))
 
     def params(self) -> dict[str, Any]:
         """Settings that change the answer, recorded with (and hashed into the key of) each record."""
@@ -233,7 +233,7 @@ class OfflineAnnotator:
         params = {**self.params(), "box_strategy": box_strategy}
         if self.classifier.settings.transductive:
             # The answer depends on the pool's structure, so the pool is part of the request.
-            params["pool_sha256"] = sha256_hex("\n".join(sorted(unlabelled["sha256"])).encode())
+            params["pool_sha256"] = sha256_bytes("\n".join(sorted(unlabelled["sha256"])).encode())
         if box_strategy == "seed_detector":
             params["detector"] = detector.describe()
         prompt_hash = self.prompt_hash
@@ -350,7 +350,7 @@ def _with_sha256(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame with a ``sha256`` column, computed from the files where the listing lacks it."""
     frame = frame.copy()
     if "sha256" not in frame.columns or frame["sha256"].isna().any():
-        frame["sha256"] = [sha256_hex(Path(p).read_bytes()) for p in frame["path"]]
+        frame["sha256"] = [sha256_bytes(Path(p).read_bytes()) for p in frame["path"]]
     frame["sha256"] = frame["sha256"].astype(str)
     return frame
 

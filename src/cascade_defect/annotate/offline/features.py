@@ -9,7 +9,6 @@ so a re-run, or a second annotator run on the same pool, computes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cascade_defect.manifest import file_sha256
+from cascade_defect.hashing import sha256_bytes, sha256_file
 from cascade_defect.progress import progress_disabled
 from cascade_defect.train.yolo_env import import_ultralytics, resolve_weights_file
 
@@ -117,7 +116,7 @@ class YoloFeatureExtractor:
         self.threads = threads
         self.progress = progress
         self.weights_path = resolve_weights_file(weights, self.config_dir)
-        self.weights_sha256 = file_sha256(self.weights_path)
+        self.weights_sha256 = sha256_file(self.weights_path)
         self.n_computed = 0
         """Images run through the network by this object (a cache hit adds nothing)."""
         self.seconds_computing = 0.0
@@ -131,7 +130,7 @@ class YoloFeatureExtractor:
         """Hash of everything that changes the numbers: checkpoint bytes and extractor settings."""
         payload = {"weights_sha256": self.weights_sha256, **self.spec.cache_fields()}
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return sha256_bytes(text.encode())
 
     @property
     def cache_path(self) -> Path | None:
@@ -171,7 +170,7 @@ class YoloFeatureExtractor:
         """
         paths = [str(p) for p in paths]
         hashes = (
-            [str(h) for h in sha256s] if sha256s is not None else [file_sha256(p) for p in paths]
+            [str(h) for h in sha256s] if sha256s is not None else [sha256_file(p) for p in paths]
         )
         if len(hashes) != len(paths):
             raise ValueError("paths and sha256s must have the same length")

@@ -1,0 +1,129 @@
+"""What every chapter shows around its results: its key settings, its notes and its files.
+
+A chapter opens with one line of the settings that shape its numbers and closes with the full
+settings table and the files it wrote, so the reader meets the question and the answer first.
+These helpers keep that frame identical across chapters and out of the notebook cells.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import Markdown
+
+from cascade_defect.locations import portable_path, resolve_portable_path
+from cascade_defect.settings import StudyConfig
+
+#: Where every chapter keeps its full settings table and its files.
+SETTINGS_SECTION = "Settings and files"
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_shown(v) for v in value) or "none"
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def settings_line(config: StudyConfig, *keys: str, **parameters: object) -> Markdown:
+    """One line naming the settings (``config.summary()`` keys) and parameters that shape the
+    chapter's numbers; the full table waits at the end under *Settings and files*."""
+    summary = config.summary()
+    unknown = [key for key in keys if key not in summary]
+    if unknown:
+        raise KeyError(f"not in the settings summary: {unknown}")
+    shown = {"profile": summary["profile"], **{key: summary[key] for key in keys}, **parameters}
+    parts = "; ".join(f"`{name}` {_shown(value)}" for name, value in shown.items())
+    return Markdown(
+        f"**Settings.** {parts}. Every setting is listed under *{SETTINGS_SECTION}* at the end."
+    )
+
+
+def settings_table(config: StudyConfig) -> pd.DataFrame:
+    """Every setting of the run, one per row (paths as they are written into manifests)."""
+    return pd.Series(config.summary(), name="value").to_frame()
+
+
+def value_table(
+    values: Mapping[str, object] | None, name: str = "value", empty: str = "nothing to show"
+) -> pd.DataFrame | str:
+    """A mapping of named figures as a one-column table, or ``empty`` when there is none."""
+    if not values:
+        return empty
+    return pd.Series(dict(values), name=name).to_frame()
+
+
+def notes(items: Iterable[str]) -> Markdown:
+    """The run's notes as a list, so caveats sit next to the numbers they qualify."""
+    lines = [f"- **Note.** {item}" for item in items]
+    return Markdown("\n".join(lines) if lines else "*No notes for this run.*")
+
+
+def _describe(path: Path) -> tuple[str, str]:
+    if path.is_dir():
+        n_files = sum(1 for p in path.rglob("*") if p.is_file())
+        return "folder", f"{n_files:,} files"
+    if not path.exists():
+        return "missing", ""
+    if path.suffix == ".csv":
+        return "file", f"{len(pd.read_csv(path)):,} rows"
+    return "file", f"{path.stat().st_size:,} bytes"
+
+
+def _local(written: str, config: StudyConfig) -> Path:
+    """A manifest path on this machine; records written before paths were portable were
+    relative to the work folder."""
+    path = resolve_portable_path(written, config)
+    if not path.exists() and not Path(written).is_absolute():
+        under_work = config.work_dir / written
+        if under_work.exists():
+            return under_work
+    return path
+
+
+def chapter_files(config: StudyConfig, *chapter_dirs: Path) -> pd.DataFrame:
+    """The outputs each chapter folder's ``manifest.json`` lists, then the manifest itself,
+    with paths relative to the run folder.
+
+    Read from the manifest rather than listed by hand, so the table names exactly what the
+    chapter declared and what later chapters read.
+    """
+    rows: list[dict[str, str]] = []
+    for folder in chapter_dirs:
+        manifest = Path(folder) / "manifest.json"
+        outputs: Mapping[str, str] = {}
+        if manifest.exists():
+            outputs = json.loads(manifest.read_text()).get("outputs", {})
+        entries = [(name, _local(written, config)) for name, written in outputs.items()]
+        entries.append(("manifest", manifest))
+        rows += [_file_row(name, path, config) for name, path in entries]
+    return pd.DataFrame(rows, columns=list(_FILE_COLUMNS))
+
+
+def files_of(config: StudyConfig, paths: Mapping[str, Path]) -> pd.DataFrame:
+    """Named files (an export folder's contents, say) as :func:`chapter_files` shows them."""
+    rows = [_file_row(name, Path(path), config) for name, path in paths.items()]
+    return pd.DataFrame(rows, columns=list(_FILE_COLUMNS))
+
+
+_FILE_COLUMNS = ("output", "file", "kind", "size")
+
+
+def _file_row(name: str, path: Path, config: StudyConfig) -> dict[str, str]:
+    """One file, named relative to the run folder (``data/runs/<profile>/``) where it lies there,
+    so the table stays narrow."""
+    kind, size = _describe(path)
+    run_dir = config.paths.run_dir.resolve()
+    resolved = path.resolve()
+    shown = (
+        resolved.relative_to(run_dir).as_posix()
+        if resolved.is_relative_to(run_dir)
+        else portable_path(path, config)
+    )
+    return {"output": name, "file": shown, "kind": kind, "size": size}
