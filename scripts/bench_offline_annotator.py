@@ -24,12 +24,14 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cascade_defect.annotate.offline import OfflineAnnotator
+from cascade_defect.annotate.schema import AnnotationRecord
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.chapters.c01_data import run_data_strategy
 from cascade_defect.chapters.c02_split import run_split
@@ -96,6 +98,28 @@ def draw_seeds(images: pd.DataFrame, per_class: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
+def score_answers(pool_truth: pd.DataFrame, records: Iterable[AnnotationRecord]) -> pd.DataFrame:
+    """``predicted, confidence, correct`` for each row of ``pool_truth``, from stored records.
+
+    Records and listings both hold image ids as text (``1001`` is ``"1001"``, ``007`` stays
+    ``"007"``); an image without a stored answer is an error that names it.
+    """
+    answers = {str(r.image_id): r.prediction for r in records if r.prediction is not None}
+    ids = pool_truth["image_id"]
+    missing = sorted(set(ids) - set(answers))
+    if missing:
+        raise KeyError(f"{len(missing)} pool images have no stored answer, e.g. {missing[:3]}")
+    predicted = ids.map(lambda i: answers[i].defect_class)
+    return pd.DataFrame(
+        {
+            "predicted": predicted,
+            "confidence": ids.map(lambda i: answers[i].confidence).astype(float),
+            "correct": predicted == pool_truth["class_name"],
+        },
+        index=pool_truth.index,
+    )
+
+
 def run_draw(
     args: argparse.Namespace,
     weights: str,
@@ -125,10 +149,8 @@ def run_draw(
     store = AnnotationStore(scratch / f"draw{draw}-{mode}.jsonl")
     summary = annotator.annotate(pool, store)
     wall = time.perf_counter() - start
-    answers = {r.image_id: r.prediction for r in store.records() if r.prediction is not None}
-    predicted = pool_truth["image_id"].map(lambda i: answers[i].defect_class)
-    confidence = pool_truth["image_id"].map(lambda i: answers[i].confidence).to_numpy()
-    correct = (predicted == pool_truth["class_name"]).to_numpy()
+    scored = score_answers(pool_truth, store.records())
+    confidence, correct = scored["confidence"].to_numpy(), scored["correct"].to_numpy()
     per_class = (
         pd.Series(correct, index=pool_truth.index)
         .groupby(pool_truth["class_name"])

@@ -144,3 +144,18 @@ def make_byo_dataset(
             else:
                 raise ValueError(layout)
     return root
+
+
+def make_named_images(
+    root: Path, names: Sequence[str], *, class_index: int = 0, size: int = 48
+) -> Path:
+    """Images with exactly these file names (``007.png``, ``1e5.jpg``, ``my image.bmp``) in
+    ``root``: file names that look like numbers, booleans or missing values must stay names."""
+    root.mkdir(parents=True, exist_ok=True)
+    for variant, name in enumerate(names):
+        pixels = texture(class_index, variant, size)
+        image = Image.fromarray(pixels)
+        if Path(name).suffix.lower() in (".jpg", ".jpeg"):
+            image = image.convert("RGB")
+        image.save(root / name)
+    return root

@@ -40,7 +40,7 @@ def _parse_parameter(pair: list[str]) -> tuple[str, object]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from cascade_defect.render import render_book
+    from cascade_defect.render import is_record_folder, render_book
     from cascade_defect.runner import ChapterFailed, default_output_dir, run_chapters
 
     root = _project_root()
@@ -54,6 +54,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     extra = dict(_parse_parameter(p) for p in args.parameter or [])
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(root, config)
+    if output_dir.resolve() == root.resolve():
+        print(
+            "error: --output-dir is the project itself; give the run its own folder",
+            file=sys.stderr,
+        )
+        return 2
     print(
         f"Running the book with profile {config.profile.name!r}; executed notebooks -> {output_dir}"
     )
@@ -68,16 +74,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     for timing in timings:
         print(f"  {timing.notebook:<32} {timing.seconds:8.1f} s")
     print(f"  {'all chapters':<32} {time.perf_counter() - start:8.1f} s")
-    record = output_dir.resolve() == (root / "notebooks").resolve()
-    if record:
-        from cascade_defect.findings import write_findings
+    from cascade_defect.findings import write_findings
 
+    if is_record_folder(root, output_dir):
         write_findings(root, config.paths, config.profile.name)
         from cascade_defect.azureml import scaling_out_markdown
 
         (root / "_scaling_out.md").write_text(scaling_out_markdown(root / "azureml"))
+    else:
+        # Another run's book lives with its notebooks; the record's files stay as they are.
+        write_findings(output_dir, config.paths, config.profile.name, record=False)
     if not args.no_render:
-        site = render_book(root, notebooks_dir=None if record else output_dir)
+        site = render_book(root, notebooks_dir=output_dir)
         print(f"Rendered the book into {site}")
     return 0
 
@@ -273,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--output-dir",
         help="where executed notebooks go (default: notebooks/ for the quick profile, "
-        "<work_dir>/runs/<profile>/notebooks otherwise)",
+        "<work_dir>/runs/<profile>/notebooks otherwise); a folder other than notebooks/ gets "
+        "the run's own book (its _findings.md, _quarto.yml, and _book/ or _preview/)",
     )
     run.add_argument(
         "-p",
@@ -308,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--preview", action="store_true", help="build the nbconvert preview even if Quarto exists"
     )
     render.add_argument(
-        "--notebooks-dir", help="render executed notebooks from this folder instead"
+        "--notebooks-dir",
+        help="render the book of a run's executed notebooks in this folder (written into "
+        "<folder>/_book or <folder>/_preview) instead of the record's",
     )
     render.set_defaults(func=cmd_render)
 

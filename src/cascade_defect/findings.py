@@ -229,10 +229,14 @@ SECTIONS: list[tuple[str, Callable[[StudyPaths], str | None]]] = [
 ]
 
 
-def findings_markdown(paths: StudyPaths, profile: str) -> str:
-    """Bullet points for each chapter that has run; a note for those that have not."""
+def findings_markdown(paths: StudyPaths, profile: str, *, record: bool = True) -> str:
+    """Bullet points for each chapter that has run; a note for those that have not.
+
+    ``record`` False words it for a run outside the record (a user's own data, another profile).
+    """
+    which = "the recorded" if record else "this"
     lines = [
-        f"From the recorded `{profile}` run (each chapter's manifest lists its parameters and commit):",
+        f"From {which} `{profile}` run (each chapter's manifest lists its parameters and commit):",
         "",
         *verdict_lines(paths),
     ]
@@ -244,15 +248,22 @@ def findings_markdown(paths: StudyPaths, profile: str) -> str:
         else:
             lines.append(text)
     if missing:
-        lines += ["", f"*Not yet run in this record: {', '.join(missing)}.*"]
+        where = "this record" if record else "this run"
+        lines += ["", f"*Not yet run in {where}: {', '.join(missing)}.*"]
     return "\n".join(lines) + "\n"
 
 
-def write_findings(project_root: Path, paths: StudyPaths, profile: str) -> Path:
-    """Write ``_findings.md``, and the verdict figure the preface opens with (``_verdict.md``)."""
+def write_findings(book_dir: Path, paths: StudyPaths, profile: str, *, record: bool = True) -> Path:
+    """Write ``_findings.md``, and the verdict figure the preface opens with (``_verdict.md``
+    and ``figures/verdict.png``), into ``book_dir``.
+
+    ``book_dir`` is the project root for the record; a run outside the record passes its own
+    book folder (where its executed notebooks are) and ``record=False``, so the record's files
+    are never overwritten by another run's numbers.
+    """
     from cascade_defect.plots.verdict import write_verdict
 
-    target = project_root / FINDINGS_FILE
-    target.write_text(findings_markdown(paths, profile))
-    write_verdict(project_root, paths.comparison_dir)
+    target = Path(book_dir) / FINDINGS_FILE
+    target.write_text(findings_markdown(paths, profile, record=record))
+    write_verdict(Path(book_dir), paths.comparison_dir)
     return target

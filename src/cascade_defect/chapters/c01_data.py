@@ -15,6 +15,7 @@ import pandas as pd
 
 from cascade_defect.data.ingest import load_dataset
 from cascade_defect.data.records import Box, Dataset, ImageRecord, Quirk, data_card
+from cascade_defect.data.tables import read_table
 from cascade_defect.locations import portable_path, resolve_portable_path
 from cascade_defect.manifest import ChapterRun, require_inputs
 from cascade_defect.settings import StudyConfig
@@ -146,10 +147,10 @@ def dataset_from_index(out: DataStrategyOutputs, config: StudyConfig) -> Dataset
         },
     )
     card = json.loads(out.card.read_text())
-    images = pd.read_csv(out.images, keep_default_na=False, na_values=[""])
-    boxes = pd.read_csv(out.boxes)
+    images = read_table(out.images, keep_default_na=False, na_values=[""])
+    boxes = read_table(out.boxes)
     quirks = (
-        pd.read_csv(out.quirks, keep_default_na=False) if out.quirks.exists() else pd.DataFrame()
+        read_table(out.quirks, keep_default_na=False) if out.quirks.exists() else pd.DataFrame()
     )
     boxes_by_image: dict[str, list[Box]] = {}
     for row in boxes.itertuples(index=False):

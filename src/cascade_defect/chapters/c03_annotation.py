@@ -33,6 +33,7 @@ from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.seeds import seed_examples
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.data.split import SplitLayout, read_labelled_listing, read_pool_listing
+from cascade_defect.data.tables import read_table
 from cascade_defect.data.yolo_txt import write_label_file
 from cascade_defect.manifest import ChapterRun
 from cascade_defect.settings import StudyConfig
@@ -330,7 +331,6 @@ def read_pseudo_labels(outputs: AnnotationOutputs) -> tuple[pd.DataFrame, pd.Dat
     text = {
         name: "object"
         for name in (
-            "image_id",
             "status",
             "defect_class",
             "reasoning",
@@ -339,8 +339,6 @@ def read_pseudo_labels(outputs: AnnotationOutputs) -> tuple[pd.DataFrame, pd.Dat
             "failure_kind",
         )
     }
-    labels = pd.read_csv(outputs.labels, dtype=text)
-    boxes = pd.read_csv(
-        outputs.boxes, dtype={"image_id": "object", "strategy": "object", "class_name": "object"}
-    )
+    labels = read_table(outputs.labels, dtype=text)
+    boxes = read_table(outputs.boxes, dtype={"strategy": "object", "class_name": "object"})
     return labels, boxes

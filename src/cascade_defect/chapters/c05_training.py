@@ -31,6 +31,7 @@ from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseud
 from cascade_defect.data.split import (
     SplitLayout,
 )
+from cascade_defect.data.tables import read_table
 from cascade_defect.hashing import sha256_file
 from cascade_defect.locations import resolve_portable_path
 from cascade_defect.manifest import ChapterRun, require_inputs
@@ -339,7 +340,7 @@ def run_training(
     summary = summary_table(results)
     history = learning_history(results)
     excluded_path = out.dataset_dir(PSEUDO) / "excluded.csv"
-    exclusions = pd.read_csv(excluded_path) if PSEUDO in chosen and excluded_path.exists() else None
+    exclusions = read_table(excluded_path) if PSEUDO in chosen and excluded_path.exists() else None
     exclusions = (
         exclusions.groupby("reason").size().rename("images").reset_index()
         if exclusions is not None and len(exclusions)

@@ -20,6 +20,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cascade_defect.data.records import BOX_FIELDS, Box, Dataset, ImageRecord
+from cascade_defect.data.tables import read_table
 from cascade_defect.data.yolo_txt import write_data_yaml, write_label_file, yolo_line
 from cascade_defect.progress import progress_disabled
 from cascade_defect.settings import SplitSettings
@@ -244,7 +245,7 @@ def write_yolo_label(path: Path, record: ImageRecord, class_names: Sequence[str]
 
 def read_pool_listing(layout: SplitLayout) -> pd.DataFrame:
     """The pool as annotators see it: ids and files, never classes or boxes."""
-    frame = pd.read_csv(layout.pool_listing)
+    frame = read_table(layout.pool_listing)
     leaked = {"class_name", "xmin", "ymin", "xmax", "ymax"} & set(frame.columns)
     if leaked:
         raise ValueError(f"{layout.pool_listing} holds ground-truth columns {sorted(leaked)}")
@@ -255,9 +256,9 @@ def read_pool_listing(layout: SplitLayout) -> pd.DataFrame:
 def read_labelled_listing(layout: SplitLayout, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Images and boxes of a labelled split (``seed`` or ``test``)."""
     if split == "seed":
-        images, boxes = pd.read_csv(layout.seed_listing), pd.read_csv(layout.seed_boxes)
+        images, boxes = read_table(layout.seed_listing), read_table(layout.seed_boxes)
     elif split == "test":
-        images, boxes = pd.read_csv(layout.test_listing), pd.read_csv(layout.test_boxes)
+        images, boxes = read_table(layout.test_listing), read_table(layout.test_boxes)
     else:
         raise ValueError("labelled splits are 'seed' and 'test'; the pool's truth is hidden")
     images["path"] = [str(layout.root / f) for f in images["file"]]
@@ -266,7 +267,7 @@ def read_labelled_listing(layout: SplitLayout, split: str) -> tuple[pd.DataFrame
 
 def read_pool_ground_truth(layout: SplitLayout) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The pool's hidden truth (classes and boxes): for the audit and the ``human`` source only."""
-    return pd.read_csv(layout.pool_truth), pd.read_csv(layout.pool_boxes)
+    return read_table(layout.pool_truth), read_table(layout.pool_boxes)
 
 
 def planned_split_sizes(images_per_class: dict[str, int], settings: SplitSettings) -> pd.DataFrame:

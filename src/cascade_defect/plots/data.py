@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from cascade_defect.data.records import Box, Dataset, ImageRecord
 from cascade_defect.data.split import SplitLayout, read_labelled_listing
+from cascade_defect.data.tables import read_table
 from cascade_defect.plots.common import class_colours, draw_boxes
 
 
@@ -170,4 +171,4 @@ def duplicates_table(duplicates: pd.DataFrame) -> pd.DataFrame | str:
 
 def listing_preview(listing: Path, n: int = 5) -> pd.DataFrame:
     """The first rows of a split listing: what its columns hold."""
-    return pd.read_csv(listing).head(n)
+    return read_table(listing).head(n)
