@@ -159,3 +159,31 @@ def make_named_images(
             image = image.convert("RGB")
         image.save(root / name)
     return root
+
+
+def make_mask_dataset(
+    root: Path,
+    masks: dict[str, dict[str, np.ndarray]],
+    *,
+    layout: str = "beside",
+    rgb: bool = False,
+    mask_ending: str = "",
+) -> Path:
+    """Images with pixel masks: ``masks[class][stem]`` is a 0/255 mask; the image has its size.
+
+    ``layout`` is ``beside`` (``<class>/Imgs/<stem>.jpg`` + ``<stem><mask_ending>.png``, the
+    Magnetic-tile layout) or ``parallel`` (``<class>/images/<stem>.jpg`` +
+    ``<class>/masks/<stem>.png``). Images are greyscale, or RGB with ``rgb``.
+    """
+    for ci, (name, by_stem) in enumerate(masks.items()):
+        image_dir = root / name / ("Imgs" if layout == "beside" else "images")
+        mask_dir = image_dir if layout == "beside" else root / name / "masks"
+        image_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        for i, (stem, mask) in enumerate(by_stem.items()):
+            height, width = mask.shape
+            pixels = np.resize(texture(ci, i, max(width, height)), (height, width))
+            image = Image.fromarray(pixels)
+            (image.convert("RGB") if rgb else image).save(image_dir / f"{stem}.jpg", quality=95)
+            Image.fromarray(mask.astype(np.uint8)).save(mask_dir / f"{stem}{mask_ending}.png")
+    return root

@@ -29,6 +29,9 @@ NEU_CLASSES: tuple[str, ...] = (
     "scratches",
 )
 
+DEFAULT_MIN_MASK_AREA = 16
+"""Mask components smaller than this many pixels are specks of label noise, not defects."""
+
 _PROJECT_MARKERS = ("_quarto.yml", "pyproject.toml")
 
 
@@ -212,6 +215,14 @@ class ProfileSettings(BaseModel):
     description: str
     max_images_per_class: int | None = Field(
         None, ge=4, description="Subsample each class (smoke runs); None keeps every image."
+    )
+    min_mask_area: int = Field(
+        DEFAULT_MIN_MASK_AREA,
+        ge=1,
+        description=(
+            "Datasets labelled with pixel masks: a connected mask component becomes a box only "
+            "if it covers at least this many pixels."
+        ),
     )
     split: SplitSettings = Field(default_factory=SplitSettings)
     annotation: AnnotationSettings = Field(default_factory=AnnotationSettings)

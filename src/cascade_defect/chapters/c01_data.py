@@ -103,7 +103,12 @@ def run_data_strategy(
     )
     run.input_sources["dataset"] = portable_path(data_dir, config)
     with run.timed("load"):
-        dataset = load_dataset(data_dir, class_names=chosen, on_error=on_error)  # type: ignore[arg-type]
+        dataset = load_dataset(
+            data_dir,
+            class_names=chosen,
+            on_error=on_error,  # type: ignore[arg-type]
+            min_mask_area=config.profile.min_mask_area,
+        )
     full_card = data_card(dataset)
     per_class = config.profile.max_images_per_class
     if per_class is not None:
@@ -179,6 +184,9 @@ def dataset_from_index(out: DataStrategyOutputs, config: StudyConfig) -> Dataset
             sha256=str(row.sha256),
             pixel_hash=str(row.pixel_hash),
             boxes=boxes_by_image.get(str(row.image_id), []),
+            mask_path=Path(row.mask_path)
+            if isinstance(getattr(row, "mask_path", None), str)
+            else None,
         )
         for row in images.itertuples(index=False)
     ]

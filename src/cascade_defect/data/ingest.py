@@ -3,7 +3,8 @@
 Real copies of NEU-DET differ: the original flat ``IMAGES/`` + ``ANNOTATIONS/`` (sometimes with
 extra ``Validation_*`` folders), Kaggle's ``train|validation/images/<class>/`` +
 ``annotations/``, or plain class subfolders. The loader walks the tree once, pairs images and
-Pascal VOC XMLs by file stem, and reports every oddity as a :class:`Quirk` in the data card
+Pascal VOC XMLs by file stem (or images and their pixel masks, whose connected components become
+boxes), and reports every oddity as a :class:`Quirk` in the data card
 instead of crashing or silently dropping anything. Broken files either stop the load with an
 error that names the file (``on_error="raise"``, the default) or are quarantined and counted
 (``on_error="quarantine"``).
@@ -17,24 +18,27 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
+from cascade_defect.data.masks import discover_masks, mask_components, read_mask
 from cascade_defect.data.records import (
     ANNOTATION_SUFFIX,
     IMAGE_SUFFIXES,
+    UNREADABLE_IMAGE_ERRORS,
     Box,
     Dataset,
     DatasetError,
     ImageRecord,
     OnError,
     Quirk,
+    unreadable_reason,
 )
 from cascade_defect.data.voc import _classes_from_voc, _parse_voc
 from cascade_defect.data.yolo_txt import NAMES_FILES, _parse_yolo, yolo_class_names
 from cascade_defect.hashing import sha256_bytes
 from cascade_defect.progress import progress_disabled
-from cascade_defect.settings import NEU_CLASSES
+from cascade_defect.settings import DEFAULT_MIN_MASK_AREA, NEU_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,11 @@ LAYOUT_FOLDERS = frozenset(
         "jpegimages",
         "neu-det",
         "neu_det",
+        "imgs",
+        "masks",
+        "mask",
+        "ground_truth",
+        "groundtruth",
     )
 )
 
@@ -68,6 +77,7 @@ def load_dataset(
     class_names: Sequence[str] | None = NEU_CLASSES,
     on_error: OnError = "raise",
     progress: bool = True,
+    min_mask_area: int = DEFAULT_MIN_MASK_AREA,
 ) -> Dataset:
     """Load every image and annotation below ``root``.
 
@@ -75,6 +85,10 @@ def load_dataset(
     nearest folder named after a class, else the longest known class that prefixes its file
     name (``rolled-in_scale_12`` is ``rolled-in_scale``, not ``rolled-in``). With
     ``class_names=None`` the classes are the names of the folders that hold images.
+
+    Pixel masks (see :mod:`cascade_defect.data.masks`) are never read as images: each
+    8-connected component of at least ``min_mask_area`` pixels becomes one box of the image's
+    class; smaller ones are dropped and reported as ``small_mask_component`` quirks.
     """
     root = Path(root)
     if not root.is_dir():
@@ -83,6 +97,8 @@ def load_dataset(
         raise ValueError("on_error must be 'raise' or 'quarantine'")
 
     image_files, xml_files, yolo_files = _scan(root)
+    found_masks = discover_masks(root, image_files)
+    image_files, mask_by_image = found_masks.images, found_masks.mask_by_image
     if not image_files:
         raise DatasetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found below {root}")
     yolo_names = yolo_class_names(root) if yolo_files else None
@@ -97,8 +113,8 @@ def load_dataset(
     elif xml_files and not _has_class_folders(root, image_files):
         known = _classes_from_voc(xml_files)
     else:
-        known = _classes_from_folders(root, image_files)
-    image_level_only = not xml_files and not yolo_files
+        known = _classes_from_folders(root, image_files, past_layout_folders=bool(mask_by_image))
+    image_level_only = not xml_files and not yolo_files and not mask_by_image
     yolo_by_stem = {path.stem.lower(): path for path in yolo_files}
     quirks: list[Quirk] = []
     quarantined: list[Quirk] = []
@@ -123,9 +139,16 @@ def load_dataset(
             fail("corrupt_image", image_path, str(error), image_id)
             continue
         stem = image_path.stem.lower()
-        annotation_path = xml_by_stem.get(stem) or yolo_by_stem.get(stem)
+        mask_path = mask_by_image.get(image_path)
+        annotation_path = mask_path or xml_by_stem.get(stem) or yolo_by_stem.get(stem)
         annotation = None
-        if annotation_path is not None:
+        if mask_path is not None:
+            try:
+                mask = read_mask(mask_path, meta["width"], meta["height"])
+            except DatasetError as error:
+                fail("unreadable_mask", mask_path, str(error), image_id)
+                continue
+        elif annotation_path is not None:
             used_annotations.add(annotation_path)
             try:
                 annotation = (
@@ -157,7 +180,9 @@ def load_dataset(
             )
             continue
         boxes: list[Box] = []
-        if annotation is None:
+        if mask_path is not None:
+            boxes = _mask_boxes(mask, image_path, image_id, class_name, min_mask_area, quirks)
+        elif annotation is None:
             if not image_level_only:
                 quirks.append(
                     Quirk(
@@ -183,14 +208,17 @@ def load_dataset(
                 sha256=meta["sha256"],
                 pixel_hash=meta["pixel_hash"],
                 boxes=boxes,
+                mask_path=mask_path,
             )
         )
-    for orphan in sorted({*xml_by_stem.values(), *yolo_by_stem.values()} - used_annotations):
+    orphans = {*xml_by_stem.values(), *yolo_by_stem.values()} - used_annotations
+    for orphan in sorted({*orphans, *found_masks.orphans}):
         quirks.append(Quirk("orphan_annotation", str(orphan), "no image with this file stem"))
     _report_duplicates(records, quirks)
     return Dataset(
         root=root,
-        layout=_describe_layout(root, image_files, bool(yolo_files), image_level_only),
+        layout=_describe_layout(root, image_files, bool(yolo_files), image_level_only)
+        + (" + pixel masks" if mask_by_image else ""),
         class_names=known,
         images=sorted(records, key=lambda r: (known.index(r.class_name), _natural_key(r.image_id))),
         quirks=quirks,
@@ -226,14 +254,28 @@ def _scan(root: Path) -> tuple[list[Path], list[Path], list[Path]]:
     return images, xmls, yolo
 
 
-def _classes_from_folders(root: Path, image_files: Iterable[Path]) -> list[str]:
-    names = sorted(
-        {
-            p.parent.name
-            for p in image_files
-            if p.parent != root and p.parent.name.lower() not in LAYOUT_FOLDERS
-        }
-    )
+def _classes_from_folders(
+    root: Path, image_files: Iterable[Path], past_layout_folders: bool = False
+) -> list[str]:
+    """Names of the folders holding images; with ``past_layout_folders``, the nearest folder
+    that is not a layout folder (``MT_Crack/Imgs/x.jpg`` is ``MT_Crack``), which mask datasets
+    need and which NEU-DET's layouts keep as they were."""
+    if past_layout_folders:
+        names = sorted(
+            {
+                next((f for f in folders[::-1] if f.lower() not in LAYOUT_FOLDERS), "")
+                for folders in (p.relative_to(root).parts[:-1] for p in image_files)
+            }
+            - {""}
+        )
+    else:
+        names = sorted(
+            {
+                p.parent.name
+                for p in image_files
+                if p.parent != root and p.parent.name.lower() not in LAYOUT_FOLDERS
+            }
+        )
     if not names:
         raise DatasetError(
             f"cannot infer classes below {root}: put the images in one folder per class, "
@@ -332,8 +374,8 @@ def _read_image(path: Path) -> dict:
                 and np.array_equal(pixels[..., 1], pixels[..., 2])
             ):
                 mode = "RGB(grey)"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DatasetError(f"corrupt or unreadable image: {error}") from error
+    except UNREADABLE_IMAGE_ERRORS as error:
+        raise DatasetError(f"corrupt or unreadable image: {unreadable_reason(error)}") from error
     height, width = pixels.shape[:2]
     pixel_digest = sha256_bytes(f"{width}x{height}".encode() + pixels.tobytes())
     return {
@@ -422,6 +464,33 @@ def _check_annotation(
                 "no_own_class_box", where, f"no box of the image's class {image_class!r}", image_id
             )
         )
+    return boxes
+
+
+def _mask_boxes(
+    mask: np.ndarray,
+    image_path: Path,
+    image_id: str,
+    class_name: str,
+    min_mask_area: int,
+    quirks: list[Quirk],
+) -> list[Box]:
+    """One box of the image's class per mask component; tiny components are dropped, noted."""
+    boxes: list[Box] = []
+    for part in mask_components(mask):
+        corners = (part.xmin, part.ymin, part.xmax, part.ymax)
+        if part.area < min_mask_area:
+            quirks.append(
+                Quirk(
+                    "small_mask_component",
+                    str(image_path),
+                    f"mask component {corners} of {part.area} px is under "
+                    f"min_mask_area={min_mask_area}; not used",
+                    image_id,
+                )
+            )
+            continue
+        boxes.append(Box(class_name, *(float(c) for c in corners)))
     return boxes
 
 

@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from PIL import UnidentifiedImageError
 
 from cascade_defect.locations import PathAnchors, portable_path
 
@@ -27,6 +28,23 @@ OnError = Literal["raise", "quarantine"]
 
 class DatasetError(ValueError):
     """A file in the dataset cannot be used; the message names it."""
+
+
+UNREADABLE_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    ImportError,
+)
+"""What opening a corrupt image can raise. ``ImportError`` is there because ultralytics, once
+imported, patches ``PIL.Image.open`` to retry unidentified files with an optional HEIF plugin,
+and that retry raises ``ModuleNotFoundError`` when the plugin is not installed."""
+
+
+def unreadable_reason(error: BaseException) -> str:
+    """Why an image could not be opened, without the optional-plugin noise of a patched opener."""
+    return "not an image file Pillow can identify" if isinstance(error, ImportError) else str(error)
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,8 @@ class ImageRecord:
     sha256: str
     pixel_hash: str
     boxes: list[Box] = field(default_factory=list)
+    mask_path: Path | None = None
+    """The pixel mask the boxes came from, for datasets labelled with masks."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +106,12 @@ class Dataset:
     """No annotation files at all: the class folders are the only labels (no boxes)."""
 
     def images_frame(self) -> pd.DataFrame:
-        """One row per image (no boxes), the table later stages work from."""
-        return pd.DataFrame(
+        """One row per image (no boxes), the table later stages work from.
+
+        ``mask_path`` is a column only when some image has a mask, so box-labelled datasets
+        keep the table they always had.
+        """
+        frame = pd.DataFrame(
             [
                 {
                     "image_id": r.image_id,
@@ -104,6 +128,9 @@ class Dataset:
                 for r in self.images
             ]
         )
+        if any(r.mask_path is not None for r in self.images):
+            frame["mask_path"] = [str(r.mask_path) if r.mask_path else None for r in self.images]
+        return frame
 
     def boxes_frame(self) -> pd.DataFrame:
         """One row per box, with the image's own class beside the box's class."""
@@ -182,6 +209,18 @@ def data_card(dataset: Dataset, where: PathAnchors | None = None) -> dict:
     else:
         box_stats = {"n_boxes": 0}
     quirk_counts = Counter(q.kind for q in dataset.quirks)
+    masked = [r for r in dataset.images if r.mask_path is not None]
+    mask_stats = (
+        {
+            "masks": {
+                "n_masks": len(masked),
+                "n_mask_boxes": sum(len(r.boxes) for r in masked),
+                "n_dropped_components": quirk_counts.get("small_mask_component", 0),
+            }
+        }
+        if masked
+        else {}
+    )
     return {
         "root": written(dataset.root),
         "layout": dataset.layout,
@@ -204,6 +243,7 @@ def data_card(dataset: Dataset, where: PathAnchors | None = None) -> dict:
         else [],
         "image_modes": images["mode"].value_counts().to_dict() if len(images) else {},
         "boxes": box_stats,
+        **mask_stats,
         "quirks": dict(sorted(quirk_counts.items())),
         "images_with_cross_class_boxes": len(
             {q.image_id for q in dataset.quirks if q.kind == "cross_class_box"}
