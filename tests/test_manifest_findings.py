@@ -172,15 +172,24 @@ def test_both_tracks_comparisons_read_the_same_way(tmp_path: Path) -> None:
     assert "Verdict, image class" not in text
 
 
-def test_files_table_names_files_relative_to_the_work_folder(tmp_path: Path) -> None:
-    from cascade_defect.manifest import files_table
+def test_chapter_files_names_files_relative_to_the_run_folder(tmp_path: Path) -> None:
+    """The file list a chapter closes with: its manifest's outputs, named inside the run folder,
+    and marked missing when they are gone."""
+    from cascade_defect.locations import portable_path
+    from cascade_defect.plots.book import chapter_files
+    from cascade_defect.settings import load_config
 
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "a.json").write_text("{}")
-    table = files_table(tmp_path, [tmp_path / "runs" / "a.json", tmp_path / "runs" / "b.csv"])
-    assert table.to_dict("records") == [
-        {"file": "runs/a.json", "exists": True},
-        {"file": "runs/b.csv", "exists": False},
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    folder = config.paths.run_dir / "07_cost"
+    folder.mkdir(parents=True)
+    (folder / "a.json").write_text("{}")
+    outputs = {name: portable_path(folder / name, config) for name in ("a.json", "b.csv")}
+    (folder / "manifest.json").write_text(json.dumps({"outputs": outputs}))
+    table = chapter_files(config, folder)
+    assert table[["output", "file", "kind"]].to_dict("records") == [
+        {"output": "a.json", "file": "07_cost/a.json", "kind": "file"},
+        {"output": "b.csv", "file": "07_cost/b.csv", "kind": "missing"},
+        {"output": "manifest", "file": "07_cost/manifest.json", "kind": "file"},
     ]
 
 

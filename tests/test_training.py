@@ -589,25 +589,7 @@ def test_reuse_returns_an_identical_earlier_run_without_training(
     weights.write_bytes(b"coco weights")
     config = split_config.model_copy(update={"yolo_weights": str(weights)})
     calls: list[str] = []
-
-    def fake_train(data_yaml, **kwargs):
-        calls.append(kwargs["name"])
-        best = Path(kwargs["project_dir"]) / kwargs["name"] / "weights" / "best.pt"
-        best.parent.mkdir(parents=True, exist_ok=True)
-        best.write_bytes(b"trained")
-        return TrainingResult(
-            source=kwargs["name"],
-            best_weights=best,
-            run_dir=best.parent.parent,
-            epochs_planned=kwargs["epochs"],
-            epochs_run=kwargs["epochs"],
-            imgsz=kwargs["imgsz"],
-            wall_seconds=12.0,
-            history=pd.DataFrame({"epoch": [1], "map50": [0.5]}),
-            holdout_metrics={"map50": 0.5},
-        )
-
-    monkeypatch.setattr(c05_training, "train_yolo", fake_train)
+    monkeypatch.setattr(c05_training, "train_yolo", _fake_training(calls))
     first = train_source(config, "seed_only", reuse=True, progress=False)
     again = train_source(config, "seed_only", reuse=True, progress=False)
     assert calls == ["seed_only"]

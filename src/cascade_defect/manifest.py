@@ -11,13 +11,11 @@ import json
 import platform
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-
-import pandas as pd
 
 from cascade_defect.hashing import tree_sha256
 from cascade_defect.locations import portable_path, portable_values
@@ -176,14 +174,3 @@ def read_manifest(stage_dir: Path) -> dict:
     if not path.exists():
         raise MissingInputError(f"no manifest at {path}: that chapter has not run yet")
     return json.loads(path.read_text())
-
-
-def files_table(root: Path, paths: Sequence[Path]) -> pd.DataFrame:
-    """The files a chapter wrote, relative to the work folder, and whether each exists."""
-    return pd.DataFrame(
-        [
-            {"file": str(Path(path).relative_to(root)), "exists": Path(path).exists()}
-            for path in paths
-        ],
-        columns=["file", "exists"],
-    )

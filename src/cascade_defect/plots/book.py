@@ -76,17 +76,6 @@ def _describe(path: Path) -> tuple[str, str]:
     return "file", f"{path.stat().st_size:,} bytes"
 
 
-def _local(written: str, config: StudyConfig) -> Path:
-    """A manifest path on this machine; records written before paths were portable were
-    relative to the work folder."""
-    path = resolve_portable_path(written, config)
-    if not path.exists() and not Path(written).is_absolute():
-        under_work = config.work_dir / written
-        if under_work.exists():
-            return under_work
-    return path
-
-
 def chapter_files(config: StudyConfig, *chapter_dirs: Path) -> pd.DataFrame:
     """The outputs each chapter folder's ``manifest.json`` lists, then the manifest itself,
     with paths relative to the run folder.
@@ -100,7 +89,9 @@ def chapter_files(config: StudyConfig, *chapter_dirs: Path) -> pd.DataFrame:
         outputs: Mapping[str, str] = {}
         if manifest.exists():
             outputs = json.loads(manifest.read_text()).get("outputs", {})
-        entries = [(name, _local(written, config)) for name, written in outputs.items()]
+        entries = [
+            (name, resolve_portable_path(written, config)) for name, written in outputs.items()
+        ]
         entries.append(("manifest", manifest))
         rows += [_file_row(name, path, config) for name, path in entries]
     return pd.DataFrame(rows, columns=list(_FILE_COLUMNS))
