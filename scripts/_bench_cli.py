@@ -34,6 +34,21 @@ def parser_with_common_options(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def config_for_run(run_dir: Path | None, profile: str, overrides: dict | None = None) -> Any:
+    """The configuration of a run folder ``<work>/runs/<profile>`` (or of ``profile`` in the
+    default work folder when no folder is given), so a benchmark reads that run's outputs."""
+    from cascade_defect.settings import PROFILES, load_config
+
+    if run_dir is None:
+        return load_config(profile, overrides=overrides)
+    run_dir = run_dir.resolve()
+    if run_dir.parent.name != "runs" or run_dir.name not in PROFILES:
+        raise SystemExit(
+            f"{run_dir} is not a run folder <work>/runs/<profile> (profiles: {sorted(PROFILES)})"
+        )
+    return load_config(run_dir.name, work_dir=run_dir.parent.parent, overrides=overrides)
+
+
 def scratch_folder(args: argparse.Namespace, prefix: str) -> Path:
     return args.scratch or Path(tempfile.mkdtemp(prefix=prefix))
 

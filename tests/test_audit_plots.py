@@ -124,3 +124,22 @@ def test_disagreement_gallery_draws_images_and_boxes(images: pd.DataFrame, tmp_p
     assert isinstance(
         plots_audit.disagreement_gallery(wrong.iloc[:0], pool, gt, pseudo, CLASSES), Figure
     )
+
+
+def test_box_strategy_sentence_names_the_trained_strategy() -> None:
+    from cascade_defect.plots.audit import box_strategy_sentence
+
+    metrics = pd.DataFrame(
+        {
+            "strategy": ["seed_detector", "self_training", "seed_detector"],
+            "class_name": ["all", "all", "crazing"],
+            "recall_aware": [0.62, 0.5, 0.9],
+            "precision_aware": [0.21, 0.3, 0.9],
+            "n_pred": [9937, 4000, 10],
+        }
+    )
+    text = box_strategy_sentence(metrics, "seed_detector")
+    assert text.index("`seed_detector` finds 62%") < text.index("`self_training` finds 50%")
+    assert "21% precision (9,937 boxes) ← the pseudo detector" in text
+    assert "30% precision (4,000 boxes)." in text
+    assert box_strategy_sentence(metrics.iloc[:0], "x") == "No box strategy was scored in this run."

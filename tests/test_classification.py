@@ -124,9 +124,7 @@ def test_noise_sources_are_not_a_classification_source(neu_split) -> None:
 def test_written_folders_hold_every_class_in_both_subsets(neu_split, tmp_path: Path) -> None:
     dataset, split, truth = _assembled(neu_split, "human")
     classes = image_classes(dataset, split, truth)
-    root = write_classification_dataset(
-        dataset, classes, tmp_path / "cls", split.class_names
-    )
+    root = write_classification_dataset(dataset, classes, tmp_path / "cls", split.class_names)
     for subset in ("train", "val"):
         assert sorted(p.name for p in (root / subset).iterdir()) == sorted(split.class_names)
     listing = pd.read_csv(root / "images.csv")
@@ -140,9 +138,7 @@ def test_written_folders_hold_every_class_in_both_subsets(neu_split, tmp_path: P
 def test_seed_only_validates_on_its_own_images(neu_split, tmp_path: Path) -> None:
     dataset, split, truth = _assembled(neu_split, "seed_only")
     classes = image_classes(dataset, split, truth)
-    root = write_classification_dataset(
-        dataset, classes, tmp_path / "seeds", split.class_names
-    )
+    root = write_classification_dataset(dataset, classes, tmp_path / "seeds", split.class_names)
     train = sorted(p.name for p in (root / "train").rglob("*.*"))
     val = sorted(p.name for p in (root / "val").rglob("*.*"))
     assert train == val and len(train) == len(split.seeds)
@@ -229,9 +225,7 @@ def test_class_folder_dataset_trains_and_scores_offline(
 ) -> None:
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics"))
     config = folders_split.model_copy(update={"yolo_weights": str(yolo_weights)})
-    chapter = run_classification_training(
-        config, sources=["human", "seed_only"], progress=False
-    )
+    chapter = run_classification_training(config, sources=["human", "seed_only"], progress=False)
     assert no_network == []
     assert list(chapter.summary.index) == ["human", "seed_only"]
     assert {"top1", "top5"} <= set(chapter.history.columns)
@@ -244,9 +238,7 @@ def test_class_folder_dataset_trains_and_scores_offline(
         assert Path(entry["best_weights"]).exists()
     assert (chapter.outputs.root / "manifest.json").exists()
 
-    scored = run_classification_comparison(
-        config, n_bootstrap=50, latency_images=2, progress=False
-    )
+    scored = run_classification_comparison(config, n_bootstrap=50, latency_images=2, progress=False)
     n_test = len(pd.read_csv(SplitLayout(config.paths.split_dir).test_listing))
     metrics = scored.metrics
     assert list(metrics.index) == ["human", "seed_only"]
@@ -265,7 +257,5 @@ def test_class_folder_dataset_trains_and_scores_offline(
     assert comparison is None and scored.comparison == {}  # no pseudo model to compare
     assert extra["n_test_images"] == n_test and extra["latency"]["model"] == "human"
 
-    again = run_classification_training(
-        config, sources=["human"], reuse=True, progress=False
-    )
+    again = run_classification_training(config, sources=["human"], reuse=True, progress=False)
     assert again.results["human"].reused

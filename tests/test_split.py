@@ -83,7 +83,8 @@ def test_written_split_hides_the_pool_truth(tmp_path: Path) -> None:
         make_neu_like(tmp_path / "data", per_class=8, duplicate=True), progress=False
     )
     assignment = assign_splits(
-        dataset.images_frame(), SplitSettings(seed_fraction=0.25, test_fraction=0.25)
+        dataset.images_frame(),
+        SplitSettings(seed_fraction=0.25, test_fraction=0.25, min_seeds_per_class=1),
     )
     layout = write_split(dataset, assignment, tmp_path / "split", progress=False)
 
@@ -118,3 +119,14 @@ def test_pool_listing_with_labels_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="ground-truth"):
         read_pool_listing(layout)
+
+
+def test_every_class_gets_the_minimum_of_seeds_but_a_tiny_class_keeps_half() -> None:
+    """1% of a 50-image class rounds to 0 or 1; the study's premise is three seeds per class."""
+    big = frame(50)
+    result = assign_splits(big, SplitSettings())
+    assert (result[result["split"] == "seed"].groupby("class_name").size() == 3).all()
+    tiny = frame(4)
+    result = assign_splits(tiny, SplitSettings(min_seeds_per_class=3))
+    assert (result[result["split"] == "seed"].groupby("class_name").size() == 2).all()
+    assert (result[result["split"] == "test"].groupby("class_name").size() == 1).all()

@@ -704,3 +704,31 @@ def test_training_results_are_written_portably_and_read_back_as_local_paths(
     assert entry["run_dir"] == "$CASCADE_WORK_DIR/runs/smoke/05_training/runs/human"
     back = read_training_results(out, config)["human"]
     assert (Path(back["best_weights"]), Path(back["run_dir"])) == (best, best.parent.parent)
+
+
+def test_pseudo_variants_train_on_their_named_box_strategy(split_config) -> None:
+    from cascade_defect.train.sources import is_pseudo, pseudo_box_strategy
+
+    assert pseudo_box_strategy("pseudo", "seed_detector") == "seed_detector"
+    assert pseudo_box_strategy("pseudo_self_training", "seed_detector") == "self_training"
+    assert pseudo_box_strategy("pseudo_other", "seed_detector") is None
+    assert is_pseudo("pseudo_annotator") and not is_pseudo("human")
+    with pytest.raises(ValueError, match="pseudo_<box strategy>"):
+        validate_source("pseudo_bogus")
+
+    write_fake_pseudo_labels(split_config)
+    layout = SplitLayout(split_config.paths.split_dir)
+    split = read_split_inputs(layout)
+    holdout = holdout_ids(split.pool["image_id"], 0.2, seed=0)
+    pseudo = read_pseudo_labels(AnnotationOutputs(split_config.paths.annotation_dir))
+    named = build_source(
+        "pseudo_annotator", split, holdout=holdout, pseudo=pseudo, box_strategy="whole_image"
+    )
+    adopted = build_source(
+        "pseudo", split, holdout=holdout, pseudo=pseudo, box_strategy="annotator"
+    )
+    pd.testing.assert_frame_equal(
+        named.labels.reset_index(drop=True), adopted.labels.reset_index(drop=True)
+    )
+    with pytest.raises(ValueError, match="add 'self_training' to chapter 03's box_strategies"):
+        build_source("pseudo_self_training", split, holdout=holdout, pseudo=pseudo)

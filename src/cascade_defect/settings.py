@@ -84,6 +84,14 @@ class SplitSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed_fraction: float = Field(0.01, gt=0, lt=1)
+    min_seeds_per_class: int = Field(
+        3,
+        ge=1,
+        description=(
+            "The study's premise is a few labelled images per class: each class gets at least "
+            "this many seeds (capped by its size), whatever 1% of a small class rounds to"
+        ),
+    )
     test_fraction: float = Field(0.20, gt=0, lt=1)
     random_seed: int = 42
 
@@ -120,7 +128,7 @@ class TrainingSettings(BaseModel):
         default_factory=lambda: ["human", "pseudo", "seed_only"],
         description="Label sources to train on (the noise sweep is added from noise_levels).",
     )
-    box_strategy: Literal["whole_image", "seed_detector", "annotator"] = Field(
+    box_strategy: Literal["whole_image", "seed_detector", "self_training", "annotator"] = Field(
         "seed_detector",
         description=(
             "Which of chapter 03's box strategies the pseudo source uses; seed_detector works "
@@ -152,6 +160,56 @@ class TrainingSettings(BaseModel):
         return levels
 
 
+class SelfTrainingSettings(BaseModel):
+    """Chapter 03's ``self_training`` box strategy (see ``annotate/self_training.py``): rounds,
+    cross-fitting folds, each teacher's recipe, and which boxes an image keeps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(1, ge=1, le=5, description="teacher rounds after the seed detector")
+    epochs: int = Field(10, ge=1, description="teacher epochs per round")
+    imgsz: int = Field(256, ge=32)
+    batch: int = Field(16, ge=1)
+    conf: float = Field(0.01, ge=0.0, le=1.0, description="lowest teacher score proposed")
+    flips: tuple[str, ...] = Field(
+        ("horizontal", "vertical"), description="test-time flips fused with the plain view"
+    )
+    folds: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description=(
+            "cross-fitting: the pool is cut into this many folds and each fold's boxes come from "
+            "a teacher that never trained on it (1: one teacher re-proposes its own training "
+            "images, which mostly repeats its labels)"
+        ),
+    )
+    selection: Literal["score", "count"] = Field(
+        "score",
+        description=(
+            "which boxes an image keeps: those scoring at least min_score (score), or as many "
+            "per image as the seeds of its class carry (count)"
+        ),
+    )
+    min_score: float = Field(0.05, ge=0.0, le=1.0)
+    count_ratio: float = Field(
+        1.0,
+        gt=0.0,
+        description=(
+            "boxes kept per pool image, as a multiple of the seeds' mean boxes per image of the "
+            "same class (1.0: the same density as the seeds)"
+        ),
+    )
+
+    @field_validator("flips")
+    @classmethod
+    def _known_flips(cls, flips: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(flips) - {"horizontal", "vertical"})
+        if unknown:
+            raise ValueError(f"flips are 'horizontal' and/or 'vertical', got {unknown}")
+        return flips
+
+
 class AnnotationSettings(BaseModel):
     """Sizes of chapter 03's own training: the seed detector that proposes pseudo boxes."""
 
@@ -167,6 +225,10 @@ class AnnotationSettings(BaseModel):
             "Score below which the seed detector's proposals are dropped: lower finds more of the "
             "true boxes (recall) and adds more false ones (precision)."
         ),
+    )
+    self_training: SelfTrainingSettings = Field(
+        default_factory=SelfTrainingSettings,
+        description="The self_training box strategy: teachers trained on the seed detector's boxes.",
     )
 
 
@@ -236,7 +298,11 @@ PROFILES: dict[str, ProfileSettings] = {
         description="Tiny subset, one short epoch: proves every notebook runs, in minutes.",
         max_images_per_class=20,
         split=SplitSettings(seed_fraction=0.15, test_fraction=0.25),
-        annotation=AnnotationSettings(seed_detector_epochs=1, seed_detector_imgsz=64),
+        annotation=AnnotationSettings(
+            seed_detector_epochs=1,
+            seed_detector_imgsz=64,
+            self_training=SelfTrainingSettings(epochs=1, imgsz=64, batch=8),
+        ),
         training=TrainingSettings(
             epochs=1, imgsz=64, batch=8, workers=0, noise_levels=[0.3], noise_epochs=1
         ),
@@ -263,6 +329,9 @@ PROFILES: dict[str, ProfileSettings] = {
             imgsz=256,
             batch=16,
             workers=2,
+            # The self_training boxes train beside the adopted seed_detector ones, so the book
+            # shows which wins on the golden test set.
+            sources=["human", "pseudo", "pseudo_self_training", "seed_only"],
             noise_levels=[0.2],
             noise_epochs=10,
             seed_only_epochs=40,

@@ -1,13 +1,17 @@
 """Box strategies: turning image-level answers into the boxes YOLO trains on.
 
 An annotator that only names an image's class (the offline annotator, or an MLLM whose boxes are
-not trusted) still has to hand YOLO boxes. Three strategies, usable with any annotator's records:
+not trusted) still has to hand YOLO boxes. The strategies, usable with any annotator's records:
 
 - ``whole_image``: one box over the whole image, with the image's class. Free, and honest about
   knowing nothing of the defect's position.
 - ``seed_detector``: a YOLOv8n fine-tuned on the 18 seed images alone (class-agnostic: every box is
   "a defect") proposes boxes on the pool; each box takes the annotator's image class. An image
   where it proposes nothing falls back to ``whole_image``.
+- ``self_training``: class-aware teachers trained on the seed detector's boxes re-propose the
+  pool, each fold by a teacher that never saw it (:mod:`cascade_defect.annotate.self_training`).
+- ``mllm_verified``: the seed detector's proposals, drawn numbered on the image and checked by
+  the MLLM in one request per image (:mod:`cascade_defect.annotate.mllm.verify`).
 - ``annotator``: keep the boxes the annotator returned (an MLLM's own boxes).
 
 :func:`pseudo_boxes` applies one strategy to stored predictions and returns one row per box,
@@ -46,18 +50,31 @@ from cascade_defect.train.yolo_env import (
 
 log = logging.getLogger(__name__)
 
-BoxStrategy = Literal["whole_image", "seed_detector", "annotator"]
-BOX_STRATEGIES: tuple[str, ...] = ("whole_image", "seed_detector", "annotator")
+BoxStrategy = Literal["whole_image", "seed_detector", "self_training", "mllm_verified", "annotator"]
+BOX_STRATEGIES: tuple[str, ...] = (
+    "whole_image",
+    "seed_detector",
+    "self_training",
+    "mllm_verified",
+    "annotator",
+)
+DEFAULT_BOX_STRATEGIES: tuple[str, ...] = ("whole_image", "seed_detector", "annotator")
+"""Written by chapter 03 unless told otherwise: ``self_training`` costs teacher trainings and
+does not beat ``seed_detector`` on NEU-DET (``scripts/bench_box_strategies.py``)."""
+PROPOSAL_STRATEGIES: frozenset[str] = frozenset({"seed_detector", "self_training", "mllm_verified"})
+"""Strategies whose boxes come from a detector's proposals (:class:`Proposal` lists)."""
 PSEUDO_BOX_COLUMNS = ["image_id", "class_name", "x1", "y1", "x2", "y2", "confidence", "strategy"]
 WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)
 class Proposal:
-    """A class-agnostic box from the seed detector: normalised corners and detector score."""
+    """A detector's box: normalised corners, score, and the class a class-aware detector named
+    (``None`` from a class-agnostic one)."""
 
     box: tuple[float, float, float, float]
     score: float
+    class_name: str | None = None
 
 
 # --------------------------------------------------------------------------- predictions
@@ -116,8 +133,8 @@ def pseudo_boxes(
     """
     if strategy not in BOX_STRATEGIES:
         raise ValueError(f"unknown box strategy {strategy!r}; choose one of {BOX_STRATEGIES}")
-    if strategy == "seed_detector" and proposals is None:
-        raise ValueError("the seed_detector strategy needs proposals (SeedDetector.propose)")
+    if strategy in PROPOSAL_STRATEGIES and proposals is None:
+        raise ValueError(f"the {strategy} strategy needs proposals (a detector's or self_train's)")
     rows: list[dict[str, Any]] = []
     for item in predictions.itertuples(index=False):
         if item.defect_class == NO_DEFECT:
@@ -126,9 +143,11 @@ def pseudo_boxes(
         found: list[tuple[str, tuple[float, ...], float]] = []
         if strategy == "whole_image":
             found = [(image_class, WHOLE_IMAGE, confidence)]
-        elif strategy == "seed_detector":
+        elif strategy in PROPOSAL_STRATEGIES:
             assert proposals is not None
             for proposal in proposals.get(str(item.image_id), []):
+                if proposal.class_name not in (None, image_class):
+                    continue  # a class-aware detector's box of another class than the image's
                 found.append((image_class, proposal.box, confidence * float(proposal.score)))
         else:
             boxes = item.boxes if isinstance(item.boxes, list | tuple) else []
@@ -180,6 +199,8 @@ class SeedDetectorSettings:
     """Detector score below which a proposal is dropped (ultralytics' own default)."""
     iou: float = 0.5
     max_det: int = 10
+    class_aware: bool = False
+    """Train one class per defect class (a self-training teacher) instead of "a defect"."""
     extra_train_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -206,6 +227,7 @@ class SeedDetectorSettings:
             "conf": self.conf,
             "iou": self.iou,
             "max_det": self.max_det,
+            **({"class_aware": True} if self.class_aware else {}),
             **{f"train.{k}": v for k, v in sorted(self.extra_train_args.items())},
         }
 
@@ -332,7 +354,7 @@ class SeedDetector:
             "device": settings.device,
             "seed": settings.seed,
             "deterministic": True,
-            "single_cls": True,
+            "single_cls": not settings.class_aware,
             "amp": False,
             "plots": False,
             "project": str(run_dir.parent.resolve()),
@@ -362,48 +384,79 @@ class SeedDetector:
 
     # -- proposing -----------------------------------------------------------------
 
-    def propose(self, images: pd.DataFrame, batch: int = 32) -> dict[str, list[Proposal]]:
-        """Class-agnostic boxes for each image (``image_id, path``), best score first."""
+    def propose(
+        self, images: pd.DataFrame, batch: int = 32, *, flips: Sequence[str] = ()
+    ) -> dict[str, list[Proposal]]:
+        """Boxes for each image (``image_id, path``), best score first.
+
+        ``flips`` (``"horizontal"``, ``"vertical"``) adds test-time augmentation: the image is
+        also predicted flipped, the boxes are flipped back, and all views are fused with
+        weighted boxes fusion (``ensemble-boxes``), so a box seen in several views gains score
+        and a box seen in one loses it.
+        """
         if self.trained is None:
             raise RuntimeError("train() the seed detector first (or use SeedDetector.from_trained)")
-        model = self._load()
-        settings = self.settings
+        unknown = set(flips) - set(FLIPS)
+        if unknown:
+            raise ValueError(f"unknown flips {sorted(unknown)}; choose from {FLIPS}")
+        views = ["none", *flips]
         out: dict[str, list[Proposal]] = {}
         frame = images[["image_id", "path"]].reset_index(drop=True)
-        with (
-            quiet_ultralytics(),
-            tqdm(
-                total=len(frame),
-                desc="seed detector boxes",
-                unit="img",
-                disable=progress_disabled(self.progress),
-            ) as bar,
-        ):
+        with tqdm(
+            total=len(frame),
+            desc="detector boxes" + (" (TTA)" if flips else ""),
+            unit="img",
+            disable=progress_disabled(self.progress),
+        ) as bar:
             for start in range(0, len(frame), batch):
                 chunk = frame.iloc[start : start + batch]
-                results = model.predict(
-                    source=[str(p) for p in chunk["path"]],
-                    imgsz=settings.imgsz,
-                    conf=settings.conf,
-                    iou=settings.iou,
-                    max_det=settings.max_det,
-                    agnostic_nms=True,
-                    device=settings.device,
-                    verbose=False,
-                    save=False,
-                )
-                for image_id, result in zip(chunk["image_id"], results, strict=True):
-                    boxes = result.boxes
-                    found = []
-                    if boxes is not None and len(boxes):
-                        for xyxyn, score in zip(
-                            boxes.xyxyn.cpu().numpy(), boxes.conf.cpu().numpy(), strict=True
-                        ):
-                            x1, y1, x2, y2 = (min(max(float(v), 0.0), 1.0) for v in xyxyn)
-                            if x1 < x2 and y1 < y2:
-                                found.append(Proposal((x1, y1, x2, y2), float(score)))
-                    out[str(image_id)] = sorted(found, key=lambda p: -p.score)
+                per_view = [self._predict(chunk["path"], view) for view in views]
+                for i, image_id in enumerate(chunk["image_id"]):
+                    found = [view_boxes[i] for view_boxes in per_view]
+                    merged = found[0] if len(found) == 1 else fuse_views(found)
+                    out[str(image_id)] = sorted(merged, key=lambda p: -p.score)
                 bar.update(len(chunk))
+        return out
+
+    def _predict(self, paths: pd.Series, view: str) -> list[list[Proposal]]:
+        """One view of a batch: the detector's boxes in the original image's coordinates."""
+        model = self._load()
+        settings = self.settings
+        sources: list[Any] = [str(p) for p in paths]
+        if view != "none":
+            sources = [_flipped(path, view) for path in sources]
+        with quiet_ultralytics():
+            results = model.predict(
+                source=sources,
+                imgsz=settings.imgsz,
+                conf=settings.conf,
+                iou=settings.iou,
+                max_det=settings.max_det,
+                agnostic_nms=not settings.class_aware,
+                device=settings.device,
+                verbose=False,
+                save=False,
+            )
+        out = []
+        for result in results:
+            found = []
+            boxes = result.boxes
+            if boxes is not None and len(boxes):
+                for xyxyn, score, label in zip(
+                    boxes.xyxyn.cpu().numpy(),
+                    boxes.conf.cpu().numpy(),
+                    boxes.cls.cpu().numpy(),
+                    strict=True,
+                ):
+                    x1, y1, x2, y2 = (min(max(float(v), 0.0), 1.0) for v in xyxyn)
+                    if view == "horizontal":
+                        x1, x2 = 1.0 - x2, 1.0 - x1
+                    elif view == "vertical":
+                        y1, y2 = 1.0 - y2, 1.0 - y1
+                    name = result.names[int(label)] if settings.class_aware else None
+                    if x1 < x2 and y1 < y2:
+                        found.append(Proposal((x1, y1, x2, y2), float(score), name))
+            out.append(found)
         return out
 
     def _load(self) -> Any:
@@ -414,6 +467,48 @@ class SeedDetector:
 
             self._model = YOLO(str(self.trained.weights))
         return self._model
+
+
+FLIPS: tuple[str, ...] = ("horizontal", "vertical")
+
+
+def _flipped(path: str, view: str) -> Image.Image:
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    flip = (
+        Image.Transpose.FLIP_LEFT_RIGHT if view == "horizontal" else Image.Transpose.FLIP_TOP_BOTTOM
+    )
+    # ultralytics reads PIL images as RGB and converts them itself.
+    return image.transpose(flip)
+
+
+def fuse_views(views: Sequence[Sequence[Proposal]], iou: float = 0.55) -> list[Proposal]:
+    """Weighted boxes fusion of the same image seen in several views (``ensemble-boxes``).
+
+    A fused box's score is the mean over views, so a box one view missed is down-weighted
+    (ensemble-boxes' default ``conf_type="avg"`` scales by the share of views that saw it).
+    Classes fuse separately; a class-agnostic detector's boxes share one.
+    """
+    from ensemble_boxes import weighted_boxes_fusion
+
+    names = sorted({p.class_name or "" for found in views for p in found})
+    if not names:
+        return []
+    index = {name: i for i, name in enumerate(names)}
+    boxes = [[list(p.box) for p in found] for found in views]
+    scores = [[p.score for p in found] for found in views]
+    labels = [[index[p.class_name or ""] for p in found] for found in views]
+    fused_boxes, fused_scores, fused_labels = weighted_boxes_fusion(
+        boxes, scores, labels, iou_thr=iou, skip_box_thr=0.0
+    )
+    return [
+        Proposal(
+            tuple(float(v) for v in box),  # type: ignore[arg-type]
+            float(score),
+            names[int(label)] or None,
+        )
+        for box, score, label in zip(fused_boxes, fused_scores, fused_labels, strict=True)
+    ]
 
 
 def write_detector_dataset(
@@ -471,7 +566,10 @@ def _image_sizes(images: pd.DataFrame) -> dict[str, tuple[float, float]]:
 def proposals_to_json(proposals: Mapping[str, Sequence[Proposal]]) -> str:
     """Proposals as JSON, so a notebook can store them next to the run and reload them."""
     return json.dumps(
-        {image_id: [[*p.box, p.score] for p in found] for image_id, found in proposals.items()},
+        {
+            image_id: [[*p.box, p.score, *([p.class_name] if p.class_name else [])] for p in found]
+            for image_id, found in proposals.items()
+        },
         sort_keys=True,
     )
 
@@ -479,6 +577,9 @@ def proposals_to_json(proposals: Mapping[str, Sequence[Proposal]]) -> str:
 def proposals_from_json(text: str) -> dict[str, list[Proposal]]:
     data = json.loads(text)
     return {
-        image_id: [Proposal(tuple(values[:4]), float(values[4])) for values in found]  # type: ignore[arg-type]
+        image_id: [
+            Proposal(tuple(values[:4]), float(values[4]), values[5] if len(values) > 5 else None)  # type: ignore[arg-type]
+            for values in found
+        ]
         for image_id, found in data.items()
     }

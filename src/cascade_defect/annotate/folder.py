@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,9 +160,11 @@ def annotate_folder(
     resolved = options.resolved()
     chosen = resolved.annotator
     seed_images, seed_boxes = seed_frames(seeds)
-    if box_strategy == "annotator" and chosen == "offline":
+    examples: list[SeedExample] = []
+    if box_strategy in ("annotator", "mllm_verified") and chosen == "offline":
         raise InputError(
-            "the offline annotator returns no boxes: use --box-strategy whole_image or seed_detector"
+            f"the offline annotator cannot serve --box-strategy {box_strategy} (no boxes of its own, "
+            "no model to check boxes): use whole_image, seed_detector or self_training"
         )
     if chosen == "offline":
         from cascade_defect.annotate.offline import OfflineAnnotator
@@ -210,7 +213,8 @@ def annotate_folder(
         weights,
         seed_images,
         seed_boxes,
-        progress=options.progress,
+        options=resolved,
+        seed_examples=examples,
     )
     labels = image_labels_from_store(store, pool)
     n_ok = int((labels["status"] == "ok").sum())
@@ -237,22 +241,38 @@ def write_folder_outputs(
     seed_images: pd.DataFrame,
     seed_boxes: pd.DataFrame,
     *,
-    progress: bool = True,
+    options: AnnotatorOptions,
+    seed_examples: Sequence[SeedExample] = (),
 ) -> dict[str, str]:
     """YOLO labels + names, a COCO JSON and the review CSV (least confident first)."""
-    from cascade_defect.annotate.boxes import SeedDetector, predictions_from_store, pseudo_boxes
+    from cascade_defect.annotate.boxes import (
+        SeedDetectorSettings,
+        predictions_from_store,
+        pseudo_boxes,
+    )
+    from cascade_defect.annotate.strategies import DetectorRecipe, strategy_proposals
+    from cascade_defect.settings import SelfTrainingSettings
 
     predictions = predictions_from_store(store, pool)
-    proposals = None
-    if box_strategy == "seed_detector":
-        detector = SeedDetector(
-            weights,
-            out_dir / "seed_detector",
-            config_dir=out_dir / ".ultralytics",
-            progress=progress,
-        )
-        detector.train(seed_images, seed_boxes, class_names)
-        proposals = detector.propose(pool)
+    recipe = DetectorRecipe(
+        weights=weights,
+        work_dir=out_dir,
+        seed_detector=SeedDetectorSettings(),
+        self_training=SelfTrainingSettings(),
+        config_dir=out_dir / ".ultralytics",
+    )
+    found, _ = strategy_proposals(
+        [box_strategy],
+        seeds=seed_images,
+        seed_boxes=seed_boxes,
+        pool=pool,
+        predictions=predictions,
+        class_names=class_names,
+        recipe=recipe,
+        options=options,
+        seed_examples=seed_examples,
+    )
+    proposals = found.get(box_strategy)
     boxes = pseudo_boxes(predictions, box_strategy, proposals=proposals)
 
     labels_dir = out_dir / "labels"

@@ -70,5 +70,7 @@ def yolo_lines(rows: pd.DataFrame, class_index: dict[str, int]) -> list[str]:
         if row.class_name not in class_index:
             continue
         cx, cy = (row.x1 + row.x2) / 2, (row.y1 + row.y2) / 2
-        lines.append(yolo_line(class_index[row.class_name], cx, cy, row.x2 - row.x1, row.y2 - row.y1))
+        lines.append(
+            yolo_line(class_index[row.class_name], cx, cy, row.x2 - row.x1, row.y2 - row.y1)
+        )
     return lines

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cascade_defect.annotate.boxes import BOX_STRATEGIES, BoxStrategy
+from cascade_defect.annotate.boxes import DEFAULT_BOX_STRATEGIES, BoxStrategy
 
 AnnotatorChoice = Literal["auto", "azure", "openai", "offline"]
 ResolvedAnnotator = Literal["azure", "openai", "offline"]
@@ -78,11 +78,12 @@ class AnnotatorOptions(BaseModel):
         None, description="Azure OpenAI API version; None: OPENAI_API_VERSION or the default."
     )
     box_strategies: tuple[BoxStrategy, ...] = Field(
-        BOX_STRATEGIES,  # type: ignore[arg-type]
+        DEFAULT_BOX_STRATEGIES,  # type: ignore[arg-type]
         min_length=1,
         description=(
             "Boxes written for each labelled image: whole_image, seed_detector (a detector "
-            "fine-tuned on the seeds) and/or annotator (the MLLM's own boxes)."
+            "fine-tuned on the seeds), self_training (cross-fitted teachers taught by the seed "
+            "detector; a few teacher trainings more) and/or annotator (the MLLM's own boxes)."
         ),
     )
     offline_options: dict[str, Any] = Field(

@@ -117,7 +117,7 @@ def run_annotation(
         model_name = options.model
     store = AnnotationStore(outputs.predictions)
     with run.timed("boxes"):
-        boxes = _pseudo_boxes(config, layout, pool, store, resolved)
+        boxes, box_details = _pseudo_boxes(config, layout, pool, store, resolved, seeds)
 
     store = AnnotationStore(outputs.predictions)
     labels = image_labels_from_store(store, pool)
@@ -167,6 +167,7 @@ def run_annotation(
         "estimate_vs_actual": comparison,
         "label_files_per_strategy": written,
         "box_strategies": sorted(boxes["strategy"].unique().tolist()) if len(boxes) else [],
+        **({"box_strategy_details": box_details} if box_details else {}),
     }
     outputs.summary.write_text(json.dumps(summary_payload, indent=2, default=str) + "\n")
     run.counts.update(
@@ -229,39 +230,50 @@ def _pseudo_boxes(
     pool: pd.DataFrame,
     store: AnnotationStore,
     options: AnnotatorOptions,
-) -> pd.DataFrame:
+    seed_examples: Sequence[Any] = (),
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Pseudo boxes for each of ``options.box_strategies`` from the store's latest answers
-    (``options.annotator`` resolved: the offline annotator has no boxes of its own)."""
+    (``options.annotator`` resolved: the offline annotator has no boxes of its own), and what
+    each detector-based strategy did (teachers, verification requests)."""
     from cascade_defect.annotate.boxes import (
-        SeedDetector,
         SeedDetectorSettings,
         predictions_from_store,
         pseudo_boxes,
     )
+    from cascade_defect.annotate.strategies import (
+        DetectorRecipe,
+        runnable_strategies,
+        strategy_proposals,
+    )
 
     predictions = predictions_from_store(store, pool)
-    frames = []
-    for strategy in options.box_strategies:
-        if strategy == "annotator" and options.annotator == "offline":
-            log.info(
-                "the offline annotator returns no boxes of its own: 'annotator' strategy skipped"
-            )
-            continue
-        proposals = None
-        if strategy == "seed_detector":
-            seeds, seed_boxes = read_labelled_listing(layout, "seed")
-            detector = SeedDetector(
-                config.yolo_weights,
-                config.paths.annotation_dir / "seed_detector",
-                SeedDetectorSettings.for_profile(config.profile),
-                config_dir=config.work_dir / ".ultralytics",
-                threads=config.profile.training.torch_threads,
-                progress=options.progress,
-            )
-            detector.train(seeds, seed_boxes, layout.class_names())
-            proposals = detector.propose(pool)
-        frames.append(pseudo_boxes(predictions, strategy, proposals=proposals))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    strategies = runnable_strategies(options.box_strategies, options.annotator)
+    seeds, seed_boxes = read_labelled_listing(layout, "seed")
+    profile = config.profile
+    recipe = DetectorRecipe(
+        weights=config.yolo_weights,
+        work_dir=config.paths.annotation_dir,
+        seed_detector=SeedDetectorSettings.for_profile(profile),
+        self_training=profile.annotation.self_training,
+        device=profile.training.device,
+        seed=profile.training.seed,
+        config_dir=config.work_dir / ".ultralytics",
+        threads=profile.training.torch_threads,
+    )
+    proposals, details = strategy_proposals(
+        strategies,
+        seeds=seeds,
+        seed_boxes=seed_boxes,
+        pool=pool,
+        predictions=predictions,
+        class_names=layout.class_names(),
+        recipe=recipe,
+        options=options,
+        seed_examples=seed_examples,
+    )
+    frames = [pseudo_boxes(predictions, s, proposals=proposals.get(s)) for s in strategies]
+    boxes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return boxes, details
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from cascade_defect.train.sources import (
     build_source,
     epochs_for,
     holdout_ids,
+    is_pseudo,
     planned_sources,
     read_pool_truth,
     read_split_inputs,
@@ -134,7 +135,7 @@ def assemble_source(
     if uses_pool_ground_truth(source):
         require_inputs({"pool_ground_truth": layout.pool_truth}, _PRODUCED_BY)
         truth = read_pool_truth(layout, split.class_names)
-    elif source == PSEUDO:
+    elif is_pseudo(source):
         outputs = AnnotationOutputs(config.paths.annotation_dir)
         require_inputs(
             {"pseudo_labels": outputs.labels, "pseudo_boxes": outputs.boxes}, _PRODUCED_BY
@@ -317,7 +318,7 @@ def run_training(
     layout = SplitLayout(config.paths.split_dir)
     annotation = AnnotationOutputs(config.paths.annotation_dir)
     inputs = {"split_pool": layout.pool_listing, "split_seed": layout.seed_listing}
-    if PSEUDO in chosen:
+    if any(is_pseudo(s) for s in chosen):
         inputs |= {"pseudo_labels": annotation.labels, "pseudo_boxes": annotation.boxes}
     if any(uses_pool_ground_truth(s) for s in chosen):
         inputs |= {"pool_ground_truth": layout.ground_truth_dir}

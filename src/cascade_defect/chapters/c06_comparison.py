@@ -16,7 +16,7 @@ annotator; its accuracy and cost per 1,000 images are traced over the threshold.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cascade_defect.chapters.c04_audit import AuditOutputs
 from cascade_defect.chapters.c05_training import (
     TrainingOutputs,
     classification_outputs,
@@ -69,6 +70,7 @@ from cascade_defect.metrics.detection import (
     ultralytics_agreement as ultralytics_agreement,  # notebook 06 imports it from here
 )
 from cascade_defect.metrics.kpi import DEFAULT_KPI_TARGET, KpiTarget, kpi_tables
+from cascade_defect.plots.box_noise import BoxNoiseBenchmark, read_box_noise_benchmark
 from cascade_defect.settings import StudyConfig
 from cascade_defect.train.classify import classify_images
 from cascade_defect.train.predict import measure_latency, validate_on_test
@@ -209,6 +211,17 @@ class ComparisonChapter:
     outputs: ComparisonOutputs
     latency: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+def box_noise_benchmark(
+    config: StudyConfig, table: str | None, comparison: Mapping[str, Any]
+) -> BoxNoiseBenchmark:
+    """The box-noise sweep's ``table`` (project-relative; absent is fine) with the pseudo
+    source's own boxes from chapter 04 and its mAP50 share from ``comparison``."""
+    audit, training = AuditOutputs(config.paths.audit_dir), config.profile.training
+    return read_box_noise_benchmark(
+        table, config, audit.box_metrics, training.box_strategy, comparison, training.epochs
+    )
 
 
 def golden_test_truth(layout: SplitLayout) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:

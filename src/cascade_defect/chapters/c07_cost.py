@@ -5,6 +5,10 @@ the model's tokenizer, images by the provider's rule), not from a rounded guess.
 chapter measured something (recorded API usage, the label accuracy, the escalation share and YOLO
 latency of the cascade), it is read from that chapter's files; where it has not, the analysis
 says so instead of inventing a figure.
+
+The optional MLLM check of the seed detector's boxes (one request per pool image, the candidates
+drawn numbered on it) is priced the same way, from the real verification request with as many
+candidates as chapter 03's seed detector proposed per pool image on average.
 """
 
 from __future__ import annotations
@@ -15,12 +19,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from cascade_defect.annotate.boxes import SeedDetectorSettings
 from cascade_defect.annotate.mllm.estimate import (
     estimate_completion_tokens,
     estimate_prompt_tokens,
     typical_answer_json,
 )
 from cascade_defect.annotate.mllm.prompt import build_prompt
+from cascade_defect.annotate.mllm.verify_request import (
+    build_verification_prompt,
+    estimate_verification_cost,
+)
 from cascade_defect.annotate.seeds import seed_examples
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs
@@ -43,10 +52,16 @@ from cascade_defect.costs.sweeps import (
     vendor_labelling_cost,
 )
 from cascade_defect.data.split import SplitLayout, read_pool_listing
+from cascade_defect.data.tables import read_table
 from cascade_defect.manifest import ChapterRun
 from cascade_defect.settings import StudyConfig
 
 REFERENCE_MODEL = "gpt-4o"
+VERIFIED_STRATEGY = "seed_detector"
+"""Chapter 03's box strategy whose proposals the verifier would check."""
+DEFAULT_CANDIDATES = SeedDetectorSettings().max_det
+"""Candidates per image when chapter 03 wrote no seed-detector boxes: the detector's cap, so the
+estimate errs high rather than low."""
 
 
 @dataclass
@@ -66,6 +81,8 @@ class CostAnalysis:
     operating_point: dict | None
     sensitivity: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    verification: pd.DataFrame = field(default_factory=pd.DataFrame)
+    verification_setup: dict = field(default_factory=dict)
 
     def headline_costs(self) -> pd.Series:
         """The original estimate next to what the real prompt costs with gpt-4o, per mode."""
@@ -143,6 +160,130 @@ def _load_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+@dataclass(frozen=True)
+class CandidateCount:
+    """How many candidate boxes one verification request carries, and where that came from."""
+
+    mean: float  # seed-detector boxes per pool image
+    sent: int  # what the priced request draws: the mean rounded, at least one
+    source: str
+
+
+def candidate_count(
+    boxes_file: Path, n_pool: int, strategy: str = VERIFIED_STRATEGY
+) -> CandidateCount:
+    """Mean ``strategy`` boxes per pool image in chapter 03's ``pseudo_boxes.csv``; without
+    any, :data:`DEFAULT_CANDIDATES` (the detector's ``max_det``), said so in ``source``."""
+    boxes = (
+        read_table(boxes_file, dtype={"strategy": "object", "class_name": "object"})
+        if boxes_file.exists()
+        else pd.DataFrame(columns=["strategy"])
+    )
+    n_boxes = int((boxes["strategy"] == strategy).sum())
+    if n_boxes == 0 or n_pool < 1:
+        return CandidateCount(
+            float(DEFAULT_CANDIDATES),
+            DEFAULT_CANDIDATES,
+            f"chapter 03 wrote no {strategy} boxes: assumed the seed detector's max_det cap "
+            f"({DEFAULT_CANDIDATES} per image)",
+        )
+    mean = n_boxes / n_pool
+    return CandidateCount(
+        mean,
+        max(1, int(mean + 0.5)),
+        f"chapter 03: {n_boxes:,} {strategy} boxes over {n_pool:,} pool images, "
+        f"{mean:.2f} per image",
+    )
+
+
+def verification_configurations(
+    cheapest_single: pd.Series,
+) -> list[tuple[str, str, bool, bool]]:
+    """(label, model, batch, caching) priced for verification: gpt-4o in the headline modes and
+    the cheapest configuration at one image per request, the shape chapter 03 sends."""
+    batch, caching = cheapest_single["mode"] == "batch", bool(cheapest_single["prompt_caching"])
+    mode = "Batch" if batch else "standard"
+    return [
+        (f"{REFERENCE_MODEL} standard", REFERENCE_MODEL, False, False),
+        (f"{REFERENCE_MODEL} standard + caching", REFERENCE_MODEL, False, True),
+        (f"{REFERENCE_MODEL} Batch", REFERENCE_MODEL, True, False),
+        (
+            f"cheapest: {cheapest_single['model']} {mode}" + (" + caching" if caching else ""),
+            str(cheapest_single["model"]),
+            bool(batch),
+            caching,
+        ),
+    ]
+
+
+def verification_costs(
+    layout: SplitLayout,
+    candidates: CandidateCount,
+    grid: pd.DataFrame,
+    configurations: list[tuple[str, str, bool, bool]],
+    billing: BillingOptions,
+    detail: str = "low",
+) -> pd.DataFrame:
+    """Per configuration, annotation alone (the grid, one image per request) next to annotation
+    plus one verification request per pool image.
+
+    The request is the real one (seed gallery, a pool image with ``candidates.sent`` numbered
+    boxes drawn on it) counted by :func:`estimate_verification_cost`; its tokens are billed by
+    :func:`annotation_cost` with the chapter's ``billing``, so verification and annotation share
+    one cache-hit assumption (uncached, the dollars are exactly the estimate's).
+    """
+    class_names = layout.class_names()
+    prompt = build_verification_prompt(class_names, seed_examples(layout), detail=detail)
+    pool = read_pool_listing(layout)
+    n_pool = len(pool)
+    rows = []
+    for label, model, batch, caching in configurations:
+        # The image's annotated class is sent as a hint; any class costs about the same tokens.
+        estimate, run_cost = estimate_verification_cost(
+            prompt,
+            pool["path"].iloc[0],
+            n_pool,
+            candidates.sent,
+            image_class=class_names[0],
+            model=model,
+        )
+        options = billing.with_mode(batch, caching)
+        verification = annotation_cost(
+            model,
+            n_pool,
+            estimate.prefix_tokens,
+            estimate.query_tokens,
+            run_cost.completion_tokens_per_request,
+            options,
+        ).total_usd
+        chosen = grid[
+            (grid["model"] == model)
+            & (grid["mode"] == options.mode)
+            & (grid["prompt_caching"] == caching)
+        ]
+        annotation = float(chosen["total_usd"].iloc[0])
+        rows.append(
+            {
+                "configuration": label,
+                "model": model,
+                "mode": options.mode,
+                "prompt_caching": caching,
+                "n_images": n_pool,
+                "candidates_per_image": candidates.sent,
+                "verification_prompt_tokens": estimate.prompt_tokens,
+                "verification_prefix_tokens": estimate.prefix_tokens,
+                "verification_completion_tokens": run_cost.completion_tokens_per_request,
+                "annotation_usd_per_image": annotation / n_pool,
+                "verification_usd_per_image": verification / n_pool,
+                "total_usd_per_image": (annotation + verification) / n_pool,
+                "annotation_usd_pool": annotation,
+                "verification_usd_pool": verification,
+                "total_usd_pool": annotation + verification,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def run_cost_analysis(
     config: StudyConfig,
     *,
@@ -162,7 +303,11 @@ def run_cost_analysis(
         config,
         config.paths.cost_dir,
         parameters={"detail": detail, "cache_hit_rate": cache_hit_rate, "models": models},
-        inputs={"seed": layout.seed_listing, "pool": layout.pool_listing},
+        inputs={
+            "seed": layout.seed_listing,
+            "pool": layout.pool_listing,
+            **({"pseudo_boxes": annotation.boxes} if annotation.boxes.exists() else {}),
+        },
     )
     notes: list[str] = []
     models = models or list(load_pricing())
@@ -198,6 +343,9 @@ def run_cost_analysis(
         details=(detail,),
         images_per_request=(1, 2, 4, 8),
         billing=billing,
+    )
+    cheapest_single = cheapest_config(
+        spec, n_pool, models, budget_cheapest_usd, details=(detail,), billing=billing
     )
     targets = pd.DataFrame(
         [
@@ -344,6 +492,27 @@ def run_cost_analysis(
         ),
     }
 
+    with run.timed("verification"):
+        candidates = candidate_count(annotation.boxes, n_pool)
+        verification = verification_costs(
+            layout,
+            candidates,
+            grid,
+            verification_configurations(cheapest_single),
+            billing,
+            detail,
+        )
+    annotated = _load_json(annotation.summary) or {}
+    verification_setup = {
+        "strategy": VERIFIED_STRATEGY,
+        "candidates_mean": candidates.mean,
+        "candidates_sent": candidates.sent,
+        "candidates_source": candidates.source,
+        "n_requests": n_pool,
+        "measured_in_chapter_03": "mllm_verified" in annotated.get("box_strategies", []),
+        "chapter_03_annotator": annotated.get("annotator"),
+    }
+
     reference = reference_pool_costs(grid)
     summary = {
         "prompt_tokens": counted,
@@ -355,17 +524,25 @@ def run_cost_analysis(
         "recorded_cost_usd": float(recorded["cost_usd"].sum()) if not recorded.empty else None,
         "cascade_operating_point": operating_point,
         "usd_per_1000_images": per_1000.iloc[0].to_dict() if per_1000 is not None else None,
+        "verification": {
+            **verification_setup,
+            "costs": json.loads(verification.to_json(orient="records")),
+        },
         "notes": notes,
     }
     (config.paths.cost_dir / "cost_summary.json").write_text(
         json.dumps(summary, indent=2, default=str) + "\n"
     )
     grid.to_csv(config.paths.cost_dir / "cost_grid.csv", index=False)
-    run.counts.update(n_pool=n_pool, n_models=len(models))
+    verification.to_csv(config.paths.cost_dir / "verification_cost.csv", index=False)
+    run.counts.update(
+        n_pool=n_pool, n_models=len(models), verification_candidates_per_image=candidates.sent
+    )
     run.write(
         {
             "cost_summary": config.paths.cost_dir / "cost_summary.json",
             "cost_grid": config.paths.cost_dir / "cost_grid.csv",
+            "verification_cost": config.paths.cost_dir / "verification_cost.csv",
         }
     )
     return CostAnalysis(
@@ -382,4 +559,6 @@ def run_cost_analysis(
         operating_point=operating_point,
         sensitivity=sensitivity,
         notes=notes,
+        verification=verification,
+        verification_setup=verification_setup,
     )

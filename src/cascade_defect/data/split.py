@@ -29,11 +29,21 @@ SPLITS = ("seed", "pool", "test")
 LabelKind = Literal["boxes", "image"]
 
 
+def split_targets(n_class: int, settings: SplitSettings) -> dict[str, int]:
+    """Seed and test images wanted from a class of ``n_class``: the fractions, rounded, with at
+    least ``min_seeds_per_class`` seeds (never more than half a tiny class) and one test image."""
+    seed = max(settings.min_seeds_per_class, round(n_class * settings.seed_fraction))
+    return {
+        "seed": min(seed, max(1, n_class // 2)),
+        "test": max(1, round(n_class * settings.test_fraction)),
+    }
+
+
 def assign_splits(images: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame:
     """Assign each image to ``seed``, ``pool`` or ``test``.
 
     ``images`` needs ``image_id``, ``class_name`` and ``pixel_hash``. Per class, the targets are
-    ``round(n * fraction)`` (at least one) for seed and test; groups of duplicates are placed
+    ``round(n * fraction)`` for seed (at least ``min_seeds_per_class``) and test (at least one); groups of duplicates are placed
     whole, and a group that would overshoot a target goes to the pool.
     """
     required = {"image_id", "class_name", "pixel_hash"}
@@ -51,10 +61,7 @@ def assign_splits(images: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame
     frame["split"] = "pool"
     for class_name in sorted(frame["class_name"].unique()):
         n_class = int((frame["class_name"] == class_name).sum())
-        targets = {
-            "seed": max(1, round(n_class * settings.seed_fraction)),
-            "test": max(1, round(n_class * settings.test_fraction)),
-        }
+        targets = split_targets(n_class, settings)
         groups = sorted(group_class[group_class == class_name].index)
         filled = {"seed": 0, "test": 0}
         for group in (groups[i] for i in rng.permutation(len(groups))):
@@ -274,8 +281,8 @@ def planned_split_sizes(images_per_class: dict[str, int], settings: SplitSetting
     """The split sizes the settings ask for, per class, before any image is drawn."""
     rows = []
     for class_name, n in images_per_class.items():
-        seed = max(1, round(n * settings.seed_fraction))
-        test = max(1, round(n * settings.test_fraction))
+        targets = split_targets(n, settings)
+        seed, test = targets["seed"], targets["test"]
         rows.append(
             {
                 "class_name": class_name,

@@ -40,6 +40,17 @@ def box_summary(boxes: pd.DataFrame) -> pd.DataFrame:
     return boxes.groupby("strategy").agg(boxes=("image_id", "size"), images=("image_id", "nunique"))
 
 
+def teacher_table(summary: dict) -> pd.DataFrame | str:
+    """One row per self-training teacher: which fold it proposed, what it trained on, and how
+    long it took (chapter 03's ``box_strategy_details``)."""
+    teachers = summary.get("box_strategy_details", {}).get("self_training", {}).get("teachers")
+    if not teachers:
+        return "no self_training boxes in this run (not among the box strategies)"
+    rows = [row for row in teachers if row.get("round") != "final"]
+    columns = ["round", "fold", "train_images", "train_pool_boxes", "proposed_images", "seconds"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
 def prompt_parts(prompt_table: pd.DataFrame) -> pd.DataFrame:
     """One request in a few rows: its parts counted by message, role and kind."""
     return prompt_table.groupby(["message", "role", "kind"]).size().rename("parts").reset_index()

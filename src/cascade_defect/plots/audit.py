@@ -361,6 +361,21 @@ def box_quality_table(box_metrics: pd.DataFrame, by_class: bool = False) -> pd.D
     return overall.set_index("strategy").drop(columns=["class_name"]).round(3)
 
 
+def box_strategy_sentence(box_metrics: pd.DataFrame, trained_on: str) -> str:
+    """One line per strategy (class-aware recall and precision at IoU 0.5, the measure the
+    targets use), naming the one chapter 05's pseudo detector trains on."""
+    overall = box_metrics[box_metrics["class_name"] == "all"]
+    if overall.empty:
+        return "No box strategy was scored in this run."
+    parts = [
+        f"`{row.strategy}` finds {row.recall_aware:.0%} of the true boxes at "
+        f"{row.precision_aware:.0%} precision ({row.n_pred:,} boxes)"
+        + (" ← the pseudo detector trains on these" if row.strategy == trained_on else "")
+        for row in overall.sort_values("recall_aware", ascending=False).itertuples()
+    ]
+    return "Class-aware, at IoU 0.5: " + "; ".join(parts) + "."
+
+
 def failed_attempt_table(failed_attempts: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     """The first ``n`` failed requests with what the model sent back."""
     return failed_attempts[["image_id", "failure_kind", "attempt", "error", "raw_text"]].head(n)

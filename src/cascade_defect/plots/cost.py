@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from IPython.display import Markdown
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
@@ -213,3 +214,62 @@ def plot_cost_per_1000_table(per_1000: pd.DataFrame | None) -> Figure:
 def reference_sources() -> pd.DataFrame:
     """Every price and reference figure with its unit, date, verification and source."""
     return references_table()[["key", "value", "unit", "date", "verified", "source"]]
+
+
+def verification_table(verification: pd.DataFrame) -> pd.DataFrame:
+    """Annotation alone against annotation plus the box check, per image and for the pool."""
+    columns = {
+        "configuration": "configuration",
+        "verification_prompt_tokens": "check: input tokens",
+        "verification_completion_tokens": "check: output tokens",
+        "annotation_usd_per_image": "annotation, USD/image",
+        "verification_usd_per_image": "check, USD/image",
+        "total_usd_per_image": "both, USD/image",
+        "annotation_usd_pool": "annotation, USD pool",
+        "total_usd_pool": "both, USD pool",
+    }
+    table = verification[list(columns)].rename(columns=columns).set_index("configuration")
+    per_image = [c for c in table.columns if c.endswith("USD/image")]
+    pool = [c for c in table.columns if c.endswith("USD pool")]
+    return table.round({**dict.fromkeys(per_image, 6), **dict.fromkeys(pool, 2)})
+
+
+def verification_sentence(verification: pd.DataFrame, setup: Mapping[str, object]) -> Markdown:
+    """One sentence from the numbers (the first row, gpt-4o standard, and the last, the cheapest
+    configuration), then whether chapter 03 measured what the check does to the boxes and, if
+    not, which run would. Amounts are written "USD x", as a dollar sign can open TeX math."""
+    first, last = verification.iloc[0], verification.iloc[-1]
+
+    def clause(row: pd.Series) -> str:
+        billing = ("Batch" if row["mode"] == "batch" else "standard") + (
+            " with prompt caching" if row["prompt_caching"] else ""
+        )
+        return (
+            f"{row['model']} ({billing}) costs USD {row['annotation_usd_per_image']:.6f} per "
+            f"image to annotate and USD {row['total_usd_per_image']:.6f} with the check "
+            f"(USD {row['annotation_usd_pool']:.2f} against {row['total_usd_pool']:.2f} for the "
+            f"{int(row['n_images']):,}-image pool, "
+            f"{row['total_usd_pool'] / row['annotation_usd_pool']:.1f} times as much)"
+        )
+
+    text = (
+        f"Checking {int(first['candidates_per_image'])} candidate boxes per image "
+        f"({setup['candidates_source']}): {clause(first)}; {clause(last)}."
+    )
+    if setup.get("measured_in_chapter_03"):
+        effect = (
+            "Chapter 03 ran the box strategy `mllm_verified`: chapter 04's box-quality table "
+            "shows what the check changed against `seed_detector`."
+        )
+    else:
+        annotator = setup.get("chapter_03_annotator")
+        why = {
+            None: "chapter 03 recorded no annotation summary",
+            "offline": "chapter 03 ran the offline annotator, with no MLLM endpoint",
+        }.get(annotator, f"chapter 03 ran `{annotator}` without the box strategy `mllm_verified`")
+        effect = (
+            f"What the check does to box quality is not measured here: {why}. With credentials, "
+            "run chapter 03 with the box strategy `mllm_verified` on the same pool and compare "
+            "it with `seed_detector` in chapter 04's box-quality table."
+        )
+    return Markdown(f"{text}\n\n{effect}")

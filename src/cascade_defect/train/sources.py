@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cascade_defect.annotate.boxes import BOX_STRATEGIES
 from cascade_defect.data.split import (
     SplitLayout,
     read_labelled_listing,
@@ -53,12 +54,10 @@ PSEUDO = "pseudo"
 
 
 NOISE_PREFIX = "noise_"
+PSEUDO_PREFIX = "pseudo_"
 
 
 BASE_SOURCES: tuple[str, ...] = (HUMAN, PSEUDO, SEED_ONLY)
-
-
-BOX_STRATEGIES: tuple[str, ...] = ("whole_image", "seed_detector", "annotator")
 
 
 #: One YOLO box per row: class index and normalised centre/size.
@@ -103,10 +102,28 @@ def noise_rate(source: str) -> float | None:
     return rate
 
 
+def pseudo_box_strategy(source: str, adopted: str) -> str | None:
+    """The box strategy a pseudo source trains on: ``adopted`` (the profile's) for ``pseudo``,
+    the named one for ``pseudo_<strategy>`` (e.g. ``pseudo_self_training``, trained beside the
+    adopted one so the book shows which wins); None for every other source."""
+    if source == PSEUDO:
+        return adopted
+    strategy = source.removeprefix(PSEUDO_PREFIX)
+    if source.startswith(PSEUDO_PREFIX) and strategy in BOX_STRATEGIES:
+        return strategy
+    return None
+
+
+def is_pseudo(source: str) -> bool:
+    """``pseudo`` or a ``pseudo_<strategy>`` variant: trained on chapter 03's labels."""
+    return pseudo_box_strategy(source, PSEUDO) is not None
+
+
 def validate_source(source: str) -> str:
-    if source in BASE_SOURCES or noise_rate(source) is not None:
+    if source in BASE_SOURCES or noise_rate(source) is not None or is_pseudo(source):
         return source
-    raise ValueError(f"unknown label source {source!r}; known: {[*BASE_SOURCES, 'noise_<rate>']}")
+    known = [*BASE_SOURCES, "noise_<rate>", "pseudo_<box strategy>"]
+    raise ValueError(f"unknown label source {source!r}; known: {known}")
 
 
 def planned_sources(settings: TrainingSettings) -> list[str]:
@@ -145,9 +162,10 @@ def source_descriptions(sources: Sequence[str], settings: TrainingSettings) -> p
             pool = "ground-truth boxes"
         elif source == SEED_ONLY:
             pool = "none (seeds only)"
-        elif source == PSEUDO:
+        elif is_pseudo(source):
+            strategy = pseudo_box_strategy(source, settings.box_strategy)
             pool = (
-                f"annotator labels, '{settings.box_strategy}' boxes, confidence ≥ "
+                f"annotator labels, '{strategy}' boxes, confidence ≥ "
                 f"{settings.pseudo_confidence_threshold:g}"
             )
         else:
@@ -417,16 +435,23 @@ def build_source(
     validate_source(source)
     if truth is not None and not uses_pool_ground_truth(source):
         raise GroundTruthAccessError(f"source {source!r} must not be given the pool's ground truth")
-    if pseudo is not None and source != PSEUDO:
+    if pseudo is not None and not is_pseudo(source):
         raise ValueError(f"source {source!r} takes no pseudo-labels")
     if source == SEED_ONLY:
         empty = pd.DataFrame(columns=LABEL_COLUMNS)
         return compose_source(source, split, pool_ids=[], pool_labels=empty, holdout=holdout)
-    if source == PSEUDO:
+    strategy = pseudo_box_strategy(source, box_strategy)
+    if strategy is not None:
         if pseudo is None:
-            raise ValueError("the pseudo source needs chapter 03's labels and boxes")
+            raise ValueError(f"the {source} source needs chapter 03's labels and boxes")
+        written = set(pseudo[1]["strategy"]) if "strategy" in pseudo[1].columns else set()
+        if source != PSEUDO and strategy not in written:
+            raise ValueError(
+                f"the {source} source trains on {strategy!r} boxes, but chapter 03 wrote only "
+                f"{sorted(written)}: add {strategy!r} to chapter 03's box_strategies"
+            )
         labels, excluded = pseudo_training_labels(
-            *pseudo, split.class_names, strategy=box_strategy, min_confidence=min_confidence
+            *pseudo, split.class_names, strategy=strategy, min_confidence=min_confidence
         )
         known = set(split.pool["image_id"])
         kept = sorted(set(labels["image_id"]) & known)

@@ -1,0 +1,560 @@
+"""What box quality a pseudo-label source needs: human boxes spoiled on purpose, trained, scored.
+
+Pseudo-boxes miss defects, add false ones, sit loosely or wrap several defects in one box. This
+script spoils the pool's human boxes in one of these ways at a time (``cascade_defect.train.
+box_noise``: drop, false_boxes, jitter, merge), trains YOLOv8n on each spoiled source exactly as
+chapter 05 trains its sources (same seeds, same hold-out images, same schedule), and scores it
+on the golden test set exactly as chapter 06 does. The clean ``human`` source is trained on the
+same schedule as the anchor. It prints one row per variant (box recall, precision and mean best
+IoU of the spoiled pool against the truth, test mAP50, its ratio to the anchor, training wall
+seconds), writes them to ``--csv``, and reads off, per kind, the box quality at which the
+detector keeps 90% and 97% of the anchor's mAP50 (linear interpolation between levels).
+
+False boxes are copied from chapter 03's seed-detector proposals that overlap no truth box (the
+mistakes a detector really makes); without them, random boxes with the truth's sizes are used.
+
+The sweep resumes: a variant whose row in ``--csv`` has the same fingerprint (labels, weights,
+schedule) is skipped, and one whose weights from an identical run are in the scratch folder
+(``--scratch``, by default ``<csv stem>_runs/`` next to the CSV) is only scored. The book's own
+outputs are not touched.
+
+Beside the table it writes ``<csv stem>.manifest.json`` each time a row lands (chapter 06 reads
+both): parameters and schedule, git commit, sha256 of every run file it read, counts, timings
+and whether every variant asked for has a current row, with paths relative to the project root
+or named by their ``$CASCADE_*`` variable (its own table and scratch folder relative to the
+manifest's folder). ``--manifest-only`` writes that manifest for the table as it stands, training
+and scoring nothing (a row whose labels or schedule changed is reported, not redone).
+
+Run chapters 01-03 first, then for example:
+
+    CASCADE_YOLO_WEIGHTS=/path/to/yolov8n.pt .venv/bin/python scripts/bench_box_noise.py \\
+        --run-dir data/runs/quick --epochs 10 --imgsz 256 --csv data/bench/box_noise_quick.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from _bench_cli import config_for_run, parser_with_common_options, report
+
+from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseudo_labels
+from cascade_defect.chapters.c06_comparison import golden_test_dataset, golden_test_truth
+from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_pool_listing
+from cascade_defect.hashing import tree_sha256
+from cascade_defect.locations import portable_path, portable_text, portable_values
+from cascade_defect.manifest import git_state, require_inputs
+from cascade_defect.metrics.box_quality import normalise_gt_boxes
+from cascade_defect.metrics.detection import detection_metrics, match_detections
+from cascade_defect.plots.box_noise import TARGETS, manifest_path
+from cascade_defect.settings import (
+    StudyConfig,
+    key_value_arguments,
+    parameter_overrides,
+)
+from cascade_defect.train.box_noise import (
+    QUALITY_AXIS,
+    BoxNoise,
+    box_noise_quality,
+    box_noise_source,
+    find_false_positives,
+    quality_needed,
+)
+from cascade_defect.train.predict import validate_on_test
+from cascade_defect.train.sources import (
+    HUMAN,
+    SourceDataset,
+    build_source,
+    holdout_ids,
+    read_pool_truth,
+    read_split_inputs,
+    write_source_dataset,
+)
+from cascade_defect.train.yolo import train_yolo, training_fingerprint, training_schedule
+
+DEFAULT_NOISE = (
+    "drop=0.2",
+    "drop=0.4",
+    "false_boxes=1",
+    "false_boxes=3",
+    "jitter=0.7",
+    "jitter=0.5",
+    "merge=0.1",
+)
+
+CSV_COLUMNS = [
+    "source",
+    "kind",
+    "level",
+    "noise_seed",
+    "epochs",
+    "imgsz",
+    "n_truth",
+    "n_boxes",
+    "box_recall",
+    "box_precision",
+    "mean_iou",
+    "map50",
+    "map50_95",
+    "ratio",
+    "train_wall_seconds",
+    "fingerprint",
+]
+
+_AXIS_NAMES = {"box_recall": "box recall", "box_precision": "precision", "mean_iou": "mean IoU"}
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = parser_with_common_options(__doc__)
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="a run folder <work>/runs/<profile> where chapters 01-03 ran; it sets the profile "
+        "and the work folder (default: the --profile run under CASCADE_WORK_DIR or data/)",
+    )
+    parser.add_argument(
+        "--noise",
+        nargs="+",
+        default=list(DEFAULT_NOISE),
+        metavar="KIND=LEVEL",
+        help=f"noise settings, kinds {sorted(QUALITY_AXIS)} (default: {' '.join(DEFAULT_NOISE)})",
+    )
+    parser.add_argument(
+        "--noise-seed", type=int, default=None, help="default: the profile's training seed"
+    )
+    parser.add_argument(
+        "--false-positives",
+        choices=("seed_detector", "random"),
+        default="seed_detector",
+        help="where false boxes come from (default: chapter 03's seed-detector proposals)",
+    )
+    parser.add_argument("--device", default=None, help="default: the profile's")
+    parser.add_argument("--csv", type=Path, required=True, help="the table, read back to resume")
+    parser.add_argument(
+        "--manifest-only",
+        action="store_true",
+        help="write the manifest beside --csv for the rows already there; train nothing",
+    )
+    for action in parser._actions:  # a fixed folder, not a temporary one, so the sweep resumes
+        if action.dest == "scratch":
+            action.help = "datasets and weights (default: <csv stem>_runs/ next to the CSV)"
+    return parser.parse_args()
+
+
+def study_config(args: argparse.Namespace) -> StudyConfig:
+    """The profile's configuration with the schedule given on the command line."""
+    overrides = parameter_overrides(
+        training={
+            "imgsz": args.imgsz,
+            "batch": args.batch,
+            "device": args.device,
+            "ultralytics_args": key_value_arguments(args.arg) or None,
+        }
+    )
+    return config_for_run(args.run_dir, args.profile, overrides)
+
+
+def real_false_positives(
+    config: StudyConfig, truth_boxes: pd.DataFrame, pool: pd.DataFrame, choice: str
+) -> tuple[pd.DataFrame | None, str]:
+    """Chapter 03's seed-detector proposals that overlap no truth box, and what was used."""
+    random_note = "random boxes with the truth's sizes"
+    if choice == "random":
+        return None, f"{random_note} (--false-positives random)"
+    outputs = AnnotationOutputs(config.paths.annotation_dir)
+    if not (outputs.boxes.exists() and outputs.labels.exists()):
+        return None, f"{random_note}: {outputs.boxes} not found (run chapter 03)"
+    _, boxes = read_pseudo_labels(outputs)
+    proposals = boxes[boxes["strategy"] == "seed_detector"]
+    found = find_false_positives(proposals, normalise_gt_boxes(truth_boxes, pool))
+    if found.empty:
+        return None, f"{random_note}: chapter 03's seed detector made no false positive"
+    return found, f"{len(found)} false positives of chapter 03's seed detector"
+
+
+def sweep_inputs(
+    config: StudyConfig, layout: SplitLayout, false_positives: bool
+) -> dict[str, Path]:
+    """The run files the sweep reads: chapter 02's split and truth, the weights, and chapter 03's
+    boxes when the false boxes are its seed detector's."""
+    inputs = {
+        "classes": layout.classes_file,
+        "seed": layout.seed_listing,
+        "seed_labels": layout.yolo_dir("seed") / "labels",
+        "pool": layout.pool_listing,
+        "pool_truth": layout.pool_truth,
+        "pool_boxes": layout.pool_boxes,
+        "pool_labels": layout.pool_labels_dir,
+        "test": layout.test_listing,
+        "test_boxes": layout.test_boxes,
+        "test_labels": layout.yolo_dir("test") / "labels",
+        "yolo_weights": Path(config.yolo_weights),
+    }
+    if false_positives:
+        outputs = AnnotationOutputs(config.paths.annotation_dir)
+        inputs.update(pseudo_labels=outputs.labels, pseudo_boxes=outputs.boxes)
+    return inputs
+
+
+def _beside(path: Path, folder: Path, config: StudyConfig) -> str | None:
+    """``path`` relative to the manifest's folder when inside it, else as the record writes it;
+    None when it is neither in the project nor under a ``$CASCADE_*`` location."""
+    if path.resolve().is_relative_to(folder.resolve()):
+        return path.resolve().relative_to(folder.resolve()).as_posix()
+    written = portable_path(path, config)
+    return None if Path(written).is_absolute() else written
+
+
+@dataclass
+class SweepManifest:
+    """The manifest beside the table, so the table is a hand-over file like a chapter's outputs.
+
+    Inputs are hashed once per invocation; the manifest is rewritten with every row, so a
+    partial table says it is partial (``complete``: every variant asked for has a row trained
+    with the labels and schedule it would have now).
+    """
+
+    config: StudyConfig
+    csv: Path
+    scratch: Path
+    parameters: dict[str, Any]
+    inputs: dict[str, Path]
+    requested: list[str]
+    counts: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    _hashed: dict[str, dict[str, Any]] | None = field(default=None)
+
+    @property
+    def path(self) -> Path:
+        return manifest_path(self.csv)
+
+    def hashed_inputs(self) -> dict[str, dict[str, Any]]:
+        if self._hashed is None:
+            self._hashed = {
+                name: {
+                    "path": portable_path(path, self.config),
+                    "sha256": tree_sha256(path) if path.exists() else None,
+                }
+                for name, path in self.inputs.items()
+            }
+        return self._hashed
+
+    def payload(self, table: pd.DataFrame, current: set[str]) -> dict[str, Any]:
+        """The manifest's content for ``table``; ``current`` names the rows trained as asked."""
+        folder = self.csv.parent
+        wall = pd.to_numeric(table["train_wall_seconds"], errors="coerce")
+        return {
+            "benchmark": "box_noise",
+            "script": "scripts/bench_box_noise.py",
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "complete": set(self.requested) <= current,
+            "profile": self.config.profile.name,
+            "config": self.config.summary(),
+            "parameters": portable_values(self.parameters, self.config),
+            "git": git_state(self.config.project_root),
+            "python": platform.python_version(),
+            "inputs": self.hashed_inputs(),
+            "outputs": {
+                "relative_to": "this manifest's folder",
+                "table": _beside(self.csv, folder, self.config),
+                "scratch": _beside(self.scratch, folder, self.config),
+            },
+            "sources": {
+                "requested": self.requested,
+                "current": [s for s in self.requested if s in current],
+                "missing_or_stale": [s for s in self.requested if s not in current],
+                "other_rows": sorted(set(table["source"].astype(str)) - set(self.requested)),
+            },
+            "counts": {**self.counts, "n_requested": len(self.requested), "n_rows": len(table)},
+            "timings_s": {
+                "this_invocation": round(time.perf_counter() - self.started, 1),
+                "training_of_requested_rows": round(
+                    float(wall[table["source"].isin(self.requested)].sum()), 1
+                ),
+            },
+        }
+
+    def write(self, table: pd.DataFrame, current: set[str]) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.payload(table, current), indent=2, default=str) + "\n")
+        return self.path
+
+
+@dataclass
+class Sweep:
+    """What every variant shares: inputs, schedule, scratch folder and the table so far."""
+
+    config: StudyConfig
+    args: argparse.Namespace
+    schedule: dict[str, Any]
+    scratch: Path
+    rows: dict[str, dict[str, Any]]
+    manifest: SweepManifest | None = None
+    current: set[str] = field(default_factory=set)
+    _test: tuple[pd.DataFrame, pd.DataFrame, list[str], Path] | None = field(default=None)
+
+    @property
+    def layout(self) -> SplitLayout:
+        return SplitLayout(self.config.paths.split_dir)
+
+    def score(self, weights: Path, name: str) -> dict[str, float]:
+        """Test mAP50 as chapter 06 computes it: ultralytics' detections, the package's matching."""
+        if self._test is None:
+            images, truth, class_names = golden_test_truth(self.layout)
+            data_yaml = golden_test_dataset(self.layout, self.scratch / "test_dataset", class_names)
+            self._test = images, truth, class_names, data_yaml
+        images, truth, class_names, data_yaml = self._test
+        _, detections = validate_on_test(
+            weights,
+            data_yaml,
+            images[["image_id", "width", "height"]],
+            imgsz=self.schedule["imgsz"],
+            device=self.schedule["device"],
+            config_dir=self.config.work_dir / ".ultralytics",
+            project_dir=self.scratch / "val",
+            name=name,
+        )
+        matched = match_detections(detections, truth, list(images["image_id"]), class_names)
+        scores = detection_metrics(matched)
+        return {"map50": scores["map50"], "map50_95": scores["map50_95"]}
+
+    def run(
+        self,
+        dataset: SourceDataset,
+        quality: dict[str, float],
+        noise: BoxNoise | None,
+    ) -> dict[str, Any] | None:
+        """Train and score one variant unless its row or its weights are already there (None:
+        ``--manifest-only`` and no current row)."""
+        name = dataset.source
+        data_yaml = write_source_dataset(
+            dataset, self.scratch / "datasets" / name, self.layout.class_names()
+        )
+        weights = self.config.yolo_weights
+        fingerprint = training_fingerprint(data_yaml.parent, weights, self.schedule)
+        done = self.rows.get(name)
+        if done is not None and done.get("fingerprint") == fingerprint:
+            print(f"{name}: its row in {self.args.csv} has the same labels and schedule; skipped")
+            self.current.add(name)
+            return done
+        if self.args.manifest_only:
+            print(f"{name}: no row with these labels and schedule; --manifest-only trains nothing")
+            return None
+        record = self.scratch / "runs" / f"{name}.json"
+        saved = json.loads(record.read_text()) if record.exists() else {}
+        best = Path(saved.get("best_weights", ""))
+        if saved.get("fingerprint") == fingerprint and best.is_file():
+            print(f"{name}: weights of an identical run found in {best.parent}; scoring only")
+            wall = float(saved["wall_seconds"])
+        else:
+            print(f"{name}: training ({noise.describe() if noise else 'clean human boxes'})")
+            result = train_yolo(
+                data_yaml,
+                weights=weights,
+                project_dir=self.scratch / "runs",
+                name=name,
+                config_dir=self.config.work_dir / ".ultralytics",
+                **self.schedule,
+            )
+            best, wall = result.best_weights, result.wall_seconds
+            record.write_text(
+                json.dumps(
+                    {"fingerprint": fingerprint, "best_weights": str(best), "wall_seconds": wall}
+                )
+            )
+        row = {
+            "source": name,
+            "kind": noise.kind if noise else HUMAN,
+            "level": noise.level if noise else math.nan,
+            "noise_seed": noise.seed if noise else math.nan,
+            "epochs": self.schedule["epochs"],
+            "imgsz": self.schedule["imgsz"],
+            **quality,
+            **self.score(best, name),
+            "train_wall_seconds": round(wall, 1),
+            "fingerprint": fingerprint,
+        }
+        self.rows[name] = row
+        self.current.add(name)
+        self.write()
+        return row
+
+    def table(self) -> pd.DataFrame:
+        """The rows so far, each with its mAP50 as a share of the anchor's."""
+        table = pd.DataFrame(list(self.rows.values())).reindex(columns=CSV_COLUMNS)
+        anchor = table.loc[table["kind"] == HUMAN, "map50"]
+        reference = float(anchor.iloc[0]) if len(anchor) else math.nan
+        table["ratio"] = table["map50"] / reference if reference > 0 else math.nan
+        return table
+
+    def write(self) -> None:
+        """The table, and the manifest beside it."""
+        self.args.csv.parent.mkdir(parents=True, exist_ok=True)
+        table = self.table()
+        if not self.args.manifest_only:
+            table.to_csv(self.args.csv, index=False)
+        if self.manifest is not None:
+            self.manifest.write(table, self.current)
+
+
+def read_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier run of the sweep, by source name (none when there is no file)."""
+    if not path.exists():
+        return {}
+    return {str(row["source"]): row for row in pd.read_csv(path).to_dict(orient="records")}
+
+
+def needed_lines(needed: pd.DataFrame) -> list[str]:
+    """The box quality each kind needs per target, in words."""
+    lines = []
+    for row in needed.itertuples(index=False):
+        axis = _AXIS_NAMES[row.axis]
+        share = f"{row.target:.0%} of the anchor's mAP50"
+        if row.note == "interpolated":
+            lines.append(f"{row.kind}: {axis} >= {row.quality_needed:.3f} keeps {share}")
+        elif row.note == "not reached":
+            lines.append(
+                f"{row.kind}: {share} not reached: every level tried keeps it, down to {axis} "
+                f"{row.lowest_tried:.3f}, so the limit lies lower (try harsher levels)"
+            )
+        else:
+            lines.append(f"{row.kind}: the anchor itself is below {share}")
+    return lines
+
+
+def main() -> None:
+    started = time.perf_counter()
+    args = parse_arguments()
+    config = study_config(args)
+    settings = config.profile.training
+    layout = SplitLayout(config.paths.split_dir)
+    require_inputs(
+        {"split": layout.pool_listing, "pool_ground_truth": layout.pool_boxes},
+        {"split": "notebook 02 (split)", "pool_ground_truth": "notebook 02 (split)"},
+    )
+    noises = {
+        noise.source: noise
+        for noise in (
+            BoxNoise.from_text(
+                text, seed=settings.seed if args.noise_seed is None else args.noise_seed
+            )
+            for text in args.noise
+        )
+    }
+    schedule = training_schedule(settings, args.epochs or settings.epochs)
+    scratch = args.scratch or args.csv.parent / f"{args.csv.stem}_runs"
+    sweep = Sweep(config, args, schedule, scratch, read_rows(args.csv))
+
+    split = read_split_inputs(layout)
+    holdout = holdout_ids(split.pool["image_id"], settings.val_fraction, settings.seed)
+    pool = read_pool_listing(layout)
+    _, truth_boxes = read_pool_ground_truth(layout)
+    false_positives, origin = real_false_positives(config, truth_boxes, pool, args.false_positives)
+    print(f"run {config.paths.run_dir} (profile {config.profile.name}), scratch {scratch}")
+    print(
+        f"schedule of every variant, the human anchor included: epochs {schedule['epochs']}, "
+        f"imgsz {schedule['imgsz']}, batch {schedule['batch']}, device {schedule['device']}, "
+        f"extra {schedule['ultralytics_args'] or {}}"
+    )
+    print(f"false boxes: {origin}")
+    sweep.manifest = SweepManifest(
+        config,
+        args.csv,
+        scratch,
+        parameters={
+            "run_dir": config.paths.run_dir,
+            "noise": [noise.model_dump() for noise in noises.values()],
+            "false_positives": args.false_positives,
+            "false_boxes": portable_text(origin, config),
+            "schedule": schedule,
+            "anchor": "human boxes, same schedule",
+            "val_fraction": settings.val_fraction,
+            "targets": list(TARGETS),
+        },
+        inputs=sweep_inputs(config, layout, false_positives is not None),
+        requested=[HUMAN, *noises],
+        counts={
+            "n_pool_images": len(pool),
+            "n_pool_boxes": len(truth_boxes),
+            "n_holdout_images": len(holdout),
+            "n_false_positive_pool": 0 if false_positives is None else len(false_positives),
+        },
+        started=started,
+    )
+
+    anchor = build_source(
+        HUMAN, split, holdout=holdout, truth=read_pool_truth(layout, split.class_names)
+    )
+    sweep.run(anchor, box_noise_quality(truth_boxes, truth_boxes), None)
+    for noise in noises.values():
+        dataset, degraded = box_noise_source(
+            noise,
+            split,
+            truth_boxes,
+            pool,
+            holdout=holdout,
+            false_positive_pool=false_positives,
+        )
+        sweep.run(dataset, box_noise_quality(truth_boxes, degraded), noise)
+
+    table = sweep.table()
+    manifest = sweep.manifest.write(table, sweep.current)
+    chosen = table[table["source"].isin([HUMAN, *noises])]
+    shown = chosen[
+        [
+            "kind",
+            "level",
+            "box_recall",
+            "box_precision",
+            "mean_iou",
+            "map50",
+            "ratio",
+            "train_wall_seconds",
+        ]
+    ].rename(
+        columns={
+            "box_recall": "box recall",
+            "box_precision": "precision",
+            "mean_iou": "mean IoU",
+            "map50": "mAP50",
+            "ratio": "ratio to anchor",
+            "train_wall_seconds": "wall s",
+        }
+    )
+    print(shown.round(3).to_string(index=False))
+    if (chosen["kind"] == HUMAN).any():
+        needed = quality_needed(chosen, TARGETS)
+    else:
+        needed = pd.DataFrame()
+        print("no anchor row in the table yet: no quality can be read off")
+    if chosen["ratio"].isna().all():
+        print("the anchor's mAP50 is 0 (or missing): no ratio, so no quality can be read off")
+    print("box quality needed (interpolated between the levels tried):")
+    for line in needed_lines(needed):
+        print(f"  {line}")
+    print(f"table {'left as it was' if args.manifest_only else 'written'}: {args.csv}")
+    print(f"manifest written to {manifest}")
+    report(
+        {
+            "run_dir": str(config.paths.run_dir),
+            "schedule": {k: schedule[k] for k in ("epochs", "imgsz", "batch", "device")},
+            "anchor": "human boxes, same schedule",
+            "false_boxes": origin,
+            "rows": chosen.drop(columns="fingerprint").to_dict(orient="records"),
+            "needed": needed.to_dict(orient="records"),
+        },
+        args,
+    )
+
+
+if __name__ == "__main__":
+    main()

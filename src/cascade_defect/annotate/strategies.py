@@ -1,0 +1,148 @@
+"""The proposals behind the box strategies that need a detector, for chapter 03 and the CLI alike.
+
+``whole_image`` and ``annotator`` boxes come straight from the annotator's answers. The other
+strategies start from the seed detector's proposals, trained once and shared:
+
+- ``seed_detector``: the proposals as they are;
+- ``self_training``: cross-fitted class-aware teachers taught by them
+  (:mod:`cascade_defect.annotate.self_training`);
+- ``mllm_verified``: each image's proposals drawn as numbered boxes and checked by the MLLM in
+  one request (:mod:`cascade_defect.annotate.mllm.verify`); an image whose check failed keeps
+  its proposals unchecked, as ``seed_detector`` would, so a failed request never costs a box.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cascade_defect.annotate.boxes import Proposal, SeedDetector, SeedDetectorSettings
+from cascade_defect.annotate.options import AnnotatorOptions
+from cascade_defect.settings import SelfTrainingSettings
+
+log = logging.getLogger(__name__)
+
+NEEDS_MLLM: frozenset[str] = frozenset({"annotator", "mllm_verified"})
+"""Strategies the offline annotator cannot serve: it has no boxes and no model to ask."""
+NEEDS_DETECTOR: frozenset[str] = frozenset({"seed_detector", "self_training", "mllm_verified"})
+
+
+@dataclass(frozen=True)
+class DetectorRecipe:
+    """Where and how the detector-based strategies train (chapter 03's profile, or defaults)."""
+
+    weights: str | Path
+    work_dir: Path
+    seed_detector: SeedDetectorSettings
+    self_training: SelfTrainingSettings
+    device: str = "cpu"
+    seed: int = 0
+    config_dir: Path | None = None
+    threads: int | None = None
+
+
+def runnable_strategies(strategies: Sequence[str], annotator: str) -> list[str]:
+    """The strategies this annotator can serve, in order; the others are logged and skipped."""
+    kept = []
+    for strategy in strategies:
+        if annotator == "offline" and strategy in NEEDS_MLLM:
+            log.info("the offline annotator cannot serve the %r box strategy: skipped", strategy)
+            continue
+        kept.append(strategy)
+    return kept
+
+
+def strategy_proposals(
+    strategies: Sequence[str],
+    *,
+    seeds: pd.DataFrame,
+    seed_boxes: pd.DataFrame,
+    pool: pd.DataFrame,
+    predictions: pd.DataFrame,
+    class_names: Sequence[str],
+    recipe: DetectorRecipe,
+    options: AnnotatorOptions,
+    seed_examples: Sequence[Any] = (),
+) -> tuple[dict[str, dict[str, list[Proposal]]], dict[str, Any]]:
+    """Proposals per detector-based strategy in ``strategies`` (others get none), and what each
+    did (teachers, verification requests and cost). ``options`` must be resolved."""
+    wanted = [s for s in strategies if s in NEEDS_DETECTOR]
+    if not wanted:
+        return {}, {}
+    detector = SeedDetector(
+        recipe.weights,
+        recipe.work_dir / "seed_detector",
+        recipe.seed_detector,
+        config_dir=recipe.config_dir,
+        threads=recipe.threads,
+        progress=options.progress,
+    )
+    detector.train(seeds, seed_boxes, class_names)
+    proposed = detector.propose(pool)
+    image_classes = dict(zip(predictions["image_id"], predictions["defect_class"], strict=True))
+    out: dict[str, dict[str, list[Proposal]]] = {}
+    details: dict[str, Any] = {}
+    for strategy in wanted:
+        if strategy == "seed_detector":
+            out[strategy] = proposed
+        elif strategy == "self_training":
+            from cascade_defect.annotate.self_training import self_train
+
+            result = self_train(
+                seeds=seeds,
+                seed_boxes=seed_boxes,
+                pool=pool,
+                image_classes=image_classes,
+                initial=proposed,
+                class_names=class_names,
+                weights=recipe.weights,
+                work_dir=recipe.work_dir / "self_training",
+                settings=recipe.self_training,
+                device=recipe.device,
+                seed=recipe.seed,
+                config_dir=recipe.config_dir,
+                threads=recipe.threads,
+                progress=options.progress,
+            )
+            out[strategy] = result.boxes
+            details[strategy] = {
+                "settings": recipe.self_training.model_dump(),
+                "teachers": result.teachers,
+            }
+        elif strategy == "mllm_verified":
+            out[strategy], details[strategy] = _verified(
+                proposed, pool, image_classes, class_names, recipe, options, seed_examples
+            )
+    return out, details
+
+
+def _verified(
+    proposed: dict[str, list[Proposal]],
+    pool: pd.DataFrame,
+    image_classes: dict[str, str],
+    class_names: Sequence[str],
+    recipe: DetectorRecipe,
+    options: AnnotatorOptions,
+    seed_examples: Sequence[Any],
+) -> tuple[dict[str, list[Proposal]], dict[str, Any]]:
+    from cascade_defect.annotate.mllm.annotator import PoolImage
+    from cascade_defect.annotate.mllm.verify import MllmProposalVerifier, verify_proposals
+
+    verifier = MllmProposalVerifier.from_options(
+        class_names, recipe.work_dir / "verification.jsonl", options, seeds=seed_examples
+    )
+    images = [
+        PoolImage(str(row.image_id), Path(row.path))
+        for row in pool.itertuples(index=False)
+        if str(row.image_id) in image_classes
+    ]
+    result = verify_proposals(
+        verifier, images, proposed, image_classes=image_classes, class_constraints=image_classes
+    )
+    boxes = {**result.verified, **result.unverified}
+    return boxes, result.as_dict()

@@ -1,0 +1,443 @@
+"""The box-noise map: how good pseudo-boxes must be, read off the sweep of spoiled human boxes.
+
+``scripts/bench_box_noise.py`` trains YOLOv8n on the pool's human boxes spoiled one way at a
+time (boxes dropped, false boxes added, boxes jittered, neighbours merged) and writes a table
+with each variant's box quality and its test mAP50 as a share of the clean anchor's, plus a
+manifest beside it. Chapter 06 reads that table (when one is there), puts the pseudo source's
+own box quality from chapter 04 on the same axes and its achieved share of the human model's
+mAP50 next to it, so the reader sees which failure of the pseudo-boxes costs the detector most.
+The reading of "quality needed" is :func:`~cascade_defect.train.box_noise.quality_needed`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown
+from matplotlib.figure import Figure
+from pydantic import BaseModel, ConfigDict
+
+from cascade_defect.data.tables import read_table
+from cascade_defect.locations import PathAnchors, portable_path, resolve_portable_path
+from cascade_defect.train.box_noise import QUALITY_AXIS, quality_needed
+from cascade_defect.train.sources import HUMAN, PSEUDO
+
+#: The shares of the anchor's mAP50 the map marks and the needed-quality table reads.
+TARGETS: tuple[float, ...] = (0.9, 0.97)
+
+#: Panel order and axis labels: each quality figure the sweep moves, as chapter 04 names it.
+AXIS_LABELS: dict[str, str] = {
+    "box_recall": "box recall",
+    "box_precision": "box precision",
+    "mean_iou": "mean best IoU",
+}
+
+#: Chapter 04's ``box_metrics.csv`` columns that place the pseudo source on each axis. Class-aware:
+#: a pseudo-box of the wrong class teaches the detector that class, so it counts as a miss and a
+#: false box; the sweep's spoiled boxes keep their true classes, so for them both readings agree.
+PSEUDO_COLUMNS: dict[str, str] = {
+    "box_recall": "recall_aware",
+    "box_precision": "precision_aware",
+    "mean_iou": "mean_best_iou_same_class",
+}
+
+_KIND_COLOURS = {
+    "drop": "#4c72b0",
+    "merge": "#8172b3",
+    "false_boxes": "#55a868",
+    "jitter": "#c44e52",
+}
+_PSEUDO_COLOUR = "#dd8452"
+_TARGET_STYLES = ("dotted", "dashed", "dashdot")
+
+
+class PseudoBoxes(BaseModel):
+    """The pseudo source's own boxes on the sweep's axes, and the mAP50 share it reached.
+
+    ``ratio`` is pseudo mAP50 / human mAP50 on the golden test set (chapter 06), ``epochs`` the
+    schedule both trained on (chapter 05), which may differ from the sweep's.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: str
+    box_recall: float
+    box_precision: float
+    mean_iou: float
+    ratio: float | None = None
+    epochs: int | None = None
+
+    def on(self, axis: str) -> float:
+        """Its quality on one of :data:`AXIS_LABELS`' axes."""
+        return float(getattr(self, axis))
+
+
+@dataclass(frozen=True)
+class BoxNoiseBenchmark:
+    """The sweep's table and manifest as chapter 06 shows them; ``table`` is None without a file.
+
+    ``path`` is the table's location as the record writes it (:func:`portable_path`);
+    ``pseudo`` the pseudo source's own boxes, when chapter 04 measured them.
+    """
+
+    path: str
+    table: pd.DataFrame | None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    pseudo: PseudoBoxes | None = None
+
+
+def manifest_path(table: Path) -> Path:
+    """The manifest the sweep writes beside its table: ``<stem>.manifest.json``.
+
+    Named after the table rather than ``manifest.json`` so several sweeps can share a folder
+    and a copied table keeps its manifest when both are renamed alike.
+    """
+    return table.with_name(f"{table.stem}.manifest.json")
+
+
+def read_box_noise_benchmark(
+    table: str | Path | None,
+    where: PathAnchors,
+    box_metrics: Path | None = None,
+    strategy: str | None = None,
+    comparison: Mapping[str, Any] | None = None,
+    epochs: int | None = None,
+) -> BoxNoiseBenchmark:
+    """The sweep's table and manifest at ``table``, with the pseudo source's boxes beside them.
+
+    ``table`` is written as the record writes paths (relative to the project root, or
+    ``$CASCADE_...``) and read from ``where``; without a file the benchmark has no table, so a
+    run without the sweep (the smoke book) still shows the section. The pseudo source is placed
+    by :func:`pseudo_box_quality` from chapter 04's ``box_metrics`` for ``strategy``.
+    """
+    pseudo = (
+        pseudo_box_quality(box_metrics, strategy, comparison, epochs)
+        if box_metrics is not None and strategy is not None
+        else None
+    )
+    if table is None:
+        return BoxNoiseBenchmark(path="", table=None, pseudo=pseudo)
+    found = resolve_portable_path(table, where)
+    shown = portable_path(found, where)
+    if not found.is_file():
+        return BoxNoiseBenchmark(path=shown, table=None, pseudo=pseudo)
+    manifest = manifest_path(found)
+    return BoxNoiseBenchmark(
+        path=shown,
+        table=read_table(found),
+        manifest=json.loads(manifest.read_text()) if manifest.is_file() else {},
+        pseudo=pseudo,
+    )
+
+
+def pseudo_box_quality(
+    box_metrics: Path | pd.DataFrame,
+    strategy: str,
+    comparison: Mapping[str, Any] | None = None,
+    epochs: int | None = None,
+) -> PseudoBoxes | None:
+    """Chapter 04's overall (``class_name == "all"``) box quality of ``strategy``, with the
+    pseudo/human mAP50 ratio from chapter 06's ``comparison`` when it compares exactly those.
+
+    None when the audit file is missing or does not hold that strategy (a run with image-level
+    labels only, or a strategy the audit did not score).
+    """
+    if isinstance(box_metrics, Path):
+        if not box_metrics.is_file():
+            return None
+        box_metrics = read_table(box_metrics)
+    if not {"strategy", "class_name", *PSEUDO_COLUMNS.values()} <= set(box_metrics.columns):
+        return None
+    rows = box_metrics[(box_metrics["strategy"] == strategy) & (box_metrics["class_name"] == "all")]
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    compares = dict(comparison or {})
+    same_pair = (compares.get("candidate"), compares.get("reference")) == (PSEUDO, HUMAN)
+    ratio = compares.get("ratio")
+    if not same_pair or compares.get("metric", "map50") != "map50" or ratio is None:
+        ratio = None
+    return PseudoBoxes(
+        strategy=strategy,
+        **{axis: float(row[column]) for axis, column in PSEUDO_COLUMNS.items()},
+        ratio=None if ratio is None else float(ratio),
+        epochs=epochs,
+    )
+
+
+def sweep_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The anchor and the variants trained on the anchor's schedule, and how many were left out.
+
+    The sweep's table keeps rows of earlier runs; a variant trained for another number of epochs
+    or at another image size is not comparable with this anchor.
+    """
+    anchor = table[table["kind"] == HUMAN]
+    if anchor.empty:
+        return table.iloc[0:0], len(table)
+    same = np.ones(len(table), dtype=bool)
+    for column in ("epochs", "imgsz"):
+        if column in table:
+            same &= (table[column] == anchor[column].iloc[0]).to_numpy()
+    return table[same].reset_index(drop=True), int((~same).sum())
+
+
+def _blank(message: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(7, 1.6))
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    ax.set_axis_off()
+    return fig
+
+
+def box_noise_map(
+    table: pd.DataFrame | None,
+    pseudo: PseudoBoxes | None = None,
+    targets: Sequence[float] = TARGETS,
+) -> Figure:
+    """mAP50 as a share of the anchor's against box quality, one panel per quality axis.
+
+    Box recall carries ``drop`` and ``merge``, box precision ``false_boxes``, mean best IoU
+    ``jitter``; each line runs from the anchor (clean boxes, share 1) through the levels tried,
+    each point labelled with its level, and a cross marks where it falls below a target. The
+    pseudo source's own quality is a vertical line on every panel with a star at its achieved
+    share (a triangle on the axis when no share is known).
+    """
+    if table is None:
+        return _blank("no box-noise benchmark: run scripts/bench_box_noise.py")
+    rows, _ = sweep_rows(table)
+    if rows.empty or rows["ratio"].isna().all():
+        return _blank("the box-noise table has no anchor with a positive mAP50")
+    anchor = rows[rows["kind"] == HUMAN].iloc[:1]
+    needed = quality_needed(rows, targets)
+    fig, axes = plt.subplots(1, len(AXIS_LABELS), figsize=(12, 3.9), sharey=True)
+    shares = [*rows["ratio"].dropna()]
+    if pseudo is not None and pseudo.ratio is not None:
+        shares.append(pseudo.ratio)
+    low, high = min([*shares, *targets]) - 0.05, max([*shares, 1.0]) + 0.04
+    for ax, (axis, label) in zip(axes, AXIS_LABELS.items(), strict=True):
+        kinds = [k for k, a in QUALITY_AXIS.items() if a == axis and (rows["kind"] == k).any()]
+        for kind in kinds:
+            points = pd.concat([anchor, rows[rows["kind"] == kind]])
+            points = points.dropna(subset=[axis, "ratio"]).sort_values(axis, ascending=False)
+            colour = _KIND_COLOURS.get(kind)
+            ax.plot(points[axis], points["ratio"], "o-", color=colour, label=kind, ms=4)
+            for point in points[points["kind"] == kind].itertuples(index=False):
+                ax.annotate(
+                    f"{point.level:g}",
+                    (getattr(point, axis), point.ratio),
+                    textcoords="offset points",
+                    xytext=(3, 4),
+                    fontsize=7,
+                    color=colour,
+                )
+            crossed = needed[(needed["kind"] == kind) & (needed["note"] == "interpolated")]
+            ax.plot(crossed["quality_needed"], crossed["target"], "x", color=colour, ms=7, mew=2)
+        if not kinds:
+            ax.text(0.5, 0.5, "not in this sweep", transform=ax.transAxes, ha="center")
+        for target, style in zip(targets, _TARGET_STYLES, strict=False):
+            ax.axhline(target, color="grey", ls=style, lw=1, label=f"{target:.0%} of anchor")
+        if pseudo is not None and math.isfinite(pseudo.on(axis)):
+            value = pseudo.on(axis)
+            ax.axvline(value, color=_PSEUDO_COLOUR, ls="-.", lw=1)
+            name = f"pseudo ({pseudo.strategy}): {value:.2f}"
+            if pseudo.ratio is not None:
+                ax.plot([value], [pseudo.ratio], "*", color=_PSEUDO_COLOUR, ms=13, label=name)
+            else:
+                on_axis = ax.get_xaxis_transform()  # x in data, y in axes: on the x axis
+                ax.plot(
+                    [value],
+                    [0.0],
+                    "^",
+                    color=_PSEUDO_COLOUR,
+                    ms=10,
+                    clip_on=False,
+                    label=name,
+                    transform=on_axis,
+                )
+        ax.set_xlabel(label)
+        ax.set_xlim(right=1.02)
+        ax.legend(fontsize=7, loc="best")
+    axes[0].set_ylabel("test mAP50 / anchor's")
+    axes[0].set_ylim(low, high)
+    epochs = anchor["epochs"].iloc[0] if "epochs" in anchor else math.nan
+    fig.suptitle(
+        "Detector quality against box quality: human boxes spoiled one way at a time"
+        + (f" ({epochs:g} epochs each)" if math.isfinite(epochs) else "")
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _meets(pseudo_value: float, row: Any) -> str:
+    """Whether a quality clears one line of the needed-quality table, in words."""
+    if not math.isfinite(pseudo_value):
+        return "not measured"
+    if row.note == "anchor below target":
+        return "no"
+    if row.note == "not reached":
+        if pseudo_value >= row.lowest_tried:
+            return "yes"
+        return "not known (below every level tried)"
+    return "yes" if pseudo_value >= row.quality_needed else "no"
+
+
+def needed_quality(
+    table: pd.DataFrame, pseudo: PseudoBoxes | None = None, targets: Sequence[float] = TARGETS
+) -> pd.DataFrame:
+    """Per kind and target, the box quality that keeps that share of the anchor's mAP50.
+
+    :func:`quality_needed` on the rows trained on the anchor's schedule, with the pseudo
+    source's own quality on the same axis and whether it clears the bar.
+    """
+    rows, _ = sweep_rows(table)
+    needed = quality_needed(rows, targets)
+    if pseudo is not None:
+        needed["pseudo_has"] = [pseudo.on(axis) for axis in needed["axis"]]
+        needed["pseudo_meets"] = [
+            _meets(pseudo.on(row.axis), row) for row in needed.itertuples(index=False)
+        ]
+    return needed
+
+
+def needed_quality_table(
+    table: pd.DataFrame | None,
+    pseudo: PseudoBoxes | None = None,
+    targets: Sequence[float] = TARGETS,
+) -> pd.DataFrame | str:
+    """:func:`needed_quality` for reading (rounded, axes and notes in words), or why there is none."""
+    if table is None:
+        return "No box-noise benchmark: no table of needed box quality."
+    if not (table["kind"] == HUMAN).any():
+        return "The box-noise table has no clean anchor row: no quality can be read off."
+    needed = needed_quality(table, pseudo, targets)
+    shown = pd.DataFrame(
+        {
+            "kind": needed["kind"],
+            "axis": needed["axis"].map(AXIS_LABELS),
+            "target": [f"{t:.0%} of anchor" for t in needed["target"]],
+            "quality needed": needed["quality_needed"].round(3),
+            "reading": needed["note"].map(
+                {
+                    "interpolated": "between two levels tried",
+                    "not reached": "every level tried keeps it",
+                    "anchor below target": "the anchor itself is below",
+                }
+            ),
+            "lowest tried": needed["lowest_tried"].round(3),
+        }
+    )
+    if pseudo is not None:
+        shown[f"pseudo ({pseudo.strategy}) has"] = needed["pseudo_has"].round(3)
+        shown["pseudo clears it"] = needed["pseudo_meets"]
+    return shown
+
+
+def _number(value: object) -> str:
+    """A count from a manifest or a CSV column (int, float or missing) as text."""
+    try:
+        return f"{float(value):g}"  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "an unknown number of"
+
+
+def _schedule_words(benchmark: BoxNoiseBenchmark, anchor: pd.Series) -> str:
+    """The sweep's schedule from its manifest, else from the table's own columns."""
+    schedule = benchmark.manifest.get("parameters", {}).get("schedule", {})
+    epochs = schedule.get("epochs", anchor.get("epochs"))
+    imgsz = schedule.get("imgsz", anchor.get("imgsz"))
+    words = f"{_number(epochs)} epochs at image size {_number(imgsz)}"
+    if "batch" in schedule:
+        words += f", batch {schedule['batch']}, device `{schedule.get('device')}`"
+    extra = schedule.get("ultralytics_args") or {}
+    if extra:
+        words += ", " + ", ".join(f"`{k}={v}`" for k, v in extra.items())
+    source = "its manifest" if schedule else "its table (no manifest beside it)"
+    return f"{words} (read from {source})"
+
+
+def _pseudo_words(pseudo: PseudoBoxes | None) -> str:
+    if pseudo is None:
+        return (
+            "Chapter 4 measured no boxes for the pseudo source's box strategy, so it is not "
+            "placed on the map."
+        )
+    quality = ", ".join(f"{label} {pseudo.on(axis):.2f}" for axis, label in AXIS_LABELS.items())
+    words = (
+        f"The pseudo source's own boxes (`{pseudo.strategy}`, chapter 4, class-aware): {quality}."
+    )
+    if pseudo.ratio is not None:
+        words += f" Its detector reached {pseudo.ratio:.0%} of the human model's test mAP50"
+        words += f" after {pseudo.epochs} epochs (chapter 5)." if pseudo.epochs else "."
+    return words
+
+
+def box_noise_summary(benchmark: BoxNoiseBenchmark, targets: Sequence[float] = TARGETS) -> Markdown:
+    """What the sweep used and what it says about the pseudo source, or plainly that it is absent."""
+    pseudo = _pseudo_words(benchmark.pseudo)
+    if benchmark.table is None:
+        where = f"`{benchmark.path}`" if benchmark.path else "no file was named"
+        return Markdown(
+            f"**No box-noise benchmark in this run.** The sweep's table ({where}) is not there, "
+            "so the map and the table below are empty. `scripts/bench_box_noise.py` writes it "
+            f"(with its manifest beside it). {pseudo}"
+        )
+    rows, left_out = sweep_rows(benchmark.table)
+    if rows.empty:
+        return Markdown(f"**The box-noise table `{benchmark.path}` has no clean anchor row.**")
+    anchor = rows[rows["kind"] == HUMAN].iloc[0]
+    variants = rows[rows["kind"] != HUMAN]
+    git = benchmark.manifest.get("git", {})
+    lines = [
+        f"The sweep (`{benchmark.path}`) trained YOLOv8n on {len(variants)} spoiled versions of "
+        f"the pool's human boxes and on the clean boxes as the anchor, each for "
+        f"{_schedule_words(benchmark, anchor)}; the anchor reached test mAP50 "
+        f"{anchor['map50']:.3f}."
+        + (f" Code at commit `{str(git['commit'])[:10]}`." if git.get("commit") else "")
+    ]
+    if left_out:
+        lines.append(f"Rows of earlier runs on another schedule are left out ({left_out}).")
+    if benchmark.manifest.get("complete") is False:
+        lines.append("The manifest says the sweep was not complete when the table was written.")
+    schedule_epochs = anchor.get("epochs")
+    if benchmark.pseudo and benchmark.pseudo.epochs and schedule_epochs != benchmark.pseudo.epochs:
+        lines.append(
+            f"The sweep's schedule is not chapter 5's ({benchmark.pseudo.epochs} epochs): shares "
+            "of each schedule's own anchor are compared, not mAP50 values."
+        )
+    lines.append(pseudo)
+    if benchmark.pseudo is not None:
+        needed = needed_quality(benchmark.table, benchmark.pseudo, targets)
+        top = needed[needed["target"] == max(targets)]
+        bar = f"{max(targets):.0%}"
+        short = [
+            f"{AXIS_LABELS[row.axis]} for `{row.kind}` (needs {row.quality_needed:.2f}, has "
+            f"{row.pseudo_has:.2f})"
+            for row in top.itertuples(index=False)
+            if row.pseudo_meets == "no"
+        ]
+        unknown = sorted(
+            {
+                AXIS_LABELS[row.axis]
+                for row in top.itertuples(index=False)
+                if row.pseudo_meets.startswith("not known")
+            }
+        )
+        lines.append(
+            f"Against the {bar} bar its boxes fall short on "
+            + ("; ".join(short) if short else "none of the axes the sweep located a bar on")
+            + "."
+        )
+        if unknown:
+            lines.append(
+                f"On {' and '.join(unknown)} the pseudo-boxes lie below every level tried while "
+                f"the detector still kept {bar}: the sweep does not reach that low, so it cannot "
+                "say there."
+            )
+    return Markdown(" ".join(lines))

@@ -1,0 +1,585 @@
+"""Controlled box noise: human boxes spoiled the ways pseudo-boxes go wrong, one way at a time.
+
+Pseudo-boxes miss defects, add boxes where there is none, sit loosely on the defects they find,
+or wrap a cluster of texture defects in one big box. Training YOLOv8n on the human boxes spoiled
+in exactly one of these ways, at a known level, prices each failure in test mAP50, so a box
+strategy's audit figures (chapter 04: box recall, precision, mean best IoU) can be read as the
+detector they will give. Four kinds, each with one level (:class:`BoxNoise`):
+
+* ``drop``: that share of boxes removed (missed defects); an image may be left without boxes,
+  and then trains as background, as a missed image would;
+* ``false_boxes``: a Poisson number of false boxes per image with that mean, copied from a table
+  of *real* false positives (the seed detector's proposals that match no truth box, so they
+  look like what a detector mistakes for a defect), or, only when none are given, random boxes
+  with the sizes of the truth boxes; each takes its image's class, as the seed-detector
+  strategy gives every box the annotator's image class;
+* ``jitter``: every box moved and rescaled so that its IoU with its original equals the level;
+* ``merge``: boxes of one class in one image whose gap is at most that fraction of the image
+  merged into their enclosing box, until no two such boxes are left (how loosely drawn
+  texture defects look).
+
+Everything works on the ground-truth box table of chapter 02 (``image_id, class_name, xmin,
+ymin, xmax, ymax`` in pixels, VOC flags) and returns that table, clipped to the image. The
+spoiled pool becomes a label source through :func:`box_noise_source`, which hands it to the
+machinery every other source uses (:func:`compose_source`, then :func:`write_source_dataset`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy.sparse.csgraph import connected_components
+
+from cascade_defect.metrics.box_quality import (
+    DEFAULT_IOU_THRESHOLD,
+    match_strategy,
+    normalise_gt_boxes,
+    summarise_matches,
+)
+from cascade_defect.metrics.detection import box_iou
+from cascade_defect.train.sources import (
+    HUMAN,
+    LABEL_COLUMNS,
+    SourceDataset,
+    SplitInputs,
+    compose_source,
+)
+
+BoxNoiseKind = Literal["drop", "false_boxes", "jitter", "merge"]
+BOX_NOISE_KINDS: tuple[str, ...] = ("drop", "false_boxes", "jitter", "merge")
+
+
+#: Source names of spoiled human boxes start with this, e.g. ``box_jitter_0.7``.
+BOX_NOISE_PREFIX = "box_"
+
+
+PIXEL_COLUMNS = ["xmin", "ymin", "xmax", "ymax"]
+
+
+_NORMALISED_COLUMNS = ["x1", "y1", "x2", "y2"]
+
+
+#: Allowed levels per kind: (lowest, highest, whether the lowest itself is allowed).
+_LEVEL_RANGES: dict[str, tuple[float, float, bool]] = {
+    "drop": (0.0, 1.0, True),
+    "false_boxes": (0.0, 100.0, True),
+    "jitter": (0.0, 1.0, False),
+    "merge": (0.0, 1.0, True),
+}
+
+
+#: The box-quality figure each kind moves, the axis on which its required quality is read.
+QUALITY_AXIS: dict[str, str] = {
+    "drop": "box_recall",
+    "false_boxes": "box_precision",
+    "jitter": "mean_iou",
+    "merge": "box_recall",
+}
+
+
+#: Draws of a false box that may overlap a truth box of its image before the last is kept.
+_FALSE_BOX_ATTEMPTS = 10
+
+
+#: Jitter search: largest step (box sizes of shift, e-folds of scale), grid, refinements, tries.
+_JITTER_REACH = 3.0
+_JITTER_GRID = 33
+_JITTER_ROUNDS = 4
+_JITTER_DIRECTIONS = 8
+
+
+class BoxNoise(BaseModel):
+    """One controlled way of spoiling boxes at one level; ``seed`` makes it repeat exactly.
+
+    ``level`` means: ``drop`` the share of boxes removed (0-1); ``false_boxes`` the mean number
+    of false boxes added per image (0-100); ``jitter`` the IoU every moved box keeps with its
+    original (above 0, at most 1); ``merge`` the largest gap, as a fraction of the image's width
+    (horizontally) or height (vertically), between two boxes that get merged (0-1).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: BoxNoiseKind
+    level: float = Field(allow_inf_nan=False)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _level_fits_kind(self) -> BoxNoise:
+        low, high, closed = _LEVEL_RANGES[self.kind]
+        if not (low <= self.level <= high if closed else low < self.level <= high):
+            bounds = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g}]"
+            raise ValueError(f"a {self.kind} level must lie in {bounds}, got {self.level:g}")
+        return self
+
+    @classmethod
+    def from_text(cls, text: str, seed: int = 0) -> BoxNoise:
+        """``"jitter=0.7"`` -> ``BoxNoise(kind="jitter", level=0.7)``: how scripts take levels."""
+        kind, sep, level = text.partition("=")
+        if not sep:
+            raise ValueError(f"expected KIND=LEVEL (kinds {list(BOX_NOISE_KINDS)}), got {text!r}")
+        return cls.model_validate({"kind": kind.strip(), "level": float(level), "seed": seed})
+
+    @property
+    def source(self) -> str:
+        """The label source's name, e.g. ``box_drop_0.2`` (a folder name, no seed in it)."""
+        return f"{BOX_NOISE_PREFIX}{self.kind}_{self.level:g}"
+
+    def describe(self) -> str:
+        """One line for tables and logs."""
+        if self.kind == "drop":
+            return f"{self.level:.0%} of boxes dropped"
+        if self.kind == "false_boxes":
+            return f"{self.level:g} false boxes per image on average (Poisson)"
+        if self.kind == "jitter":
+            return f"every box moved to IoU {self.level:g} with its original"
+        return f"same-class boxes at most {self.level:.0%} of the image apart merged"
+
+
+def image_size_table(boxes: pd.DataFrame, image_sizes: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``width, height`` per image id (text), from ``image_sizes`` or the boxes' own columns."""
+    if image_sizes is None:
+        if not {"width", "height"} <= set(boxes.columns):
+            raise ValueError("boxes need width and height columns when no image_sizes are given")
+        image_sizes = boxes[["image_id", "width", "height"]]
+    sizes = image_sizes[["image_id", "width", "height"]].copy()
+    sizes["image_id"] = sizes["image_id"].astype(str)
+    sizes = sizes.drop_duplicates("image_id").set_index("image_id").astype(float)
+    unknown = sorted(set(boxes["image_id"].astype(str)) - set(sizes.index))
+    if unknown:
+        raise ValueError(f"{len(unknown)} images with boxes have no known size, e.g. {unknown[0]}")
+    if not (sizes > 0).all().all():
+        raise ValueError("image widths and heights must be positive")
+    return sizes
+
+
+def clip_to_images(boxes: pd.DataFrame, sizes: pd.DataFrame) -> pd.DataFrame:
+    """Boxes cut to their image; a box left without area (wholly outside) is removed."""
+    frame = boxes.copy()
+    width = frame["image_id"].map(sizes["width"])
+    height = frame["image_id"].map(sizes["height"])
+    for column, limit in (("xmin", width), ("xmax", width), ("ymin", height), ("ymax", height)):
+        frame[column] = frame[column].astype(float).clip(lower=0.0, upper=limit)
+    keep = (frame["xmax"] > frame["xmin"]) & (frame["ymax"] > frame["ymin"])
+    return frame[keep]
+
+
+def degrade_boxes(
+    boxes: pd.DataFrame,
+    noise: BoxNoise,
+    *,
+    false_positive_pool: pd.DataFrame | None = None,
+    image_sizes: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The ground-truth box table spoiled by ``noise``, in the same columns, inside each image.
+
+    ``image_sizes`` (``image_id, width, height``) gives each image's size and, for
+    ``false_boxes``, the images that receive false boxes (images without any box too); without
+    it the boxes' own ``width, height`` columns are used. ``false_positive_pool`` holds real
+    false positives in normalised corners (``x1, y1, x2, y2``, optionally ``class_name``), as
+    :func:`find_false_positives` makes them. Boxes are first cut to their image, then spoiled,
+    then cut again; the same input and seed always give the same output.
+    """
+    missing = {"image_id", "class_name", *PIXEL_COLUMNS} - set(boxes.columns)
+    if missing:
+        raise ValueError(f"boxes lack columns {sorted(missing)}")
+    sizes = image_size_table(boxes, image_sizes)
+    frame = boxes.copy()
+    frame["image_id"] = frame["image_id"].astype(str)
+    frame = frame.sort_values("image_id", kind="stable").reset_index(drop=True)
+    frame = clip_to_images(frame, sizes).reset_index(drop=True)
+    rng = np.random.default_rng(noise.seed)
+    if noise.kind == "drop":
+        spoiled = _drop(frame, noise.level, rng)
+    elif noise.kind == "false_boxes":
+        spoiled = _add_false_boxes(frame, noise.level, rng, sizes, false_positive_pool)
+    elif noise.kind == "jitter":
+        spoiled = _jitter(frame, noise.level, rng, sizes)
+    else:
+        spoiled = _merge(frame, noise.level, sizes)
+    spoiled = clip_to_images(spoiled, sizes)
+    spoiled = spoiled.sort_values("image_id", kind="stable").reset_index(drop=True)
+    return spoiled[list(boxes.columns)]
+
+
+def _drop(frame: pd.DataFrame, share: float, rng: np.random.Generator) -> pd.DataFrame:
+    """Remove exactly ``round(share * n)`` boxes, drawn at random (like the class flips)."""
+    n_drop = round(share * len(frame))
+    chosen = rng.choice(len(frame), size=n_drop, replace=False)
+    return frame.drop(index=frame.index[np.sort(chosen)])
+
+
+def _add_false_boxes(
+    frame: pd.DataFrame,
+    mean: float,
+    rng: np.random.Generator,
+    sizes: pd.DataFrame,
+    pool: pd.DataFrame | None,
+) -> pd.DataFrame:
+    """Poisson(``mean``) false boxes per image, real ones from ``pool`` when it has any.
+
+    A drawn box that overlaps a truth box of its image at IoU 0.5 or more would be a duplicate,
+    not a false box, so it is drawn again (up to ten times; the tenth draw is kept, so the count
+    stays Poisson). Real false positives keep their place in the image (detectors err at
+    particular places, such as edges); random ones take the width and height of a random truth
+    box and a uniform position.
+    """
+    real = pool is not None and len(pool) > 0
+    if real:
+        absent = set(_NORMALISED_COLUMNS) - set(pool.columns)
+        if absent:
+            raise ValueError(f"false_positive_pool lacks columns {sorted(absent)}")
+        geometry = pool[_NORMALISED_COLUMNS].to_numpy(float).clip(0.0, 1.0)
+        pool_classes = pool["class_name"].astype(str).to_numpy() if "class_name" in pool else None
+    else:
+        if frame.empty:
+            raise ValueError("random false boxes take the truth's sizes, and there are no boxes")
+        width = frame["image_id"].map(sizes["width"]).to_numpy()
+        height = frame["image_id"].map(sizes["height"]).to_numpy()
+        geometry = np.column_stack(
+            [
+                (frame["xmax"] - frame["xmin"]).to_numpy() / width,
+                (frame["ymax"] - frame["ymin"]).to_numpy() / height,
+            ]
+        ).clip(0.0, 1.0)
+        pool_classes = None
+    truth_classes = frame["class_name"].astype(str).to_numpy()
+    by_image = {key: group for key, group in frame.groupby("image_id", sort=False)}
+    images = sorted(sizes.index)
+    counts = rng.poisson(mean, size=len(images))
+    rows: list[dict] = []
+    for image_id, count in zip(images, counts, strict=True):
+        if count == 0:
+            continue
+        scale = np.array([sizes.at[image_id, "width"], sizes.at[image_id, "height"]] * 2)
+        truth = by_image.get(image_id)
+        truth_boxes = np.empty((0, 4)) if truth is None else truth[PIXEL_COLUMNS].to_numpy(float)
+        image_class = None if truth is None else str(truth["class_name"].mode().iloc[0])
+        for _ in range(int(count)):
+            for _attempt in range(_FALSE_BOX_ATTEMPTS):
+                pick = int(rng.integers(len(geometry)))
+                if real:
+                    corners = geometry[pick]
+                else:
+                    w, h = geometry[pick]
+                    x1, y1 = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
+                    corners = np.array([x1, y1, x1 + w, y1 + h])
+                box = corners * scale
+                if not len(truth_boxes) or box_iou(box[None], truth_boxes).max() < 0.5:
+                    break
+            if image_class is not None:
+                name = image_class
+            elif pool_classes is not None:
+                name = pool_classes[pick]
+            else:
+                name = truth_classes[int(rng.integers(len(truth_classes)))]
+            rows.append(dict(zip(PIXEL_COLUMNS, box.tolist(), strict=True)))
+            rows[-1].update({"image_id": image_id, "class_name": name})
+    added = pd.DataFrame(rows, columns=["image_id", "class_name", *PIXEL_COLUMNS])
+    for flag in ("truncated", "difficult"):
+        if flag in frame.columns:
+            added[flag] = False
+    for column in ("width", "height"):
+        if column in frame.columns:
+            added[column] = added["image_id"].map(sizes[column])
+    return pd.concat([frame, added], ignore_index=True) if len(added) else frame
+
+
+def _moved(
+    box: np.ndarray, direction: np.ndarray, steps: np.ndarray, width: float, height: float
+) -> np.ndarray:
+    """``box`` moved along ``direction`` by each step, cut to the image: (len(steps), 4).
+
+    Step ``a`` shifts the centre by ``a * d0`` box widths and ``a * d1`` box heights and scales
+    the width by ``exp(a * d2)`` and the height by ``exp(a * d3)``.
+    """
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    a = steps[:, None]
+    cx = (x1 + x2) / 2 + a * direction[0] * w
+    cy = (y1 + y2) / 2 + a * direction[1] * h
+    half_w = w * np.exp(a * direction[2]) / 2
+    half_h = h * np.exp(a * direction[3]) / 2
+    moved = np.hstack([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
+    moved[:, [0, 2]] = moved[:, [0, 2]].clip(0.0, width)
+    moved[:, [1, 3]] = moved[:, [1, 3]].clip(0.0, height)
+    return moved
+
+
+def jitter_box(
+    box: np.ndarray, target_iou: float, rng: np.random.Generator, width: float, height: float
+) -> np.ndarray:
+    """A shifted and rescaled copy of ``box``, inside the image, whose IoU with it is the target.
+
+    A random direction in (shift x, shift y, log-scale w, log-scale h), each relative to the box,
+    is drawn; along it the IoU falls from 1 at step 0, and the first step where it reaches the
+    target is found on a grid refined four times (to about 1e-7 of a box size); the step just
+    before it is taken, so the IoU equals the target to a few decimals and is never below it (a
+    box jittered to IoU 0.5 still counts as found at IoU 0.5). Cutting to the image is part of
+    the search. A direction in which the IoU never falls that low (a large box grown against the
+    image's edges) is redrawn; after eight such draws the box shrinks about its centre to
+    ``sqrt(target)`` of each side, which gives the target exactly.
+    """
+    box = np.asarray(box, dtype=float)
+    if target_iou >= 1.0 or box[2] <= box[0] or box[3] <= box[1]:
+        return box.copy()
+    original = box[None]
+    for _ in range(_JITTER_DIRECTIONS):
+        direction = rng.normal(size=4)
+        direction /= np.linalg.norm(direction)
+        steps = np.linspace(0.0, _JITTER_REACH, _JITTER_GRID)
+        below = np.flatnonzero(
+            box_iou(original, _moved(box, direction, steps, width, height))[0] <= target_iou
+        )
+        if not len(below):
+            continue
+        for _ in range(_JITTER_ROUNDS):
+            steps = np.linspace(steps[below[0] - 1], steps[below[0]], _JITTER_GRID)
+            iou = box_iou(original, _moved(box, direction, steps, width, height))[0]
+            below = np.flatnonzero(iou <= target_iou)
+        return _moved(box, direction, steps[below[:1] - 1], width, height)[0]
+    side = math.sqrt(target_iou)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half_w, half_h = (box[2] - box[0]) * side / 2, (box[3] - box[1]) * side / 2
+    return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
+
+
+def _jitter(
+    frame: pd.DataFrame, target_iou: float, rng: np.random.Generator, sizes: pd.DataFrame
+) -> pd.DataFrame:
+    """Every box through :func:`jitter_box`, in table order (so the seed fixes each move)."""
+    moved = frame.copy()
+    corners = frame[PIXEL_COLUMNS].to_numpy(float)
+    width = frame["image_id"].map(sizes["width"]).to_numpy()
+    height = frame["image_id"].map(sizes["height"]).to_numpy()
+    out = np.array(
+        [jitter_box(corners[i], target_iou, rng, width[i], height[i]) for i in range(len(frame))]
+    ).reshape(-1, 4)
+    moved[PIXEL_COLUMNS] = out
+    return moved
+
+
+def box_gaps(corners: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Pairwise gap between boxes as a fraction of the image: 0 when they touch or overlap.
+
+    The gap is the larger of the horizontal separation over the image's width and the vertical
+    separation over its height (two boxes side by side at the same height are as far apart as
+    the empty strip between them).
+    """
+    x1, y1, x2, y2 = (corners[:, i] for i in range(4))
+    dx = np.maximum(0.0, np.maximum(x1[None, :] - x2[:, None], x1[:, None] - x2[None, :]))
+    dy = np.maximum(0.0, np.maximum(y1[None, :] - y2[:, None], y1[:, None] - y2[None, :]))
+    return np.maximum(dx / width, dy / height)
+
+
+def merge_neighbours(
+    corners: np.ndarray, max_gap: float, width: float, height: float
+) -> list[list[int]]:
+    """Groups of box indices whose merged box encloses them: neighbours joined until none remain.
+
+    Boxes within ``max_gap`` of each other are linked and each linked group (connected
+    components, so neighbours of neighbours join too) becomes its enclosing box; the enclosing
+    boxes are compared again, since one may now reach a box none of its members reached.
+    """
+    groups = [[i] for i in range(len(corners))]
+    boxes = np.asarray(corners, dtype=float).reshape(-1, 4)
+    while len(boxes) > 1:
+        n, label = connected_components(box_gaps(boxes, width, height) <= max_gap, directed=False)
+        if n == len(boxes):
+            break
+        groups = [
+            sorted(i for j in np.flatnonzero(label == k) for i in groups[j]) for k in range(n)
+        ]
+        boxes = np.array(
+            [
+                [*corners[g, :2].min(axis=0), *corners[g, 2:].max(axis=0)]
+                for g in (np.asarray(group) for group in groups)
+            ]
+        )
+    return groups
+
+
+def _merge(frame: pd.DataFrame, max_gap: float, sizes: pd.DataFrame) -> pd.DataFrame:
+    """Each image's same-class neighbours as one enclosing box (first member's other fields)."""
+    parts = []
+    for (image_id, _), group in frame.groupby(["image_id", "class_name"], sort=True):
+        corners = group[PIXEL_COLUMNS].to_numpy(float)
+        width, height = sizes.at[image_id, "width"], sizes.at[image_id, "height"]
+        for members in merge_neighbours(corners, max_gap, width, height):
+            row = group.iloc[[members[0]]].copy()
+            row[PIXEL_COLUMNS] = [[*corners[members, :2].min(0), *corners[members, 2:].max(0)]]
+            if "truncated" in row and len(members) > 1:
+                row["truncated"] = bool(group["truncated"].iloc[members].astype(bool).any())
+            parts.append(row)
+    return pd.concat(parts, ignore_index=True) if parts else frame.iloc[0:0]
+
+
+def find_false_positives(
+    candidates: pd.DataFrame,
+    truth: pd.DataFrame,
+    *,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    drop_whole_image: bool = True,
+) -> pd.DataFrame:
+    """The candidate boxes that overlap no truth box of their image: real false positives.
+
+    Both tables are in normalised corners (``image_id, class_name, x1, y1, x2, y2``; chapter 03's
+    pseudo-boxes and :func:`normalise_gt_boxes` of the truth). A candidate is false when its IoU
+    with every truth box of its image is below ``iou_threshold``, whatever the classes, so the
+    pool holds boxes around no defect at all. Whole-image boxes are left out by default: they
+    are the fallback of an image without proposals, not something a detector mistook.
+    """
+    frame = candidates.copy()
+    frame["image_id"] = frame["image_id"].astype(str)
+    corners = frame[_NORMALISED_COLUMNS].to_numpy(float)
+    if drop_whole_image:
+        whole = (corners[:, :2] <= 0.0).all(axis=1) & (corners[:, 2:] >= 1.0).all(axis=1)
+        frame, corners = frame[~whole], corners[~whole]
+    by_image = {
+        str(key): group[_NORMALISED_COLUMNS].to_numpy(float)
+        for key, group in truth.groupby("image_id")
+    }
+    false = np.ones(len(frame), dtype=bool)
+    for image_id, positions in frame.groupby("image_id").indices.items():
+        gt = by_image.get(image_id)
+        if gt is not None and len(gt):
+            false[positions] = box_iou(corners[positions], gt).max(axis=1) < iou_threshold
+    columns = ["image_id", "class_name", *_NORMALISED_COLUMNS]
+    return frame.loc[false, columns].reset_index(drop=True)
+
+
+def box_noise_quality(
+    truth: pd.DataFrame, degraded: pd.DataFrame, iou_threshold: float = DEFAULT_IOU_THRESHOLD
+) -> dict[str, float]:
+    """Box recall, precision and mean best IoU of ``degraded`` against ``truth``, as chapter 04.
+
+    Class-agnostic, one-to-one matching at ``iou_threshold`` (:func:`match_strategy`), over every
+    image either table holds. Both tables are in pixels; IoU does not depend on the frame, so no
+    image size is needed.
+    """
+
+    def corners(table: pd.DataFrame) -> pd.DataFrame:
+        frame = table[["image_id", "class_name", *PIXEL_COLUMNS]].copy()
+        frame["image_id"] = frame["image_id"].astype(str)
+        return frame.rename(columns=dict(zip(PIXEL_COLUMNS, _NORMALISED_COLUMNS, strict=True)))
+
+    gt, spoiled = corners(truth), corners(degraded)
+    image_ids = sorted(set(gt["image_id"]) | set(spoiled["image_id"]))
+    matches = match_strategy(gt, spoiled, image_ids, iou_threshold)
+    overall = summarise_matches(matches, []).iloc[0]
+    return {
+        "n_truth": int(overall["n_gt"]),
+        "n_boxes": int(overall["n_pred"]),
+        "box_recall": float(overall["recall_agnostic"]),
+        "box_precision": float(overall["precision_agnostic"]),
+        "mean_iou": float(overall["mean_best_iou"]),
+    }
+
+
+def yolo_labels(
+    boxes: pd.DataFrame, image_sizes: pd.DataFrame, class_names: Sequence[str]
+) -> pd.DataFrame:
+    """Pixel boxes as YOLO labels (:data:`LABEL_COLUMNS`); boxes of unknown classes left out.
+
+    The same normalisation as chapter 02's label files (:func:`normalise_gt_boxes`), so the
+    clean table gives the ``human`` source's labels.
+    """
+    index = {name: i for i, name in enumerate(class_names)}
+    known = boxes[boxes["class_name"].isin(list(index))].copy()
+    known["image_id"] = known["image_id"].astype(str)
+    sizes = image_sizes[["image_id", "width", "height"]].copy()
+    sizes["image_id"] = sizes["image_id"].astype(str)
+    norm = normalise_gt_boxes(known, sizes)
+    labels = pd.DataFrame(
+        {
+            "image_id": norm["image_id"].astype(str),
+            "class_id": norm["class_name"].map(index).astype(int),
+            "cx": (norm["x1"] + norm["x2"]) / 2,
+            "cy": (norm["y1"] + norm["y2"]) / 2,
+            "w": norm["x2"] - norm["x1"],
+            "h": norm["y2"] - norm["y1"],
+        },
+        columns=LABEL_COLUMNS,
+    )
+    return labels[(labels["w"] > 0) & (labels["h"] > 0)].reset_index(drop=True)
+
+
+def box_noise_source(
+    noise: BoxNoise,
+    split: SplitInputs,
+    truth_boxes: pd.DataFrame,
+    image_sizes: pd.DataFrame,
+    *,
+    holdout: frozenset[str],
+    false_positive_pool: pd.DataFrame | None = None,
+) -> tuple[SourceDataset, pd.DataFrame]:
+    """The ``human`` source with its pool boxes spoiled by ``noise``, and the spoiled pool boxes.
+
+    Like the ``noise_<rate>`` sources, only the pool is spoiled: every pool image stays (one
+    that lost all its boxes trains as background), the seeds keep their true boxes and the
+    hold-out images are the ones every source uses. ``truth_boxes`` is the pool's box table
+    (``read_pool_ground_truth``), ``image_sizes`` the pool listing's ``width, height``.
+    """
+    pool_ids = list(split.pool["image_id"].astype(str))
+    in_pool = set(pool_ids)
+    sizes = image_sizes.assign(image_id=image_sizes["image_id"].astype(str))
+    sizes = sizes[sizes["image_id"].isin(in_pool)][["image_id", "width", "height"]]
+    truth = truth_boxes[truth_boxes["image_id"].astype(str).isin(in_pool)]
+    degraded = degrade_boxes(
+        truth, noise, false_positive_pool=false_positive_pool, image_sizes=sizes
+    )
+    labels = yolo_labels(degraded, sizes, split.class_names)
+    dataset = compose_source(
+        noise.source, split, pool_ids=pool_ids, pool_labels=labels, holdout=holdout
+    )
+    return dataset, degraded
+
+
+def quality_needed(
+    table: pd.DataFrame, targets: Sequence[float] = (0.9, 0.97), anchor: str = HUMAN
+) -> pd.DataFrame:
+    """Per kind and target share of the anchor's mAP50, the box quality that reaches it.
+
+    ``table`` has one row per trained variant (``kind``, ``ratio`` to the anchor's mAP50 and the
+    quality columns of :func:`box_noise_quality`) plus the anchor's row (``kind == anchor``).
+    Along each kind's :data:`QUALITY_AXIS`, points are taken from the best quality (the anchor)
+    down; the quality where the ratio first falls below the target is interpolated linearly
+    between the two points around it, so a dip at a mild level is not hidden by a recovery at a
+    harsher one. When no level tried falls below the target, the target is ``not reached`` and
+    ``quality_needed`` is NaN: the lowest quality tried (``lowest_tried``) is already enough.
+    """
+    anchor_rows = table[table["kind"] == anchor]
+    if anchor_rows.empty:
+        raise ValueError(f"the table has no {anchor!r} row to compare with")
+    rows = []
+    for kind in [k for k in BOX_NOISE_KINDS if (table["kind"] == k).any()]:
+        axis = QUALITY_AXIS[kind]
+        points = pd.concat([anchor_rows.iloc[:1], table[table["kind"] == kind]])
+        points = points[[axis, "ratio"]].astype(float).dropna()
+        points = points.sort_values(axis, ascending=False, kind="stable").to_numpy()
+        for target in targets:
+            needed, note = math.nan, "not reached"
+            below = np.flatnonzero(points[:, 1] < target)
+            if len(below) and below[0] == 0:
+                needed, note = points[0, 0], "anchor below target"
+            elif len(below):
+                (q_hi, r_hi), (q_lo, r_lo) = points[below[0] - 1], points[below[0]]
+                needed = q_hi + (r_hi - target) / (r_hi - r_lo) * (q_lo - q_hi)
+                note = "interpolated"
+            rows.append(
+                {
+                    "kind": kind,
+                    "axis": axis,
+                    "target": target,
+                    "quality_needed": needed,
+                    "note": note,
+                    "lowest_tried": float(points[-1, 0]) if len(points) else math.nan,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["kind", "axis", "target", "quality_needed", "note", "lowest_tried"]
+    )

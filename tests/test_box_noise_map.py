@@ -1,0 +1,401 @@
+"""Chapter 06's box-noise map: the sweep's manifest, the map, the needed-quality table, and the
+notebook section, each on generated tables (no training)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import nbformat
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from cascade_defect.hashing import tree_sha256
+from cascade_defect.plots.box_noise import (
+    PseudoBoxes,
+    box_noise_map,
+    box_noise_summary,
+    manifest_path,
+    needed_quality,
+    needed_quality_table,
+    pseudo_box_quality,
+    read_box_noise_benchmark,
+    sweep_rows,
+)
+from cascade_defect.settings import load_config
+from cascade_defect.train.box_noise import quality_needed
+from tests.test_layout import absolute_paths_in_file
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "06_test_comparison.ipynb"
+
+_COLUMNS = ["source", "kind", "level", "box_recall", "box_precision", "mean_iou", "map50", "ratio"]
+
+
+def sweep_table() -> pd.DataFrame:
+    """A finished sweep as the script writes it, plus one row of an earlier, longer schedule."""
+    rows = [
+        ("human", "human", math.nan, 1.0, 1.0, 1.0, 0.60, 1.0),
+        ("box_drop_0.2", "drop", 0.2, 0.8, 1.0, 0.8, 0.588, 0.98),
+        ("box_drop_0.4", "drop", 0.4, 0.6, 1.0, 0.6, 0.528, 0.88),
+        ("box_merge_0.1", "merge", 0.1, 0.9, 0.9, 0.9, 0.57, 0.95),
+        ("box_false_boxes_1", "false_boxes", 1.0, 1.0, 0.7, 1.0, 0.594, 0.99),
+        ("box_false_boxes_3", "false_boxes", 3.0, 1.0, 0.45, 1.0, 0.585, 0.975),
+        ("box_jitter_0.7", "jitter", 0.7, 1.0, 1.0, 0.7, 0.558, 0.93),
+        ("box_jitter_0.5", "jitter", 0.5, 0.95, 0.95, 0.5, 0.42, 0.70),
+        ("box_drop_0.6", "drop", 0.6, 0.4, 1.0, 0.4, 0.2, 0.3),
+    ]
+    table = pd.DataFrame(rows, columns=_COLUMNS)
+    table["epochs"] = [5] * 8 + [10]
+    table["imgsz"] = 256
+    table["train_wall_seconds"] = 100.0
+    return table
+
+
+PSEUDO = PseudoBoxes(
+    strategy="seed_detector", box_recall=0.62, box_precision=0.21, mean_iou=0.53, ratio=0.49
+)
+
+
+def box_metrics_table() -> pd.DataFrame:
+    """Chapter 04's ``box_metrics.csv``: two strategies, per class and ``all``."""
+    rows = []
+    for strategy, shift in (("seed_detector", 0.0), ("whole_image", -0.5)):
+        for name in ("crazing", "all"):
+            rows.append(
+                {
+                    "strategy": strategy,
+                    "class_name": name,
+                    "n_gt": 10,
+                    "n_pred": 20,
+                    "mean_best_iou": 0.55 + shift,
+                    "mean_best_iou_same_class": 0.53 + shift,
+                    "recall_aware": 0.62 + shift / 2,
+                    "precision_aware": 0.21 + shift / 4,
+                    "recall_agnostic": 0.65 + shift / 2,
+                    "precision_agnostic": 0.22 + shift / 4,
+                    "n_images": 5,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+COMPARISON = {"metric": "map50", "reference": "human", "candidate": "pseudo", "ratio": 0.49}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_rows_of_another_schedule_are_left_out() -> None:
+    rows, left_out = sweep_rows(sweep_table())
+    assert left_out == 1 and "box_drop_0.6" not in set(rows["source"])
+    no_anchor, all_out = sweep_rows(sweep_table().iloc[1:])
+    assert no_anchor.empty and all_out == 8
+
+
+def test_the_pseudo_source_is_placed_by_its_class_aware_overall_row() -> None:
+    pseudo = pseudo_box_quality(box_metrics_table(), "seed_detector", COMPARISON, epochs=10)
+    assert pseudo is not None
+    assert (pseudo.box_recall, pseudo.box_precision, pseudo.mean_iou) == (0.62, 0.21, 0.53)
+    assert (pseudo.ratio, pseudo.epochs) == (0.49, 10)
+    other = pseudo_box_quality(box_metrics_table(), "whole_image", {})
+    assert other is not None and other.ratio is None
+    assert other.mean_iou == pytest.approx(0.03)
+    swapped = {**COMPARISON, "candidate": "seed_only"}
+    assert pseudo_box_quality(box_metrics_table(), "seed_detector", swapped).ratio is None
+    assert pseudo_box_quality(box_metrics_table(), "self_training") is None
+    assert pseudo_box_quality(Path("/nonexistent/box_metrics.csv"), "seed_detector") is None
+
+
+def test_an_absent_benchmark_reads_as_none_and_every_view_says_so(tmp_path: Path) -> None:
+    benchmark = read_box_noise_benchmark("data/benchmarks/box_noise.csv", tmp_path)
+    assert benchmark.table is None and benchmark.path == "data/benchmarks/box_noise.csv"
+    text = box_noise_summary(benchmark).data
+    assert "No box-noise benchmark" in text and "`data/benchmarks/box_noise.csv`" in text
+    assert isinstance(needed_quality_table(None), str)
+    figure = box_noise_map(None)
+    assert isinstance(figure, Figure) and len(figure.axes) == 1
+    assert "no box-noise benchmark" in figure.axes[0].texts[0].get_text()
+    plt.close(figure)
+    assert read_box_noise_benchmark(None, tmp_path).table is None
+
+
+def test_a_present_benchmark_is_read_with_its_manifest(tmp_path: Path) -> None:
+    table = tmp_path / "data" / "benchmarks" / "box_noise.csv"
+    table.parent.mkdir(parents=True)
+    sweep_table().to_csv(table, index=False)
+    manifest = {
+        "parameters": {"schedule": {"epochs": 5, "imgsz": 256, "batch": 16, "device": "cpu"}},
+        "git": {"commit": "0123456789abcdef"},
+        "complete": True,
+    }
+    manifest_path(table).write_text(json.dumps(manifest))
+    assert manifest_path(table).name == "box_noise.manifest.json"
+    metrics = tmp_path / "box_metrics.csv"
+    box_metrics_table().to_csv(metrics, index=False)
+    benchmark = read_box_noise_benchmark(
+        "data/benchmarks/box_noise.csv", tmp_path, metrics, "seed_detector", COMPARISON, 10
+    )
+    assert benchmark.table is not None and len(benchmark.table) == 9
+    assert benchmark.manifest["git"]["commit"].startswith("0123")
+    assert benchmark.pseudo is not None and benchmark.pseudo.ratio == 0.49
+    text = box_noise_summary(benchmark).data
+    assert "7 spoiled versions" in text and "5 epochs at image size 256" in text
+    assert "read from its manifest" in text and "`0123456789`" in text
+    assert "another schedule are left out (1)" in text
+    assert "not chapter 5's (10 epochs)" in text
+    assert "49% of the human model's test mAP50" in text
+    assert "box recall for `drop` (needs 0.78, has 0.62)" in text
+    assert "On box precision the pseudo-boxes lie below every level tried" in text
+
+
+# --------------------------------------------------------------------------- needed quality
+
+
+def test_needed_quality_reuses_the_sweeps_reading_and_adds_the_pseudo_source() -> None:
+    table = sweep_table()
+    needed = needed_quality(table, PSEUDO)
+    rows, _ = sweep_rows(table)
+    pd.testing.assert_frame_equal(
+        needed.drop(columns=["pseudo_has", "pseudo_meets"]), quality_needed(rows, (0.9, 0.97))
+    )
+    at = needed.set_index(["kind", "target"])
+    assert at.loc[("drop", 0.97), "quality_needed"] == pytest.approx(0.78)
+    assert at.loc[("drop", 0.9), "quality_needed"] == pytest.approx(0.64)
+    assert at.loc[("merge", 0.97), "quality_needed"] == pytest.approx(0.94)
+    assert at.loc[("jitter", 0.97), "quality_needed"] == pytest.approx(1 - 0.3 * 3 / 7)
+    assert at.loc[("false_boxes", 0.97), "note"] == "not reached"
+    assert at.loc[("drop", 0.97), "pseudo_meets"] == "no"
+    assert at.loc[("false_boxes", 0.97), "pseudo_meets"].startswith("not known")
+    assert at.loc[("merge", 0.9), "pseudo_meets"] == "not known (below every level tried)"
+    generous = PSEUDO.model_copy(update={"box_recall": 0.95, "box_precision": 0.5})
+    again = needed_quality(table, generous).set_index(["kind", "target"])
+    assert again.loc[("merge", 0.9), "pseudo_meets"] == "yes"
+    assert again.loc[("false_boxes", 0.97), "pseudo_meets"] == "yes"
+
+    shown = needed_quality_table(table, PSEUDO)
+    assert isinstance(shown, pd.DataFrame) and len(shown) == 8
+    assert set(shown["axis"]) == {"box recall", "box precision", "mean best IoU"}
+    assert {"pseudo (seed_detector) has", "pseudo clears it"} <= set(shown.columns)
+    assert "no clean anchor row" in needed_quality_table(table.iloc[1:], PSEUDO)
+
+
+# --------------------------------------------------------------------------- the map
+
+
+def _pseudo_markers(figure: Figure, marker: str) -> list:
+    return [
+        line
+        for ax in figure.axes
+        for line in ax.get_lines()
+        if line.get_marker() == marker and str(line.get_label()).startswith("pseudo")
+    ]
+
+
+def test_the_map_has_one_panel_per_axis_with_the_bars_and_the_pseudo_source() -> None:
+    figure = box_noise_map(sweep_table(), PSEUDO)
+    assert isinstance(figure, Figure) and len(figure.axes) == 3
+    labels = [ax.get_xlabel() for ax in figure.axes]
+    assert labels == ["box recall", "box precision", "mean best IoU"]
+    stars = _pseudo_markers(figure, "*")
+    assert len(stars) == 3
+    assert [tuple(s.get_xydata()[0]) for s in stars] == [(0.62, 0.49), (0.21, 0.49), (0.53, 0.49)]
+    for ax in figure.axes:
+        bars = {
+            round(line.get_ydata()[0], 2)
+            for line in ax.get_lines()
+            if "anchor" in str(line.get_label())
+        }
+        assert bars == {0.9, 0.97}
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert {"drop", "merge"} <= set(legend)
+    plt.close(figure)
+
+    without_share = box_noise_map(sweep_table(), PSEUDO.model_copy(update={"ratio": None}))
+    assert len(_pseudo_markers(without_share, "^")) == 3 and not _pseudo_markers(without_share, "*")
+    plt.close(without_share)
+    bare = box_noise_map(sweep_table())
+    assert len(bare.axes) == 3 and not _pseudo_markers(bare, "*")
+    plt.close(bare)
+
+
+# --------------------------------------------------------------------------- the notebook section
+
+
+def _run_cell(source: str, namespace: dict) -> object:
+    """Run a cell as Jupyter does: its last expression's value is what it shows."""
+    tree = ast.parse(source)
+    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    exec(compile(tree, "<cell>", "exec"), namespace)
+    if last is None:
+        return None
+    return eval(compile(ast.Expression(last.value), "<cell>", "eval"), namespace)
+
+
+def _section_cells() -> tuple[list[str], list[str]]:
+    """The code of notebook 06's parameters and imports cells, and of the box-noise section."""
+    cells = nbformat.read(NOTEBOOK, as_version=4).cells
+    tags = [c.metadata.get("tags", []) for c in cells]
+    setup = [c.source for c, t in zip(cells, tags, strict=True) if "parameters" in t]
+    setup += [c.source for c in cells if c.source.startswith("from IPython.display")]
+    (start,) = [i for i, c in enumerate(cells) if "## What box quality would be enough" in c.source]
+    end = next(i for i in range(start + 1, len(cells)) if cells[i].source.startswith("## "))
+    section = [c.source for c in cells[start:end] if c.cell_type == "code"]
+    return setup, section
+
+
+@pytest.mark.parametrize("present", [True, False], ids=["benchmark", "no benchmark"])
+def test_the_notebook_section_runs_on_generated_files(tmp_path: Path, present: bool) -> None:
+    setup, section = _section_cells()
+    assert len(setup) == 2 and len(section) == 3
+    namespace: dict = {}
+    _run_cell(setup[0], namespace)
+    namespace.update(profile="smoke", work_dir=str(tmp_path / "work"))
+    _run_cell(setup[1], namespace)
+    config = namespace["config"]
+    config.paths.audit_dir.mkdir(parents=True)
+    box_metrics_table().to_csv(config.paths.audit_dir / "box_metrics.csv", index=False)
+    table = config.work_dir / "benchmarks" / "sweep.csv"
+    if present:
+        table.parent.mkdir(parents=True)
+        sweep_table().to_csv(table, index=False)
+    namespace["box_noise_table"] = "$CASCADE_WORK_DIR/benchmarks/sweep.csv"
+    namespace["result"] = SimpleNamespace(comparison=COMPARISON)
+    text, figure, needed = (_run_cell(source, namespace) for source in section)
+    assert isinstance(figure, Figure)
+    assert len(figure.axes) == (3 if present else 1)
+    plt.close(figure)
+    if present:
+        assert "5 epochs at image size 256" in text.data
+        assert "its table (no manifest beside it)" in text.data
+        assert isinstance(needed, pd.DataFrame) and "pseudo clears it" in needed.columns
+    else:
+        assert "No box-noise benchmark in this run" in text.data
+        assert "`$CASCADE_WORK_DIR/benchmarks/sweep.csv`" in text.data
+        assert isinstance(needed, str)
+    assert "recall 0.62" in text.data or "box recall 0.62" in text.data
+
+
+# --------------------------------------------------------------------------- the sweep's manifest
+
+
+def load_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_box_noise", ROOT / "scripts" / "bench_box_noise.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look themselves up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sweeps_manifest_holds_only_portable_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = load_script(monkeypatch)
+    weights = tmp_path / "weights" / "yolov8n.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights")
+    config = load_config("smoke", work_dir=tmp_path / "work", yolo_weights=str(weights))
+    pool = config.paths.split_dir / "pool.csv"
+    pool.parent.mkdir(parents=True)
+    pool.write_text("image_id,file\n1,a.jpg\n")
+    csv = tmp_path / "bench" / "box_noise_5ep.csv"
+    record = script.SweepManifest(
+        config,
+        csv,
+        csv.parent / "box_noise_5ep_runs",
+        parameters={"run_dir": config.paths.run_dir, "schedule": {"epochs": 5, "imgsz": 256}},
+        inputs={"pool": pool, "yolo_weights": weights, "gone": config.paths.split_dir / "x.csv"},
+        requested=["human", "box_drop_0.2", "box_drop_0.4"],
+        counts={"n_pool_images": 1},
+    )
+    table = sweep_table().iloc[:2]
+    written = record.write(table, current={"human", "box_drop_0.2"})
+    assert written == manifest_path(csv) and written.name == "box_noise_5ep.manifest.json"
+    assert not absolute_paths_in_file(written)
+    manifest = json.loads(written.read_text())
+    assert manifest["inputs"]["pool"] == {
+        "path": "$CASCADE_WORK_DIR/runs/smoke/02_split/pool.csv",
+        "sha256": tree_sha256(pool),
+    }
+    assert manifest["inputs"]["yolo_weights"]["path"] == "$CASCADE_YOLO_WEIGHTS"
+    assert manifest["inputs"]["gone"]["sha256"] is None
+    assert manifest["parameters"]["run_dir"] == "$CASCADE_WORK_DIR/runs/smoke"
+    assert manifest["outputs"]["table"] == "box_noise_5ep.csv"
+    assert manifest["outputs"]["scratch"] == "box_noise_5ep_runs"
+    assert manifest["complete"] is False
+    assert manifest["sources"]["missing_or_stale"] == ["box_drop_0.4"]
+    assert manifest["counts"] == {"n_pool_images": 1, "n_requested": 3, "n_rows": 2}
+    assert manifest["timings_s"]["training_of_requested_rows"] == 200.0
+    assert set(manifest["git"]) == {"commit", "dirty"}
+    done = json.loads(record.write(table, {"human", "box_drop_0.2", "box_drop_0.4"}).read_text())
+    assert done["complete"] is True
+
+
+@pytest.fixture
+def split_run(tmp_path: Path):
+    """Chapters 01-02 on a small generated dataset: what the sweep reads."""
+    from cascade_defect.chapters.c01_data import run_data_strategy
+    from cascade_defect.chapters.c02_split import run_split
+    from tests.synthetic import make_neu_like
+
+    data = make_neu_like(tmp_path / "neu", per_class=4, size=48)
+    config = load_config("smoke", data_dir=data, work_dir=tmp_path / "work")
+    run_data_strategy(config)
+    run_split(config)
+    return config
+
+
+def test_manifest_only_writes_the_manifest_and_trains_nothing(
+    split_run, yolo_weights: Path, tmp_path: Path
+) -> None:
+    csv = tmp_path / "bench" / "sweep.csv"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_box_noise.py"),
+            "--run-dir",
+            str(split_run.paths.run_dir),
+            "--noise",
+            "drop=0.5",
+            "--epochs",
+            "1",
+            "--imgsz",
+            "64",
+            "--csv",
+            str(csv),
+            "--manifest-only",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CASCADE_YOLO_WEIGHTS": str(yolo_weights), "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("--manifest-only trains nothing") == 2
+    assert not csv.exists() and not (csv.parent / "sweep_runs" / "runs").exists()
+    manifest = json.loads(manifest_path(csv).read_text())
+    assert manifest["complete"] is False
+    assert manifest["sources"]["requested"] == ["human", "box_drop_0.5"]
+    assert manifest["parameters"]["schedule"]["epochs"] == 1
+    assert manifest["parameters"]["noise"] == [{"kind": "drop", "level": 0.5, "seed": 0}]
+    assert manifest["inputs"]["pool_boxes"]["path"].startswith("$CASCADE_WORK_DIR/runs/smoke/")
+    assert all(entry["sha256"] for entry in manifest["inputs"].values())
+    assert not absolute_paths_in_file(manifest_path(csv))
