@@ -79,7 +79,7 @@ def main() -> None:
         boxes = pseudo_boxes(predictions, "seed_detector", proposals=proposals)
         table = box_quality(gt_norm, boxes, predictions["image_id"], classes)
         for record in table.to_dict("records"):
-            rows.append({"strategy": label, "seconds": round(seconds, 1), **record})
+            rows.append({**record, "strategy": label, "seconds": round(seconds, 1)})
 
     profile = config.profile
     detector_settings = SeedDetectorSettings.for_profile(profile, conf=0.01, max_det=30)
