@@ -1,15 +1,17 @@
 """Throughput of the online annotator under latency and a rate limit, plus the pool's cost.
 
 Starts the loopback fake OpenAI server (tests/fake_openai_server.py) with a fixed
-per-request latency and a requests-per-minute token bucket that answers 429 with
-Retry-After beyond it, annotates the same generated pool at several concurrency
-levels (fresh store each time) and prints images per minute. Then estimates, from
+per-request latency (plus, optionally, a latency per further image of a packed request)
+and a requests-per-minute token bucket that answers 429 with Retry-After beyond it,
+annotates the same generated pool at several concurrency levels and images per request
+(fresh store each time) and prints images and requests per minute. Then estimates, from
 the real few-shot prompt and the real o200k tokenizer, what annotating the whole
 NEU-DET pool costs with the chosen model, standard and Batch, next to the original
 back-of-envelope figure (1,420 requests x ~2,500 input tokens at gpt-4o's price).
 
     .venv/bin/python scripts/bench_annotator_throughput.py
     .venv/bin/python scripts/bench_annotator_throughput.py --images 24 --concurrency 1 8
+    .venv/bin/python scripts/bench_annotator_throughput.py --concurrency 4 --images-per-request 1 4 8
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ from cascade_defect.annotate.options import AnnotatorOptions  # noqa: E402
 from cascade_defect.annotate.store import AnnotationStore  # noqa: E402
 from cascade_defect.costs import pricing  # noqa: E402
 from cascade_defect.settings import NEU_CLASSES  # noqa: E402
-from tests.conftest_annotate import make_world, openai_env, texture_jpeg  # noqa: E402
+from tests.conftest_annotate import (  # noqa: E402
+    AnnotateWorld,
+    make_world,
+    openai_env,
+    texture_jpeg,
+)
 from tests.fake_openai_server import FakeOpenAIServer  # noqa: E402
 
 NEU_POOL_IMAGES = 1422
@@ -51,41 +58,71 @@ def bench_throughput(
 ) -> list[dict[str, float]]:
     world = make_world(root / "world", n_pool=args.images, seeds_per_class=3)
     rows = []
-    for concurrency in args.concurrency:
-        with FakeOpenAIServer(
-            latency_s=args.latency,
-            rate_limit_per_minute=args.rpm,
-            rate_limit_burst=args.burst,
-        ) as server:
-            client, config = make_client("openai", options.model, environ=openai_env(server))
-            annotator = MLLMAnnotator(
-                client,
-                config,
-                build_prompt(world.seeds, world.class_names, detail=options.detail),
-                AnnotationStore(root / f"store-c{concurrency}.jsonl"),
-                AnnotatorOptions.from_fields(options, concurrency=concurrency),
-                retry=RetryPolicy(max_rate_limit_waits=1000),
-            )
-            started = time.monotonic()
-            summary = annotator.annotate(world.pool)
-            wall = time.monotonic() - started
-            rows.append(
-                {
-                    "concurrency": concurrency,
-                    "ok": summary.ok,
-                    "wall_s": wall,
-                    "images_per_minute": 60.0 * summary.ok / wall,
-                    "http_requests": summary.http_requests,
-                    "rate_limited_429": summary.rate_limited,
-                }
-            )
-            print(
-                f"concurrency {concurrency:>3}: {summary.ok}/{args.images} images in {wall:6.1f} s"
-                f" = {rows[-1]['images_per_minute']:6.1f} images/min"
-                f" ({summary.http_requests} requests, {summary.rate_limited} answered 429)",
-                flush=True,
-            )
+    for per_request in args.images_per_request:
+        for concurrency in args.concurrency:
+            rows.append(run_once(args, options, root, world, concurrency, per_request))
+    print(
+        f"\n{'images/request':>14} {'concurrency':>11} {'images':>7} {'requests':>8}"
+        f" {'429s':>5} {'wall s':>7} {'images/min':>10} {'requests/min':>12}"
+    )
+    for row in rows:
+        print(
+            f"{row['images_per_request']:>14} {row['concurrency']:>11} {row['ok']:>7}"
+            f" {row['answered_requests']:>8} {row['rate_limited_429']:>5} {row['wall_s']:>7.1f}"
+            f" {row['images_per_minute']:>10.1f} {row['requests_per_minute']:>12.1f}"
+        )
     return rows
+
+
+def run_once(
+    args: argparse.Namespace,
+    options: AnnotatorOptions,
+    root: Path,
+    world: AnnotateWorld,
+    concurrency: int,
+    per_request: int,
+) -> dict[str, float]:
+    """One annotation of the generated pool on a fresh server and store."""
+    with FakeOpenAIServer(
+        latency_s=args.latency,
+        latency_per_extra_image_s=args.latency_per_image,
+        rate_limit_per_minute=args.rpm,
+        rate_limit_burst=args.burst,
+    ) as server:
+        client, config = make_client("openai", options.model, environ=openai_env(server))
+        annotator = MLLMAnnotator(
+            client,
+            config,
+            build_prompt(world.seeds, world.class_names, detail=options.detail),
+            AnnotationStore(root / f"store-n{per_request}-c{concurrency}.jsonl"),
+            AnnotatorOptions.from_fields(
+                options, concurrency=concurrency, images_per_request=per_request
+            ),
+            retry=RetryPolicy(max_rate_limit_waits=1000),
+        )
+        started = time.monotonic()
+        summary = annotator.annotate(world.pool)
+        wall = time.monotonic() - started
+        answered = sum(1 for r in server.chat_requests() if r.status == 200)
+    row = {
+        "images_per_request": per_request,
+        "concurrency": concurrency,
+        "ok": summary.ok,
+        "wall_s": wall,
+        "images_per_minute": 60.0 * summary.ok / wall,
+        "requests_per_minute": 60.0 * answered / wall,
+        "answered_requests": answered,
+        "http_requests": summary.http_requests,
+        "rate_limited_429": summary.rate_limited,
+    }
+    print(
+        f"{per_request} image(s)/request, concurrency {concurrency:>3}: {summary.ok}/{args.images}"
+        f" images in {wall:6.1f} s = {row['images_per_minute']:6.1f} images/min,"
+        f" {row['requests_per_minute']:6.1f} requests/min"
+        f" ({summary.http_requests} requests, {summary.rate_limited} answered 429)",
+        flush=True,
+    )
+    return row
 
 
 def pool_cost(args: argparse.Namespace, options: AnnotatorOptions) -> dict[str, float]:
@@ -117,6 +154,17 @@ def pool_cost(args: argparse.Namespace, options: AnnotatorOptions) -> dict[str, 
         f" shared prefix {estimate.prefix_tokens}, cacheable {estimate.cacheable_tokens}"
     )
     print(f"  completion per request: ~{completion} tokens (typical answer, counted)")
+    for per_request in args.images_per_request:
+        if per_request == 1:
+            continue
+        packed, packed_run = estimate_pool_cost(
+            prompt, texture_jpeg(0, 999), NEU_POOL_IMAGES, model, images_per_request=per_request
+        )
+        print(
+            f"  {per_request} images per request: {packed.prompt_tokens} prompt tokens per request,"
+            f" {packed_run.n_requests} requests, ${packed_run.per_image_usd:.5f} per image"
+            f" (one image per request: ${run.per_image_usd:.5f}), standard ${packed_run.standard_usd:.2f}"
+        )
     print(f"  per request (no cache):        ${run.per_request_usd:.5f}")
     print(f"  standard, no cache hits:       ${run.standard_usd:8.2f}")
     print(f"  standard, prefix cache warm:   ${run.standard_cached_usd:8.2f}")
@@ -134,6 +182,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument(
+        "--images-per-request", type=int, nargs="+", default=[1], help="packing levels to compare"
+    )
+    parser.add_argument(
+        "--latency-per-image",
+        type=float,
+        default=0.0,
+        help="seconds a packed request takes per image beyond the first (longer answers)",
+    )
     parser.add_argument("--latency", type=float, default=1.0, help="seconds per request")
     parser.add_argument("--rpm", type=float, default=120.0, help="rate limit, requests/minute")
     parser.add_argument("--burst", type=int, default=4, help="token-bucket burst size")
@@ -150,8 +207,9 @@ def main() -> int:
     )
 
     print(
-        f"fake server: {args.latency:.1f} s latency, {args.rpm:.0f} requests/min"
-        f" (burst {args.burst}), 429 + Retry-After beyond; {args.images} images"
+        f"fake server: {args.latency:.1f} s latency (+{args.latency_per_image:.2f} s per further"
+        f" image of a packed request), {args.rpm:.0f} requests/min (burst {args.burst}),"
+        f" 429 + Retry-After beyond; {args.images} images"
     )
     results: dict[str, object] = {}
     if not args.skip_throughput:

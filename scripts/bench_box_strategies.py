@@ -8,13 +8,23 @@ precision at IoU 0.5, class-aware and class-agnostic, mean best IoU), overall an
 - ``seed_detector`` at the profile's score threshold (what the pseudo source trains on today);
 - ``seed_detector+tta``: the same detector with flipped views fused by weighted boxes fusion;
 - ``self_training`` with the profile's settings (cross-fitted class-aware teachers), its boxes
-  at several score thresholds, and with the count-calibrated selection.
+  at several score thresholds, and with the count-calibrated selection;
+- ``crop_verified`` (``--crop-verified``): the detector's proposals at score 0.01 kept by the crop
+  verifier, under both keep rules, at its seed-calibrated threshold and at several fixed ones;
+- ``classifier_cam`` (``--classifier-cam``): boxes around the activation maps of a small
+  YOLOv8n-cls trained on the seeds and the annotator's confident pool labels, and of chapter 05's
+  ``pseudo`` classifier when the run has it.
 
 The annotator's image classes come from chapter 03's store, so the strategies are judged as the
 book would use them. Nothing of the book is touched; teachers train under ``--scratch``.
 
     CASCADE_YOLO_WEIGHTS=/path/to/yolov8n.pt .venv/bin/python scripts/bench_box_strategies.py \\
-        --run-dir data/runs/quick --scratch /tmp/boxes --json boxes.json
+        --run-dir data/runs/quick --scratch /tmp/boxes --json boxes.json \
+        --no-self-training --crop-verified --classifier-cam
+
+Seconds are each strategy's own wall time; the proposals at score 0.01 they share (the
+``seed_detector`` rows and ``crop_verified``) are timed once, on the ``seed_detector`` rows, and
+are read back from ``--scratch`` on a rerun.
 """
 
 from __future__ import annotations
@@ -51,12 +61,15 @@ from cascade_defect.data.split import (
 from cascade_defect.metrics.box_quality import box_quality, normalise_gt_boxes
 
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
+VERIFIER_THRESHOLDS = (0.35, 0.5, 0.65, 0.8, 0.9)
 
 
 def main() -> None:
     parser = parser_with_common_options(__doc__)
     parser.add_argument("--run-dir", type=Path, required=True, help="<work>/runs/<profile>")
     parser.add_argument("--no-self-training", action="store_true", help="skip the teachers")
+    parser.add_argument("--crop-verified", action="store_true", help="score crop_verified")
+    parser.add_argument("--classifier-cam", action="store_true", help="score classifier_cam")
     args = parser.parse_args()
     run_dir = args.run_dir.resolve()
     config = config_for_run(run_dir, run_dir.name)
@@ -91,15 +104,23 @@ def main() -> None:
         detector = SeedDetector(config.yolo_weights, scratch / "seed_detector", detector_settings)
         detector.train(seeds, seed_boxes, classes)
     seed_seconds = time.perf_counter() - start
-    plain, tta = (
-        _cached(scratch / "plain.json", lambda: detector.propose(pool)),
-        _cached(
-            scratch / "tta.json", lambda: detector.propose(pool, flips=("horizontal", "vertical"))
-        ),
+    plain = _cached(scratch / "plain.json", lambda: detector.propose(pool))
+    propose_seconds = time.perf_counter() - start
+    tta_start = time.perf_counter()
+    tta = _cached(
+        scratch / "tta.json", lambda: detector.propose(pool, flips=("horizontal", "vertical"))
     )
+    tta_seconds = seed_seconds + time.perf_counter() - tta_start
     floor = profile.annotation.seed_detector_conf
-    score(f"seed_detector conf>={floor}", _above(plain, floor), seed_seconds)
-    score(f"seed_detector+tta conf>={floor}", _above(tta, floor), seed_seconds)
+    score(f"seed_detector conf>={floor}", _above(plain, floor), propose_seconds)
+    score("seed_detector conf>=0.01", plain, propose_seconds)
+    score(f"seed_detector+tta conf>={floor}", _above(tta, floor), tta_seconds)
+    if args.crop_verified:
+        seed_proposals = detector.propose(seeds)
+        _crop_verified(config, seeds, seed_boxes, seed_proposals, pool, plain, image_classes, score)
+    if args.classifier_cam:
+        inputs = (seeds, seed_boxes, pool, predictions, image_classes, classes)
+        _classifier_cam(config, run_dir, scratch, inputs, score)
 
     if not args.no_self_training:
         settings = profile.annotation.self_training
@@ -129,15 +150,93 @@ def main() -> None:
         print("teachers:", result.teachers)
 
     table = pd.DataFrame(rows)
+    report({"run_dir": str(args.run_dir), "rows": table.to_dict("records")}, args)
     overall = table[table["class_name"] == "all"]
     columns = ["strategy", "n_pred", "recall_aware", "precision_aware", "mean_best_iou", "seconds"]
     print(f"run {run_dir}: {len(predictions)} annotated pool images, {len(gt_norm)} truth boxes")
     print(overall[columns].round(3).to_string(index=False))
-    per_class = table.pivot_table(
-        index="class_name", columns="strategy", values="recall_aware", sort=False
+    for value, title in (
+        ("recall_aware", "recall (class-aware)"),
+        ("precision_aware", "precision (class-aware)"),
+        ("mean_best_iou", "mean best IoU"),
+    ):
+        per_class = table.pivot_table(
+            index="strategy", columns="class_name", values=value, sort=False
+        )
+        print(f"{title} by class:\n" + per_class.round(3).to_string())
+
+
+def _crop_verified(config, seeds, seed_boxes, seed_proposals, pool, plain, image_classes, score):
+    """The verifier fitted once on the seeds; its scores re-thresholded without re-scoring."""
+    from cascade_defect.annotate.crop_verifier import CropVerifier, crop_verify, keep_verified
+    from cascade_defect.annotate.offline.features import FeatureSpec, YoloFeatureExtractor
+
+    profile_settings = config.profile.annotation.crop_verifier
+    extractor = YoloFeatureExtractor(
+        config.yolo_weights, FeatureSpec(imgsz=profile_settings.crop_imgsz), progress=False
     )
-    print("recall (class-aware) by class:\n" + per_class.round(3).to_string())
-    report({"run_dir": str(args.run_dir), "rows": table.to_dict("records")}, args)
+    for rule in ("argmax", "versus_background"):
+        settings = profile_settings.model_copy(update={"rule": rule})
+        start = time.perf_counter()
+        result = crop_verify(
+            verifier=CropVerifier(extractor, settings, seed=config.profile.training.seed),
+            seeds=seeds,
+            seed_boxes=seed_boxes,
+            seed_proposals=seed_proposals,
+            pool=pool,
+            proposals=plain,
+            image_classes=image_classes,
+        )
+        seconds = time.perf_counter() - start
+        print(
+            f"crop verifier ({rule}):", {k: v for k, v in result.details.items() if k != "settings"}
+        )
+        score(f"crop_verified {rule} calibrated p>={result.threshold}", result.boxes, seconds)
+        for threshold in VERIFIER_THRESHOLDS:
+            kept = keep_verified(result.scored, threshold, settings.keep_best)
+            score(f"crop_verified {rule} p>={threshold}", kept, seconds)
+
+
+def _classifier_cam(config, run_dir, scratch, inputs, score):
+    """A small classifier trained here, and chapter 05's pseudo classifier when present."""
+    from cascade_defect.annotate.cam_boxes import cam_boxes, train_cam_classifier
+
+    seeds, seed_boxes, pool, predictions, image_classes, classes = inputs
+    settings = config.profile.annotation.classifier_cam
+    profile = config.profile
+    start = time.perf_counter()
+    training = train_cam_classifier(
+        seeds=seeds,
+        pool=pool,
+        predictions=predictions,
+        class_names=classes,
+        weights=config.yolo_weights,
+        work_dir=scratch / "classifier_cam",
+        settings=settings,
+        device=profile.training.device,
+        seed=profile.training.seed,
+        threads=profile.training.torch_threads,
+    )
+    print("CAM classifier:", training.wall_seconds, training.holdout_metrics)
+    classifiers = {"small": (training.best_weights, start)}
+    chapter05 = run_dir / "05_training" / "classification" / "runs" / "pseudo" / "weights"
+    if (chapter05 / "best.pt").exists():
+        classifiers["chapter05 pseudo"] = (chapter05 / "best.pt", None)
+    for label, (weights, began) in classifiers.items():
+        began = began or time.perf_counter()
+        result = cam_boxes(
+            classifier=weights,
+            seeds=seeds,
+            seed_boxes=seed_boxes,
+            pool=pool,
+            image_classes=image_classes,
+            settings=settings,
+            device=profile.training.device,
+        )
+        details = {k: v for k, v in result.details.items() if k not in ("settings", "calibration")}
+        print(f"classifier_cam ({label}):", details)
+        name = f"classifier_cam {label} t={result.threshold} a>={result.min_area}"
+        score(name, result.boxes, time.perf_counter() - began)
 
 
 def _above(proposals: dict[str, list[Proposal]], floor: float) -> dict[str, list[Proposal]]:

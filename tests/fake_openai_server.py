@@ -8,13 +8,17 @@ JSON, schema violation, refusal, truncated answer), a token bucket can impose a 
 limit, and every request is logged with the SHA-256 of its query image so tests can
 prove which images were sent how often.
 
+Packed requests (several query images, each after an ``image_id = ...`` line) get one
+prediction per image, keyed by those ids; an image can be scripted to be left out, answered
+twice, answered under an unknown id or answered with an invalid item, while the rest of the
+pack is answered. ``reject_json_schema=True`` plays a server without structured outputs (vLLM,
+Ollama): a JSON-schema ``response_format`` gets HTTP 400, JSON mode is answered.
+
 Binds 127.0.0.1 only, on a free port.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import itertools
 import json
 import math
@@ -22,12 +26,32 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fake_openai_requests import (
+    default_prediction,
+    is_json_schema_request,
+    packed_images,
+    query_image_sha256,
+    query_image_sha256s,
+    schema_classes,
+)
+
+__all__ = [
+    "ANSWER",
+    "Action",
+    "FakeOpenAIServer",
+    "RequestLog",
+    "default_prediction",
+    "packed_images",
+    "query_image_sha256",
+    "schema_classes",
+]
 
 ActionKind = Literal[
     "answer",
@@ -37,7 +61,14 @@ ActionKind = Literal[
     "schema_violation",
     "refusal",
     "length",
+    "omit_id",
+    "duplicate_id",
+    "unknown_id",
+    "invalid_item",
 ]
+PARTIAL_KINDS = frozenset({"omit_id", "duplicate_id", "unknown_id", "invalid_item"})
+"""Faults of one image's item in a packed answer (the other images are answered normally); a
+single-image request answers normally instead."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +98,8 @@ class RequestLog:
     status: int = 0
     action: str = ""
     at: float = field(default_factory=time.monotonic)
+    image_sha256s: list[str] = field(default_factory=list)  # every query image of the request
+    answered: list[str] = field(default_factory=list)  # query images given a valid answer
 
 
 class TokenBucket:
@@ -91,38 +124,16 @@ class TokenBucket:
             return (1.0 - self.tokens) / self.rate_per_s
 
 
-def query_image_sha256(body: dict[str, Any]) -> str | None:
-    """SHA-256 of the last image in the request (the query image), if any."""
-    for message in reversed(body.get("messages", [])):
-        content = message.get("content")
-        if not isinstance(content, list):
-            continue
-        for part in reversed(content):
-            if part.get("type") == "image_url":
-                url = part["image_url"]["url"]
-                payload = url.partition(",")[2]
-                return hashlib.sha256(base64.b64decode(payload)).hexdigest()
-    return None
+@dataclass
+class ChatOutcome:
+    """What the server answered to one chat request."""
 
-
-def schema_classes(body: dict[str, Any]) -> list[str]:
-    """Class enum of the structured-output schema the client sent."""
-    schema = body["response_format"]["json_schema"]["schema"]
-    return list(schema["properties"]["defect_class"]["enum"])
-
-
-def default_prediction(body: dict[str, Any], image_sha256: str | None) -> dict[str, Any]:
-    """A valid answer whose class is a deterministic function of the image hash."""
-    classes = [name for name in schema_classes(body) if name != "no_defect"]
-    index = int(image_sha256 or "0", 16) % len(classes)
-    name = classes[index]
-    return {
-        "defect_class": name,
-        "confidence": 0.875,
-        "reasoning": f"Texture typical of {name}.",
-        "bounding_box_present": True,
-        "boxes": [{"defect_class": name, "box": [0.1, 0.2, 0.6, 0.85]}],
-    }
+    status: int
+    headers: dict[str, str]
+    payload: dict[str, Any]
+    action: str
+    image_sha256s: list[str]
+    answered: list[str]
 
 
 class FakeOpenAIServer:
@@ -144,8 +155,14 @@ class FakeOpenAIServer:
         expected_api_key: str | None = None,
         answer_fn: Callable[[dict[str, Any], str | None], dict[str, Any]] = default_prediction,
         batch_polls_until_done: int = 2,
+        reject_json_schema: bool = False,
+        latency_per_extra_image_s: float = 0.0,
+        prompt_tokens_per_extra_image: int = 100,
     ) -> None:
         self.latency_s = latency_s
+        self.latency_per_extra_image_s = latency_per_extra_image_s
+        self.prompt_tokens_per_extra_image = prompt_tokens_per_extra_image
+        self.reject_json_schema = reject_json_schema
         self.bucket = (
             TokenBucket(rate_limit_per_minute, rate_limit_burst) if rate_limit_per_minute else None
         )
@@ -220,16 +237,18 @@ class FakeOpenAIServer:
             return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
     def requests_by_image(self) -> Counter[str]:
-        """Chat requests received per query-image hash (every attempt counts)."""
-        return Counter(r.image_sha256 for r in self.chat_requests() if r.image_sha256)
+        """Chat requests received per query-image hash (every attempt counts; a packed
+        request counts once for each of its images)."""
+        return Counter(sha for r in self.chat_requests() for sha in r.image_sha256s)
 
     def answers_by_image(self) -> Counter[str]:
         """Valid answers served per query-image hash."""
-        return Counter(
-            r.image_sha256
-            for r in self.chat_requests()
-            if r.image_sha256 and r.action == "answer" and r.status == 200
-        )
+        return Counter(sha for r in self.chat_requests() for sha in r.answered)
+
+    def packed_requests(self) -> list[RequestLog]:
+        """Chat requests (online and Batch) that carried more than one id'd query image."""
+        with self._lock:
+            return [r for r in self.requests if r.body and packed_images(r.body)]
 
     def _next_action(self, image_sha256: str | None) -> Action:
         with self._lock:
@@ -240,15 +259,114 @@ class FakeOpenAIServer:
                 return self.script.popleft()
         return ANSWER
 
+    def _whole_request_action(self, shas: list[str]) -> Action | None:
+        """A scripted action that answers a packed request as a whole (the first image's
+        queue whose head is not a per-image fault, then the FIFO), popped; None otherwise."""
+        with self._lock:
+            for sha in shas:
+                queue = self.image_script.get(sha)
+                if queue and queue[0].kind not in PARTIAL_KINDS and queue[0].kind != "answer":
+                    return queue.popleft()
+            if self.script:
+                return self.script.popleft()
+        return None
+
+    def _image_actions(self, shas: list[str]) -> dict[str, Action]:
+        with self._lock:
+            return {
+                sha: self.image_script[sha].popleft() for sha in shas if self.image_script.get(sha)
+            }
+
+    def _throttle(self, body: dict[str, Any], sha: str | None) -> ChatOutcome | None:
+        """429 when the token bucket is empty (None: the request may pass)."""
+        if self.bucket is None:
+            return None
+        wait = self.bucket.take()
+        if wait <= 0:
+            return None
+        action = Action("rate_limit", retry_after=wait, retry_after_ms=math.ceil(wait * 1000))
+        status, headers, payload = self.chat_response(body, sha, action)
+        return ChatOutcome(status, headers, payload, "rate_limit", [], [])
+
+    def handle_chat(self, body: dict[str, Any], *, online: bool = True) -> ChatOutcome:
+        """Answer one chat request (online: with the rate limit and latency; Batch: without)."""
+        images = packed_images(body)
+        shas = query_image_sha256s(body)
+        if self.reject_json_schema and is_json_schema_request(body):
+            message = "response_format type json_schema is not supported by this server"
+            error = _error(message, "invalid_request")
+            return ChatOutcome(400, {}, error, "rejected", shas, [])
+        if not images:
+            sha = shas[0] if shas else None
+            action = self._next_action(sha)
+            if online and action.kind == "answer":
+                limited = self._throttle(body, sha)
+                if limited is not None:
+                    return replace(limited, image_sha256s=shas)
+            if online and self.latency_s:
+                time.sleep(self.latency_s)
+            status, headers, payload = self.chat_response(body, sha, action)
+            ok = status == 200 and action.kind in ("answer", *PARTIAL_KINDS)
+            return ChatOutcome(status, headers, payload, action.kind, shas, shas if ok else [])
+        whole = self._whole_request_action(shas)
+        if online and whole is None:
+            limited = self._throttle(body, shas[-1])
+            if limited is not None:
+                return replace(limited, image_sha256s=shas)
+        per_image = self._image_actions(shas) if whole is None else {}
+        if online:
+            extra = self.latency_per_extra_image_s * (len(shas) - 1)
+            if self.latency_s or extra:
+                time.sleep(self.latency_s + extra)
+        answer, answered = self.packed_answer(body, images, per_image)
+        action = whole or ANSWER
+        status, headers, payload = self.chat_response(
+            body, shas[-1], action, answer=answer, n_images=len(shas)
+        )
+        kind = action.kind if whole else ",".join(sorted({a.kind for a in per_image.values()}))
+        ok = status == 200 and whole is None
+        return ChatOutcome(status, headers, payload, kind or "answer", shas, answered if ok else [])
+
+    def packed_answer(
+        self, body: dict[str, Any], images: list[tuple[str, str]], actions: dict[str, Action]
+    ) -> tuple[dict[str, Any], list[str]]:
+        """One prediction per (image_id, sha), each image's scripted fault applied; and the
+        images whose item is valid and uniquely theirs."""
+        items: list[dict[str, Any]] = []
+        answered: list[str] = []
+        for index, (image_id, sha) in enumerate(images):
+            action = actions.get(sha, ANSWER)
+            item = {"image_id": image_id, **(action.prediction or self.answer_fn(body, sha))}
+            if action.kind == "omit_id":
+                continue
+            if action.kind == "unknown_id":
+                item["image_id"] = f"img-unknown-{index}"
+            elif action.kind == "invalid_item":
+                item["confidence"] = 1.7
+            items.append(item)
+            if action.kind == "duplicate_id":
+                items.append(dict(item))
+            elif action.kind not in PARTIAL_KINDS:
+                answered.append(sha)
+        return {"predictions": items}, answered
+
     def _new_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}"
 
     # -- chat completions ------------------------------------------------------------
 
     def chat_response(
-        self, body: dict[str, Any], image_sha256: str | None, action: Action
+        self,
+        body: dict[str, Any],
+        image_sha256: str | None,
+        action: Action,
+        *,
+        answer: dict[str, Any] | None = None,
+        n_images: int = 1,
     ) -> tuple[int, dict[str, str], dict[str, Any]]:
-        """(status, headers, json) for one chat request under ``action``."""
+        """(status, headers, json) for one chat request under ``action``; ``answer`` is the
+        content of an ``answer`` action when given (a packed answer), and a request of
+        ``n_images`` query images reports more prompt and completion tokens."""
         if action.kind == "rate_limit":
             headers = {}
             if action.retry_after is not None:
@@ -263,9 +381,9 @@ class FakeOpenAIServer:
 
         refusal = None
         finish = "stop"
-        if action.kind == "answer":
+        if action.kind in ("answer", *PARTIAL_KINDS):
             content: str | None = json.dumps(
-                action.prediction or self.answer_fn(body, image_sha256)
+                answer or action.prediction or self.answer_fn(body, image_sha256)
             )
         elif action.kind == "invalid_json":
             content = '{"defect_class": "crazing", "confidence": 0.9, "reason'
@@ -291,6 +409,8 @@ class FakeOpenAIServer:
         with self._lock:
             cached = self.cached_tokens if self._seen_prefix else 0
             self._seen_prefix = True
+        prompt_tokens = self.prompt_tokens + (n_images - 1) * self.prompt_tokens_per_extra_image
+        completion_tokens = self.completion_tokens * n_images
         message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": refusal}
         completion = {
             "id": self._new_id("chatcmpl"),
@@ -301,9 +421,9 @@ class FakeOpenAIServer:
                 {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
             ],
             "usage": {
-                "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
                 "prompt_tokens_details": {"cached_tokens": cached},
             },
         }
@@ -382,9 +502,8 @@ class FakeOpenAIServer:
         for line in lines:
             item = json.loads(line)
             body = item["body"]
-            image_sha = query_image_sha256(body)
-            action = self._next_action(image_sha)
-            status, _, payload = self.chat_response(body, image_sha, action)
+            outcome = self.handle_chat(body, online=False)
+            status, payload = outcome.status, outcome.payload
             with self._lock:
                 self.requests.append(
                     RequestLog(
@@ -393,9 +512,11 @@ class FakeOpenAIServer:
                         {},
                         {},
                         body,
-                        image_sha,
+                        query_image_sha256(body),
                         status,
-                        action.kind,
+                        outcome.action,
+                        image_sha256s=outcome.image_sha256s,
+                        answered=outcome.answered,
                     )
                 )
             entry: dict[str, Any] = {
@@ -477,6 +598,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body=body,
                 image_sha256=query_image_sha256(body) if body else None,
+                image_sha256s=query_image_sha256s(body) if body else [],
             )
             with server._lock:
                 server.requests.append(log)
@@ -504,24 +626,10 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                     return 400, {}, _error("JSON body required", "invalid_request")
                 if azure and not (tail.startswith("/deployments/") and "api-version" in log.query):
                     return 404, {}, _error("Azure path needs deployment and api-version", "404")
-                action = server._next_action(log.image_sha256)
-                log.action = action.kind
-                if server.bucket is not None and action.kind == "answer":
-                    wait = server.bucket.take()
-                    if wait > 0:
-                        log.action = "rate_limit"
-                        return server.chat_response(
-                            body,
-                            log.image_sha256,
-                            Action(
-                                "rate_limit",
-                                retry_after=wait,
-                                retry_after_ms=math.ceil(wait * 1000),
-                            ),
-                        )
-                if server.latency_s:
-                    time.sleep(server.latency_s)
-                return server.chat_response(body, log.image_sha256, action)
+                outcome = server.handle_chat(body)
+                log.action, log.answered = outcome.action, outcome.answered
+                log.image_sha256s = outcome.image_sha256s
+                return outcome.status, outcome.headers, outcome.payload
             if method == "POST" and tail == "/files":
                 message = BytesParser(policy=HTTP).parsebytes(
                     f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + raw

@@ -149,6 +149,7 @@ def test_help_explains_every_option() -> None:
         "--box-strategy",
         "--detail",
         "--concurrency",
+        "--images-per-request",
         "--max-attempts",
         "--no-progress",
     ):

@@ -66,6 +66,32 @@ def test_same_seed_same_split_other_seed_other_split() -> None:
     assert base["split"].tolist() != other["split"].tolist()
 
 
+def test_a_seed_draw_changes_only_the_seeds_and_keeps_the_golden_test_set() -> None:
+    base = assign_splits(frame(50), SplitSettings())
+    draws = [assign_splits(frame(50), SplitSettings(seed_draw=d)) for d in (0, 1, 2)]
+    base_test = set(base.loc[base["split"] == "test", "image_id"])
+    seeds = []
+    for drawn in draws:
+        assert set(drawn.loc[drawn["split"] == "test", "image_id"]) == base_test
+        counts = drawn[drawn["split"] == "seed"].groupby("class_name").size()
+        assert (counts == 3).all() and len(counts) == len(NEU_CLASSES)
+        seeds.append(frozenset(drawn.loc[drawn["split"] == "seed", "image_id"]))
+    assert len(set(seeds)) == 3
+    assert frozenset(base.loc[base["split"] == "seed", "image_id"]) not in seeds
+    again = assign_splits(frame(50), SplitSettings(seed_draw=1))
+    assert again["split"].tolist() == draws[1]["split"].tolist()
+
+
+def test_a_seed_draw_keeps_duplicates_together() -> None:
+    members = ["patches_1", "patches_5"]
+    for draw in range(20):
+        result = assign_splits(
+            frame(8, {"dup": members}), SplitSettings(seed_draw=draw, seed_fraction=0.3)
+        )
+        assert result.loc[result["image_id"].isin(members), "split"].nunique() == 1
+        assert not any(leakage_report(result).values())
+
+
 def test_no_image_in_two_splits_and_every_image_assigned() -> None:
     result = assign_splits(frame(30), SplitSettings(seed_fraction=0.1))
     assert result["image_id"].is_unique

@@ -1,4 +1,4 @@
-"""Command-line entry point: ``cascade-defect run|train|render|annotate|download``.
+"""Command-line entry point: ``cascade-defect run|train|render|annotate|review|download``.
 
 Also runnable as ``python -m cascade_defect.cli``.
 """
@@ -123,6 +123,7 @@ ANNOTATE_OPTION_FLAGS = {
     "detail": "--detail",
     "budget_usd": "--budget",
     "concurrency": "--concurrency",
+    "images_per_request": "--images-per-request",
     "max_attempts": "--max-attempts",
     "box_strategies": "--box-strategy",
     "progress": "--no-progress",
@@ -223,6 +224,27 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     for name, path in result.files.items():
         print(f"  {name:<12} {path}")
     return 0 if result.n_labelled else 1
+
+
+def cmd_review_import(args: argparse.Namespace) -> int:
+    """Bring a corrected review export back into a run as the ``reviewed`` label source."""
+    from cascade_defect.annotate.review_import import ReviewImportError
+    from cascade_defect.annotate.reviewed import import_review
+
+    try:
+        summary = import_review(Path(args.file), Path(args.run_dir), args.format)
+    except (ReviewImportError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{summary.file} ({summary.format}): {summary.n_reviews} reviewed image(s), "
+        f"{summary.n_class_changes} class change(s), {summary.n_box_changes} box change(s), "
+        f"{summary.n_not_reviewed} left unreviewed; {summary.n_reviewed_images} reviewed image(s) "
+        f"in the run; {'written' if summary.changed else 'unchanged (already imported)'}"
+    )
+    for name, path in summary.files.items():
+        print(f"  {name:<12} {path}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -350,6 +372,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="YOLOv8n weights for the offline annotator (default: $CASCADE_YOLO_WEIGHTS or yolov8n.pt)",
     )
     annotate.set_defaults(func=cmd_annotate)
+
+    from cascade_defect.annotate.review_import import REVIEW_FORMATS
+
+    review = sub.add_parser(
+        "review", help="bring a person's corrections of the audit's review export into a run"
+    )
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+    review_import = review_sub.add_parser(
+        "import",
+        help="import a corrected review file as the run's 'reviewed' label source",
+        description=(
+            "Read a corrected review export (the audit's disagreements.csv, a Label Studio JSON "
+            "export, or a COCO file), check every row against the run, and write the 'reviewed' "
+            "label source under RUN/04_audit/reviewed/. Nothing is written if any row is wrong; "
+            "importing the same file again changes nothing."
+        ),
+    )
+    review_import.add_argument("file", help="the corrected review file")
+    review_import.add_argument(
+        "--format",
+        choices=list(REVIEW_FORMATS),
+        default=None,
+        help="default: csv by extension, else label-studio or coco by the JSON's shape",
+    )
+    review_import.add_argument(
+        "--run-dir", required=True, help="the run folder <work>/runs/<profile> that was audited"
+    )
+    review_import.set_defaults(func=cmd_review_import)
 
     download = sub.add_parser(
         "download", help="download NEU-DET from Kaggle (needs Kaggle credentials)"

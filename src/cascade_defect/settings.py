@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cascade_defect.box_settings import CamBoxSettings, CropVerifierSettings
 from cascade_defect.locations import DataLocationError, portable_path
 
 ProfileName = Literal["smoke", "quick", "full"]
@@ -94,6 +95,15 @@ class SplitSettings(BaseModel):
     )
     test_fraction: float = Field(0.20, gt=0, lt=1)
     random_seed: int = 42
+    seed_draw: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Draw the seeds again from the non-test images with this number, the golden test "
+            "set unchanged, to see how much the verdict depends on which few images were "
+            "labelled; None keeps the split's own seeds"
+        ),
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_a_pool(self) -> SplitSettings:
@@ -229,6 +239,14 @@ class AnnotationSettings(BaseModel):
     self_training: SelfTrainingSettings = Field(
         default_factory=SelfTrainingSettings,
         description="The self_training box strategy: teachers trained on the seed detector's boxes.",
+    )
+    crop_verifier: CropVerifierSettings = Field(
+        default_factory=CropVerifierSettings,
+        description="The crop_verified box strategy: low-score proposals checked by crop features.",
+    )
+    classifier_cam: CamBoxSettings = Field(
+        default_factory=CamBoxSettings,
+        description="The classifier_cam box strategy: boxes around YOLOv8n-cls activation maps.",
     )
 
 

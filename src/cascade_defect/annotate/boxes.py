@@ -12,6 +12,9 @@ not trusted) still has to hand YOLO boxes. The strategies, usable with any annot
   pool, each fold by a teacher that never saw it (:mod:`cascade_defect.annotate.self_training`).
 - ``mllm_verified``: the seed detector's proposals, drawn numbered on the image and checked by
   the MLLM in one request per image (:mod:`cascade_defect.annotate.mllm.verify`).
+- ``crop_verified`` and ``classifier_cam``: low-score proposals kept by a few-shot crop classifier
+  (:mod:`~cascade_defect.annotate.crop_verifier`), and boxes around an image classifier's
+  activation map (:mod:`~cascade_defect.annotate.cam_boxes`).
 - ``annotator``: keep the boxes the annotator returned (an MLLM's own boxes).
 
 :func:`pseudo_boxes` applies one strategy to stored predictions and returns one row per box,
@@ -50,18 +53,25 @@ from cascade_defect.train.yolo_env import (
 
 log = logging.getLogger(__name__)
 
-BoxStrategy = Literal["whole_image", "seed_detector", "self_training", "mllm_verified", "annotator"]
+BoxStrategy = Literal[
+    "whole_image", "seed_detector", "self_training", "mllm_verified", "annotator",
+    "crop_verified", "classifier_cam",
+]  # fmt: skip
 BOX_STRATEGIES: tuple[str, ...] = (
     "whole_image",
     "seed_detector",
     "self_training",
     "mllm_verified",
     "annotator",
+    "crop_verified",  # annotate/crop_verifier.py
+    "classifier_cam",  # annotate/cam_boxes.py
 )
 DEFAULT_BOX_STRATEGIES: tuple[str, ...] = ("whole_image", "seed_detector", "annotator")
 """Written by chapter 03 unless told otherwise: ``self_training`` costs teacher trainings and
 does not beat ``seed_detector`` on NEU-DET (``scripts/bench_box_strategies.py``)."""
-PROPOSAL_STRATEGIES: frozenset[str] = frozenset({"seed_detector", "self_training", "mllm_verified"})
+PROPOSAL_STRATEGIES: frozenset[str] = frozenset(
+    {"seed_detector", "self_training", "mllm_verified", "crop_verified", "classifier_cam"}
+)
 """Strategies whose boxes come from a detector's proposals (:class:`Proposal` lists)."""
 PSEUDO_BOX_COLUMNS = ["image_id", "class_name", "x1", "y1", "x2", "y2", "confidence", "strategy"]
 WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)

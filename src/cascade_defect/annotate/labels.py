@@ -8,9 +8,12 @@ failed stay in ``pseudo_labels.csv`` with ``status="failed"`` and never get a la
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.data.tables import read_table
 from cascade_defect.data.yolo_txt import yolo_line
 
 LABEL_COLUMNS = [
@@ -27,6 +30,19 @@ LABEL_COLUMNS = [
 
 
 BOX_COLUMNS = ["image_id", "strategy", "class_name", "x1", "y1", "x2", "y2", "confidence"]
+
+
+TEXT_COLUMNS = ("status", "defect_class", "reasoning", "annotator", "model", "failure_kind")
+"""Label-table columns read as text, so a class or model named like a number stays a name."""
+
+
+def read_label_tables(
+    labels_path: str | os.PathLike[str], boxes_path: str | os.PathLike[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The labels and boxes tables (chapter 03's, or the reviewed copies), ids and names as text."""
+    labels = read_table(labels_path, dtype=dict.fromkeys(TEXT_COLUMNS, "object"))
+    boxes = read_table(boxes_path, dtype={"strategy": "object", "class_name": "object"})
+    return labels, boxes
 
 
 def image_labels_from_store(store: AnnotationStore, pool: pd.DataFrame) -> pd.DataFrame:

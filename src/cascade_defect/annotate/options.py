@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cascade_defect.annotate.boxes import DEFAULT_BOX_STRATEGIES, BoxStrategy
 
@@ -62,6 +62,15 @@ class AnnotatorOptions(BaseModel):
         ),
     )
     concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
+    images_per_request: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Query images packed into one request after the shared seed prefix (1: one image "
+            "per request). Each image keeps its own cache key, so answers are reused across "
+            "settings; what packing does to accuracy is not measured here."
+        ),
+    )
     max_attempts: int = Field(
         3, ge=1, description="Attempts per image for failures other than rate limits (429)."
     )
@@ -83,7 +92,9 @@ class AnnotatorOptions(BaseModel):
         description=(
             "Boxes written for each labelled image: whole_image, seed_detector (a detector "
             "fine-tuned on the seeds), self_training (cross-fitted teachers taught by the seed "
-            "detector; a few teacher trainings more) and/or annotator (the MLLM's own boxes)."
+            "detector; a few teacher trainings more), crop_verified (low-score detector boxes "
+            "kept by a crop classifier), classifier_cam (boxes around a YOLOv8n-cls activation "
+            "map) and/or annotator (the MLLM's own boxes)."
         ),
     )
     offline_options: dict[str, Any] = Field(
@@ -140,3 +151,26 @@ def resolve_annotator(
     from cascade_defect.annotate.mllm.providers import detect_provider
 
     return detect_provider(environ) or "offline"
+
+
+BILLING_MODES_SENT = ("standard", "batch")
+"""How the MLLM annotator can send requests: online (standard) or through the Batch API."""
+
+
+def supported_configuration(
+    *, model: str, detail: str, images_per_request: int, mode: str, **_: Any
+) -> bool:
+    """Whether the annotator can run a priced configuration (a cost-search row).
+
+    The options model is the one judge: the configuration must be valid
+    :class:`AnnotatorOptions` (any ``images_per_request`` >= 1 is, now that requests pack) and
+    its billing mode one the annotator sends. Prompt caching is the provider's, not an option.
+    Chapter 07 recommends only configurations this accepts.
+    """
+    if mode not in BILLING_MODES_SENT or images_per_request != int(images_per_request):
+        return False
+    try:
+        AnnotatorOptions(model=model, detail=detail, images_per_request=int(images_per_request))
+    except (ValidationError, ValueError, TypeError):
+        return False
+    return True

@@ -13,6 +13,15 @@ Image locations:
   document_root>``: start Label Studio with ``LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true`` and
   ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<document_root>`` (the audit passes the work folder).
   Pass ``image_url_prefix`` to point at images served over HTTP instead.
+
+The CSV carries the reviewer's corrections back: ``corrected_class`` and ``corrected_boxes`` start
+empty beside ``pseudo_boxes`` (the boxes shown, in the same notation, ready to copy and edit), and
+``cascade-defect review import`` reads the file back (:mod:`cascade_defect.annotate.review_import`).
+A box list is ``class x y w h`` in pixels (top-left corner and size, as COCO writes them), boxes
+separated by ``;``; a class name may hold spaces (the last four numbers are the box).
+
+:func:`review_order` is the one definition of the order a reviewer sees the pool in; the export's
+rows and the budget benchmark's ``audit`` order both come from it.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 
 from cascade_defect.annotate.schema import NO_DEFECT
@@ -37,6 +47,71 @@ LOCAL_FILES_PREFIX = "/data/local-files/?d="
 GROUND_TRUTH_VERSION = "ground_truth"
 _COORD_DECIMALS = 2
 _PERCENT_DECIMALS = 4
+CORRECTION_COLUMNS = ("corrected_class", "corrected_boxes")
+"""The CSV columns a reviewer fills in (empty: the row was not reviewed)."""
+NO_BOXES = "none"
+"""``corrected_boxes`` value for "this image has no box" (an empty cell keeps the boxes)."""
+BOX_SEPARATOR = ";"
+
+
+def review_order(images: pd.DataFrame) -> pd.DataFrame:
+    """The audit's image table (``image_id, answered, correct, confidence``) in review order.
+
+    First the disagreements, the most confident first (a confident wrong answer is the costliest:
+    no confidence threshold filters it out), then the images without an answer, then the right
+    answers, the least confident first; ties by image id. The export lists the disagreements in
+    this order and the review budget's ``audit`` order walks the whole table in it.
+    """
+    answered = _flag(images["answered"])
+    wrong = answered & ~_flag(images["correct"])
+    confidence = pd.to_numeric(images["confidence"], errors="coerce").to_numpy(dtype=float)
+    ranked = images.assign(
+        _rank=np.select([wrong, ~answered], [0, 1], 2),
+        _key=np.where(wrong, -confidence, confidence),
+        _id=images["image_id"].astype(str),
+    )
+    ranked = ranked.sort_values(["_rank", "_key", "_id"], kind="stable", na_position="last")
+    return ranked.drop(columns=["_rank", "_key", "_id"])
+
+
+def _flag(column: pd.Series) -> np.ndarray:
+    """A boolean column, also when read back from a CSV as text ("True"/"False")."""
+    if column.dtype == bool:
+        return column.to_numpy()
+    return column.astype(str).str.strip().str.lower().isin(["true", "1"]).to_numpy()
+
+
+def format_box_list(boxes: pd.DataFrame, width: int, height: int) -> str:
+    """Normalised corner boxes (``class_name, x1, y1, x2, y2``) in the CSV's box notation."""
+    items = []
+    for row in boxes.itertuples(index=False):
+        x, y, w, h = pixel_bbox(row.x1, row.y1, row.x2, row.y2, width, height)
+        items.append(f"{row.class_name} {x:g} {y:g} {w:g} {h:g}")
+    return f"{BOX_SEPARATOR} ".join(items)
+
+
+def parse_box_list(text: str) -> list[tuple[str, tuple[float, float, float, float]]]:
+    """The CSV's box notation back to ``(class_name, (x, y, w, h))`` in pixels.
+
+    ``none`` is an empty list; a malformed item raises ``ValueError`` saying which one.
+    """
+    if text.strip().lower() == NO_BOXES:
+        return []
+    boxes = []
+    for number, item in enumerate(text.split(BOX_SEPARATOR), start=1):
+        tokens = item.split()
+        if not tokens:
+            continue
+        try:
+            values = tuple(float(v) for v in tokens[-4:])
+        except ValueError:
+            values = ()
+        if len(tokens) < 5 or len(values) != 4 or not all(math.isfinite(v) for v in values):
+            raise ValueError(
+                f"box {number} {item.strip()!r} is not 'class x y w h' (pixels, four numbers)"
+            )
+        boxes.append((" ".join(tokens[:-4]), values))
+    return boxes
 
 
 def choose_review_strategy(strategies: Iterable[str], preferred: str | None = None) -> str | None:
@@ -329,7 +404,16 @@ def write_review_export(
         "label_studio_config": out_dir / "label_studio_config.xml",
         "readme": out_dir / "README.md",
     }
-    csv_columns = [c for c in items.columns if c != "path"] + ["file_name", "width", "height"]
+    by_image = {k: g for k, g in pseudo.groupby("image_id")} if len(pseudo) else {}
+    empty = pseudo.iloc[:0]
+    frame["pseudo_boxes"] = [
+        format_box_list(by_image.get(image_id, empty), int(w), int(h))
+        for image_id, w, h in zip(frame["image_id"], frame["width"], frame["height"], strict=True)
+    ]
+    for column in CORRECTION_COLUMNS:
+        frame[column] = ""
+    csv_columns = [c for c in items.columns if c != "path"]
+    csv_columns += ["file_name", "width", "height", "pseudo_boxes", *CORRECTION_COLUMNS]
     frame[csv_columns].to_csv(paths["disagreements"], index=False)
     coco_images = frame[["image_id", "file_name", "width", "height"]]
     _write_json(
@@ -384,7 +468,24 @@ def _readme(
         f"and categories; `file_name` is {coco_paths}; bbox is `[x, y, w, h]` in pixels.\n"
         "- `label_studio_tasks.json`: import into a Label Studio project configured with "
         f"`label_studio_config.xml`; images are {ls_images}. Each task holds two predictions, "
-        "the pseudo-label and the ground truth.\n"
+        "the pseudo-label and the ground truth.\n\n"
+        "## Sending corrections back\n\n"
+        "Any of the three files, once corrected, goes back with "
+        "`cascade-defect review import FILE --run-dir <run folder>`, which writes the `reviewed` "
+        "label source into `../reviewed/` (the run's pseudo-labels with the reviewed images "
+        "replaced, and where each change came from). It checks the whole file first and applies "
+        "nothing if any row is wrong.\n\n"
+        "- `disagreements.csv`: fill `corrected_class` (a class, or `no_defect`) and/or "
+        "`corrected_boxes` (`class x y w h` in pixels, top-left corner and size, boxes separated "
+        "by `;`, e.g. `inclusion 12 30 40 25; inclusion 100 0 20 60`; `none` for no box). "
+        "`pseudo_boxes` shows the boxes in that notation. Rows with both cells empty are not "
+        "reviewed; an empty `corrected_boxes` keeps the pseudo boxes (relabelled to the corrected "
+        "class). An optional `reviewed_at` column (ISO 8601) dates each row.\n"
+        "- Label Studio: export the project as JSON; each task's latest submitted annotation "
+        "counts (skipped ones and tasks without annotations are not reviewed). The `defect_class` "
+        "choice sets the class; rectangles replace the boxes; a choice alone keeps the boxes.\n"
+        "- COCO: every listed image is reviewed; its annotations replace its boxes, and its class "
+        "is the image's `defect_class` field when present, else its boxes' most common class.\n"
     )
 
 

@@ -29,6 +29,8 @@ FailureKind = Literal[
     "timeout",
     "budget",
     "batch_error",
+    "missing_answer",
+    "duplicate_answer",
 ]
 FAILURE_KINDS: tuple[str, ...] = FailureKind.__args__  # type: ignore[attr-defined]
 
@@ -118,6 +120,33 @@ def prediction_model_for(class_names: Sequence[str]) -> type[DefectPrediction]:
             Field(description="Dominant defect class of the image, or 'no_defect'."),
         ),
         boxes=(list[box_model], Field(description="Defect boxes; empty when none.")),
+    )
+
+
+PACKED_IMAGE_ID_DESCRIPTION = "The image_id written just before the image this prediction answers."
+
+
+def packed_prediction_model_for(answer_model: type[DefectPrediction]) -> type[BaseModel]:
+    """Structured output of a packed request: ``predictions``, one per query image, each an
+    ``answer_model`` answer that names the ``image_id`` it answers (first, so the model commits
+    to an image before describing it).
+
+    Each item is a subclass of ``answer_model``, so the same validators judge a packed item and
+    a single-image answer; ids are strings and the request decides which ones are valid.
+    """
+    id_base = create_model(
+        "ImageId",
+        __config__=ConfigDict(extra="forbid"),
+        image_id=(str, Field(description=PACKED_IMAGE_ID_DESCRIPTION)),
+    )
+    item = create_model("PackedDefectAnswer", __base__=(answer_model, id_base))
+    return create_model(
+        "PackedDefectAnswers",
+        __config__=ConfigDict(extra="forbid"),
+        predictions=(
+            list[item],  # type: ignore[valid-type]
+            Field(description="One prediction per new image, each image_id exactly once."),
+        ),
     )
 
 

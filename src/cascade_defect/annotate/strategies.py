@@ -8,14 +8,19 @@ strategies start from the seed detector's proposals, trained once and shared:
   (:mod:`cascade_defect.annotate.self_training`);
 - ``mllm_verified``: each image's proposals drawn as numbered boxes and checked by the MLLM in
   one request (:mod:`cascade_defect.annotate.mllm.verify`); an image whose check failed keeps
-  its proposals unchecked, as ``seed_detector`` would, so a failed request never costs a box.
+  its proposals unchecked, as ``seed_detector`` would, so a failed request never costs a box;
+- ``crop_verified``: the detector's low-score proposals kept or dropped by a few-shot classifier
+  of their crops (:mod:`cascade_defect.annotate.crop_verifier`).
+
+``classifier_cam`` needs no detector: boxes around the activation map of a YOLOv8n-cls trained on
+the seeds and the annotator's confident labels (:mod:`cascade_defect.annotate.cam_boxes`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +28,17 @@ import pandas as pd
 
 from cascade_defect.annotate.boxes import Proposal, SeedDetector, SeedDetectorSettings
 from cascade_defect.annotate.options import AnnotatorOptions
-from cascade_defect.settings import SelfTrainingSettings
+from cascade_defect.settings import CamBoxSettings, CropVerifierSettings, SelfTrainingSettings
 
 log = logging.getLogger(__name__)
 
 NEEDS_MLLM: frozenset[str] = frozenset({"annotator", "mllm_verified"})
 """Strategies the offline annotator cannot serve: it has no boxes and no model to ask."""
-NEEDS_DETECTOR: frozenset[str] = frozenset({"seed_detector", "self_training", "mllm_verified"})
+NEEDS_DETECTOR: frozenset[str] = frozenset(
+    {"seed_detector", "self_training", "mllm_verified", "crop_verified"}
+)
+NEEDS_PROPOSALS: frozenset[str] = NEEDS_DETECTOR | {"classifier_cam"}
+"""Strategies whose boxes :func:`strategy_proposals` computes."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ class DetectorRecipe:
     seed: int = 0
     config_dir: Path | None = None
     threads: int | None = None
+    crop_verifier: CropVerifierSettings = field(default_factory=CropVerifierSettings)
+    classifier_cam: CamBoxSettings = field(default_factory=CamBoxSettings)
 
 
 def runnable_strategies(strategies: Sequence[str], annotator: str) -> list[str]:
@@ -71,7 +82,7 @@ def strategy_proposals(
 ) -> tuple[dict[str, dict[str, list[Proposal]]], dict[str, Any]]:
     """Proposals per detector-based strategy in ``strategies`` (others get none), and what each
     did (teachers, verification requests and cost). ``options`` must be resolved."""
-    wanted = [s for s in strategies if s in NEEDS_DETECTOR]
+    wanted = [s for s in strategies if s in NEEDS_PROPOSALS]
     if not wanted:
         return {}, {}
     detector = SeedDetector(
@@ -82,8 +93,10 @@ def strategy_proposals(
         threads=recipe.threads,
         progress=options.progress,
     )
-    detector.train(seeds, seed_boxes, class_names)
-    proposed = detector.propose(pool)
+    proposed: dict[str, list[Proposal]] = {}
+    if NEEDS_DETECTOR & set(wanted):
+        detector.train(seeds, seed_boxes, class_names)
+        proposed = detector.propose(pool)
     image_classes = dict(zip(predictions["image_id"], predictions["defect_class"], strict=True))
     out: dict[str, dict[str, list[Proposal]]] = {}
     details: dict[str, Any] = {}
@@ -118,7 +131,102 @@ def strategy_proposals(
             out[strategy], details[strategy] = _verified(
                 proposed, pool, image_classes, class_names, recipe, options, seed_examples
             )
+        elif strategy == "crop_verified":
+            out[strategy], details[strategy] = _crop_verified(
+                detector, seeds, seed_boxes, pool, image_classes, recipe, options
+            )
+        elif strategy == "classifier_cam":
+            out[strategy], details[strategy] = _classifier_cam(
+                seeds, seed_boxes, pool, predictions, image_classes, class_names, recipe, options
+            )
     return out, details
+
+
+def _crop_verified(
+    detector: SeedDetector,
+    seeds: pd.DataFrame,
+    seed_boxes: pd.DataFrame,
+    pool: pd.DataFrame,
+    image_classes: dict[str, str],
+    recipe: DetectorRecipe,
+    options: AnnotatorOptions,
+) -> tuple[dict[str, list[Proposal]], dict[str, Any]]:
+    """The trained seed detector re-proposes at the verifier's low score, seeds and pool alike."""
+    from cascade_defect.annotate.crop_verifier import CropVerifier, crop_verify
+    from cascade_defect.annotate.offline.features import FeatureSpec, YoloFeatureExtractor
+
+    settings = recipe.crop_verifier
+    assert detector.trained is not None
+    low = SeedDetector.from_trained(
+        detector.trained.weights,
+        replace(detector.settings, conf=settings.conf, max_det=settings.max_det),
+        config_dir=recipe.config_dir,
+        progress=options.progress,
+    )
+    extractor = YoloFeatureExtractor(
+        str(recipe.weights),
+        FeatureSpec(imgsz=settings.crop_imgsz),
+        config_dir=recipe.config_dir,
+        device=recipe.device,
+        progress=False,
+    )
+    result = crop_verify(
+        verifier=CropVerifier(extractor, settings, seed=recipe.seed),
+        seeds=seeds,
+        seed_boxes=seed_boxes,
+        seed_proposals=low.propose(seeds),
+        pool=pool,
+        proposals=low.propose(pool),
+        image_classes=image_classes,
+    )
+    return result.boxes, result.details
+
+
+def _classifier_cam(
+    seeds: pd.DataFrame,
+    seed_boxes: pd.DataFrame,
+    pool: pd.DataFrame,
+    predictions: pd.DataFrame,
+    image_classes: dict[str, str],
+    class_names: Sequence[str],
+    recipe: DetectorRecipe,
+    options: AnnotatorOptions,
+) -> tuple[dict[str, list[Proposal]], dict[str, Any]]:
+    """Boxes from the given classifier's maps, or from a small one trained here first."""
+    from cascade_defect.annotate.cam_boxes import cam_boxes, train_cam_classifier
+
+    settings = recipe.classifier_cam
+    trained: dict[str, Any] = {}
+    classifier: str | Path | None = settings.weights
+    if classifier is None:
+        training = train_cam_classifier(
+            seeds=seeds,
+            pool=pool,
+            predictions=predictions,
+            class_names=class_names,
+            weights=recipe.weights,
+            work_dir=recipe.work_dir / "classifier_cam",
+            settings=settings,
+            device=recipe.device,
+            seed=recipe.seed,
+            config_dir=recipe.config_dir,
+            threads=recipe.threads,
+            progress=options.progress,
+        )
+        classifier = training.best_weights
+        trained = {"train_seconds": round(training.wall_seconds, 1), **training.holdout_metrics}
+    result = cam_boxes(
+        classifier=classifier,
+        seeds=seeds,
+        seed_boxes=seed_boxes,
+        pool=pool,
+        image_classes=image_classes,
+        settings=settings,
+        device=recipe.device,
+        config_dir=recipe.config_dir,
+        progress=options.progress,
+    )
+    return result.boxes, {**result.details, **({"classifier": trained} if trained else {})}
 
 
 def _verified(

@@ -23,6 +23,7 @@ from cascade_defect.annotate.labels import (
     BOX_COLUMNS,
     LABEL_COLUMNS,
     image_labels_from_store,
+    read_label_tables,
     yolo_lines,
 )
 from cascade_defect.annotate.mllm.annotator import PoolImage, annotate_pool
@@ -33,7 +34,6 @@ from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.seeds import seed_examples
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.data.split import SplitLayout, read_labelled_listing, read_pool_listing
-from cascade_defect.data.tables import read_table
 from cascade_defect.data.yolo_txt import write_label_file
 from cascade_defect.manifest import ChapterRun
 from cascade_defect.settings import StudyConfig
@@ -85,6 +85,7 @@ def run_annotation(
             "model": options.model,
             "detail": options.detail,
             "concurrency": options.concurrency,
+            "images_per_request": options.images_per_request,
             "budget_usd": options.budget_usd,
             "max_attempts": options.max_attempts,
             "box_strategies": list(options.box_strategies),
@@ -102,7 +103,10 @@ def run_annotation(
     prompt = build_prompt(seeds, class_names, detail=options.detail)
     sample = Path(pool["path"].iloc[0]).read_bytes()
     priced = options.priced_model
-    prompt_estimate, cost_estimate = estimate_pool_cost(prompt, sample, len(pool), priced)
+    per_request = options.images_per_request
+    prompt_estimate, cost_estimate = estimate_pool_cost(
+        prompt, sample, len(pool), priced, images_per_request=per_request
+    )
     store = AnnotationStore(outputs.predictions)
 
     if chosen == "offline":
@@ -142,10 +146,15 @@ def run_annotation(
     billed = [r for r in records if r.usage.prompt_tokens > 0]
     if billed:
         comparison = compare_with_usage(
-            billed, prompt_estimate, cost_estimate.completion_tokens_per_request, priced
+            billed,
+            prompt_estimate,
+            cost_estimate.completion_tokens_per_request,
+            priced,
+            images_per_request=per_request if chosen != "offline" else 1,
         ).as_dict()
     estimate = {
         "model": priced,
+        "images_per_request": per_request,
         "prompt_tokens_per_request": prompt_estimate.prompt_tokens,
         "prefix_tokens": prompt_estimate.prefix_tokens,
         "text_tokens": prompt_estimate.text_tokens,
@@ -159,6 +168,10 @@ def run_annotation(
         "prompt_version": prompt.version,
         "prompt_hash": prompt.prompt_hash,
         "n_pool": len(pool),
+        "images_per_request": per_request,
+        # How answers were constrained (None offline): the provider's JSON schema, or JSON mode
+        # after the server refused it (vLLM, Ollama without structured outputs).
+        "structured_output_mode": run_summary.get("structured_output_mode"),
         "status_counts": status_counts,
         "failures_by_kind": failures["failure_kind"].value_counts().to_dict(),
         "recorded_cost_usd": round(sum(r.cost_usd for r in records), 6),
@@ -255,6 +268,8 @@ def _pseudo_boxes(
         work_dir=config.paths.annotation_dir,
         seed_detector=SeedDetectorSettings.for_profile(profile),
         self_training=profile.annotation.self_training,
+        crop_verifier=profile.annotation.crop_verifier,
+        classifier_cam=profile.annotation.classifier_cam,
         device=profile.training.device,
         seed=profile.training.seed,
         config_dir=config.work_dir / ".ultralytics",
@@ -340,17 +355,4 @@ def read_pseudo_labels(outputs: AnnotationOutputs) -> tuple[pd.DataFrame, pd.Dat
             raise FileNotFoundError(
                 f"{path} not found: run notebook 03 (few-shot annotation) first"
             )
-    text = {
-        name: "object"
-        for name in (
-            "status",
-            "defect_class",
-            "reasoning",
-            "annotator",
-            "model",
-            "failure_kind",
-        )
-    }
-    labels = read_table(outputs.labels, dtype=text)
-    boxes = read_table(outputs.boxes, dtype={"strategy": "object", "class_name": "object"})
-    return labels, boxes
+    return read_label_tables(outputs.labels, outputs.boxes)

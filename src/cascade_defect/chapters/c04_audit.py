@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cascade_defect.annotate.review_export import review_order
 from cascade_defect.annotate.schema import NO_DEFECT, AnnotationRecord
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseudo_labels
@@ -193,10 +194,10 @@ def disagreements(images: pd.DataFrame) -> pd.DataFrame:
     """Answered images whose class is wrong, the most confident first (ties by image id).
 
     A confident wrong answer is the costliest: a confidence threshold will not filter it out
-    of the training set.
+    of the training set. The order is :func:`review_order`'s, which the review budget reuses.
     """
-    wrong = images[images["answered"] & ~images["correct"]].copy()
-    wrong = wrong.sort_values(["confidence", "image_id"], ascending=[False, True], kind="stable")
+    ordered = review_order(images)
+    wrong = ordered[ordered["answered"] & ~ordered["correct"]]
     columns = [
         "image_id",
         "true_class",

@@ -27,7 +27,10 @@ from typing import Any
 
 import pandas as pd
 
+from cascade_defect.annotate.review_budget import parse_review_source
+from cascade_defect.annotate.reviewed import ReviewedOutputs, read_reviewed_tables, require_reviewed
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseudo_labels
+from cascade_defect.chapters.c04_audit import AuditOutputs
 from cascade_defect.data.split import (
     SplitLayout,
 )
@@ -44,16 +47,17 @@ from cascade_defect.train.classify import (
 )
 from cascade_defect.train.sources import (
     PSEUDO,
+    REVIEWED,
     PoolTruth,
     SourceDataset,
     SplitInputs,
     build_source,
     epochs_for,
     holdout_ids,
-    is_pseudo,
     planned_sources,
     read_pool_truth,
     read_split_inputs,
+    reads_pseudo_labels,
     uses_pool_ground_truth,
     validate_source,
     write_source_dataset,
@@ -77,6 +81,7 @@ _PRODUCED_BY = {
     "pool_ground_truth": "notebook 02 (split)",
     "pseudo_labels": "notebook 03 (few-shot annotation)",
     "pseudo_boxes": "notebook 03 (few-shot annotation)",
+    "audit_images": "notebook 04 (label audit)",
 }
 
 
@@ -131,16 +136,22 @@ def assemble_source(
     split = read_split_inputs(layout)
     settings = config.profile.training
     holdout = holdout_ids(split.pool["image_id"], settings.val_fraction, settings.seed)
-    truth = pseudo = None
+    truth = pseudo = audit = None
     if uses_pool_ground_truth(source):
         require_inputs({"pool_ground_truth": layout.pool_truth}, _PRODUCED_BY)
         truth = read_pool_truth(layout, split.class_names)
-    elif is_pseudo(source):
+    if source == REVIEWED:
+        pseudo = read_reviewed_tables(ReviewedOutputs(config.paths.audit_dir / "reviewed"))
+    elif reads_pseudo_labels(source):
         outputs = AnnotationOutputs(config.paths.annotation_dir)
         require_inputs(
             {"pseudo_labels": outputs.labels, "pseudo_boxes": outputs.boxes}, _PRODUCED_BY
         )
         pseudo = read_pseudo_labels(outputs)
+    if _audit_ordered([source]):
+        audit_table = AuditOutputs(config.paths.audit_dir).images
+        require_inputs({"audit_images": audit_table}, _PRODUCED_BY)
+        audit = read_table(audit_table)
     dataset = build_source(
         source,
         split,
@@ -150,8 +161,14 @@ def assemble_source(
         box_strategy=settings.box_strategy,
         min_confidence=settings.pseudo_confidence_threshold,
         noise_seed=settings.seed,
+        audit_images=audit,
     )
     return dataset, split, truth
+
+
+def _audit_ordered(sources: Sequence[str]) -> bool:
+    """Whether any source is a ``review_audit_<k>`` budget (it reads chapter 04's image table)."""
+    return any((parse_review_source(s) or ("",))[0] == "audit" for s in sources)
 
 
 def prepare_source(
@@ -318,8 +335,14 @@ def run_training(
     layout = SplitLayout(config.paths.split_dir)
     annotation = AnnotationOutputs(config.paths.annotation_dir)
     inputs = {"split_pool": layout.pool_listing, "split_seed": layout.seed_listing}
-    if any(is_pseudo(s) for s in chosen):
+    if any(reads_pseudo_labels(s) and s != REVIEWED for s in chosen):
         inputs |= {"pseudo_labels": annotation.labels, "pseudo_boxes": annotation.boxes}
+    if REVIEWED in chosen:
+        reviewed = ReviewedOutputs(config.paths.audit_dir / "reviewed")
+        require_reviewed(reviewed)
+        inputs |= {"reviewed_labels": reviewed.labels, "reviewed_boxes": reviewed.boxes}
+    if _audit_ordered(chosen):
+        inputs |= {"audit_images": AuditOutputs(config.paths.audit_dir).images}
     if any(uses_pool_ground_truth(s) for s in chosen):
         inputs |= {"pool_ground_truth": layout.ground_truth_dir}
     require_inputs(

@@ -14,8 +14,10 @@ candidates as chapter 03's seed detector proposed per pool image on average.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -23,13 +25,16 @@ from cascade_defect.annotate.boxes import SeedDetectorSettings
 from cascade_defect.annotate.mllm.estimate import (
     estimate_completion_tokens,
     estimate_prompt_tokens,
+    estimate_request_tokens,
     typical_answer_json,
+    typical_packed_answer_json,
 )
 from cascade_defect.annotate.mllm.prompt import build_prompt
 from cascade_defect.annotate.mllm.verify_request import (
     build_verification_prompt,
     estimate_verification_cost,
 )
+from cascade_defect.annotate.options import supported_configuration
 from cascade_defect.annotate.seeds import seed_examples
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs
@@ -44,6 +49,7 @@ from cascade_defect.costs.model import (
     cost_grid,
 )
 from cascade_defect.costs.pricing import image_tokens, load_pricing
+from cascade_defect.costs.review import review_budget_costs, review_pricing
 from cascade_defect.costs.sweeps import (
     break_even_images,
     cost_per_1000_images,
@@ -57,6 +63,8 @@ from cascade_defect.manifest import ChapterRun
 from cascade_defect.settings import StudyConfig
 
 REFERENCE_MODEL = "gpt-4o"
+PACKING_OPTIONS = (1, 2, 4, 8)
+"""Query images per request searched for the cost targets (chapter 03's ``images_per_request``)."""
 VERIFIED_STRATEGY = "seed_detector"
 """Chapter 03's box strategy whose proposals the verifier would check."""
 DEFAULT_CANDIDATES = SeedDetectorSettings().max_det
@@ -83,6 +91,7 @@ class CostAnalysis:
     notes: list[str] = field(default_factory=list)
     verification: pd.DataFrame = field(default_factory=pd.DataFrame)
     verification_setup: dict = field(default_factory=dict)
+    packing: dict = field(default_factory=dict)  # what chapter 03 sent: annotator, images/request
 
     def headline_costs(self) -> pd.Series:
         """The original estimate next to what the real prompt costs with gpt-4o, per mode."""
@@ -96,6 +105,14 @@ class CostAnalysis:
             },
             name="USD for the pool",
         ).round(2)
+
+    def review_costs(self, budgets: pd.DataFrame | None) -> pd.DataFrame:
+        """The review budget priced: the pool's gpt-4o Batch annotation plus a person's review."""
+        if budgets is None or budgets.empty:
+            return pd.DataFrame()
+        per_image = reference_pool_costs(self.grid)["batch"] / max(self.n_pool, 1)
+        pricing = review_pricing(self.n_pool, self.boxes_per_image, per_image)
+        return review_budget_costs(budgets, pricing)
 
 
 def reference_pool_costs(grid: pd.DataFrame, model: str = REFERENCE_MODEL) -> dict[str, float]:
@@ -112,6 +129,12 @@ def reference_pool_costs(grid: pd.DataFrame, model: str = REFERENCE_MODEL) -> di
         "standard_cached": total("standard", True),
         "batch": total("batch", False),
     }
+
+
+def supported_runnable(row: Mapping[str, Any]) -> bool:
+    """Whether chapter 03 can run a cost-search row: recommendations come only from these
+    (:func:`~cascade_defect.annotate.options.supported_configuration`)."""
+    return supported_configuration(**row)
 
 
 def measured_prompt_spec(
@@ -132,6 +155,13 @@ def measured_prompt_spec(
     query_image_tokens = image_tokens(REFERENCE_MODEL, *query_size, detail)
     output_tokens = estimate_completion_tokens(typical_answer_json(), REFERENCE_MODEL)
     seed_size = prompt.seed_sizes[0] if prompt.seed_sizes else query_size
+    # The packed layout, counted: packs of 1 and 9 give the per-image and once-per-request text.
+    one, nine = (
+        estimate_request_tokens(prompt, [query] * n, REFERENCE_MODEL, packed=True).query_tokens
+        for n in (1, 9)
+    )
+    per_image = (nine - one) / 8
+    packed_answer = estimate_completion_tokens(typical_packed_answer_json(8), REFERENCE_MODEL)
     spec = PromptSpec(
         prefix_text_tokens=estimate.prefix_tokens - seed_image_tokens,
         output_tokens_per_image=output_tokens,
@@ -143,6 +173,9 @@ def measured_prompt_spec(
         seed_text_tokens=round(
             (estimate.prefix_tokens - seed_image_tokens) / max(len(seeds), 1) * 0.5
         ),
+        packed_request_text_tokens=round(one - per_image),
+        packed_image_text_tokens=round(per_image - query_image_tokens),
+        packed_output_tokens_per_image=-(-packed_answer // 8),  # rounded up
     )
     counted = {
         "prompt_tokens_gpt4o": estimate.prompt_tokens,
@@ -200,7 +233,7 @@ def verification_configurations(
     cheapest_single: pd.Series,
 ) -> list[tuple[str, str, bool, bool]]:
     """(label, model, batch, caching) priced for verification: gpt-4o in the headline modes and
-    the cheapest configuration at one image per request, the shape chapter 03 sends."""
+    the cheapest configuration at one image per request (a check carries one pool image)."""
     batch, caching = cheapest_single["mode"] == "batch", bool(cheapest_single["prompt_caching"])
     mode = "Batch" if batch else "standard"
     return [
@@ -323,30 +356,23 @@ def run_cost_analysis(
         REFERENCE_MODEL, original_requests, original_input_tokens, 0, 0
     ).total_usd
 
-    gpt4o = cheapest_config(
-        spec,
-        n_pool,
-        [REFERENCE_MODEL],
-        budget_gpt4o_usd,
-        details=(detail,),
-        images_per_request=(1, 2, 4, 8),
-        billing=billing,
-    )
-    gpt4o_single = cheapest_config(
-        spec, n_pool, [REFERENCE_MODEL], budget_gpt4o_usd, details=(detail,), billing=billing
-    )
-    cheapest = cheapest_config(
-        spec,
-        n_pool,
-        models,
-        budget_cheapest_usd,
-        details=(detail,),
-        images_per_request=(1, 2, 4, 8),
-        billing=billing,
-    )
-    cheapest_single = cheapest_config(
-        spec, n_pool, models, budget_cheapest_usd, details=(detail,), billing=billing
-    )
+    def recommend(chosen: list[str], budget: float, packing: tuple[int, ...]) -> pd.Series:
+        """The cheapest configuration chapter 03 can actually send (see supported_runnable)."""
+        return cheapest_config(
+            spec,
+            n_pool,
+            chosen,
+            budget,
+            details=(detail,),
+            images_per_request=packing,
+            billing=billing,
+            supported=supported_runnable,
+        )
+
+    gpt4o = recommend([REFERENCE_MODEL], budget_gpt4o_usd, PACKING_OPTIONS)
+    gpt4o_single = recommend([REFERENCE_MODEL], budget_gpt4o_usd, (1,))
+    cheapest = recommend(models, budget_cheapest_usd, PACKING_OPTIONS)
+    cheapest_single = recommend(models, budget_cheapest_usd, (1,))
     targets = pd.DataFrame(
         [
             {"target": "gpt-4o, one image per request", **gpt4o_single.to_dict()},
@@ -513,6 +539,10 @@ def run_cost_analysis(
         "chapter_03_annotator": annotated.get("annotator"),
     }
 
+    packing = {
+        "chapter_03_annotator": annotated.get("annotator"),
+        "chapter_03_images_per_request": int(annotated.get("images_per_request", 1)),
+    }
     reference = reference_pool_costs(grid)
     summary = {
         "prompt_tokens": counted,
@@ -522,6 +552,7 @@ def run_cost_analysis(
         "gpt4o_batch_usd": reference["batch"],
         "targets": json.loads(targets.to_json(orient="records")),
         "recorded_cost_usd": float(recorded["cost_usd"].sum()) if not recorded.empty else None,
+        "packing": packing,
         "cascade_operating_point": operating_point,
         "usd_per_1000_images": per_1000.iloc[0].to_dict() if per_1000 is not None else None,
         "verification": {
@@ -561,4 +592,5 @@ def run_cost_analysis(
         notes=notes,
         verification=verification,
         verification_setup=verification_setup,
+        packing=packing,
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -181,7 +181,10 @@ class PromptSpec:
     ``prefix_text_tokens`` covers the instructions and the per-seed class/box text for
     ``n_seed_images`` seeds; :meth:`with_seeds` rescales the seed text by
     ``seed_text_tokens`` per seed. ``images_per_request`` > 1 packs several query images
-    into one request, which amortises the prefix (the accuracy effect is not modelled).
+    into one request, which amortises the prefix (the accuracy effect is not modelled). A packed
+    request's own text is described by the ``packed_*`` counts when they are known (the
+    annotator's packed layout, counted); otherwise each packed image repeats the single
+    request's ``query_text_tokens`` and ``output_tokens_per_image``.
     """
 
     prefix_text_tokens: int
@@ -194,12 +197,25 @@ class PromptSpec:
     detail: str = "low"
     seed_text_tokens: int = 0  # class + boxes text per seed; used by with_seeds()
     image_tokens_override: int | None = None  # sensitivity: force tokens per image
+    packed_request_text_tokens: int | None = None  # a packed request's instruction, once
+    packed_image_text_tokens: int = 0  # per image of a packed request (its id line)
+    packed_output_tokens_per_image: int | None = None  # per image of a packed answer
 
     def __post_init__(self) -> None:
         if self.images_per_request < 1:
             raise ValueError("images_per_request must be >= 1")
         if self.n_seed_images < 0 or self.output_tokens_per_image < 0:
             raise ValueError("counts must be non-negative")
+        if min(self.packed_request_text_tokens or 0, self.packed_image_text_tokens) < 0:
+            raise ValueError("counts must be non-negative")
+
+    @property
+    def varying_text_tokens(self) -> int:
+        """Text tokens of one request beyond the prefix (all its query images together)."""
+        n = self.images_per_request
+        if n == 1 or self.packed_request_text_tokens is None:
+            return self.query_text_tokens * n
+        return self.packed_request_text_tokens + n * self.packed_image_text_tokens
 
     def with_seeds(self, n_seed_images: int) -> PromptSpec:
         """The same prompt with a different number of seeds, each adding its box text."""
@@ -211,7 +227,7 @@ class PromptSpec:
 
     def breakdown(self, model: str) -> PromptTokens:
         """Per-request tokens of this prompt for ``model``."""
-        varying_text = self.query_text_tokens * self.images_per_request
+        varying_text = self.varying_text_tokens
         if self.image_tokens_override is None:
             return prompt_token_breakdown(
                 model,
@@ -237,7 +253,10 @@ class PromptSpec:
         return math.ceil(n_images / self.images_per_request)
 
     def output_tokens_per_request(self) -> int:
-        return self.output_tokens_per_image * self.images_per_request
+        per_image = self.output_tokens_per_image
+        if self.images_per_request > 1 and self.packed_output_tokens_per_image is not None:
+            per_image = self.packed_output_tokens_per_image
+        return per_image * self.images_per_request
 
 
 @dataclass(frozen=True)
@@ -509,13 +528,20 @@ def cheapest_config(
     images_per_request: Sequence[int] = (1,),
     modes: Sequence[ModeTuple] = ALL_MODES,
     billing: BillingOptions = DEFAULT_BILLING,
+    supported: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> pd.Series:
     """The cheapest configuration over the given options, with ``within_budget``.
 
     Computed, not asserted: if nothing meets ``budget_usd`` the cheapest row is still
     returned with ``within_budget=False`` so the caller sees by how much it misses.
+    ``supported`` (a row of :func:`config_search` -> bool) keeps the choice to configurations
+    the annotator can run, so a recommendation is never one nobody can send.
     """
     table = config_search(spec, n_images, models, details, images_per_request, modes, billing)
+    if supported is not None:
+        table = table[[bool(supported(row)) for row in table.to_dict("records")]]
+        if table.empty:
+            raise ValueError("no configuration in the search is supported by the annotator")
     best = table.iloc[0].copy()
     best["within_budget"] = budget_usd is None or bool(best["total_usd"] <= budget_usd)
     best["budget_usd"] = budget_usd

@@ -72,7 +72,38 @@ def assign_splits(images: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame
                     frame.loc[members, "split"] = split
                     filled[split] += size
                     break
+    if settings.seed_draw is not None:
+        frame = redraw_seeds(frame, settings)
     return frame.sort_index()
+
+
+def redraw_seeds(assignment: pd.DataFrame, settings: SplitSettings) -> pd.DataFrame:
+    """The same split with its seeds drawn again (``settings.seed_draw``) from the non-test images.
+
+    The golden test images keep their split, so draws differ only in which few images a person
+    labelled; each class gets the seed target :func:`split_targets` gives it, duplicate groups
+    placed whole as in :func:`assign_splits`.
+    """
+    if settings.seed_draw is None:
+        return assignment
+    rng = np.random.default_rng([settings.random_seed, settings.seed_draw])
+    frame = assignment.copy()
+    frame.loc[frame["split"] == "seed", "split"] = "pool"
+    open_rows = frame[frame["split"] == "pool"]
+    group_class = open_rows.groupby("pixel_hash")["class_name"].first()
+    for class_name in sorted(frame["class_name"].unique()):
+        target = split_targets(int((frame["class_name"] == class_name).sum()), settings)["seed"]
+        groups = sorted(group_class[group_class == class_name].index)
+        filled = 0
+        for group in (groups[i] for i in rng.permutation(len(groups))):
+            members = (frame["pixel_hash"] == group) & (frame["split"] == "pool")
+            size = int(members.sum())
+            if filled + size <= target:
+                frame.loc[members, "split"] = "seed"
+                filled += size
+            if filled >= target:
+                break
+    return frame
 
 
 def split_table(assignment: pd.DataFrame) -> pd.DataFrame:

@@ -68,6 +68,20 @@ def prompt_text(prompt_table: pd.DataFrame, width: int = 160) -> HTML:
     return HTML(shown.to_html())
 
 
+def structured_output_line(summary: Mapping[str, object]) -> str:
+    """How the answers were constrained, from chapter 03's summary: the provider's JSON schema,
+    or JSON mode after the server refused it (then the schema was in the instructions)."""
+    mode = summary.get("structured_output_mode")
+    if mode is None:
+        return "not used (offline annotator)"
+    if mode == "json_object_fallback":
+        return (
+            "JSON mode fallback: the server refused a JSON schema, so the schema went into the "
+            "instructions and each answer was validated locally"
+        )
+    return "JSON schema (structured outputs)"
+
+
 def annotation_overview(
     summary: Mapping[str, object], timings: Mapping[str, float] | None = None
 ) -> pd.DataFrame:
@@ -81,6 +95,8 @@ def annotation_overview(
             "annotator": summary["annotator"],
             "model": summary["model"],
             "prompt version / hash": f"{summary['prompt_version']} / {prompt_hash}",
+            "images per request": summary.get("images_per_request", 1),
+            "structured output": structured_output_line(summary),
             "pool images": summary["n_pool"],
             "labelled": labelled,
             "without a label": int(summary["n_pool"]) - labelled,  # type: ignore[call-overload]

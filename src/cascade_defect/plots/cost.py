@@ -273,3 +273,39 @@ def verification_sentence(verification: pd.DataFrame, setup: Mapping[str, object
             "it with `seed_detector` in chapter 04's box-quality table."
         )
     return Markdown(f"{text}\n\n{effect}")
+
+
+def packing_sentence(targets: pd.DataFrame, packing: Mapping[str, object]) -> Markdown:
+    """What the cost targets say about packing, and that its effect on label accuracy is not
+    measured here, naming the run that would measure it. Amounts are written "USD x"."""
+    packed = targets[targets["images_per_request"] > 1]
+    if len(packed):
+        named = "; ".join(
+            f"{str(row['target']).replace('$', 'USD ')}: {row['model']} with "
+            f"{int(row['images_per_request'])} images per request, USD {row['total_usd']:.2f} "
+            f"for the pool, {'within' if row['within_budget'] else 'above'} the target"
+            for _, row in packed.iterrows()
+        )
+        text = (
+            f"The cheapest configuration for these targets packs several images per request: "
+            f"{named}. Chapter 03 sends such requests with `images_per_request`: the same seed "
+            "prefix, then the query images, each named by its id, and one validated answer per "
+            "image."
+        )
+    else:
+        text = "No target is met more cheaply by packing several images into one request."
+    annotator = packing.get("chapter_03_annotator")
+    sent = int(packing.get("chapter_03_images_per_request") or 1)  # type: ignore[call-overload]
+    ran = (
+        "chapter 03 recorded no annotation summary"
+        if annotator is None
+        else f"chapter 03 ran `{annotator}` with `images_per_request={sent}`"
+    )
+    effect = (
+        f"What packing does to label accuracy is not measured here ({ran}, and no run compares "
+        "packed with single-image answers on the same pool). With credentials, run chapter 03 "
+        "twice on the same pool, with `images_per_request=1` and with `images_per_request=8`, "
+        "each in its own work folder (both runs share one cache key per image, so one store "
+        "would reuse the first run's answers), and compare the two label audits of chapter 04."
+    )
+    return Markdown(f"{text}\n\n{effect}")

@@ -9,7 +9,9 @@ dataset folder:
 * ``pseudo``: the annotator's labels for the pool, one box strategy, images that failed or fell
   below a confidence threshold left out, plus the ground-truth seeds;
 * ``noise_<rate>``: the human labels with that fraction of pool images relabelled to another
-  class (seeded), to show how much label noise the detector tolerates.
+  class (seeded), to show how much label noise the detector tolerates;
+* ``reviewed`` and ``review_<order>_<k>``: pseudo-labels with some images reviewed by a person
+  (imported, or simulated with the ground truth; :mod:`cascade_defect.train.review_sources`).
 
 Validation during training uses a held-out part of the *training pool*, labelled by the same
 source (the same images for every source), never the golden test set. Assembly is a set of pure
@@ -31,6 +33,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cascade_defect.annotate.boxes import BOX_STRATEGIES
+from cascade_defect.annotate.review_budget import parse_review_source
+from cascade_defect.annotate.reviewed import REVIEWED_SOURCE
 from cascade_defect.data.split import (
     SplitLayout,
     read_labelled_listing,
@@ -51,6 +55,9 @@ SEED_ONLY = "seed_only"
 
 
 PSEUDO = "pseudo"
+
+
+REVIEWED = REVIEWED_SOURCE
 
 
 NOISE_PREFIX = "noise_"
@@ -119,10 +126,20 @@ def is_pseudo(source: str) -> bool:
     return pseudo_box_strategy(source, PSEUDO) is not None
 
 
+def is_review(source: str) -> bool:
+    """``reviewed`` or a ``review_<order>_<k>`` budget: pseudo-labels partly reviewed."""
+    return source == REVIEWED or parse_review_source(source) is not None
+
+
+def reads_pseudo_labels(source: str) -> bool:
+    """Whether the source is built from chapter 03's tables (or their reviewed copies)."""
+    return is_pseudo(source) or is_review(source)
+
+
 def validate_source(source: str) -> str:
-    if source in BASE_SOURCES or noise_rate(source) is not None or is_pseudo(source):
+    if source in BASE_SOURCES or noise_rate(source) is not None or reads_pseudo_labels(source):
         return source
-    known = [*BASE_SOURCES, "noise_<rate>", "pseudo_<box strategy>"]
+    known = [*BASE_SOURCES, REVIEWED, "noise_<rate>", "pseudo_<box strategy>", "review_<order>_<k>"]
     raise ValueError(f"unknown label source {source!r}; known: {known}")
 
 
@@ -134,8 +151,10 @@ def planned_sources(settings: TrainingSettings) -> list[str]:
 
 
 def uses_pool_ground_truth(source: str) -> bool:
-    """Only the reference and its noisy copies may read the pool's hidden labels."""
-    return source == HUMAN or noise_rate(source) is not None
+    """Only the reference, its noisy copies and the simulated review budgets may read the
+    pool's hidden labels (a budget's reviewed images take it, standing in for a person)."""
+    budget = parse_review_source(source) is not None
+    return source == HUMAN or noise_rate(source) is not None or budget
 
 
 def epochs_for(source: str, settings: TrainingSettings | ClassificationSettings) -> int:
@@ -162,6 +181,10 @@ def source_descriptions(sources: Sequence[str], settings: TrainingSettings) -> p
             pool = "ground-truth boxes"
         elif source == SEED_ONLY:
             pool = "none (seeds only)"
+        elif (budget := parse_review_source(source)) is not None:
+            pool = f"pseudo, {budget[1]} images ({budget[0]} order) given their ground truth"
+        elif source == REVIEWED:
+            pool = "pseudo, with the images a person reviewed (`cascade-defect review import`)"
         elif is_pseudo(source):
             strategy = pseudo_box_strategy(source, settings.box_strategy)
             pool = (
@@ -430,13 +453,32 @@ def build_source(
     box_strategy: str = "seed_detector",
     min_confidence: float = 0.0,
     noise_seed: int = 0,
+    audit_images: pd.DataFrame | None = None,
 ) -> SourceDataset:
-    """Assemble one label source from tables, refusing inputs the source must not see."""
+    """Assemble one label source from tables, refusing inputs the source must not see.
+
+    ``audit_images`` (the audit's image table) orders the ``review_audit_<k>`` budgets;
+    ``noise_seed`` also seeds the ``review_random_<k>`` draw.
+    """
     validate_source(source)
     if truth is not None and not uses_pool_ground_truth(source):
         raise GroundTruthAccessError(f"source {source!r} must not be given the pool's ground truth")
-    if pseudo is not None and not is_pseudo(source):
+    if pseudo is not None and not reads_pseudo_labels(source):
         raise ValueError(f"source {source!r} takes no pseudo-labels")
+    if is_review(source):
+        from cascade_defect.train.review_sources import build_review_source
+
+        return build_review_source(
+            source,
+            split,
+            holdout=holdout,
+            truth=truth,
+            pseudo=pseudo,
+            box_strategy=box_strategy,
+            min_confidence=min_confidence,
+            seed=noise_seed,
+            audit_images=audit_images,
+        )
     if source == SEED_ONLY:
         empty = pd.DataFrame(columns=LABEL_COLUMNS)
         return compose_source(source, split, pool_ids=[], pool_labels=empty, holdout=holdout)

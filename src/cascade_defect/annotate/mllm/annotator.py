@@ -17,6 +17,10 @@ Design choices and why:
 * Every attempt is appended durably to the :class:`AnnotationStore` under its
   content-hash key; keys with an ``ok`` record are never sent again, so a crash or
   ``kill -9`` costs at most the requests that were in flight.
+* ``images_per_request`` > 1 packs several query images into one request after the same
+  static prefix (:mod:`~cascade_defect.annotate.mllm.packing`); each image keeps its own key
+  and record, so answers are reused whatever the packing of a later run. The retry loop is
+  :mod:`~cascade_defect.annotate.mllm.run_loop`.
 """
 
 from __future__ import annotations
@@ -24,53 +28,35 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from openai import OpenAI
 from PIL import Image
-from tqdm.auto import tqdm
 
 from cascade_defect.annotate.mllm.estimate import (
     PromptEstimate,
     estimate_prompt_tokens,
+    estimate_request_tokens,
     request_cost_upper_bound,
 )
+from cascade_defect.annotate.mllm.packing import RequestPlan, StructuredOutputMode, plan_request
 from cascade_defect.annotate.mllm.prompt import FewShotPrompt, SeedExample, build_prompt
 from cascade_defect.annotate.mllm.providers import ClientConfig, make_client
-from cascade_defect.annotate.mllm.requests import (
-    AttemptResult,
-    _Fatal,
-    _RateLimited,
-    _Sent,
-    _Transient,
-    send_chat_request,
-)
-from cascade_defect.annotate.mllm.throttle import (
-    AdaptiveConcurrency,
-    BudgetGuard,
-    RateLimitGate,
-    RetryPolicy,
-)
+from cascade_defect.annotate.mllm.run_loop import AnnotationRun, Pack, WorkItem
+from cascade_defect.annotate.mllm.throttle import BudgetGuard, RetryPolicy
 from cascade_defect.annotate.options import AnnotatorOptions
-from cascade_defect.annotate.schema import (
-    AnnotationRecord,
-    Usage,
-    annotation_key,
-    prediction_model_for,
-)
+from cascade_defect.annotate.schema import Usage, annotation_key, prediction_model_for
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.costs import pricing
 from cascade_defect.hashing import sha256_bytes
-from cascade_defect.progress import progress_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +75,12 @@ class PoolImage:
 
 @dataclass
 class RunSummary:
-    """What a run did; ``failed`` counts images, ``failed_attempts_by_kind`` attempts."""
+    """What a run did; ``failed`` counts images, ``failed_attempts_by_kind`` attempts.
+
+    ``structured_output_mode`` says how answers were constrained: ``json_schema`` (structured
+    outputs) or ``json_object_fallback`` (the server refused the schema, so the run switched
+    once to JSON mode with the schema in the instructions).
+    """
 
     requested: int = 0
     unique_images: int = 0
@@ -106,6 +97,8 @@ class RunSummary:
     stopped_by_budget: bool = False
     stop_reason: str | None = None
     estimated_request_usd: float = 0.0
+    images_per_request: int = 1
+    structured_output_mode: StructuredOutputMode = "json_schema"
     keys_by_image: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -117,14 +110,6 @@ class RunSummary:
         data.pop("keys_by_image")
         data["images_per_minute"] = round(self.images_per_minute, 2)
         return data
-
-
-@dataclass
-class _WorkItem:
-    image_id: str
-    image_bytes: bytes
-    key: str
-    reservation_usd: float = 0.0
 
 
 class MLLMAnnotator:
@@ -165,6 +150,7 @@ class MLLMAnnotator:
             logger.warning("no price for %r: recording cost as $0", self.pricing_model)
             self.priced = False
         self.concurrency = options.concurrency
+        self.images_per_request = options.images_per_request
         self.budget_usd = options.budget_usd
         self.count_prior_spend = count_prior_spend
         self.retry = replace(retry or RetryPolicy(), max_attempts=options.max_attempts)
@@ -176,7 +162,7 @@ class MLLMAnnotator:
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self.response_model = prediction_model_for(prompt.class_names)
-        self._reservations: dict[tuple[int, int], float] = {}
+        self._reservations: dict[Any, float] = {}
         self.request_params: dict[str, Any] = {"max_completion_tokens": self.max_completion_tokens}
         if self.temperature is not None:
             self.request_params["temperature"] = self.temperature
@@ -252,14 +238,60 @@ class MLLMAnnotator:
             )
         return self._reservations[size]
 
+    def reservation_for_pack(self, images: Sequence[bytes]) -> float:
+        """Worst-case dollars of one request for ``images`` (:meth:`reservation_for` unless
+        packing): the real packed request with the answer cap times the number of images."""
+        if self.images_per_request == 1:
+            (image,) = images
+            return self.reservation_for(image)
+        if not self.priced:
+            return 0.0
+        sizes = []
+        for data in images:
+            with Image.open(io.BytesIO(data)) as img:
+                sizes.append(img.size)
+        cache_key = tuple(sorted(sizes))
+        if cache_key not in self._reservations:
+            estimate = estimate_request_tokens(self.prompt, images, self.pricing_model, packed=True)
+            self._reservations[cache_key] = request_cost_upper_bound(
+                estimate,
+                self.max_completion_tokens * len(images),
+                self.pricing_model,
+                self.budget_margin,
+            )
+        return self._reservations[cache_key]
+
+    def request_params_for(self, n_images: int) -> dict[str, Any]:
+        """Request parameters of a request for ``n_images``: the answer cap is per image, so a
+        packed request may use it once per image."""
+        if n_images == 1:
+            return self.request_params
+        cap = self.max_completion_tokens * n_images
+        return {**self.request_params, "max_completion_tokens": cap}
+
+    def plan_for(self, items: Sequence[WorkItem], *, json_mode: bool = False) -> RequestPlan:
+        """The request for ``items``: the single-image request at ``images_per_request=1``,
+        the packed one otherwise (:func:`~cascade_defect.annotate.mllm.packing.plan_request`)."""
+        return plan_request(
+            self.prompt,
+            self.response_model,
+            [(item.key, item.image_bytes) for item in items],
+            packed=self.images_per_request > 1,
+            json_mode=json_mode,
+        )
+
     # -- run -----------------------------------------------------------------------------
 
     def annotate(self, pool: Sequence[PoolImage]) -> RunSummary:
         """Annotate every pool image not already answered; returns counts and cost."""
         started = time.monotonic()
-        summary = RunSummary(requested=len(pool), budget_usd=self.budget_usd)
+        summary = RunSummary(
+            requested=len(pool),
+            budget_usd=self.budget_usd,
+            images_per_request=self.images_per_request,
+        )
         answered = self.store.answered_keys()
-        items: list[_WorkItem] = []
+        items: list[WorkItem] = []
         seen: set[str] = set()
         for image in pool:
             data = Path(image.path).read_bytes()
@@ -271,14 +303,21 @@ class MLLMAnnotator:
             if key in answered:
                 summary.skipped_cached += 1
                 continue
-            items.append(_WorkItem(image.image_id, data, key, self.reservation_for(data)))
+            reservation = self.reservation_for(data) if self.images_per_request == 1 else 0.0
+            items.append(WorkItem(image.image_id, data, key, reservation))
         summary.unique_images = len(seen)
         if not items:
             summary.elapsed_s = time.monotonic() - started
             logger.info("nothing to send: %d image(s) already answered", summary.skipped_cached)
             return summary
 
-        summary.estimated_request_usd = max(item.reservation_usd for item in items)
+        size = self.images_per_request
+        packs = []
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            reservation = self.reservation_for_pack([item.image_bytes for item in chunk])
+            packs.append(Pack(chunk, reservation))
+        summary.estimated_request_usd = max(pack.reservation_usd for pack in packs)
         prior = 0.0
         if self.count_prior_spend:
             prior = sum(
@@ -286,16 +325,17 @@ class MLLMAnnotator:
                 for r in self.store.records()
                 if r.prompt_hash == self.prompt.prompt_hash and r.model == self.config.model
             )
-        run = _Run(self, summary, BudgetGuard(self.budget_usd, prior), prior)
+        run = AnnotationRun(self, summary, BudgetGuard(self.budget_usd, prior), prior)
         logger.info(
-            "annotating %d image(s) with %s (%s), concurrency %d, budget %s",
+            "annotating %d image(s) in %d request(s) with %s (%s), concurrency %d, budget %s",
             len(items),
+            math.ceil(len(items) / size),
             self.config.model,
             self.config.provider,
             self.concurrency,
             "none" if self.budget_usd is None else f"${self.budget_usd:.2f}",
         )
-        run.execute(items)
+        run.execute(packs)
         summary.elapsed_s = time.monotonic() - started
         logger.info("annotation run finished: %s", summary.as_dict())
         return summary
@@ -314,239 +354,6 @@ class MLLMAnnotator:
     def _backoff(self, failure_number: int) -> float:
         with self._rng_lock:
             return self.retry.backoff(failure_number, self._rng)
-
-
-class _Run:
-    """State of one ``annotate`` call shared by the worker threads."""
-
-    def __init__(
-        self,
-        annotator: MLLMAnnotator,
-        summary: RunSummary,
-        budget: BudgetGuard,
-        prior_spend: float,
-    ) -> None:
-        self.a = annotator
-        self.summary = summary
-        self.budget = budget
-        self.prior_spend = prior_spend
-        self.gate = RateLimitGate(annotator._sleep)
-        self.limiter = AdaptiveConcurrency(annotator.concurrency)
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.failure_kinds: Counter[str] = Counter()
-        self.bar: Any = None
-
-    def execute(self, items: list[_WorkItem]) -> None:
-        self.bar = tqdm(
-            total=len(items),
-            desc="annotate",
-            unit="img",
-            disable=progress_disabled(self.a.progress),
-        )
-        try:
-            with ThreadPoolExecutor(max_workers=self.a.concurrency) as pool:
-                for future in [pool.submit(self._annotate_one, item) for item in items]:
-                    future.result()
-        finally:
-            self.bar.close()
-            self.summary.failed_attempts_by_kind = dict(self.failure_kinds)
-            self.summary.cost_usd = self.budget.spent_usd - self.prior_spend
-
-    # -- bookkeeping ---------------------------------------------------------------------
-
-    def _record(
-        self, item: _WorkItem, attempt: int, result: AttemptResult | None, **kw: Any
-    ) -> None:
-        prediction = result.prediction if result else None
-        record = AnnotationRecord(
-            key=item.key,
-            image_id=item.image_id,
-            image_sha256=sha256_bytes(item.image_bytes),
-            annotator=self.a.config.provider,
-            model=self.a.config.model,
-            prompt_hash=self.a.prompt.prompt_hash,
-            params=self.a.key_params,
-            status="ok" if prediction is not None else "failed",
-            prediction=prediction,
-            failure_kind=None if prediction is not None else kw.get("failure_kind"),
-            raw_text=result.raw_text if result else None,
-            error=kw.get("error"),
-            usage=result.usage if result else Usage(),
-            cost_usd=kw.get("cost_usd", 0.0),
-            latency_s=kw.get("latency_s", 0.0),
-            attempt=attempt,
-        )
-        self.a.store.append(record)
-        if record.status == "failed":
-            with self.lock:
-                self.failure_kinds[str(record.failure_kind)] += 1
-
-    def _finish(self, outcome: Literal["ok", "failed", "not_sent"]) -> None:
-        with self.lock:
-            if outcome == "ok":
-                self.summary.ok += 1
-            elif outcome == "failed":
-                self.summary.failed += 1
-            else:
-                self.summary.not_sent += 1
-            spent = self.budget.spent_usd - self.prior_spend
-        self.bar.set_postfix_str(f"${spent:.4f}", refresh=False)
-        self.bar.update(1)
-
-    def _stop_for_budget(self, next_request: float) -> None:
-        with self.lock:
-            if not self.summary.stopped_by_budget:
-                self.summary.stopped_by_budget = True
-                self.summary.stop_reason = (
-                    f"budget: spent ${self.budget.spent_usd:.4f} + in flight "
-                    f"${self.budget.reserved_usd:.4f} + next request ${next_request:.4f} "
-                    f"would exceed ${self.budget.budget_usd:.2f}"
-                )
-                logger.warning("stopping: %s", self.summary.stop_reason)
-        self.stop.set()
-
-    def _abort(self, reason: str) -> None:
-        with self.lock:
-            if self.summary.stop_reason is None:
-                self.summary.stop_reason = reason
-                logger.error("aborting run: %s", reason)
-        self.stop.set()
-
-    # -- one image -----------------------------------------------------------------------
-
-    def _annotate_one(self, item: _WorkItem) -> None:
-        try:
-            self._annotate_one_unsafe(item)
-        except Exception:
-            logger.exception("unexpected error on %s", item.image_id)
-            self._finish("failed")
-            raise
-
-    def _send_once(self, item: _WorkItem, messages: list[dict[str, Any]]) -> _Sent:
-        """One request under a concurrency slot and a budget reservation."""
-        a = self.a
-        self.limiter.acquire()
-        signal: Literal["success", "rate_limited", "neutral"] = "neutral"
-        try:
-            if not self.budget.try_reserve(item.reservation_usd):
-                self._stop_for_budget(item.reservation_usd)
-                return _Sent(None, None, 0.0, reserved=False)
-            with self.lock:
-                self.summary.http_requests += 1
-            started = time.monotonic()
-            try:
-                result = send_chat_request(
-                    a.client,
-                    model=a.config.model,
-                    messages=messages,
-                    response_model=a.response_model,
-                    request_params=a.request_params,
-                )
-            except (_RateLimited, _Transient, _Fatal) as exc:
-                self.budget.release(item.reservation_usd)
-                signal = "rate_limited" if isinstance(exc, _RateLimited) else "neutral"
-                return _Sent(None, exc, time.monotonic() - started)
-            signal = "success"
-            return _Sent(result, None, time.monotonic() - started)
-        finally:
-            self.limiter.release(signal)
-
-    def _annotate_one_unsafe(self, item: _WorkItem) -> None:
-        a = self.a
-        attempt = 0
-        rate_limit_waits = 0
-        messages = a.prompt.messages_for(item.image_bytes)
-        while True:
-            if self.stop.is_set():
-                if self.summary.stopped_by_budget and attempt == 0:
-                    self._record(
-                        item, 0, None, failure_kind="budget", error=self.summary.stop_reason
-                    )
-                self._finish("not_sent" if attempt == 0 else "failed")
-                return
-            self.gate.wait()
-            sent = self._send_once(item, messages)
-            if not sent.reserved:
-                continue  # the stop flag is set now
-            error = sent.error
-            if isinstance(error, _RateLimited):
-                rate_limit_waits += 1
-                with self.lock:
-                    self.summary.rate_limited += 1
-                if rate_limit_waits > a.retry.max_rate_limit_waits:
-                    self._record(
-                        item,
-                        attempt + 1,
-                        None,
-                        failure_kind="http_error",
-                        error=f"rate limited {rate_limit_waits} times: {error}",
-                    )
-                    self._finish("failed")
-                    return
-                wait = error.retry_after
-                if wait is None:
-                    wait = a._backoff(rate_limit_waits)
-                wait = min(wait, a.retry.max_retry_after_s)
-                logger.debug("429 on %s; waiting %.2fs", item.image_id, wait)
-                self.gate.pause_for(wait)
-                continue
-
-            attempt += 1  # a 429 is not an attempt: the model never saw the request
-            if isinstance(error, _Transient):
-                self._record(
-                    item,
-                    attempt,
-                    None,
-                    failure_kind=error.kind,
-                    error=str(error),
-                    latency_s=sent.latency_s,
-                )
-                if attempt >= a.retry.max_attempts:
-                    self._finish("failed")
-                    return
-                a._sleep(a._backoff(attempt))
-                continue
-            if isinstance(error, _Fatal):
-                self._record(
-                    item,
-                    attempt,
-                    None,
-                    failure_kind="http_error",
-                    error=str(error),
-                    latency_s=sent.latency_s,
-                )
-                if error.abort_run:
-                    self._abort(str(error))
-                self._finish("failed")
-                return
-
-            result = sent.result
-            assert result is not None
-            cost = a.request_cost(result.usage)
-            self.budget.settle(item.reservation_usd, cost)
-            if cost > item.reservation_usd:
-                logger.warning(
-                    "request cost $%.5f exceeded its reservation $%.5f",
-                    cost,
-                    item.reservation_usd,
-                )
-            self._record(
-                item,
-                attempt,
-                result,
-                failure_kind=result.failure_kind,
-                error=result.error,
-                cost_usd=cost,
-                latency_s=sent.latency_s,
-            )
-            if result.prediction is not None:
-                self._finish("ok")
-                return
-            logger.info("%s: %s on attempt %d", item.image_id, result.failure_kind, attempt)
-            if attempt >= a.retry.max_attempts:
-                self._finish("failed")
-                return
 
 
 def annotate_pool(

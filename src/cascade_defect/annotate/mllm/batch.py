@@ -14,6 +14,12 @@ submit and ingest loses nothing: load the manifest and poll again.
 Wire formats: OpenAI lines use ``url: /v1/chat/completions`` and the model name;
 Azure lines use ``url: /chat/completions`` and the (Global-Batch) deployment name as
 ``model``. ``custom_id`` is the annotation key.
+
+With ``images_per_request`` > 1 one line is one packed request
+(:mod:`~cascade_defect.annotate.mllm.packing`): its ``custom_id`` is ``pack-`` and a hash of
+its images' keys, the manifest's ``packs`` maps it back to them, and ingestion splits the answer
+into one record per image (usage and cost in equal shares) so a partial answer stores the valid
+images and leaves the others for the next batch.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from openai import OpenAI
 from openai.lib._parsing import type_to_response_format_param
 
 from cascade_defect.annotate.mllm.annotator import MLLMAnnotator, PoolImage
-from cascade_defect.annotate.mllm.requests import classify_completion
+from cascade_defect.annotate.mllm.packing import classify_packed, image_labels
+from cascade_defect.annotate.mllm.requests import AttemptResult, classify_completion
+from cascade_defect.annotate.mllm.run_loop import WorkItem
 from cascade_defect.annotate.schema import AnnotationRecord, Usage
 from cascade_defect.costs import pricing
 from cascade_defect.hashing import sha256_bytes
@@ -75,6 +83,17 @@ class BatchManifest:
     entries: dict[str, BatchEntry]
     batch_ids: list[str] = field(default_factory=list)
     worst_case_usd: float = 0.0
+    packs: dict[str, list[str]] = field(default_factory=dict)  # packed custom_id -> image keys
+
+    def custom_ids(self) -> list[str]:
+        """The ``custom_id`` of every line: the packs', or else each image's key."""
+        return list(self.packs) if self.packs else list(self.entries)
+
+    def keys_for(self, custom_id: str) -> list[str] | None:
+        """The annotation keys a result line answers (one unless packed); None if unknown."""
+        if custom_id in self.packs:
+            return list(self.packs[custom_id])
+        return [custom_id] if not self.packs and custom_id in self.entries else None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (tmp + rename) so a crash never leaves half a manifest."""
@@ -92,6 +111,11 @@ class BatchManifest:
 
 def batch_flavour_for(annotator: MLLMAnnotator) -> BatchFlavour:
     return "azure" if annotator.config.provider == "azure" else "openai"
+
+
+def pack_custom_id(keys: Sequence[str]) -> str:
+    """``custom_id`` of a packed line: stable for the same images, short enough for any API."""
+    return "pack-" + sha256_bytes(":".join(keys).encode("ascii"))[:40]
 
 
 def batch_line(custom_id: str, url: str, body: dict[str, Any]) -> str:
@@ -120,27 +144,35 @@ def prepare_batch(
     out.mkdir(parents=True, exist_ok=True)
     flavour = batch_flavour_for(annotator)
     url = BATCH_URLS[flavour]
-    response_format = type_to_response_format_param(annotator.response_model)
     answered = annotator.store.answered_keys()
+    pending: dict[str, WorkItem] = {}
+    for image in pool:
+        data = Path(image.path).read_bytes()
+        key = annotator.key_for(data)
+        if key not in answered and key not in pending:
+            pending[key] = WorkItem(image.image_id, data, key)
+    items = list(pending.values())
+    size = annotator.images_per_request
     entries: dict[str, BatchEntry] = {}
+    packs: dict[str, list[str]] = {}
     parts: list[str] = []
     handle = None
     part_bytes = part_requests = 0
     try:
-        for image in pool:
-            data = Path(image.path).read_bytes()
-            key = annotator.key_for(data)
-            if key in answered or key in entries:
-                continue
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            plan = annotator.plan_for(chunk)
+            keys = [item.key for item in chunk]
+            custom_id = pack_custom_id(keys) if plan.packed else keys[0]
             body = {
                 "model": annotator.config.model,
-                "messages": annotator.prompt.messages_for(data),
-                "response_format": response_format,
-                **annotator.request_params,
+                "messages": plan.messages,
+                "response_format": type_to_response_format_param(plan.response_model),
+                **annotator.request_params_for(len(chunk)),
             }
-            line = (batch_line(key, url, body) + "\n").encode("utf-8")
+            line = (batch_line(custom_id, url, body) + "\n").encode("utf-8")
             if len(line) > max_file_bytes:
-                raise ValueError(f"{image.image_id}: one request ({len(line)} B) exceeds the limit")
+                raise ValueError(f"{custom_id}: one request ({len(line)} B) exceeds the limit")
             if (
                 handle is None
                 or part_bytes + len(line) > max_file_bytes
@@ -155,9 +187,11 @@ def prepare_batch(
             handle.write(line)
             part_bytes += len(line)
             part_requests += 1
-            entries[key] = BatchEntry(
-                image.image_id, sha256_bytes(data), annotator.reservation_for(data)
-            )
+            share = annotator.reservation_for_pack([item.image_bytes for item in chunk]) / len(keys)
+            for item in chunk:
+                entries[item.key] = BatchEntry(item.image_id, sha256_bytes(item.image_bytes), share)
+            if plan.packed:
+                packs[custom_id] = keys
     finally:
         if handle is not None:
             handle.close()
@@ -172,12 +206,14 @@ def prepare_batch(
         parts=parts,
         entries=entries,
         worst_case_usd=sum(e.reservation_usd for e in entries.values()) * batch_discount,
+        packs=packs,
     )
     manifest_path = out / f"{name}.manifest.json"
     manifest.save(manifest_path)
     logger.info(
-        "batch prepared: %d request(s) in %d file(s), worst case $%.4f, manifest %s",
+        "batch prepared: %d image(s) in %d request(s), %d file(s), worst case $%.4f, manifest %s",
         len(entries),
+        len(packs) + len(entries) - sum(len(keys) for keys in packs.values()),
         len(parts),
         manifest.worst_case_usd,
         manifest_path,
@@ -285,6 +321,15 @@ def _record_for(
     )
 
 
+def _classify(
+    body: dict[str, Any], keys: list[str], packed: bool, annotator: MLLMAnnotator
+) -> list[AttemptResult]:
+    """One result per key from a Batch answer, by the online rules (packed: per image)."""
+    if packed:
+        return classify_packed(body, annotator.response_model, image_labels(keys))
+    return [classify_completion(body, annotator.response_model)]
+
+
 def ingest_batch_results(
     texts: Iterable[str],
     manifest: BatchManifest,
@@ -303,82 +348,99 @@ def ingest_batch_results(
     summary = IngestSummary()
     kinds: Counter[str] = Counter()
     seen: set[str] = set()
+
+    def append(record: AnnotationRecord) -> None:
+        store.append(record)
+        if record.status == "ok":
+            summary.ok += 1
+            answered.add(record.key)
+        else:
+            summary.failed += 1
+            kinds[str(record.failure_kind)] += 1
+
     for text in texts:
         for line in text.splitlines():
             if not line.strip():
                 continue
             item = json.loads(line)
-            custom_id = item.get("custom_id")
-            entry = manifest.entries.get(custom_id or "")
-            if entry is None:
+            custom_id = str(item.get("custom_id") or "")
+            keys = manifest.keys_for(custom_id)
+            if keys is None:
                 summary.unknown_ids += 1
                 logger.warning("batch result for unknown custom_id %r ignored", custom_id)
                 continue
             seen.add(custom_id)
-            if custom_id in answered:
-                summary.skipped_answered += 1
+            open_keys = [key for key in keys if key not in answered]
+            summary.skipped_answered += len(keys) - len(open_keys)
+            if not open_keys:
                 continue
             response = item.get("response") or {}
             status = response.get("status_code")
             if item.get("error") or status != 200:
                 error = item.get("error") or (response.get("body") or {}).get("error")
-                record = _record_for(
-                    manifest,
-                    custom_id,
-                    entry,
-                    status="failed",
-                    failure_kind="batch_error",
-                    raw_text=json.dumps(response.get("body")) if response else None,
-                    error=f"status {status}: {json.dumps(error)[:500]}",
-                )
-            else:
-                result = classify_completion(response["body"], annotator.response_model)
-                usage = result.usage
-                cost = pricing.request_cost(
-                    manifest.pricing_model,
-                    usage.prompt_tokens,
-                    min(usage.cached_tokens, usage.prompt_tokens),
-                    usage.completion_tokens,
-                    batch=True,
-                )
-                ok = result.prediction is not None
-                record = _record_for(
-                    manifest,
-                    custom_id,
-                    entry,
-                    status="ok" if ok else "failed",
-                    prediction=result.prediction,
-                    failure_kind=result.failure_kind,
-                    raw_text=result.raw_text,
-                    error=result.error,
-                    usage=usage,
-                    cost_usd=cost,
-                )
-                summary.cost_usd += cost
-            store.append(record)
-            if record.status == "ok":
-                summary.ok += 1
-                answered.add(custom_id)
-            else:
-                summary.failed += 1
-                kinds[str(record.failure_kind)] += 1
-    if record_missing:
-        for custom_id, entry in manifest.entries.items():
-            if custom_id in seen or custom_id in answered:
+                for key in open_keys:
+                    append(
+                        _record_for(
+                            manifest,
+                            key,
+                            manifest.entries[key],
+                            status="failed",
+                            failure_kind="batch_error",
+                            raw_text=json.dumps(response.get("body")) if response else None,
+                            error=f"status {status}: {json.dumps(error)[:500]}",
+                        )
+                    )
                 continue
-            summary.missing += 1
-            kinds["batch_error"] += 1
-            store.append(
-                _record_for(
-                    manifest,
-                    custom_id,
-                    entry,
-                    status="failed",
-                    failure_kind="batch_error",
-                    error="no result in the batch output (expired or cancelled?)",
-                    usage=Usage(),
-                )
+            results = _classify(response["body"], keys, custom_id in manifest.packs, annotator)
+            cost = pricing.request_cost(
+                manifest.pricing_model,
+                sum(r.usage.prompt_tokens for r in results),
+                min(
+                    sum(r.usage.cached_tokens for r in results),
+                    sum(r.usage.prompt_tokens for r in results),
+                ),
+                sum(r.usage.completion_tokens for r in results),
+                batch=True,
             )
+            summary.cost_usd += cost
+            for key, result in zip(keys, results, strict=True):
+                if key not in open_keys:
+                    continue
+                ok = result.prediction is not None
+                append(
+                    _record_for(
+                        manifest,
+                        key,
+                        manifest.entries[key],
+                        status="ok" if ok else "failed",
+                        prediction=result.prediction,
+                        failure_kind=result.failure_kind,
+                        raw_text=result.raw_text,
+                        error=result.error,
+                        usage=result.usage,
+                        cost_usd=cost / len(keys),  # equal shares per image, like the usage
+                    )
+                )
+    if record_missing:
+        for custom_id in manifest.custom_ids():
+            if custom_id in seen:
+                continue
+            for key in manifest.keys_for(custom_id) or []:
+                if key in answered:
+                    continue
+                summary.missing += 1
+                kinds["batch_error"] += 1
+                store.append(
+                    _record_for(
+                        manifest,
+                        key,
+                        manifest.entries[key],
+                        status="failed",
+                        failure_kind="batch_error",
+                        error="no result in the batch output (expired or cancelled?)",
+                        usage=Usage(),
+                    )
+                )
     summary.failures_by_kind = dict(kinds)
     logger.info("batch ingest: %s", summary)
     return summary

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import json
 import logging
 import math
 import os
@@ -35,6 +36,7 @@ from typing import Any
 import tiktoken
 from PIL import Image
 
+from cascade_defect.annotate.mllm.packing import image_labels, packed_messages
 from cascade_defect.annotate.mllm.prompt import FewShotPrompt
 from cascade_defect.annotate.schema import AnnotationRecord, BoxPrediction, DefectPrediction
 from cascade_defect.costs import pricing
@@ -275,6 +277,8 @@ class RunCostEstimate:
     batch_usd: float  # Batch, no cache hits
     batch_cached_usd: float  # Batch with cache hits, priced as pricing.py says
     per_request_usd: float
+    images_per_request: int = 1
+    per_image_usd: float = 0.0  # per_request_usd shared by the request's images
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -285,8 +289,13 @@ def estimate_run_cost(
     n_requests: int,
     completion_tokens: int,
     pricing_model: str | None = None,
+    images_per_request: int = 1,
 ) -> RunCostEstimate:
-    """Dollar cost of a run from a per-request prompt estimate, standard and Batch."""
+    """Dollar cost of a run from a per-request prompt estimate, standard and Batch.
+
+    ``images_per_request`` only divides the per-request price into ``per_image_usd``: the
+    estimate and ``completion_tokens`` already describe one whole (packed) request.
+    """
     model = pricing_model or estimate.model
     prompt_tokens = estimate.prompt_tokens
     cached = estimate.cacheable_tokens
@@ -312,6 +321,8 @@ def estimate_run_cost(
         batch_usd=total(batch=True, with_cache=False),
         batch_cached_usd=total(batch=True, with_cache=True),
         per_request_usd=per_request,
+        images_per_request=images_per_request,
+        per_image_usd=per_request / images_per_request,
     )
 
 
@@ -350,10 +361,13 @@ def compare_with_usage(
     estimate: PromptEstimate,
     completion_tokens: int,
     pricing_model: str | None = None,
+    images_per_request: int = 1,
 ) -> EstimateComparison:
     """How far the pre-run estimate was from what the provider billed.
 
-    Only records that reached the model (non-zero prompt tokens) are compared.
+    Only records that reached the model (non-zero prompt tokens) are compared. A packed
+    request's records each hold an equal share of its usage, so with ``images_per_request``
+    > 1 the request ``estimate`` and ``completion_tokens`` are divided by it to match.
     """
     billed = [r for r in records if r.usage.prompt_tokens > 0]
     if not billed:
@@ -361,18 +375,22 @@ def compare_with_usage(
     n = len(billed)
     mean_prompt = sum(r.usage.prompt_tokens for r in billed) / n
     model = pricing_model or estimate.model
+    share = max(images_per_request, 1)
+    estimated_prompt = round(estimate.prompt_tokens / share)
+    estimated_completion = round(completion_tokens / share)
     return EstimateComparison(
         n_records=n,
-        estimated_prompt_tokens=estimate.prompt_tokens,
+        estimated_prompt_tokens=estimated_prompt,
         actual_prompt_tokens_mean=mean_prompt,
         actual_cached_tokens_mean=sum(r.usage.cached_tokens for r in billed) / n,
-        estimated_completion_tokens=completion_tokens,
+        estimated_completion_tokens=estimated_completion,
         actual_completion_tokens_mean=sum(r.usage.completion_tokens for r in billed) / n,
         estimated_cost_per_request_usd=pricing.request_cost(
             model, estimate.prompt_tokens, 0, completion_tokens
-        ),
+        )
+        / share,
         actual_cost_per_request_usd=sum(r.cost_usd for r in billed) / n,
-        prompt_token_error_pct=100.0 * (estimate.prompt_tokens - mean_prompt) / mean_prompt,
+        prompt_token_error_pct=100.0 * (estimated_prompt - mean_prompt) / mean_prompt,
     )
 
 
@@ -399,6 +417,32 @@ def typical_answer_json(defect_class: str = "rolled-in_scale", n_boxes: int = 2)
     return prediction.model_dump_json()
 
 
+def typical_packed_answer_json(
+    n_images: int, defect_class: str = "rolled-in_scale", n_boxes: int = 2
+) -> str:
+    """A realistic packed answer for ``n_images``: :func:`typical_answer_json` per image, each
+    with an ``image_id`` like the annotator's."""
+    labels = image_labels([sha256_bytes(str(i).encode()) for i in range(n_images)])
+    single = json.loads(typical_answer_json(defect_class, n_boxes))
+    items = [{"image_id": label, **single} for label in labels]
+    return json.dumps({"predictions": items}, separators=(",", ":"))
+
+
+def estimate_request_tokens(
+    prompt: FewShotPrompt, images: Sequence[bytes], model: str, *, packed: bool
+) -> PromptEstimate:
+    """Input tokens of the request the annotator sends for ``images``: the single-image
+    request, or the packed one (instruction, then an id line and the image per image; the ids
+    here have the annotator's form, so they count the same)."""
+    if not packed:
+        (image,) = images
+        messages = prompt.messages_for(image)
+    else:
+        keys = [sha256_bytes(data + str(i).encode()) for i, data in enumerate(images)]
+        messages = packed_messages(prompt, image_labels(keys), images)
+    return estimate_prompt_tokens(messages, model, n_static_messages=len(prompt.static_messages))
+
+
 def estimate_pool_cost(
     prompt: FewShotPrompt,
     sample_image: bytes,
@@ -407,15 +451,26 @@ def estimate_pool_cost(
     *,
     completion_tokens: int | None = None,
     pricing_model: str | None = None,
+    images_per_request: int = 1,
 ) -> tuple[PromptEstimate, RunCostEstimate]:
     """Pre-run estimate for a pool from the real prompt and one representative image.
 
-    Pool images of one size cost the same, so one sample stands for all of them.
+    Pool images of one size cost the same, so one sample stands for all of them. With
+    ``images_per_request`` N > 1 the request is the real packed request of N such images (the
+    prefix counted once for N), the run sends ceil(n_images / N) requests, and the default
+    completion is a typical packed answer; ``per_image_usd`` shares a request among its N
+    images. ``completion_tokens`` is per request.
     """
+    if images_per_request < 1:
+        raise ValueError("images_per_request must be >= 1")
     priced = pricing_model or model
-    estimate = estimate_prompt_tokens(
-        prompt.messages_for(sample_image), priced, n_static_messages=len(prompt.static_messages)
+    packed = images_per_request > 1
+    estimate = estimate_request_tokens(
+        prompt, [sample_image] * images_per_request, priced, packed=packed
     )
     if completion_tokens is None:
-        completion_tokens = count_text_tokens(typical_answer_json(), priced)
-    return estimate, estimate_run_cost(estimate, n_images, completion_tokens, priced)
+        answer = typical_packed_answer_json(images_per_request) if packed else None
+        completion_tokens = count_text_tokens(answer or typical_answer_json(), priced)
+    n_requests = math.ceil(n_images / images_per_request)
+    run = estimate_run_cost(estimate, n_requests, completion_tokens, priced, images_per_request)
+    return estimate, run

@@ -82,7 +82,12 @@ def load_grey(path: str | os.PathLike[str], imgsz: int) -> np.ndarray:
     same way. The image is resized straight to ``imgsz`` x ``imgsz`` (NEU images are square).
     """
     with Image.open(path) as image:
-        grey = image.convert("L").resize((imgsz, imgsz), Image.Resampling.BILINEAR)
+        return grey_array(image, imgsz)
+
+
+def grey_array(image: Image.Image, imgsz: int) -> np.ndarray:
+    """:func:`load_grey` of an image already in memory (a crop, for the crop verifier)."""
+    grey = image.convert("L").resize((imgsz, imgsz), Image.Resampling.BILINEAR)
     array = np.asarray(grey, dtype=np.float32) / 255.0
     return np.repeat(array[None], 3, axis=0)
 
@@ -187,7 +192,19 @@ class YoloFeatureExtractor:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([cached[digest] for digest in hashes]).astype(np.float32)
 
-    def _compute(self, paths: list[str]) -> list[np.ndarray]:
+    def extract_arrays(
+        self, images: Sequence[np.ndarray], desc: str = "crop features"
+    ) -> np.ndarray:
+        """Descriptors of images already loaded as :func:`grey_array` arrays (crops have no
+        file or content hash to cache by, so nothing is cached)."""
+        if not len(images):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack(self._compute(list(images), desc=desc)).astype(np.float32)
+
+    def _compute(
+        self, sources: list[str] | list[np.ndarray], desc: str = "YOLOv8n features"
+    ) -> list[np.ndarray]:
+        """Descriptors of image paths, or of arrays already in :func:`grey_array`'s form."""
         import torch
 
         model = self._load_model()
@@ -201,15 +218,17 @@ class YoloFeatureExtractor:
             with (
                 torch.inference_mode(),
                 tqdm(
-                    total=len(paths),
-                    desc="YOLOv8n features",
+                    total=len(sources),
+                    desc=desc,
                     unit="img",
                     disable=progress_disabled(self.progress),
                 ) as bar,
             ):
-                for offset in range(0, len(paths), batch):
-                    chunk = paths[offset : offset + batch]
-                    images = np.stack([load_grey(p, self.spec.imgsz) for p in chunk])
+                for offset in range(0, len(sources), batch):
+                    chunk = sources[offset : offset + batch]
+                    images = np.stack(
+                        [load_grey(p, self.spec.imgsz) if isinstance(p, str) else p for p in chunk]
+                    )
                     tensor = torch.from_numpy(images).to(self.device)
                     pooled = self._pooled(model, tensor)
                     if self.spec.hflip:
@@ -218,7 +237,7 @@ class YoloFeatureExtractor:
                     bar.update(len(chunk))
         finally:
             torch.set_num_threads(previous_threads)
-        self.n_computed += len(paths)
+        self.n_computed += len(sources)
         self.seconds_computing += time.perf_counter() - start
         return rows
 

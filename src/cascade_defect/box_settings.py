@@ -1,0 +1,96 @@
+"""Settings of the two box strategies that verify or localise without training a detector.
+
+Kept apart from :mod:`cascade_defect.settings` (which holds them in ``AnnotationSettings``) only to
+keep that module short; they are validated and recorded like every other profile setting.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class CropVerifierSettings(BaseModel):
+    """Chapter 03's ``crop_verified`` box strategy (``annotate/crop_verifier.py``): the seed
+    detector proposes at a low score, a few-shot classifier of proposal crops keeps or drops each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conf: float = Field(0.01, ge=0.0, le=1.0, description="lowest detector score proposed")
+    max_det: int = Field(30, ge=1, description="proposals per image at most")
+    crop_imgsz: int = Field(
+        64, ge=32, multiple_of=32, description="crops are resized to this square for the backbone"
+    )
+    context: float = Field(
+        0.15, ge=0.0, le=1.0, description="crop margin on each side, as a fraction of the box size"
+    )
+    jitter: int = Field(
+        4, ge=0, le=20, description="jittered copies (IoU >= 0.7) of each seed box, as positives"
+    )
+    negatives_per_image: int = Field(
+        12, ge=1, le=100, description="random background boxes per seed image (IoU < 0.1)"
+    )
+    c: float = Field(1.0, gt=0.0, description="inverse L2 penalty of the logistic regression")
+    threshold: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "probability of the image's class at which a proposal is kept; None calibrates it on "
+            "the seeds (leave-one-seed-image-out, best F1 of the kept proposals)"
+        ),
+    )
+    rule: Literal["argmax", "versus_background"] = Field(
+        "argmax",
+        description=(
+            "argmax: the image's class must be the verifier's most probable class, scored by its "
+            "probability; versus_background: trust the annotator's class and score "
+            "p(class) / (p(class) + p(background)), so a defect mistaken for another class counts"
+        ),
+    )
+    keep_best: bool = Field(
+        True, description="an image whose proposals all fail keeps its most probable one"
+    )
+
+
+class CamBoxSettings(BaseModel):
+    """Chapter 03's ``classifier_cam`` box strategy (``annotate/cam_boxes.py``): boxes around the
+    class-activation map of a YOLOv8n-cls trained on the image labels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: str | None = Field(
+        None,
+        description=(
+            "a trained YOLOv8n-cls (e.g. chapter 05's pseudo classifier); None trains a small one "
+            "on the seeds and the annotator's most confident pool images"
+        ),
+    )
+    epochs: int = Field(10, ge=1)
+    imgsz: int = Field(128, ge=64, description="training size (64 px at least, see classification)")
+    batch: int = Field(16, ge=2)
+    pool_per_class: int = Field(
+        30, ge=0, description="most confident pool images per annotated class added to the seeds"
+    )
+    cam_imgsz: int = Field(
+        256,
+        ge=64,
+        multiple_of=32,
+        description="size the maps are computed at: larger than training gives a finer map",
+    )
+    thresholds: tuple[float, ...] = Field(
+        (0.2, 0.3, 0.4, 0.5, 0.6, 0.7), description="fractions of the map's max tried on the seeds"
+    )
+    min_areas: tuple[float, ...] = Field(
+        (0.0, 0.01, 0.03, 0.1),
+        description="smallest box (fraction of the image) tried on the seeds",
+    )
+    max_boxes: int = Field(5, ge=1, description="components kept per image, strongest first")
+
+    @field_validator("thresholds", "min_areas")
+    @classmethod
+    def _fractions(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if not values or any(not 0.0 <= v < 1.0 for v in values):
+            raise ValueError(f"give at least one fraction in [0, 1), got {values}")
+        return values

@@ -1,0 +1,226 @@
+"""How many images a person must review: the review-budget curve and its price, for the book.
+
+``scripts/bench_review_budget.py`` trains YOLOv8n on "pseudo-labels + k images a person boxed"
+for several ``k`` and review orders, beside the ``human`` and ``pseudo`` anchors on the same
+schedule, and writes one row per source with a manifest beside it. Chapter 06 draws the ratio to
+human against ``k`` per order; chapter 07 sets each point's cost (:mod:`cascade_defect.costs.
+review`) against the ratio it bought.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown
+from matplotlib.figure import Figure
+
+from cascade_defect.annotate.review_budget import REVIEW_ORDERS, smallest_budget
+from cascade_defect.data.tables import read_table
+from cascade_defect.locations import PathAnchors, portable_path, resolve_portable_path
+
+TARGETS: tuple[float, ...] = (0.9, 0.97)
+
+ORDER_LABELS: dict[str, str] = {
+    "random": "random",
+    "confidence": "least confident first",
+    "disagreement": "box strategies disagree first",
+    "audit": "audit's errors first (knows the truth)",
+}
+_ORDER_COLOURS = {
+    "random": "#8c8c8c",
+    "confidence": "#4c72b0",
+    "disagreement": "#dd8452",
+    "audit": "#55a868",
+}
+
+
+@dataclass(frozen=True)
+class ReviewBudget:
+    """The benchmark's table and manifest as the book shows them; ``table`` None without one."""
+
+    path: str
+    table: pd.DataFrame | None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def budgets(self) -> pd.DataFrame:
+        """The rows with a review order, plus each order's two ends (k = 0 and the whole pool)."""
+        if self.table is None:
+            return pd.DataFrame()
+        table = self.table
+        n_pool = int(table["n_pool"].max())
+        orders = [o for o in REVIEW_ORDERS if (table["order"] == o).any()]
+        ends = []
+        for source, k in (("pseudo", 0), ("human", n_pool)):
+            row = table[table["source"] == source]
+            if len(row):
+                ends += [row.iloc[0].to_dict() | {"order": o, "k": k} for o in orders]
+        rows = pd.concat([table[table["order"].isin(orders)], pd.DataFrame(ends)])
+        rows = rows.astype({"k": int}).drop_duplicates(["order", "k"])
+        return rows.sort_values(["order", "k"]).reset_index(drop=True)
+
+
+def read_review_budget(table: str | None, where: PathAnchors) -> ReviewBudget:
+    """The benchmark's table at ``table`` (as the record writes paths), or none when absent."""
+    if table is None:
+        return ReviewBudget(path="", table=None)
+    found = resolve_portable_path(table, where)
+    shown = portable_path(found, where)
+    if not found.is_file():
+        return ReviewBudget(path=shown, table=None)
+    manifest = found.with_name(f"{found.stem}.manifest.json")
+    frame = read_table(found, dtype={"order": str, "same_as": str})
+    frame["order"] = frame["order"].fillna("")
+    return ReviewBudget(
+        path=shown,
+        table=frame,
+        manifest=json.loads(manifest.read_text()) if manifest.is_file() else {},
+    )
+
+
+def review_budget_curve(budget: ReviewBudget) -> Figure | Markdown:
+    """Share of human's test mAP50 against the number of images reviewed, one line per order,
+    each point with its 95% bootstrap interval; the targets as dashed lines."""
+    rows = budget.budgets
+    if rows.empty:
+        return review_budget_summary(budget)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    offsets = {o: (i - 1) * 0.04 for i, o in enumerate(REVIEW_ORDERS)}
+    for order, group in rows.groupby("order", sort=False):
+        x = np.maximum(group["k"].to_numpy(float), 1.0) * (1 + offsets.get(order, 0.0))
+        y = group["ratio"].to_numpy(float)
+        low, high = group["ratio_low"].to_numpy(float), group["ratio_high"].to_numpy(float)
+        colour = _ORDER_COLOURS.get(order, "black")
+        ax.plot(x, y, marker="o", color=colour, label=ORDER_LABELS.get(order, order))
+        ax.vlines(x, low, high, color=colour, alpha=0.6)
+    for target, style in zip(TARGETS, ("dotted", "dashed"), strict=True):
+        ax.axhline(target, color="black", linestyle=style, linewidth=1)
+        ax.text(1.02, target, f"{target:.0%}", va="center", transform=ax.get_yaxis_transform())
+    ax.set_xscale("log")
+    ticks = sorted(rows["k"].unique())
+    ax.set_xticks([max(k, 1) for k in ticks], [str(k) for k in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("pool images a person reviewed (k; 0 = pseudo-labels only, log scale)")
+    ax.set_ylabel("test mAP50 / human's")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def smallest_budget_table(budget: ReviewBudget) -> pd.DataFrame:
+    """Per order and target, the smallest k that reached it (or the largest tried, not reached)."""
+    rows = budget.budgets
+    if rows.empty:
+        return pd.DataFrame()
+    table = smallest_budget(rows, TARGETS)
+    return pd.DataFrame(
+        {
+            "order": table["order"].map(lambda o: ORDER_LABELS.get(o, o)),
+            "target": table["target"].map("{:.0%}".format),
+            "smallest k": [
+                str(int(k)) if note == "reached" else f"not reached (tried up to {int(tried)})"
+                for k, note, tried in zip(
+                    table["smallest_k"], table["note"], table["largest_k_tried"], strict=True
+                )
+            ],
+            "ratio there": table["ratio"].map(lambda r: "-" if pd.isna(r) else f"{r:.1%}"),
+        }
+    )
+
+
+def review_budget_summary(budget: ReviewBudget) -> Markdown:
+    """The schedule, the anchors and where the table came from, in one paragraph."""
+    if budget.table is None:
+        where = f" (`{budget.path}` not found)" if budget.path else ""
+        return Markdown(
+            "No review-budget benchmark in this run" + where + ": `scripts/bench_review_budget.py`"
+            " trains pseudo-labels plus k reviewed images for several k and review orders."
+        )
+    table = budget.table
+    anchors = table.set_index("source")
+    epochs = int(table["epochs"].dropna().iloc[0]) if table["epochs"].notna().any() else None
+    imgsz = int(table["imgsz"].dropna().iloc[0]) if table["imgsz"].notna().any() else None
+    commit = str(budget.manifest.get("git", {}).get("commit") or "")[:10]
+    parts = [
+        f"The benchmark (`{budget.path}`"
+        + (f", code at commit `{commit}`" if commit else "")
+        + f") trained {len(table)} models"
+        + (f", each for {epochs} epochs at image size {imgsz}" if epochs else "")
+        + ", the `human` and `pseudo` anchors on the same schedule."
+    ]
+    if {"human", "pseudo"} <= set(anchors.index):
+        parts.append(
+            f"On it the human model scored test mAP50 {anchors.at['human', 'map50']:.3f} and the "
+            f"pseudo one {anchors.at['pseudo', 'map50']:.3f} "
+            f"({anchors.at['pseudo', 'ratio']:.1%} of human)."
+        )
+    parts.append(
+        "A reviewed image gets its true class and boxes (simulated from the pool's ground truth); "
+        "every other image keeps its pseudo-label."
+    )
+    return Markdown(" ".join(parts))
+
+
+def review_cost_figure(costs: pd.DataFrame) -> Figure | Markdown:
+    """Total cost against the share of human's mAP50, one point per option, the ends labelled."""
+    if costs.empty:
+        return Markdown("No review-budget benchmark to price (`scripts/bench_review_budget.py`).")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for order, group in costs.groupby("order", sort=False):
+        colour = _ORDER_COLOURS.get(order, "black")
+        label = ORDER_LABELS.get(order) if order != "-" else None
+        ax.errorbar(
+            group["total_usd"],
+            group["ratio"],
+            yerr=[
+                (group["ratio"] - group["ratio_low"]).clip(lower=0),
+                (group["ratio_high"] - group["ratio"]).clip(lower=0),
+            ],
+            fmt="o",
+            color=colour,
+            label=label,
+            capsize=2,
+        )
+        if order == "-":
+            for row in group.itertuples(index=False):
+                ax.annotate(
+                    row.option,
+                    (row.total_usd, row.ratio),
+                    fontsize=8,
+                    xytext=(4, -10),
+                    textcoords="offset points",
+                )
+    for target, style in zip(TARGETS, ("dotted", "dashed"), strict=True):
+        ax.axhline(target, color="black", linestyle=style, linewidth=1)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("total cost of the pool's labels (USD, symmetric log scale)")
+    ax.set_ylabel("test mAP50 / human's")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def review_cost_table(costs: pd.DataFrame) -> pd.DataFrame:
+    """The cost comparison as the book prints it."""
+    if costs.empty:
+        return pd.DataFrame()
+    return pd.DataFrame(
+        {
+            "option": costs["option"],
+            "person-hours": costs["person_hours"].round(1),
+            "labour (USD)": costs["labour_usd"].round(2),
+            "annotator (USD)": costs["annotator_usd"].round(2),
+            "total (USD)": costs["total_usd"].round(2),
+            "share of human mAP50 [95% CI]": [
+                "-" if pd.isna(r) else f"{r:.1%} [{lo:.1%}, {hi:.1%}]"
+                for r, lo, hi in costs[["ratio", "ratio_low", "ratio_high"]].to_numpy(float)
+            ],
+        }
+    ).set_index("option")

@@ -1,0 +1,129 @@
+"""The verdict over several draws of the seeds: chapter 06's small robustness table.
+
+``scripts/bench_seed_draws.py`` repeats the pseudo-vs-human comparison with the seeds drawn again
+(the golden test set unchanged) and writes one row per draw with a manifest beside it. The book
+keeps one draw; this table says how far its ratio could move had other images been labelled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from IPython.display import Markdown
+
+from cascade_defect.data.tables import read_table
+from cascade_defect.locations import PathAnchors, portable_path, resolve_portable_path
+
+#: The benchmark's table, one row per draw (``record`` is the book's own draw).
+CSV_COLUMNS: list[str] = [
+    "draw",
+    "seeds",
+    "class_accuracy",
+    "box_recall",
+    "box_precision",
+    "mean_iou",
+    "pseudo_map50",
+    "pseudo_map50_low",
+    "pseudo_map50_high",
+    "human_map50",
+    "human",
+    "ratio",
+    "ratio_low",
+    "ratio_high",
+    "pseudo_train_wall_seconds",
+    "chapter_03_seconds",
+    "chapter_05_seconds",
+]
+
+
+def manifest_path(table: Path) -> Path:
+    """The manifest beside the table: ``<stem>.manifest.json``."""
+    return table.with_name(f"{table.stem}.manifest.json")
+
+
+@dataclass(frozen=True)
+class SeedDraws:
+    """The table and manifest as chapter 06 shows them; ``table`` is None without a file."""
+
+    path: str
+    table: pd.DataFrame | None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def read_seed_draws(table: str | None, where: PathAnchors) -> SeedDraws:
+    """The benchmark's table at ``table`` (as the record writes paths), or none when absent."""
+    if table is None:
+        return SeedDraws(path="", table=None)
+    found = resolve_portable_path(table, where)
+    shown = portable_path(found, where)
+    if not found.is_file():
+        return SeedDraws(path=shown, table=None)
+    manifest = manifest_path(found)
+    return SeedDraws(
+        path=shown,
+        table=read_table(found, dtype={"draw": str}),
+        manifest=json.loads(manifest.read_text()) if manifest.is_file() else {},
+    )
+
+
+def seed_draw_table(draws: SeedDraws) -> pd.DataFrame:
+    """One row per draw: the annotator's image accuracy, the pool boxes' quality, the pseudo
+    detector's test mAP50 and its share of human's, each with its 95% interval."""
+    if draws.table is None or draws.table.empty:
+        return pd.DataFrame()
+    table = draws.table
+
+    def interval(value: str, low: str, high: str, percent: bool = False) -> pd.Series:
+        scale, unit = (100, "%") if percent else (1, "")
+        return table.apply(
+            lambda r: (
+                f"{r[value] * scale:.{1 if percent else 3}f}{unit} "
+                f"[{r[low] * scale:.{1 if percent else 3}f}, {r[high] * scale:.{1 if percent else 3}f}]"
+            ),
+            axis=1,
+        )
+
+    return pd.DataFrame(
+        {
+            "seed draw": table["draw"].astype(str),
+            "image classes right": (table["class_accuracy"] * 100).round(1).astype(str) + "%",
+            "box recall": table["box_recall"].round(2),
+            "box precision": table["box_precision"].round(2),
+            "mean best IoU": table["mean_iou"].round(2),
+            "pseudo mAP50 [95% CI]": interval(
+                "pseudo_map50", "pseudo_map50_low", "pseudo_map50_high"
+            ),
+            "share of human [95% CI]": interval("ratio", "ratio_low", "ratio_high", percent=True),
+        }
+    ).set_index("seed draw")
+
+
+def seed_draw_summary(draws: SeedDraws, target: float = 0.70) -> Markdown:
+    """What the table says: the mean and range of the ratio, and how the human anchor was trained."""
+    if draws.table is None or draws.table.empty:
+        where = f" (`{draws.path}` not found)" if draws.path else ""
+        return Markdown(
+            "No seed-draw benchmark in this run" + where + ": `scripts/bench_seed_draws.py` "
+            "repeats this comparison with the seeds drawn again."
+        )
+    table = draws.table
+    parameters = draws.manifest.get("parameters", {})
+    human = parameters.get("human", "the record's model for every draw")
+    below = table[table["ratio"] < target]
+    commit = str(draws.manifest.get("git", {}).get("commit") or "")[:10]
+    return Markdown(
+        f"Over {len(table)} draws of the seeds (the golden test set unchanged; `{draws.path}`"
+        + (f", code at commit `{commit}`" if commit else "")
+        + f"), the pseudo detector reached on average **{table['ratio'].mean():.1%}** of the "
+        f"human detector's test mAP50, from {table['ratio'].min():.1%} to "
+        f"{table['ratio'].max():.1%}. Human reference: {human}. "
+        + (
+            f"Every draw reached {target:.0%}."
+            if below.empty
+            else f"{len(below)} of {len(table)} draws stayed below {target:.0%}."
+        )
+    )

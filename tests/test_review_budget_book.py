@@ -1,0 +1,113 @@
+"""The review budget as the book shows it: the curve's rows, the smallest k, and its price."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+
+from cascade_defect.costs.review import ReviewPricing, review_budget_costs
+from cascade_defect.plots.review_budget import (
+    read_review_budget,
+    review_budget_curve,
+    review_budget_summary,
+    review_cost_figure,
+    review_cost_table,
+    smallest_budget_table,
+)
+from cascade_defect.settings import load_config
+
+matplotlib.use("Agg")
+
+
+def budget_csv(folder: Path) -> Path:
+    rows = [
+        ("human", "", 100, 0.60, 1.0),
+        ("pseudo", "", 100, 0.30, 0.5),
+        ("review_random_10", "random", 10, 0.36, 0.6),
+        ("review_random_40", "random", 40, 0.54, 0.9),
+        ("review_disagreement_10", "disagreement", 10, 0.55, 0.92),
+        ("review_disagreement_40", "disagreement", 40, 0.59, 0.98),
+    ]
+    frame = pd.DataFrame(
+        [
+            {
+                "source": source,
+                "order": order,
+                "k": k if order else None,
+                "epochs": 5,
+                "imgsz": 256,
+                "n_pool": 100,
+                "map50": map50,
+                "map50_low": map50 - 0.02,
+                "map50_high": map50 + 0.02,
+                "ratio": ratio,
+                "ratio_low": ratio - 0.05,
+                "ratio_high": ratio + 0.05,
+                "same_as": "",
+            }
+            for source, order, k, map50, ratio in rows
+        ]
+    )
+    path = folder / "review_budget.csv"
+    frame.to_csv(path, index=False)
+    path.with_name("review_budget.manifest.json").write_text(
+        json.dumps({"git": {"commit": "1234567890abc"}})
+    )
+    return path
+
+
+def test_each_order_runs_from_pseudo_to_human_and_the_smallest_k_is_read_off(
+    tmp_path: Path,
+) -> None:
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    budget = read_review_budget(str(budget_csv(tmp_path)), config)
+    rows = budget.budgets
+    random_rows = rows[rows["order"] == "random"]
+    assert random_rows["k"].tolist() == [0, 10, 40, 100]
+    assert random_rows["ratio"].tolist() == [0.5, 0.6, 0.9, 1.0]
+    table = smallest_budget_table(budget).set_index(["order", "target"])
+    assert table.loc[("random", "90%"), "smallest k"] == "40"
+    assert table.loc[("random", "97%"), "smallest k"] == "100"
+    assert table.loc[("box strategies disagree first", "90%"), "smallest k"] == "10"
+    assert table.loc[("box strategies disagree first", "97%"), "smallest k"] == "40"
+    text = review_budget_summary(budget).data
+    assert "0.600" in text and "50.0% of human" in text and "`1234567890`" in text
+    assert review_budget_curve(budget).axes
+
+
+def test_prices_follow_the_labour_formula_and_the_annotator_price(tmp_path: Path) -> None:
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    budget = read_review_budget(str(budget_csv(tmp_path)), config)
+    pricing = ReviewPricing(
+        n_pool=100,
+        boxes_per_image=2.0,
+        annotator_usd_per_image=0.01,
+        seconds_per_box_drawn=36.0,
+        seconds_per_box_corrected=6.0,
+        hourly_rate=20.0,
+    )
+    costs = review_budget_costs(budget.table, pricing).set_index("option")
+    # 100 images x 2 boxes x 36 s = 2 h at $20/h.
+    assert costs.loc["all human (every box drawn)", "person_hours"] == pytest.approx(2.0)
+    assert costs.loc["all human (every box drawn)", "total_usd"] == pytest.approx(40.0)
+    assert costs.loc["pseudo only", "total_usd"] == pytest.approx(1.0)
+    # 40 images x 2 boxes x 6 s = 480 s = 2/15 h -> $2.67, plus the annotator's $1.
+    reviewed = costs.loc["pseudo + 40 reviewed (disagreement)"]
+    assert reviewed["labour_usd"] == pytest.approx(480 / 3600 * 20)
+    assert reviewed["total_usd"] == pytest.approx(1.0 + 480 / 3600 * 20)
+    assert reviewed["ratio"] == pytest.approx(0.98)
+    assert len(costs) == 2 + 4
+    shown = review_cost_table(costs.reset_index())
+    assert shown.loc["pseudo only", "share of human mAP50 [95% CI]"] == "50.0% [45.0%, 55.0%]"
+    assert review_cost_figure(costs.reset_index()).axes
+
+
+def test_no_table_is_said_plainly(tmp_path: Path) -> None:
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    budget = read_review_budget(str(tmp_path / "missing.csv"), config)
+    assert budget.budgets.empty and smallest_budget_table(budget).empty
+    assert "missing.csv" in review_budget_summary(budget).data
