@@ -16,6 +16,7 @@ import pytest
 
 from cascade_defect.annotate.review_budget import (
     box_agreement,
+    confidence_order,
     disagreement_order,
     disagreement_table,
     parse_review_source,
@@ -70,6 +71,28 @@ def test_budget_source_names_round_trip_and_reject_typos() -> None:
 
 
 # --------------------------------------------------------------------------- orders
+
+
+def test_confidence_order_puts_unanswered_images_first_then_the_least_confident() -> None:
+    labels = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c", "d", "e"],
+            "status": ["ok", "failed", "ok", "ok", "ok"],
+            "confidence": [0.9, math.nan, 0.4, 0.95, 0.4],
+        }
+    )
+    order = confidence_order(["a", "b", "c", "d", "e", "f"], labels)
+    # b failed and f has no answer at all; c and e tie at 0.4 (by id), then a, then d.
+    assert order == ["b", "f", "c", "e", "a", "d"]
+    assert select_for_review("confidence", 3, list("abcdef"), labels=labels) == ["b", "f", "c"]
+
+
+def test_random_order_is_not_the_validation_hold_out() -> None:
+    """With the same seed, the first budget must not simply be the hold-out images."""
+    ids = [f"img_{i}" for i in range(500)]
+    holdout = holdout_ids(ids, 0.1, seed=0)
+    first = random_order(ids, seed=0)[: len(holdout)]
+    assert len(set(first) & holdout) < len(holdout) // 2
 
 
 def test_random_order_is_seeded_reproducible_and_nested() -> None:
@@ -481,7 +504,7 @@ def test_the_dry_run_builds_every_dataset_and_trains_nothing(budget_config, tmp_
         row["source"]: row for row in json.loads((tmp_path / "counts.json").read_text())["datasets"]
     }
     assert set(counts) == {"human", "pseudo"} | {
-        f"review_{o}_{k}" for o in ("random", "audit", "disagreement") for k in (0, 3)
+        f"review_{o}_{k}" for o in ("random", "confidence", "disagreement", "audit") for k in (0, 3)
     }
     assert counts["review_audit_0"]["same_as"] == "pseudo"
     assert counts["review_audit_3"]["errors_fixed"] == 3

@@ -47,6 +47,9 @@ from cascade_defect.metrics.detection import box_iou
 
 log = logging.getLogger(__name__)
 
+RANDOM_ORDER_SALT = 7919
+"""Keeps the random review order independent of every other draw seeded with the same number."""
+
 REVIEW_ORDERS: tuple[str, ...] = ("random", "confidence", "disagreement", "audit")
 REVIEW_SOURCE_PREFIX = "review_"
 DISAGREEMENT_STRATEGIES: tuple[str, str] = ("seed_detector", "self_training")
@@ -79,7 +82,11 @@ def parse_review_source(source: str) -> tuple[str, int] | None:
 def random_order(pool_ids: Sequence[str], seed: int) -> list[str]:
     """The pool's ids in a seeded random order (the same for every budget and every caller)."""
     ids = sorted(set(map(str, pool_ids)))
-    return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    # Salted: the validation hold-out is the same permutation of the same sorted ids under the
+    # bare seed (train.sources.holdout_ids), so unsalted the first budgets would be exactly the
+    # hold-out images and a review would change validation labels only.
+    rng = np.random.default_rng([seed, RANDOM_ORDER_SALT])
+    return [ids[i] for i in rng.permutation(len(ids))]
 
 
 def confidence_order(pool_ids: Sequence[str], labels: pd.DataFrame) -> list[str]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown
 
-from cascade_defect.locations import portable_path, resolve_portable_path
+from cascade_defect.data.tables import read_table
+from cascade_defect.locations import PathAnchors, portable_path, resolve_portable_path
 from cascade_defect.settings import StudyConfig
 
 #: Where every chapter keeps its full settings table and its files.
@@ -118,3 +119,26 @@ def _file_row(name: str, path: Path, config: StudyConfig) -> dict[str, str]:
         else portable_path(path, config)
     )
     return {"output": name, "file": shown, "kind": kind, "size": size}
+
+
+def benchmark_files(
+    table: str | None, where: PathAnchors, **read_options: object
+) -> tuple[str, pd.DataFrame | None, dict]:
+    """A benchmark script's table and the manifest beside it (``<stem>.manifest.json``).
+
+    ``table`` is written as the record writes paths and read from ``where``. Returns the path
+    as shown, the table (None when absent: a run without the benchmark still renders) and the
+    manifest (empty when absent).
+    """
+    if table is None:
+        return "", None, {}
+    found = resolve_portable_path(table, where)
+    shown = portable_path(found, where)
+    if not found.is_file():
+        return shown, None, {}
+    manifest = found.with_name(f"{found.stem}.manifest.json")
+    return (
+        shown,
+        read_table(found, **read_options),
+        json.loads(manifest.read_text()) if manifest.is_file() else {},
+    )

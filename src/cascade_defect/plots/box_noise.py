@@ -11,7 +11,6 @@ The reading of "quality needed" is :func:`~cascade_defect.train.box_noise.qualit
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict
 
 from cascade_defect.data.tables import read_table
-from cascade_defect.locations import PathAnchors, portable_path, resolve_portable_path
+from cascade_defect.locations import PathAnchors
+from cascade_defect.plots.book import benchmark_files
 from cascade_defect.train.box_noise import QUALITY_AXIS, quality_needed
 from cascade_defect.train.sources import HUMAN, PSEUDO
 
@@ -123,19 +123,8 @@ def read_box_noise_benchmark(
         if box_metrics is not None and strategy is not None
         else None
     )
-    if table is None:
-        return BoxNoiseBenchmark(path="", table=None, pseudo=pseudo)
-    found = resolve_portable_path(table, where)
-    shown = portable_path(found, where)
-    if not found.is_file():
-        return BoxNoiseBenchmark(path=shown, table=None, pseudo=pseudo)
-    manifest = manifest_path(found)
-    return BoxNoiseBenchmark(
-        path=shown,
-        table=read_table(found),
-        manifest=json.loads(manifest.read_text()) if manifest.is_file() else {},
-        pseudo=pseudo,
-    )
+    path, frame, manifest = benchmark_files(table, where)
+    return BoxNoiseBenchmark(path=path, table=frame, manifest=manifest, pseudo=pseudo)
 
 
 def pseudo_box_quality(

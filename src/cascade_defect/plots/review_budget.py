@@ -9,7 +9,6 @@ review`) against the ratio it bought.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +19,8 @@ from IPython.display import Markdown
 from matplotlib.figure import Figure
 
 from cascade_defect.annotate.review_budget import REVIEW_ORDERS, smallest_budget
-from cascade_defect.data.tables import read_table
-from cascade_defect.locations import PathAnchors, portable_path, resolve_portable_path
+from cascade_defect.locations import PathAnchors
+from cascade_defect.plots.book import benchmark_files
 
 TARGETS: tuple[float, ...] = (0.9, 0.97)
 
@@ -67,20 +66,10 @@ class ReviewBudget:
 
 def read_review_budget(table: str | None, where: PathAnchors) -> ReviewBudget:
     """The benchmark's table at ``table`` (as the record writes paths), or none when absent."""
-    if table is None:
-        return ReviewBudget(path="", table=None)
-    found = resolve_portable_path(table, where)
-    shown = portable_path(found, where)
-    if not found.is_file():
-        return ReviewBudget(path=shown, table=None)
-    manifest = found.with_name(f"{found.stem}.manifest.json")
-    frame = read_table(found, dtype={"order": str, "same_as": str})
-    frame["order"] = frame["order"].fillna("")
-    return ReviewBudget(
-        path=shown,
-        table=frame,
-        manifest=json.loads(manifest.read_text()) if manifest.is_file() else {},
-    )
+    path, frame, manifest = benchmark_files(table, where, dtype={"order": str, "same_as": str})
+    if frame is not None:
+        frame["order"] = frame["order"].fillna("")
+    return ReviewBudget(path=path, table=frame, manifest=manifest)
 
 
 def review_budget_curve(budget: ReviewBudget) -> Figure | Markdown:

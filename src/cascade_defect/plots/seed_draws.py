@@ -7,7 +7,6 @@ keeps one draw; this table says how far its ratio could move had other images be
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ from typing import Any
 import pandas as pd
 from IPython.display import Markdown
 
-from cascade_defect.data.tables import read_table
-from cascade_defect.locations import PathAnchors, portable_path, resolve_portable_path
+from cascade_defect.locations import PathAnchors
+from cascade_defect.plots.book import benchmark_files
 
 #: The benchmark's table, one row per draw (``record`` is the book's own draw).
 CSV_COLUMNS: list[str] = [
@@ -56,18 +55,8 @@ class SeedDraws:
 
 def read_seed_draws(table: str | None, where: PathAnchors) -> SeedDraws:
     """The benchmark's table at ``table`` (as the record writes paths), or none when absent."""
-    if table is None:
-        return SeedDraws(path="", table=None)
-    found = resolve_portable_path(table, where)
-    shown = portable_path(found, where)
-    if not found.is_file():
-        return SeedDraws(path=shown, table=None)
-    manifest = manifest_path(found)
-    return SeedDraws(
-        path=shown,
-        table=read_table(found, dtype={"draw": str}),
-        manifest=json.loads(manifest.read_text()) if manifest.is_file() else {},
-    )
+    path, frame, manifest = benchmark_files(table, where, dtype={"draw": str})
+    return SeedDraws(path=path, table=frame, manifest=manifest)
 
 
 def seed_draw_table(draws: SeedDraws) -> pd.DataFrame:
