@@ -111,3 +111,12 @@ def test_no_table_is_said_plainly(tmp_path: Path) -> None:
     budget = read_review_budget(str(tmp_path / "missing.csv"), config)
     assert budget.budgets.empty and smallest_budget_table(budget).empty
     assert "missing.csv" in review_budget_summary(budget).data
+
+
+def test_without_a_table_each_figure_still_draws_one_image(tmp_path: Path) -> None:
+    from cascade_defect.plots.review_budget import review_cost_figure
+
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    budget = read_review_budget(None, config)
+    for figure in (review_budget_curve(budget), review_cost_figure(pd.DataFrame())):
+        assert figure.axes and "bench_review_budget.py" in figure.axes[0].texts[0].get_text()

@@ -11,8 +11,10 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown
+from matplotlib.figure import Figure
 
 from cascade_defect.data.tables import read_table
 from cascade_defect.locations import PathAnchors, portable_path, resolve_portable_path
@@ -142,3 +144,12 @@ def benchmark_files(
         read_table(found, **read_options),
         json.loads(manifest.read_text()) if manifest.is_file() else {},
     )
+
+
+def message_figure(message: str) -> Figure:
+    """A figure that only says why there is nothing to draw, so a figure cell always renders one
+    image (the book's alt text and cross-references stay valid on a run without the data)."""
+    fig, ax = plt.subplots(figsize=(7, 1.6))
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    ax.set_axis_off()
+    return fig

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cascade_defect.data.tables import read_table
 from cascade_defect.locations import PathAnchors
-from cascade_defect.plots.book import benchmark_files
+from cascade_defect.plots.book import benchmark_files, message_figure
 from cascade_defect.train.box_noise import QUALITY_AXIS, quality_needed
 from cascade_defect.train.sources import HUMAN, PSEUDO
 
@@ -178,13 +178,6 @@ def sweep_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return table[same].reset_index(drop=True), int((~same).sum())
 
 
-def _blank(message: str) -> Figure:
-    fig, ax = plt.subplots(figsize=(7, 1.6))
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
-    ax.set_axis_off()
-    return fig
-
-
 def box_noise_map(
     table: pd.DataFrame | None,
     pseudo: PseudoBoxes | None = None,
@@ -199,10 +192,10 @@ def box_noise_map(
     share (a triangle on the axis when no share is known).
     """
     if table is None:
-        return _blank("no box-noise benchmark: run scripts/bench_box_noise.py")
+        return message_figure("no box-noise benchmark: run scripts/bench_box_noise.py")
     rows, _ = sweep_rows(table)
     if rows.empty or rows["ratio"].isna().all():
-        return _blank("the box-noise table has no anchor with a positive mAP50")
+        return message_figure("the box-noise table has no anchor with a positive mAP50")
     anchor = rows[rows["kind"] == HUMAN].iloc[:1]
     needed = quality_needed(rows, targets)
     fig, axes = plt.subplots(1, len(AXIS_LABELS), figsize=(12, 3.9), sharey=True)

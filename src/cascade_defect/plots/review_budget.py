@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from cascade_defect.annotate.review_budget import REVIEW_ORDERS, smallest_budget
 from cascade_defect.locations import PathAnchors
-from cascade_defect.plots.book import benchmark_files
+from cascade_defect.plots.book import benchmark_files, message_figure
 
 TARGETS: tuple[float, ...] = (0.9, 0.97)
 
@@ -72,12 +72,12 @@ def read_review_budget(table: str | None, where: PathAnchors) -> ReviewBudget:
     return ReviewBudget(path=path, table=frame, manifest=manifest)
 
 
-def review_budget_curve(budget: ReviewBudget) -> Figure | Markdown:
+def review_budget_curve(budget: ReviewBudget) -> Figure:
     """Share of human's test mAP50 against the number of images reviewed, one line per order,
     each point with its 95% bootstrap interval; the targets as dashed lines."""
     rows = budget.budgets
     if rows.empty:
-        return review_budget_summary(budget)
+        return message_figure("no review-budget benchmark: run scripts/bench_review_budget.py")
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     offsets = {o: (i - 1) * 0.04 for i, o in enumerate(REVIEW_ORDERS)}
     for order, group in rows.groupby("order", sort=False):
@@ -156,10 +156,12 @@ def review_budget_summary(budget: ReviewBudget) -> Markdown:
     return Markdown(" ".join(parts))
 
 
-def review_cost_figure(costs: pd.DataFrame) -> Figure | Markdown:
+def review_cost_figure(costs: pd.DataFrame) -> Figure:
     """Total cost against the share of human's mAP50, one point per option, the ends labelled."""
     if costs.empty:
-        return Markdown("No review-budget benchmark to price (`scripts/bench_review_budget.py`).")
+        return message_figure(
+            "no review-budget benchmark to price: run scripts/bench_review_budget.py"
+        )
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for order, group in costs.groupby("order", sort=False):
         colour = _ORDER_COLOURS.get(order, "black")
