@@ -260,7 +260,9 @@ class SweepManifest:
             "profile": self.config.profile.name,
             "config": self.config.summary(),
             "parameters": portable_values(self.parameters, self.config),
-            "git": git_state(self.config.project_root),
+            "git": git_state(
+                Path(__file__).resolve().parent
+            ),  # the code that runs, not the run folder
             "python": platform.python_version(),
             "inputs": self.hashed_inputs(),
             "outputs": {

@@ -150,6 +150,15 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def scratch_shown(scratch: Path, folder: Path, config: StudyConfig) -> str | None:
+    """The scratch folder relative to the manifest's folder, as the record writes paths, or None
+    when it lies outside the project (a committed manifest never holds a machine's path)."""
+    if scratch.resolve().is_relative_to(folder.resolve()):
+        return scratch.resolve().relative_to(folder.resolve()).as_posix()
+    written = portable_path(scratch, config)
+    return None if Path(written).is_absolute() else written
+
+
 def study_config(args: argparse.Namespace) -> StudyConfig:
     """The profile's configuration with the schedule given on the command line."""
     overrides = parameter_overrides(
@@ -427,15 +436,15 @@ class Bench:
                 },
                 config,
             ),
-            "git": git_state(config.project_root),
+            "git": git_state(
+                Path(__file__).resolve().parent
+            ),  # the code that runs, not the run folder
             "python": platform.python_version(),
             "inputs": self._hashed,
             "outputs": {
                 "relative_to": "this manifest's folder",
                 "table": self.args.csv.name,
-                "scratch": scratch.relative_to(folder).as_posix()
-                if scratch.is_relative_to(folder)
-                else portable_path(scratch, config),
+                "scratch": scratch_shown(scratch, folder, config),
             },
             "n_rows": len(table),
             "timings_s": {"this_invocation": round(time.perf_counter() - self.started, 1)},

@@ -250,7 +250,7 @@ def main() -> None:
         "script": "scripts/bench_seed_draws.py",
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": record.profile.name,
-        "git": git_state(),
+        "git": git_state(Path(__file__).resolve().parent),
         "parameters": {
             "run_dir": shown_path(record.paths.run_dir, record),
             "draws": ["record", *map(str, args.draws)],

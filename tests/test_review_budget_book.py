@@ -100,7 +100,11 @@ def test_prices_follow_the_labour_formula_and_the_annotator_price(tmp_path: Path
     assert reviewed["labour_usd"] == pytest.approx(480 / 3600 * 20)
     assert reviewed["total_usd"] == pytest.approx(1.0 + 480 / 3600 * 20)
     assert reviewed["ratio"] == pytest.approx(0.98)
-    assert len(costs) == 2 + 4
+    assert len(costs) == 3 + 4
+    every = costs.loc["pseudo + all 100 reviewed"]
+    assert every["ratio"] == 1.0 and every["total_usd"] == pytest.approx(
+        1.0 + 100 * 2 * 6 / 3600 * 20
+    )
     shown = review_cost_table(costs.reset_index())
     assert shown.loc["pseudo only", "share of human mAP50 [95% CI]"] == "50.0% [45.0%, 55.0%]"
     assert review_cost_figure(costs.reset_index()).axes

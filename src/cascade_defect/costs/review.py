@@ -6,7 +6,7 @@ prices each point beside the two ends, so chapter 07 can set total cost against 
 
 - all human: every pool image boxed from scratch (``seconds_per_box_conventional``);
 - pseudo only: the annotator's price for the pool, no person;
-- pseudo + k reviewed: the annotator's price plus a person checking and correcting the proposed
+- pseudo + k reviewed (up to the whole pool): the annotator's price plus a person checking and correcting the proposed
   boxes of ``k`` images (``seconds_per_box_correction``), which is faster than drawing them.
 
 Labour uses :func:`~cascade_defect.costs.sweeps.human_labelling_cost`, the one labour formula.
@@ -84,7 +84,9 @@ def review_budget_costs(budgets: pd.DataFrame, pricing: ReviewPricing) -> pd.Dat
 
     ``budgets`` is the benchmark's table (``source, order, k, ratio, ratio_low, ratio_high``);
     its ``human`` and ``pseudo`` rows give the two ends their ratios (1 and the pseudo share).
-    Budgets of 0 and of the whole pool are those ends, so they are not repeated.
+    Budgets of 0 and of the whole pool are those ends, so they are not repeated; the whole pool
+    reviewed is priced once as its own option (its labels are the human ones, corrected rather
+    than drawn, which assumes a reviewer who corrects every box reaches the drawn boxes' quality).
     """
     nan = math.nan
 
@@ -106,6 +108,15 @@ def review_budget_costs(budgets: pd.DataFrame, pricing: ReviewPricing) -> pd.Dat
             1.0,
             pricing.seconds_per_box_drawn,
             annotator=False,
+        ),
+        _row(
+            f"pseudo + all {pricing.n_pool} reviewed",
+            "-",
+            pricing.n_pool,
+            pricing,
+            *ratios("human"),
+            pricing.seconds_per_box_corrected,
+            annotator=True,
         ),
         _row(
             "pseudo only",
