@@ -162,10 +162,8 @@ def review_cost_figure(costs: pd.DataFrame) -> Figure:
         return message_figure(
             "no review-budget benchmark to price: run scripts/bench_review_budget.py"
         )
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 4.4))
     for order, group in costs.groupby("order", sort=False):
-        colour = _ORDER_COLOURS.get(order, "black")
-        label = ORDER_LABELS.get(order) if order != "-" else None
         ax.errorbar(
             group["total_usd"],
             group["ratio"],
@@ -173,26 +171,29 @@ def review_cost_figure(costs: pd.DataFrame) -> Figure:
                 (group["ratio"] - group["ratio_low"]).clip(lower=0),
                 (group["ratio_high"] - group["ratio"]).clip(lower=0),
             ],
-            fmt="o",
-            color=colour,
-            label=label,
+            fmt="o" if order != "-" else "s",
+            color=_ORDER_COLOURS.get(order, "black"),
+            label=ORDER_LABELS.get(order, order) if order != "-" else "the ends",
             capsize=2,
         )
-        if order == "-":
-            for row in group.itertuples(index=False):
-                ax.annotate(
-                    row.option,
-                    (row.total_usd, row.ratio),
-                    fontsize=8,
-                    xytext=(4, -10),
-                    textcoords="offset points",
-                )
+    for row in costs[costs["order"] == "-"].itertuples(index=False):
+        ax.annotate(
+            f"{row.option}: ${row.total_usd:,.0f}",
+            (row.total_usd, row.ratio),
+            fontsize=8,
+            xytext=(0, -24) if row.ratio > 0.9 else (8, -16),
+            textcoords="offset points",
+            ha="right" if row.total_usd > costs["total_usd"].median() else "left",
+        )
     for target, style in zip(TARGETS, ("dotted", "dashed"), strict=True):
         ax.axhline(target, color="black", linestyle=style, linewidth=1)
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("total cost of the pool's labels (USD, symmetric log scale)")
+    positive = costs["total_usd"][costs["total_usd"] > 0]
+    if len(positive):
+        ax.set_xscale("log")
+        ax.set_xlim(positive.min() / 1.6, positive.max() * 1.6)
+    ax.set_xlabel("total cost of the pool's labels (USD, log scale)")
     ax.set_ylabel("test mAP50 / human's")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
