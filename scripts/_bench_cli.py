@@ -59,3 +59,37 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
     print(text)
     if args.json:
         args.json.write_text(text)
+
+
+def resumable_scratch(parser: argparse.ArgumentParser) -> None:
+    """Describe ``--scratch`` as the fixed folder a resumable sweep keeps its runs in."""
+    for action in parser._actions:  # a fixed folder, not a temporary one, so the sweep resumes
+        if action.dest == "scratch":
+            action.help = "datasets and weights (default: <csv stem>_runs/ next to the CSV)"
+
+
+def schedule_config(args: argparse.Namespace) -> Any:
+    """The run folder's configuration with the schedule given on the command line
+    (``--imgsz``, ``--batch``, ``--device``, ``--arg``)."""
+    from cascade_defect.settings import key_value_arguments, parameter_overrides
+
+    overrides = parameter_overrides(
+        training={
+            "imgsz": args.imgsz,
+            "batch": args.batch,
+            "device": args.device,
+            "ultralytics_args": key_value_arguments(args.arg) or None,
+        }
+    )
+    return config_for_run(args.run_dir, args.profile, overrides)
+
+
+def path_beside(path: Path, folder: Path, config: Any) -> str | None:
+    """``path`` relative to a manifest's ``folder`` when inside it, else as the record writes it;
+    None when it is neither (a committed manifest never holds a machine's path)."""
+    from cascade_defect.locations import portable_path
+
+    if path.resolve().is_relative_to(folder.resolve()):
+        return path.resolve().relative_to(folder.resolve()).as_posix()
+    written = portable_path(path, config)
+    return None if Path(written).is_absolute() else written

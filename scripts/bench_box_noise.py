@@ -44,7 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from _bench_cli import config_for_run, parser_with_common_options, report
+from _bench_cli import (
+    parser_with_common_options,
+    path_beside,
+    report,
+    resumable_scratch,
+    schedule_config,
+)
 
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseudo_labels
 from cascade_defect.chapters.c06_comparison import golden_test_dataset, golden_test_truth
@@ -57,8 +63,6 @@ from cascade_defect.metrics.detection import detection_metrics, match_detections
 from cascade_defect.plots.box_noise import TARGETS, manifest_path
 from cascade_defect.settings import (
     StudyConfig,
-    key_value_arguments,
-    parameter_overrides,
 )
 from cascade_defect.train.box_noise import (
     QUALITY_AXIS,
@@ -144,23 +148,8 @@ def parse_arguments() -> argparse.Namespace:
         action="store_true",
         help="write the manifest beside --csv for the rows already there; train nothing",
     )
-    for action in parser._actions:  # a fixed folder, not a temporary one, so the sweep resumes
-        if action.dest == "scratch":
-            action.help = "datasets and weights (default: <csv stem>_runs/ next to the CSV)"
+    resumable_scratch(parser)
     return parser.parse_args()
-
-
-def study_config(args: argparse.Namespace) -> StudyConfig:
-    """The profile's configuration with the schedule given on the command line."""
-    overrides = parameter_overrides(
-        training={
-            "imgsz": args.imgsz,
-            "batch": args.batch,
-            "device": args.device,
-            "ultralytics_args": key_value_arguments(args.arg) or None,
-        }
-    )
-    return config_for_run(args.run_dir, args.profile, overrides)
 
 
 def real_false_positives(
@@ -203,15 +192,6 @@ def sweep_inputs(
         outputs = AnnotationOutputs(config.paths.annotation_dir)
         inputs.update(pseudo_labels=outputs.labels, pseudo_boxes=outputs.boxes)
     return inputs
-
-
-def _beside(path: Path, folder: Path, config: StudyConfig) -> str | None:
-    """``path`` relative to the manifest's folder when inside it, else as the record writes it;
-    None when it is neither in the project nor under a ``$CASCADE_*`` location."""
-    if path.resolve().is_relative_to(folder.resolve()):
-        return path.resolve().relative_to(folder.resolve()).as_posix()
-    written = portable_path(path, config)
-    return None if Path(written).is_absolute() else written
 
 
 @dataclass
@@ -267,8 +247,8 @@ class SweepManifest:
             "inputs": self.hashed_inputs(),
             "outputs": {
                 "relative_to": "this manifest's folder",
-                "table": _beside(self.csv, folder, self.config),
-                "scratch": _beside(self.scratch, folder, self.config),
+                "table": path_beside(self.csv, folder, self.config),
+                "scratch": path_beside(self.scratch, folder, self.config),
             },
             "sources": {
                 "requested": self.requested,
@@ -436,7 +416,7 @@ def needed_lines(needed: pd.DataFrame) -> list[str]:
 def main() -> None:
     started = time.perf_counter()
     args = parse_arguments()
-    config = study_config(args)
+    config = schedule_config(args)
     settings = config.profile.training
     layout = SplitLayout(config.paths.split_dir)
     require_inputs(

@@ -42,7 +42,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _bench_cli import config_for_run, parser_with_common_options, report
+from _bench_cli import (
+    parser_with_common_options,
+    path_beside,
+    report,
+    resumable_scratch,
+    schedule_config,
+)
 
 from cascade_defect.annotate.review_budget import (
     REVIEW_ORDERS,
@@ -67,7 +73,7 @@ from cascade_defect.metrics.bootstrap import (
     percentile_interval,
 )
 from cascade_defect.metrics.detection import detection_metrics, match_detections
-from cascade_defect.settings import StudyConfig, key_value_arguments, parameter_overrides
+from cascade_defect.settings import StudyConfig
 from cascade_defect.train.predict import validate_on_test
 from cascade_defect.train.sources import (
     HUMAN,
@@ -144,32 +150,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="build and write every dataset and print its counts; train and score nothing",
     )
-    for action in parser._actions:  # a fixed folder, not a temporary one, so the sweep resumes
-        if action.dest == "scratch":
-            action.help = "datasets and weights (default: <csv stem>_runs/ next to the CSV)"
+    resumable_scratch(parser)
     return parser.parse_args(argv)
-
-
-def scratch_shown(scratch: Path, folder: Path, config: StudyConfig) -> str | None:
-    """The scratch folder relative to the manifest's folder, as the record writes paths, or None
-    when it lies outside the project (a committed manifest never holds a machine's path)."""
-    if scratch.resolve().is_relative_to(folder.resolve()):
-        return scratch.resolve().relative_to(folder.resolve()).as_posix()
-    written = portable_path(scratch, config)
-    return None if Path(written).is_absolute() else written
-
-
-def study_config(args: argparse.Namespace) -> StudyConfig:
-    """The profile's configuration with the schedule given on the command line."""
-    overrides = parameter_overrides(
-        training={
-            "imgsz": args.imgsz,
-            "batch": args.batch,
-            "device": args.device,
-            "ultralytics_args": key_value_arguments(args.arg) or None,
-        }
-    )
-    return config_for_run(args.run_dir, args.profile, overrides)
 
 
 def planned(orders: list[str], budgets: list[int], n_pool: int) -> tuple[list[str], list[int]]:
@@ -444,7 +426,7 @@ class Bench:
             "outputs": {
                 "relative_to": "this manifest's folder",
                 "table": self.args.csv.name,
-                "scratch": scratch_shown(scratch, folder, config),
+                "scratch": path_beside(scratch, folder, config),
             },
             "n_rows": len(table),
             "timings_s": {"this_invocation": round(time.perf_counter() - self.started, 1)},
@@ -462,7 +444,7 @@ def read_rows(path: Path) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_arguments(argv)
-    config = study_config(args)
+    config = schedule_config(args)
     settings = config.profile.training
     layout = SplitLayout(config.paths.split_dir)
     annotation = AnnotationOutputs(config.paths.annotation_dir)

@@ -7,6 +7,13 @@ shadowing; each test module wraps what it needs in its own fixtures.
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,3 +121,57 @@ def make_annotator(
     options = AnnotatorOptions(**fields)
     prompt = build_prompt(world.seeds, world.class_names, detail=options.detail)
     return MLLMAnnotator(client, config, prompt, AnnotationStore(store_path), options, retry=retry)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def ok_shas(store_path: Path) -> Counter[str]:
+    """How many ``ok`` records the store holds per image (by content hash)."""
+    if not store_path.exists():
+        return Counter()
+    return Counter(
+        r.image_sha256 for r in AnnotationStore(store_path).records() if r.status == "ok"
+    )
+
+
+def seed_class_folders(world: AnnotateWorld, root: Path) -> Path:
+    """The world's seeds in the layout ``cascade-defect annotate`` reads: one folder per class."""
+    for seed in world.seeds:
+        folder = root / seed.class_name
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(seed.image, folder / Path(seed.image).name)
+    return root
+
+
+def annotate_cli(
+    server: FakeOpenAIServer, pool: Path, seeds: Path, out: Path, *extra: str
+) -> tuple[list[str], dict[str, str]]:
+    """The ``cascade-defect annotate`` command against ``server`` and its environment (no
+    credentials but the loopback server's), as a user would run it in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_OPENAI", "OPENAI_"))}
+    env.update(openai_env(server))
+    env["PYTHONPATH"] = str(REPO_ROOT / "src")
+    command = [
+        sys.executable, "-m", "cascade_defect.cli", "annotate",
+        "--images", str(pool), "--seeds", str(seeds), "--out", str(out),
+        "--annotator", "openai", "--model", "gpt-4o", "--concurrency", "2", "--no-progress",
+        *extra,
+    ]  # fmt: skip
+    return command, env
+
+
+def kill_after_answers(
+    command: list[str], env: dict[str, str], store_path: Path, answers: int, poll_s: float
+) -> int:
+    """Start ``command``, SIGKILL it once the store holds ``answers`` ok records, return its
+    exit code (the caller asserts it was killed)."""
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while sum(ok_shas(store_path).values()) < answers:
+        assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
+        assert time.monotonic() < deadline, "first run made no progress"
+        time.sleep(poll_s)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    return first.returncode

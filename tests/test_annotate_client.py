@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +23,17 @@ from cascade_defect.annotate.mllm.throttle import (
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.costs import pricing
 from cascade_defect.hashing import sha256_bytes
-from tests.conftest_annotate import AnnotateWorld, azure_env, make_annotator, make_world, openai_env
+from tests.conftest_annotate import (
+    AnnotateWorld,
+    annotate_cli,
+    azure_env,
+    kill_after_answers,
+    make_annotator,
+    make_world,
+    ok_shas,
+    openai_env,
+    seed_class_folders,
+)
 from tests.fake_openai_server import Action, FakeOpenAIServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -350,67 +356,20 @@ def test_budget_cap_stops_the_run_before_it_is_exceeded(
 # -- crash safety in a real subprocess ------------------------------------------------------
 
 
-def _ok_shas(store_path: Path) -> Counter[str]:
-    if not store_path.exists():
-        return Counter()
-    return Counter(
-        r.image_sha256 for r in AnnotationStore(store_path).records() if r.status == "ok"
-    )
-
-
-def _seed_class_folders(world: AnnotateWorld, root: Path) -> Path:
-    """The world's seeds in the layout ``cascade-defect annotate`` reads: one folder per class."""
-    for seed in world.seeds:
-        folder = root / seed.class_name
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(seed.image, folder / Path(seed.image).name)
-    return root
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume_labels_each_image_once(tmp_path: Path) -> None:
     world = make_world(tmp_path, n_pool=16)
-    seeds = _seed_class_folders(world, tmp_path / "seed_classes")
+    seeds = seed_class_folders(world, tmp_path / "seed_classes")
     out = tmp_path / "out"
     store_path = out / "predictions.jsonl"
 
     with FakeOpenAIServer(latency_s=0.3) as fake:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_OPENAI", "OPENAI_"))}
-        env.update(openai_env(fake))
-        env["PYTHONPATH"] = str(REPO_ROOT / "src")
-        command = [
-            sys.executable,
-            "-m",
-            "cascade_defect.cli",
-            "annotate",
-            "--images",
-            str(tmp_path / "pool"),
-            "--seeds",
-            str(seeds),
-            "--out",
-            str(out),
-            "--annotator",
-            "openai",
-            "--model",
-            "gpt-4o",
-            "--concurrency",
-            "2",
-            "--no-progress",
-        ]
-        first = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + 90
-        while sum(_ok_shas(store_path).values()) < 4:
-            assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
-            assert time.monotonic() < deadline, "first run made no progress"
-            time.sleep(0.05)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
-        assert first.returncode == -signal.SIGKILL
+        command, env = annotate_cli(fake, tmp_path / "pool", seeds, out)
+        returncode = kill_after_answers(command, env, store_path, answers=4, poll_s=0.05)
+        assert returncode == -signal.SIGKILL
 
-        answered_before = set(_ok_shas(store_path))
+        answered_before = set(ok_shas(store_path))
         requests_before = fake.requests_by_image()
         assert 4 <= len(answered_before) < len(world.pool), "the kill must land mid-run"
 
@@ -422,7 +381,7 @@ def test_sigkill_mid_run_then_resume_labels_each_image_once(tmp_path: Path) -> N
         resent = {sha for sha in answered_before if requests_after[sha] != requests_before[sha]}
         assert not resent, "an already-answered image was requested again"
 
-    final = _ok_shas(store_path)
+    final = ok_shas(store_path)
     all_shas = {sha256_bytes(p.path.read_bytes()) for p in world.pool}
     assert set(final) == all_shas
     assert set(final.values()) == {1}, "every image is labelled exactly once"

@@ -4,11 +4,8 @@ answer, a crash and its resume, re-runs with another packing, Batch, and JSON-mo
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +16,17 @@ from cascade_defect.annotate.mllm.batch import BatchManifest, run_batch
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.costs import pricing
 from cascade_defect.hashing import sha256_bytes
-from tests.conftest_annotate import AnnotateWorld, make_annotator, make_world, openai_env
+from tests.conftest_annotate import (
+    AnnotateWorld,
+    annotate_cli,
+    kill_after_answers,
+    make_annotator,
+    make_world,
+    ok_shas,
+    openai_env,
+    seed_class_folders,
+)
 from tests.fake_openai_server import Action, FakeOpenAIServer, packed_images
-from tests.test_annotate_client import _ok_shas, _seed_class_folders
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N = 4
@@ -282,48 +287,17 @@ def test_a_packed_batch_round_trip_splits_answers_per_image(
 @pytest.mark.slow
 def test_sigkill_mid_packed_run_then_resume_labels_each_image_once(tmp_path: Path) -> None:
     world = make_world(tmp_path, n_pool=24)
-    seeds = _seed_class_folders(world, tmp_path / "seed_classes")
+    seeds = seed_class_folders(world, tmp_path / "seed_classes")
     out = tmp_path / "out"
     store_path = out / "predictions.jsonl"
 
     with FakeOpenAIServer(latency_s=1.0) as fake:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_OPENAI", "OPENAI_"))}
-        env.update(openai_env(fake))
-        env["PYTHONPATH"] = str(REPO_ROOT / "src")
-        command = [
-            sys.executable,
-            "-m",
-            "cascade_defect.cli",
-            "annotate",
-            "--images",
-            str(tmp_path / "pool"),
-            "--seeds",
-            str(seeds),
-            "--out",
-            str(out),
-            "--annotator",
-            "openai",
-            "--model",
-            "gpt-4o",
-            "--concurrency",
-            "2",
-            "--images-per-request",
-            str(N),
-            "--no-progress",
-        ]
-        first = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + 90
-        while sum(_ok_shas(store_path).values()) < N:
-            assert first.poll() is None, first.stderr.read().decode() if first.stderr else ""
-            assert time.monotonic() < deadline, "first run made no progress"
-            time.sleep(0.02)
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=10)
-        assert first.returncode == -signal.SIGKILL
+        extra = ("--images-per-request", str(N))
+        command, env = annotate_cli(fake, tmp_path / "pool", seeds, out, *extra)
+        returncode = kill_after_answers(command, env, store_path, answers=N, poll_s=0.02)
+        assert returncode == -signal.SIGKILL
 
-        answered_before = set(_ok_shas(store_path))
+        answered_before = set(ok_shas(store_path))
         requests_before = fake.requests_by_image()
         assert N <= len(answered_before) < len(world.pool), "the kill must land mid-run"
         assert all(len(r.image_sha256s) == N for r in fake.chat_requests())
@@ -336,7 +310,7 @@ def test_sigkill_mid_packed_run_then_resume_labels_each_image_once(tmp_path: Pat
         resent = {sha for sha in answered_before if requests_after[sha] != requests_before[sha]}
         assert not resent, "an already-answered image was requested again"
 
-    final = _ok_shas(store_path)
+    final = ok_shas(store_path)
     assert set(final) == {sha256_bytes(p.path.read_bytes()) for p in world.pool}
     assert set(final.values()) == {1}, "every image is labelled exactly once"
     assert len(list((out / "labels").glob("*.txt"))) == len(world.pool)

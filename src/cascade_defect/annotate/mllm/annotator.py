@@ -112,6 +112,21 @@ class RunSummary:
         return data
 
 
+def client_from_options(
+    options: AnnotatorOptions, environ: Mapping[str, str] | None = None
+) -> tuple[OpenAI, ClientConfig]:
+    """The SDK client ``options`` name (provider, model, endpoint), credentials from ``environ``;
+    shared by the annotator and the proposal verifier so both reach the same deployment."""
+    return make_client(
+        options.annotator,
+        options.model,
+        base_url=options.base_url,
+        api_version=options.api_version,
+        timeout_s=options.timeout_s,
+        environ=environ,
+    )
+
+
 class MLLMAnnotator:
     """Few-shot annotator over any OpenAI-compatible chat endpoint."""
 
@@ -193,14 +208,7 @@ class MLLMAnnotator:
         """
         if options.annotator == "offline":
             raise ValueError("the offline annotator is not an MLLM: use OfflineAnnotator")
-        client, config = make_client(
-            options.annotator,
-            options.model,
-            base_url=options.base_url,
-            api_version=options.api_version,
-            timeout_s=options.timeout_s,
-            environ=environ,
-        )
+        client, config = client_from_options(options, environ)
         prompt = build_prompt(seeds, class_names, detail=options.detail)
         return cls(client, config, prompt, AnnotationStore(store_path), options, **kwargs)
 

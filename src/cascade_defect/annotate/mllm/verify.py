@@ -44,14 +44,14 @@ from openai import OpenAI
 from tqdm.auto import tqdm
 
 from cascade_defect.annotate.boxes import Proposal
-from cascade_defect.annotate.mllm.annotator import PoolImage
+from cascade_defect.annotate.mllm.annotator import PoolImage, client_from_options
 from cascade_defect.annotate.mllm.estimate import (
     PromptEstimate,
     estimate_prompt_tokens,
     request_cost_upper_bound,
 )
 from cascade_defect.annotate.mllm.prompt import SeedExample
-from cascade_defect.annotate.mllm.providers import ClientConfig, make_client
+from cascade_defect.annotate.mllm.providers import ClientConfig
 from cascade_defect.annotate.mllm.requests import (
     AttemptResult,
     _Fatal,
@@ -190,14 +190,7 @@ class MllmProposalVerifier:
         """The client (credentials from ``environ``), prompt and store ``options`` describe."""
         if options.annotator == "offline":
             raise ValueError("verification needs an MLLM provider, not the offline annotator")
-        client, config = make_client(
-            options.annotator,
-            options.model,
-            base_url=options.base_url,
-            api_version=options.api_version,
-            timeout_s=options.timeout_s,
-            environ=environ,
-        )
+        client, config = client_from_options(options, environ)
         prompt = build_verification_prompt(class_names, seeds, detail=options.detail)
         return cls(client, config, prompt, VerificationStore(store_path), options, **kwargs)
 
