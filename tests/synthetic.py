@@ -187,3 +187,50 @@ def make_mask_dataset(
             (image.convert("RGB") if rgb else image).save(image_dir / f"{stem}.jpg", quality=95)
             Image.fromarray(mask.astype(np.uint8)).save(mask_dir / f"{stem}{mask_ending}.png")
     return root
+
+
+def make_production_like(
+    root: Path,
+    *,
+    defect_counts: dict[str, int] | None = None,
+    n_free: int = 30,
+    free_name: str = "Free",
+    layout: str = "parallel",
+    seed: int = 7,
+) -> Path:
+    """A line's data: a defect-free majority, imbalanced defect classes (one with a space in its
+    name), pixel masks, numbered file names, sizes from 100 to 700 px of any aspect ratio, RGB
+    and greyscale mixed, and one defect image whose mask is empty.
+
+    Images are a shared plain texture; a defect is a small dark or bright blob whose look
+    differs by class, drawn where its mask is. ``layout`` is as in :func:`make_mask_dataset`.
+    File names are numbers, unique across classes (``1001.jpg``).
+    """
+    counts = defect_counts or {"crack": 12, "blow hole": 6, "fray": 4}
+    rng = np.random.default_rng(seed)
+    number = 1000
+    classes = [*counts, free_name]
+    for ci, name in enumerate(classes):
+        n = n_free if name == free_name else counts[name]
+        image_dir = root / name / ("Imgs" if layout == "beside" else "images")
+        mask_dir = image_dir if layout == "beside" else root / name / "masks"
+        image_dir.mkdir(parents=True, exist_ok=True)
+        mask_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            number += 1
+            width, height = (int(v) for v in rng.integers(100, 701, size=2))
+            base = np.clip(120 + rng.normal(0, 12, (height, width)), 0, 255)
+            mask = np.zeros((height, width), dtype=np.uint8)
+            empty_mask = name != free_name and i == n - 1 and ci == 0
+            if name != free_name and not empty_mask:
+                side = max(6, min(width, height) // 8)
+                x = int(rng.integers(0, width - side))
+                y = int(rng.integers(0, height - side))
+                mask[y : y + side, x : x + side * (1 + ci % 2)] = 255
+                base[mask > 0] = 30 if ci % 2 == 0 else 230
+            image = Image.fromarray(base.astype(np.uint8))
+            if i % 3 == 0:
+                image = image.convert("RGB")
+            image.save(image_dir / f"{number}.jpg", quality=95)
+            Image.fromarray(mask).save(mask_dir / f"{number}.png")
+    return root

@@ -42,7 +42,10 @@ def test_mask_components_become_boxes_of_the_image_class(
     root = make_mask_dataset(tmp_path / "data", example_masks(), layout=layout, rgb=rgb)
     dataset = load_dataset(root, class_names=None, progress=False, min_mask_area=16)
 
-    assert dataset.class_names == ["MT_Crack", "MT_Free"]
+    # MT_Free's masks are empty: it is detected as the defect-free class.
+    assert dataset.class_names == ["MT_Crack"]
+    assert dataset.label_names == ["MT_Crack", "no_defect"]
+    assert dataset.no_defect == {"from_classes": ["MT_Free"], "how": "detected"}
     assert not dataset.image_level_only
     assert "pixel masks" in dataset.layout
     by_id = {r.image_id: r for r in dataset.images}

@@ -45,7 +45,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     root = _project_root()
     config = load_config(
-        args.profile, data_dir=args.data_dir, work_dir=args.work_dir, storage=args.storage
+        args.profile,
+        data_dir=args.data_dir,
+        work_dir=args.work_dir,
+        storage=args.storage,
+        no_defect_class=args.no_defect_class,
     )
     try:
         config.require_data_dir()
@@ -293,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", choices=sorted(PROFILES), default="quick", help="run size (default: quick)"
     )
     run.add_argument("--data-dir", help="NEU-DET folder (default: $CASCADE_DATA_DIR)")
+    run.add_argument(
+        "--no-defect-class",
+        metavar="NAME",
+        help="the dataset's defect-free class, labelled no_defect: a class name (e.g. Free for "
+        "MT_Free), 'auto' (a class whose images carry no boxes or mask pixels) or 'none' "
+        "(default: $CASCADE_NO_DEFECT_CLASS, else auto)",
+    )
     run.add_argument(
         "--work-dir", help="artefact folder (default: $CASCADE_WORK_DIR or <project>/data)"
     )

@@ -139,6 +139,7 @@ def _kernel_settings(config: StudyConfig) -> Iterator[None]:
         "CASCADE_WORK_DIR": str(config.work_dir),
         "CASCADE_YOLO_WEIGHTS": config.yolo_weights,
         "MPLBACKEND": KERNEL_MPL_BACKEND,
+        "CASCADE_NO_DEFECT_CLASS": config.no_defect_class,
     }
     if config.data_dir is not None:
         chosen["CASCADE_DATA_DIR"] = str(config.data_dir)

@@ -77,6 +77,13 @@ class EnvironmentSettings(BaseSettings):
             "from the backbone of the detection checkpoint. CASCADE_YOLO_CLS_WEIGHTS."
         ),
     )
+    no_defect_class: str = Field(
+        default="auto",
+        description=(
+            "The dataset's defect-free class, mapped to no_defect: 'auto' (a class whose images "
+            "carry no boxes or mask pixels), 'none', or a class name. CASCADE_NO_DEFECT_CLASS."
+        ),
+    )
 
 
 class SplitSettings(BaseModel):
@@ -428,6 +435,7 @@ class StudyConfig(BaseModel):
     work_dir: Path
     storage: str = "local"
     yolo_cls_weights: str | None = None
+    no_defect_class: str = "auto"
 
     @field_validator("storage")
     @classmethod
@@ -484,6 +492,7 @@ class StudyConfig(BaseModel):
             if self.yolo_cls_weights
             else None,
             "max_images_per_class": self.profile.max_images_per_class,
+            "no_defect_class": self.no_defect_class,
         }
 
 
@@ -507,6 +516,7 @@ def load_config(
     yolo_weights: str | None = None,
     storage: str = "local",
     overrides: dict | None = None,
+    no_defect_class: str | None = None,
 ) -> StudyConfig:
     """Build the validated configuration for a run from a profile plus explicit overrides.
 
@@ -531,6 +541,7 @@ def load_config(
         work_dir=_absolute(resolved_work_dir),
         storage=storage,
         yolo_cls_weights=_resolve_weights(env.yolo_cls_weights) if env.yolo_cls_weights else None,
+        no_defect_class=no_defect_class or env.no_defect_class,
     )
 
 

@@ -16,10 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from cascade_defect.data.records import NO_DEFECT as NO_DEFECT  # the label of a defect-free answer
 from cascade_defect.hashing import sha256_bytes
-
-NO_DEFECT = "no_defect"
-"""Class name the model answers when it sees no defect of a known class."""
 
 FailureKind = Literal[
     "refusal",

@@ -12,9 +12,9 @@ def seed_examples(layout: SplitLayout) -> list[SeedExample]:
     """Seeds in class order, each with all of its ground-truth boxes normalised to [0, 1].
 
     Boxes of another class than the image are kept: they are what the annotator should also
-    find in pool images.
+    find in pool images. Defect-free seeds (``no_defect``, no boxes) come last, shown as such.
     """
-    class_names = layout.class_names()
+    class_names = layout.label_names()
     images, boxes = read_labelled_listing(layout, "seed")
     order = {name: i for i, name in enumerate(class_names)}
     images = images.assign(_order=images["class_name"].map(order)).sort_values(

@@ -64,14 +64,34 @@ def card_overview(card: dict) -> pd.Series:
             "boxes per image (min / mean / max)": "{min} / {mean} / {max}".format(**per_image)
             if per_image
             else "none: image-level labels only",
-            "image sizes": ", ".join(
-                f"{s['width']}x{s['height']} ({s['n']})" for s in card["image_sizes"]
-            ),
+            "image sizes": image_size_summary(card["image_sizes"]),
+            "defect-free images": no_defect_summary(card),
             "pixel modes": ", ".join(f"{k} ({v})" for k, v in card["image_modes"].items()),
             "subsampled per class": card["subsampled_per_class"],
         },
         name="data card",
     )
+
+
+def image_size_summary(sizes: list[dict], listed: int = 6) -> str:
+    """A few sizes listed in full; many (a production line's crops) as their ranges."""
+    if len(sizes) <= listed:
+        return ", ".join(f"{s['width']}x{s['height']} ({s['n']})" for s in sizes)
+    widths = [s["width"] for s in sizes]
+    heights = [s["height"] for s in sizes]
+    return (
+        f"{len(sizes)} different sizes: widths {min(widths)}-{max(widths)} px, "
+        f"heights {min(heights)}-{max(heights)} px"
+    )
+
+
+def no_defect_summary(card: dict) -> str:
+    """How many images are defect-free, and from which class, declared or detected."""
+    free = card.get("no_defect") or {}
+    if not free.get("n_images"):
+        return "none (every image shows a defect)"
+    classes = ", ".join(free.get("from_classes", []))
+    return f"{free['n_images']} (class {classes}, {free.get('how')}; labelled no_defect)"
 
 
 def box_class_table(boxes: pd.DataFrame) -> pd.DataFrame | str:
@@ -108,6 +128,7 @@ def run_data_strategy(
             class_names=chosen,
             on_error=on_error,  # type: ignore[arg-type]
             min_mask_area=config.profile.min_mask_area,
+            no_defect_class=config.no_defect_class,
         )
     full_card = data_card(dataset)
     per_class = config.profile.max_images_per_class
@@ -206,4 +227,9 @@ def dataset_from_index(out: DataStrategyOutputs, config: StudyConfig) -> Dataset
         ],
         quarantined=[],
         image_level_only=bool(card.get("image_level_only", False)),
+        no_defect={
+            key: value
+            for key, value in card.get("no_defect", {"from_classes": [], "how": "none"}).items()
+            if key != "n_images"
+        },
     )

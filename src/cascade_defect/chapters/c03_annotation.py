@@ -126,7 +126,9 @@ def run_annotation(
     store = AnnotationStore(outputs.predictions)
     labels = image_labels_from_store(store, pool)
     with run.timed("write"):
-        written = write_pseudo_labels(outputs, labels, boxes, class_names)
+        written = write_pseudo_labels(
+            outputs, labels, boxes, class_names, no_defect_as_background=layout.has_no_defect()
+        )
     records = store.records()
     failures = pd.DataFrame(
         [
@@ -323,16 +325,23 @@ def write_pseudo_labels(
     labels: pd.DataFrame,
     boxes: pd.DataFrame,
     class_names: Sequence[str],
+    *,
+    no_defect_as_background: bool = False,
 ) -> dict[str, int]:
-    """Write both tables and one YOLO label folder per box strategy; returns files per strategy."""
+    """Write both tables and one YOLO label folder per box strategy; returns files per strategy.
+
+    With ``no_defect_as_background`` (a dataset with defect-free images) a ``no_defect`` answer
+    gets an empty label file, YOLO's background image; otherwise it gets none.
+    """
     outputs.root.mkdir(parents=True, exist_ok=True)
     labels.reindex(columns=LABEL_COLUMNS).to_csv(outputs.labels, index=False)
     boxes = boxes.reindex(columns=BOX_COLUMNS)
     boxes.to_csv(outputs.boxes, index=False)
     index = {name: i for i, name in enumerate(class_names)}
-    labelled = labels.loc[
-        (labels["status"] == "ok") & (labels["defect_class"] != NO_DEFECT), "image_id"
-    ]
+    answered = labels["defect_class"] != NO_DEFECT
+    if no_defect_as_background:
+        answered |= labels["defect_class"] == NO_DEFECT
+    labelled = labels.loc[(labels["status"] == "ok") & answered, "image_id"]
     written: dict[str, int] = {}
     for strategy, group in boxes.groupby("strategy"):
         folder = outputs.yolo_labels_dir(str(strategy))

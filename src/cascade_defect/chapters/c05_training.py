@@ -463,7 +463,7 @@ def train_classifier_source(
     classes = image_classes(dataset, split, truth)
     out = classification_outputs(config)
     data_dir = write_classification_dataset(
-        dataset, classes, out.dataset_dir(source), split.class_names
+        dataset, classes, out.dataset_dir(source), split.label_names
     )
     schedule = {
         "epochs": epochs_for(source, settings),

@@ -22,9 +22,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cascade_defect.data.masks import discover_masks, mask_components, read_mask
+from cascade_defect.data.no_defect import (
+    apply_no_defect,
+    choose_no_defect,
+    match_declared,
+    report_unboxed_defect_images,
+)
 from cascade_defect.data.records import (
     ANNOTATION_SUFFIX,
     IMAGE_SUFFIXES,
+    NO_DEFECT,
     UNREADABLE_IMAGE_ERRORS,
     Box,
     Dataset,
@@ -78,6 +85,7 @@ def load_dataset(
     on_error: OnError = "raise",
     progress: bool = True,
     min_mask_area: int = DEFAULT_MIN_MASK_AREA,
+    no_defect_class: str = "auto",
 ) -> Dataset:
     """Load every image and annotation below ``root``.
 
@@ -89,6 +97,10 @@ def load_dataset(
     Pixel masks (see :mod:`cascade_defect.data.masks`) are never read as images: each
     8-connected component of at least ``min_mask_area`` pixels becomes one box of the image's
     class; smaller ones are dropped and reported as ``small_mask_component`` quirks.
+
+    ``no_defect_class`` (``auto``, ``none`` or a class name; see
+    :mod:`cascade_defect.data.no_defect`) names the defect-free class, whose images become
+    ``no_defect`` and which leaves ``class_names``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -108,6 +120,14 @@ def load_dataset(
         )
     if class_names is not None:
         known = list(class_names)
+        declared = no_defect_class.strip().lower()
+        if declared not in ("auto", "none", NO_DEFECT):
+            # A declared defect-free folder is a class for reading, even if not listed.
+            folders = _classes_from_folders(root, image_files, past_layout_folders=True)
+            if not any(declared == name.lower() for name in known):
+                known.extend(
+                    name for name in [match_declared(no_defect_class, folders)] if name not in known
+                )
     elif yolo_names is not None:
         known = list(yolo_names)
     elif xml_files and not _has_class_folders(root, image_files):
@@ -215,15 +235,24 @@ def load_dataset(
     for orphan in sorted({*orphans, *found_masks.orphans}):
         quirks.append(Quirk("orphan_annotation", str(orphan), "no image with this file stem"))
     _report_duplicates(records, quirks)
+    choice = choose_no_defect(
+        no_defect_class, records, known, quirks, image_level_only=image_level_only
+    )
+    label_order = [*known, NO_DEFECT]
+    known = apply_no_defect(records, known, choice, quirks)
+    report_unboxed_defect_images(records, quirks)
     return Dataset(
         root=root,
         layout=_describe_layout(root, image_files, bool(yolo_files), image_level_only)
         + (" + pixel masks" if mask_by_image else ""),
         class_names=known,
-        images=sorted(records, key=lambda r: (known.index(r.class_name), _natural_key(r.image_id))),
+        images=sorted(
+            records, key=lambda r: (label_order.index(r.class_name), _natural_key(r.image_id))
+        ),
         quirks=quirks,
         quarantined=quarantined,
         image_level_only=image_level_only,
+        no_defect=choice.describe(),
     )
 
 

@@ -26,6 +26,10 @@ ANNOTATION_SUFFIX = ".xml"
 OnError = Literal["raise", "quarantine"]
 
 
+NO_DEFECT = "no_defect"
+"""The label of a defect-free image, in every table, prompt and answer of the study."""
+
+
 class DatasetError(ValueError):
     """A file in the dataset cannot be used; the message names it."""
 
@@ -104,6 +108,14 @@ class Dataset:
     quarantined: list[Quirk]
     image_level_only: bool = False
     """No annotation files at all: the class folders are the only labels (no boxes)."""
+    no_defect: dict = field(default_factory=lambda: {"from_classes": [], "how": "none"})
+    """Which source classes became ``no_defect`` and how (see :mod:`cascade_defect.data.no_defect`)."""
+
+    @property
+    def label_names(self) -> list[str]:
+        """The defect classes, then ``no_defect`` when the dataset has defect-free images."""
+        has_free = any(r.class_name == NO_DEFECT for r in self.images)
+        return [*self.class_names, NO_DEFECT] if has_free else list(self.class_names)
 
     def images_frame(self) -> pd.DataFrame:
         """One row per image (no boxes), the table later stages work from.
@@ -154,7 +166,7 @@ class Dataset:
         """A smaller dataset with at most ``per_class`` images of each class (for smoke runs)."""
         rng = np.random.default_rng(seed)
         kept: list[ImageRecord] = []
-        for name in self.class_names:
+        for name in self.label_names:
             members = [r for r in self.images if r.class_name == name]
             if len(members) > per_class:
                 order = rng.permutation(len(members))[:per_class]
@@ -169,6 +181,7 @@ class Dataset:
             quirks=[q for q in self.quirks if q.image_id is None or q.image_id in kept_ids],
             quarantined=list(self.quarantined),
             image_level_only=self.image_level_only,
+            no_defect=dict(self.no_defect),
         )
 
 
@@ -230,7 +243,7 @@ def data_card(dataset: Dataset, where: PathAnchors | None = None) -> dict:
         "n_annotated_images": int(images["annotation_path"].notna().sum()) if len(images) else 0,
         "images_per_class": images["class_name"]
         .value_counts()
-        .reindex(dataset.class_names, fill_value=0)
+        .reindex(dataset.label_names, fill_value=0)
         .to_dict()
         if len(images)
         else {},
@@ -242,6 +255,10 @@ def data_card(dataset: Dataset, where: PathAnchors | None = None) -> dict:
         if len(images)
         else [],
         "image_modes": images["mode"].value_counts().to_dict() if len(images) else {},
+        "no_defect": {
+            **dataset.no_defect,
+            "n_images": int((images["class_name"] == NO_DEFECT).sum()) if len(images) else 0,
+        },
         "boxes": box_stats,
         **mask_stats,
         "quirks": dict(sorted(quirk_counts.items())),

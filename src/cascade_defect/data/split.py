@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from cascade_defect.data.records import BOX_FIELDS, Box, Dataset, ImageRecord
+from cascade_defect.data.records import BOX_FIELDS, NO_DEFECT, Box, Dataset, ImageRecord
 from cascade_defect.data.tables import read_table
 from cascade_defect.data.yolo_txt import write_data_yaml, write_label_file, yolo_line
 from cascade_defect.progress import progress_disabled
@@ -186,7 +186,16 @@ class SplitLayout:
         return self.root / "yolo" / split
 
     def class_names(self) -> list[str]:
+        """The defect classes, in YOLO class-index order (never ``no_defect``)."""
         return json.loads(self.classes_file.read_text())["class_names"]
+
+    def has_no_defect(self) -> bool:
+        """Whether the dataset holds defect-free images (labelled ``no_defect``)."""
+        return bool(json.loads(self.classes_file.read_text()).get("no_defect"))
+
+    def label_names(self) -> list[str]:
+        """The labels an image can have: the defect classes, then ``no_defect`` if present."""
+        return [*self.class_names(), NO_DEFECT] if self.has_no_defect() else self.class_names()
 
     def label_kind(self) -> LabelKind:
         """``boxes`` when the dataset came with boxes, ``image`` when only with class folders."""
@@ -208,8 +217,13 @@ def write_split(
     layout.ground_truth_dir.mkdir(parents=True)
     class_names = list(dataset.class_names)
     label_kind: LabelKind = "image" if dataset.image_level_only else "boxes"
+    n_free = sum(1 for r in dataset.images if r.class_name == NO_DEFECT)
     layout.classes_file.write_text(
-        json.dumps({"class_names": class_names, "labels": label_kind}, indent=2)
+        json.dumps(
+            {"class_names": class_names, "labels": label_kind}
+            | ({"no_defect": {**dataset.no_defect, "n_images": n_free}} if n_free else {}),
+            indent=2,
+        )
     )
     by_id = {r.image_id: r for r in dataset.images}
     split_of = dict(zip(assignment["image_id"], assignment["split"], strict=True))
@@ -226,8 +240,9 @@ def write_split(
         unit="img",
     ):
         record = by_id[image_id]
-        if dataset.image_level_only:
-            # Detection needs boxes: an image-level label becomes one whole-image box.
+        if dataset.image_level_only and record.class_name != NO_DEFECT:
+            # Detection needs boxes: an image-level label becomes one whole-image box (a
+            # defect-free image stays without one: YOLO trains it as background).
             record = replace(record, boxes=[whole_image_box(record)])
         split = split_of[image_id]
         target = layout.yolo_dir(split) / "images" / f"{image_id}{record.image_path.suffix.lower()}"

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cascade_defect.data.records import NO_DEFECT
 from cascade_defect.progress import progress_disabled
 from cascade_defect.train.sources import (
     HUMAN,
@@ -40,7 +41,7 @@ def image_classes(dataset: SourceDataset, split: SplitInputs, truth: PoolTruth |
     annotator's class for ``pseudo`` (the class its boxes carry: every box of a pseudo-labelled
     image carries the image's class, so the majority is that class).
     """
-    names = list(split.class_names)
+    names = split.label_names
     seeds = split.seeds.set_index("image_id")["class_name"].astype(str)
     pool_ids = dataset.images.loc[dataset.images["origin"] == "pool", "image_id"].astype(str)
     if dataset.source == HUMAN:
@@ -52,7 +53,9 @@ def image_classes(dataset: SourceDataset, split: SplitInputs, truth: PoolTruth |
         counts = labels.groupby(["image_id", "class_id"]).size().rename("n").reset_index()
         counts = counts.sort_values(["image_id", "n", "class_id"], ascending=[True, False, True])
         majority = counts.drop_duplicates("image_id").set_index("image_id")["class_id"]
-        pool = majority.reindex(pool_ids).map(lambda i: names[int(i)])
+        pool = majority.reindex(pool_ids).map(lambda i: names[int(i)], na_action="ignore")
+        if split.no_defect:  # a pool image kept without boxes was answered no_defect
+            pool = pool.fillna(NO_DEFECT)
     else:
         raise ValueError(
             f"the classification track trains on {CLASSIFICATION_SOURCES}, not {dataset.source!r}"

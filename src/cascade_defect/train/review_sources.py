@@ -27,6 +27,7 @@ from cascade_defect.train.sources import (
     SourceDataset,
     SplitInputs,
     compose_source,
+    kept_pool_ids,
     pseudo_training_labels,
 )
 
@@ -55,7 +56,11 @@ def _pseudo_part(
             "chapter 03's box_strategies or train with another box_strategy"
         )
     return pseudo_training_labels(
-        *pseudo, split.class_names, strategy=strategy, min_confidence=min_confidence
+        *pseudo,
+        split.class_names,
+        strategy=strategy,
+        min_confidence=min_confidence,
+        no_defect_as_background=split.no_defect,
     )
 
 
@@ -75,7 +80,6 @@ def build_review_source(
     if pseudo is None:
         what = "reviewed tables" if source == REVIEWED_SOURCE else "labels and boxes"
         raise ValueError(f"the {source} source needs chapter 03's {what}")
-    known = set(split.pool["image_id"])
     if source == REVIEWED_SOURCE:
         labels, boxes = pseudo
         yolo, excluded = _pseudo_part(
@@ -84,7 +88,7 @@ def build_review_source(
             box_strategy,
             min_confidence,
         )
-        kept = sorted(set(yolo["image_id"]) & known)
+        kept = kept_pool_ids(labels, excluded, split)
         return compose_source(
             source, split, pool_ids=kept, pool_labels=yolo, holdout=holdout, excluded=excluded
         )
@@ -136,7 +140,7 @@ def compose_reviewed_budget(
     labels = pd.concat(parts, ignore_index=True) if parts else yolo.iloc[:0]
     excluded = excluded[~excluded["image_id"].isin(chosen_set)].reset_index(drop=True)
     known = set(split.pool["image_id"])
-    kept = sorted((set(labels["image_id"]) | chosen_set) & known)
+    kept = sorted((set(kept_pool_ids(pseudo[0], excluded, split)) | chosen_set) & known)
     return compose_source(
         source,
         split,

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from cascade_defect.annotate.boxes import BOX_STRATEGIES
 from cascade_defect.annotate.review_budget import parse_review_source
 from cascade_defect.annotate.reviewed import REVIEWED_SOURCE
+from cascade_defect.data.records import NO_DEFECT
 from cascade_defect.data.split import (
     SplitLayout,
     read_labelled_listing,
@@ -215,13 +216,19 @@ class SplitInputs:
     seed_labels: pd.DataFrame  # LABEL_COLUMNS
     pool: pd.DataFrame  # image_id, path, sha256 (no classes)
     test: pd.DataFrame  # image_id, path, sha256: only to prove none of it enters training
+    no_defect: bool = False  # the dataset holds defect-free images (trained as background)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Image labels: the defect classes, then ``no_defect`` when the dataset has it."""
+        return [*self.class_names, NO_DEFECT] if self.no_defect else list(self.class_names)
 
 
 @dataclass(frozen=True)
 class PoolTruth:
     """The pool's hidden labels; :func:`read_pool_truth` is the one reader in this module."""
 
-    image_classes: pd.Series  # image_id -> class index
+    image_classes: pd.Series  # image_id -> index in SplitInputs.label_names (no_defect last)
     labels: pd.DataFrame  # LABEL_COLUMNS
 
 
@@ -261,13 +268,15 @@ def read_split_inputs(layout: SplitLayout) -> SplitInputs:
         seed_labels=seed_labels,
         pool=pool[["image_id", "path", "sha256"]],
         test=test[["image_id", "path", "sha256"]],
+        no_defect=layout.has_no_defect(),
     )
 
 
 def read_pool_truth(layout: SplitLayout, class_names: Sequence[str]) -> PoolTruth:
-    """The pool's ground truth as YOLO labels plus each image's class index."""
+    """The pool's ground truth as YOLO labels plus each image's class index (``no_defect``, when
+    the dataset has defect-free images, is the index after the last defect class)."""
     truth, _ = read_pool_ground_truth(layout)
-    index = {name: i for i, name in enumerate(class_names)}
+    index = {name: i for i, name in enumerate([*class_names, NO_DEFECT])}
     truth["image_id"] = truth["image_id"].astype(str)
     classes = truth.set_index("image_id")["class_name"].map(index)
     if classes.isna().any():
@@ -367,8 +376,14 @@ def pseudo_training_labels(
     *,
     strategy: str,
     min_confidence: float = 0.0,
+    no_defect_as_background: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The annotator's boxes (one strategy) as YOLO labels, and the images left out with why.
+
+    With ``no_defect_as_background`` (a dataset with defect-free images), an image answered
+    ``no_defect`` with enough confidence is kept without boxes, so YOLO learns it as background;
+    otherwise (NEU-DET, where every image shows a defect) such an answer is an annotator error
+    and the image is left out.
 
     An image is kept only when its annotation succeeded (any other status, ``missing``
     included, counts as ``failed``), named a known defect class with a confidence of at least
@@ -384,8 +399,10 @@ def pseudo_training_labels(
     confidence = pd.to_numeric(frame["confidence"], errors="coerce")
     reason = pd.Series(pd.NA, index=frame.index, dtype="object")
     reason[frame["status"] != "ok"] = "failed"
-    reason[reason.isna() & (frame["defect_class"] == "no_defect")] = "no_defect"
-    reason[reason.isna() & ~frame["defect_class"].isin(list(index))] = "unknown_class"
+    free = frame["defect_class"] == NO_DEFECT
+    if not no_defect_as_background:
+        reason[reason.isna() & free] = "no_defect"
+    reason[reason.isna() & ~free & ~frame["defect_class"].isin(list(index))] = "unknown_class"
     reason[reason.isna() & ~(confidence.fillna(-1.0) >= min_confidence)] = "below_threshold"
     chosen = boxes[boxes["strategy"] == strategy]
     chosen = chosen[chosen["class_name"].isin(list(index))]
@@ -402,10 +419,18 @@ def pseudo_training_labels(
         }
     )
     yolo = yolo[(yolo["w"] > 0) & (yolo["h"] > 0)]  # boxes that clipping leaves without area
-    reason[reason.isna() & ~frame["image_id"].isin(set(yolo["image_id"]))] = "no_boxes"
+    reason[reason.isna() & ~free & ~frame["image_id"].isin(set(yolo["image_id"]))] = "no_boxes"
     excluded = pd.DataFrame({"image_id": frame["image_id"], "reason": reason}).dropna()
     yolo = yolo[yolo["image_id"].isin(set(frame.loc[reason.isna(), "image_id"]))]
     return yolo.reset_index(drop=True)[LABEL_COLUMNS], excluded.reset_index(drop=True)
+
+
+def kept_pool_ids(
+    pseudo_labels: pd.DataFrame, excluded: pd.DataFrame, split: SplitInputs
+) -> list[str]:
+    """Pool images a pseudo source trains on: every annotated pool image not left out."""
+    answered = set(pseudo_labels["image_id"].astype(str)) & set(split.pool["image_id"])
+    return sorted(answered - set(excluded["image_id"].astype(str)))
 
 
 def compose_source(
@@ -493,10 +518,13 @@ def build_source(
                 f"{sorted(written)}: add {strategy!r} to chapter 03's box_strategies"
             )
         labels, excluded = pseudo_training_labels(
-            *pseudo, split.class_names, strategy=strategy, min_confidence=min_confidence
+            *pseudo,
+            split.class_names,
+            strategy=strategy,
+            min_confidence=min_confidence,
+            no_defect_as_background=split.no_defect,
         )
-        known = set(split.pool["image_id"])
-        kept = sorted(set(labels["image_id"]) & known)
+        kept = kept_pool_ids(pseudo[0], excluded, split)
         return compose_source(
             source, split, pool_ids=kept, pool_labels=labels, holdout=holdout, excluded=excluded
         )
@@ -509,6 +537,8 @@ def build_source(
             source, split, pool_ids=pool_ids, pool_labels=truth.labels, holdout=holdout
         )
     classes = truth.image_classes[truth.image_classes.index.isin(pool_ids)]
+    # A class flip relabels boxes; defect-free images have none, so only defect images flip.
+    classes = classes[classes < len(split.class_names)]
     noisy, flips = flip_image_classes(
         truth.labels, classes, rate, len(split.class_names), seed=noise_seed
     )

@@ -186,11 +186,14 @@ def build_prompt(
     names = tuple(dict.fromkeys(class_names))
     if not seeds:
         raise ValueError("at least one seed example is needed for a few-shot prompt")
-    unknown = sorted({s.class_name for s in seeds} - set(names))
+    unknown = sorted({s.class_name for s in seeds} - {*names, NO_DEFECT})
     if unknown:
         raise ValueError(f"seed classes {unknown} are not in class_names {list(names)}")
-
-    per_class = ", ".join(f"{sum(s.class_name == name for s in seeds)} {name}" for name in names)
+    if any(s.class_name == NO_DEFECT and s.boxes for s in seeds):
+        raise ValueError(f"a {NO_DEFECT!r} seed cannot carry boxes")
+    # Defect-free seeds are shown as such: the model then knows what a good part looks like.
+    shown = [*names, NO_DEFECT] if any(s.class_name == NO_DEFECT for s in seeds) else names
+    per_class = ", ".join(f"{sum(s.class_name == name for s in seeds)} {name}" for name in shown)
     system = SYSTEM_TEMPLATE.format(
         class_list=", ".join(names), no_defect=NO_DEFECT, n_seeds=len(seeds)
     )
