@@ -40,6 +40,7 @@ def _parse_parameter(pair: list[str]) -> tuple[str, object]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from cascade_defect.appendix import is_appendix_record
     from cascade_defect.render import is_record_folder, render_book
     from cascade_defect.runner import ChapterFailed, default_output_dir, run_chapters
 
@@ -80,13 +81,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"  {'all chapters':<32} {time.perf_counter() - start:8.1f} s")
     from cascade_defect.findings import write_findings
 
-    if is_record_folder(root, output_dir):
+    if is_record_folder(root, output_dir) and not is_appendix_record(root, output_dir):
         write_findings(root, config.paths, config.profile.name)
         from cascade_defect.azureml import scaling_out_markdown
 
         (root / "_scaling_out.md").write_text(scaling_out_markdown(root / "azureml"))
     else:
-        # Another run's book lives with its notebooks; the record's files stay as they are.
+        # Another run's findings live with its notebooks (an appendix record's page includes
+        # them); the record's files stay as they are.
         write_findings(output_dir, config.paths, config.profile.name, record=False)
     if not args.no_render:
         site = render_book(root, notebooks_dir=output_dir)

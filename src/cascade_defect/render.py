@@ -63,13 +63,40 @@ def _flatten_chapters(entries: list) -> list[str]:
 
 
 def is_record_folder(project_root: Path, notebooks_dir: Path | None) -> bool:
-    """Whether executed notebooks in ``notebooks_dir`` are the record (the project's ``notebooks/``).
+    """Whether executed notebooks in ``notebooks_dir`` are part of the project's book: the record
+    (``notebooks/``) or an appendix record listed in ``_quarto.yml``.
 
     None stands for the record too: it is what renders when no run folder is named.
     """
     if notebooks_dir is None:
         return True
-    return Path(notebooks_dir).resolve() == (Path(project_root) / "notebooks").resolve()
+    folder = Path(notebooks_dir).resolve()
+    if folder == (Path(project_root) / "notebooks").resolve():
+        return True
+    return folder in appendix_record_dirs(project_root)
+
+
+def appendix_record_dirs(project_root: Path) -> list[Path]:
+    """Folders of executed notebooks listed among the appendices: further records of the study
+    on other data (see :mod:`cascade_defect.appendix`), part of the project's book."""
+    folders = {
+        (Path(project_root) / entry).parent.resolve()
+        for entry in book_appendices(project_root)
+        if entry.endswith(".ipynb")
+    }
+    return sorted(folders)
+
+
+def page_name(project_root: Path, entry: str) -> str:
+    """The preview page of a book entry: ``<stem>.html``, prefixed by its folder for an appendix
+    record's chapters, whose file names repeat the record's."""
+    path = Path(entry)
+    if path.stem == "index":
+        return "index.html"
+    folder = (Path(project_root) / path).parent.resolve()
+    if path.suffix == ".ipynb" and folder in appendix_record_dirs(project_root):
+        return f"{path.parent.name}-{path.stem}.html"
+    return f"{path.stem}.html"
 
 
 RUN_PREFACE = "index.qmd"
@@ -171,12 +198,12 @@ def build_preview(
         if (
             notebooks_dir is not None
             and source.suffix == ".ipynb"
+            and Path(entry).parent.as_posix() == "notebooks"
             and (notebooks_dir / source.name).exists()
         ):
             # A partial run shows its executed chapters and the recorded ones for the rest.
             source = notebooks_dir / source.name
-        html_name = "index.html" if Path(entry).stem == "index" else f"{Path(entry).stem}.html"
-        pages.append(Page(source, html_name, _page_title(source)))
+        pages.append(Page(source, page_name(project_root, entry), _page_title(source)))
 
     exporter = HTMLExporter(
         template_name="lab",

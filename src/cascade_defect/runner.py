@@ -25,6 +25,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from cascade_defect.appendix import (
+    chapter_figure_labels,
+    is_appendix_record,
+    rewrite_as_appendix_chapter,
+)
 from cascade_defect.locations import portable_path, portable_text, portable_values
 from cascade_defect.settings import StudyConfig
 
@@ -192,6 +197,8 @@ def _run_each(
                 f"The partly executed notebook is at {target}."
             ) from error
         finish_notebook(target, config)
+        if is_appendix_record(source_dir.parent, out_dir):
+            rewrite_as_appendix_chapter(target, out_dir, chapter_figure_labels(source_dir))
         seconds = time.perf_counter() - start
         timings.append(ChapterTiming(chapter.notebook, round(seconds, 1), target))
         log.info("%s done in %.1f s", chapter.notebook, seconds)

@@ -13,8 +13,10 @@ Conventions, stated once here and repeated in the book:
 - **Truth is the file's class.** Every NEU-DET image is named after one defect class. Some images
   also hold boxes of another class; a prediction naming any class present in the image's boxes
   is counted as *acceptable* in a secondary metric, never in the headline accuracy.
-- **``no_defect`` is wrong.** Every NEU-DET image shows a defect, so a ``no_defect`` answer is a
-  wrong answer (it is kept in the confusion matrix as its own column).
+- **``no_defect`` is wrong on a defect image.** Every NEU-DET image shows a defect, so there a
+  ``no_defect`` answer is a wrong answer (it is kept in the confusion matrix as its own column).
+  A dataset with defect-free images (true class ``no_defect``, no boxes) scores ``no_defect`` as
+  their right answer, and the audit adds defect recall and the false-alarm rate on them.
 - **Failures are not covered.** A failed or missing request yields no label: it counts as wrong in
   ``accuracy`` (share of the pool labelled correctly), is excluded from ``accuracy_answered``, and
   is never kept by a confidence threshold.
@@ -56,6 +58,7 @@ from cascade_defect.metrics.classification import (
     macro_scores,
     per_class_metrics,
 )
+from cascade_defect.metrics.defect_rates import class_defect_rates
 from cascade_defect.settings import StudyConfig
 
 logger = logging.getLogger(__name__)
@@ -323,7 +326,10 @@ def build_summary(
         }
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
-        "truth": "the image file's class; no_defect answers are wrong; failures are not covered",
+        "truth": (
+            "the image file's class (no_defect for a defect-free image); a no_defect answer is "
+            "wrong on a defect image; failures are not covered"
+        ),
         "annotators": annotators,
         "models": models,
         **accuracy_metrics(images),
@@ -334,6 +340,8 @@ def build_summary(
         "at_threshold": coverage_at(images, confidence_threshold),
         "coverage_table": [coverage_at(images, t) for t in REPORT_THRESHOLDS],
         "per_class": {str(name): _json_record(row.to_dict()) for name, row in per_class.iterrows()},
+        "defect_scope": "answered images",
+        "defect_rates": class_defect_rates(answered["true_class"], answered["predicted"]),
         "iou_threshold": iou_threshold,
         "box_scope": "answered images",
         "box_metrics": box_summary,
@@ -467,6 +475,9 @@ def run_label_audit(
         coverage_at_threshold=summary["at_threshold"]["coverage"],
         accuracy_at_threshold=summary["at_threshold"]["accuracy"],
         n_disagreements=len(wrong),
+        defect_recall=summary["defect_rates"]["defect_recall"],
+        false_alarm_rate=summary["defect_rates"]["false_alarm_rate"],
+        n_defect_free=summary["defect_rates"]["n_defect_free"],
     )
     run.write(
         {

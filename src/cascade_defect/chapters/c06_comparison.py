@@ -9,8 +9,11 @@ those present in the ground truth), so that:
   bootstrap over images (and over the paired difference pseudo − human) cheap;
 * the numbers can be checked against ultralytics' ``model.val`` on the same images.
 
-The cascade runs YOLO first and sends images whose top confidence is below a threshold to the
-annotator; its accuracy and cost per 1,000 images are traced over the threshold.
+Each detector also decides defect against no defect (a box at or above its KPI threshold): its
+defect recall and false-alarm rate on defect-free images. The cascade runs YOLO first and sends
+images whose top confidence is below a threshold to the annotator (where the test set holds
+defect-free images, YOLO clears those it finds no box on); its accuracy, defect rates and cost
+per 1,000 images are traced over the threshold.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.chapters.c04_audit import AuditOutputs
 from cascade_defect.chapters.c05_training import (
     TrainingOutputs,
@@ -37,7 +41,7 @@ from cascade_defect.costs.cascade import (
     annotator_price_per_image,
     cascade_costs,
     cascade_curve,
-    images_annotator,
+    escalation_annotator,
 )
 from cascade_defect.costs.references import cpu_vm_usd_per_hour
 from cascade_defect.data.split import SplitLayout, read_labelled_listing
@@ -60,6 +64,12 @@ from cascade_defect.metrics.classification import (
     image_predictions,
     macro_scores,
 )
+from cascade_defect.metrics.defect_rates import (
+    detector_defect_curve,
+    detector_defect_table,
+    has_defect_free,
+    operating_thresholds,
+)
 from cascade_defect.metrics.detection import (
     MatchedDetections,
     detection_metrics,
@@ -71,16 +81,13 @@ from cascade_defect.metrics.detection import (
 )
 from cascade_defect.metrics.kpi import DEFAULT_KPI_TARGET, KpiTarget, kpi_tables
 from cascade_defect.plots.box_noise import BoxNoiseBenchmark, read_box_noise_benchmark
+from cascade_defect.plots.comparison import (
+    headline_source as headline_source,  # notebook 06 imports it from here
+)
 from cascade_defect.settings import StudyConfig
 from cascade_defect.train.classify import classify_images
 from cascade_defect.train.predict import measure_latency, validate_on_test
-from cascade_defect.train.sources import (
-    HUMAN,
-    PSEUDO,
-    link_or_copy,
-    noise_rate,
-)
-from cascade_defect.train.yolo_env import resolve_device
+from cascade_defect.train.sources import HUMAN, PSEUDO, link_or_copy, noise_rate
 
 
 def cascade_inputs(
@@ -114,40 +121,6 @@ def cascade_inputs(
         vm_usd_per_hour=float(vm_usd_per_hour),
         price_origin=origin,
     )
-
-
-def escalation_annotator(config: StudyConfig, kind: str, progress: bool = True) -> Annotator:
-    """An annotator for the test images the cascade escalates (chapter 03 labelled the pool only).
-
-    ``offline`` is the few-shot annotator of chapter 03's offline mode: it learns from the 18
-    seeds alone, so it can label test images without seeing any of their labels. It is fitted
-    here and asked once, for every image the widest threshold escalates; it is handed image ids,
-    paths and hashes only.
-    """
-    if kind != "offline":
-        raise ValueError(f"unknown test-set annotator {kind!r}; supported: 'offline'")
-    from cascade_defect.annotate.offline import OfflineAnnotator
-
-    layout = SplitLayout(config.paths.split_dir)
-    seeds, seed_boxes = read_labelled_listing(layout, "seed")
-    test, _ = read_labelled_listing(layout, "test")
-    annotator = OfflineAnnotator(
-        config.yolo_weights,
-        cache_dir=config.work_dir / ".cache" / "offline_features",
-        config_dir=config.work_dir / ".ultralytics",
-        device=resolve_device(config.profile.training.device),
-        progress=progress,
-    )
-    annotator.fit(seeds, seed_boxes, layout.class_names())
-    return images_annotator(annotator.predict, test)
-
-
-def headline_source(metrics: pd.DataFrame) -> str:
-    """The model the chapter's single-model figures show: pseudo if trained, else human."""
-    for source in (PSEUDO, HUMAN):
-        if source in metrics.index:
-            return source
-    return str(metrics.index[0])
 
 
 @dataclass(frozen=True)
@@ -185,6 +158,14 @@ class ComparisonOutputs:
         return self.root / "cascade.csv"
 
     @property
+    def defect_rates(self) -> Path:
+        return self.root / "defect_rates.csv"
+
+    @property
+    def defect_curve(self) -> Path:
+        return self.root / "defect_curve.csv"
+
+    @property
     def predictions_dir(self) -> Path:
         return self.root / "predictions"
 
@@ -211,6 +192,8 @@ class ComparisonChapter:
     outputs: ComparisonOutputs
     latency: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    defect_rates: pd.DataFrame = field(default_factory=pd.DataFrame)  # per model, at its threshold
+    defect_curve: pd.DataFrame = field(default_factory=pd.DataFrame)  # per model and threshold
 
 
 def box_noise_benchmark(
@@ -363,13 +346,19 @@ def run_comparison(
     if len(boot):
         metrics = metrics.join(boot[["ci_low", "ci_high"]].add_prefix("map50_"))
     kpi, thresholds = kpi_tables(matched, kpi_target)
+    operating = operating_thresholds(kpi, chosen)  # defective: a box at or above the threshold
+    defect_rates = detector_defect_table(image_level, image_truth, operating)
+    defect_curve = detector_defect_curve(image_level, image_truth)
     cascade_from = cascade_source or (candidate if candidate in chosen else latency_source)
+    clear_below = operating.get(cascade_from or "") if has_defect_free(image_truth) else None
     cascade = pd.DataFrame()
     if annotator is None:
         notes.append("No annotator predictions for the test images were given: no cascade curve.")
     elif cascade_from is not None:
         with run.timed("cascade"):
-            cascade = cascade_curve(image_level[cascade_from], image_truth, annotator)
+            cascade = cascade_curve(
+                image_level[cascade_from], image_truth, annotator, clear_below=clear_below
+            )
         cascade = cascade_costs(
             cascade,
             annotator_usd_per_image=annotator_usd_per_image,
@@ -384,6 +373,8 @@ def run_comparison(
     kpi.to_csv(out.kpi)
     thresholds.to_csv(out.thresholds, index=False)
     cascade.to_csv(out.cascade, index=False)
+    defect_rates.to_csv(out.defect_rates)
+    defect_curve.to_csv(out.defect_curve, index=False)
     write_comparison(
         out.comparison,
         comparison,
@@ -397,7 +388,11 @@ def run_comparison(
         if len(metrics)
         else None,
     )
-    run.counts.update(n_models=len(chosen), n_test_images=len(images))
+    run.counts.update(
+        n_models=len(chosen),
+        n_test_images=len(images),
+        n_defect_free_test_images=int(image_truth.eq(NO_DEFECT).sum()),
+    )
     run.write(
         {
             "metrics": out.metrics,
@@ -407,6 +402,8 @@ def run_comparison(
             "kpi": out.kpi,
             "threshold_sweep": out.thresholds,
             "cascade": out.cascade,
+            "defect_rates": out.defect_rates,
+            "defect_curve": out.defect_curve,
             "predictions": out.predictions_dir,
         }
     )
@@ -422,6 +419,8 @@ def run_comparison(
         out,
         latency={**latency, "source": latency_source},
         notes=notes,
+        defect_rates=defect_rates,
+        defect_curve=defect_curve,
     )
 
 

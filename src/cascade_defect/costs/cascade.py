@@ -1,19 +1,32 @@
 """The YOLO-then-annotator cascade: accuracy and dollars as more uncertain images are escalated.
 
 A deployed detector need not be right on every image; this module traces what sending its least
-confident images to the annotator buys in accuracy and costs per 1,000 images.
+confident images to the annotator buys in accuracy and costs per 1,000 images. Where most images
+are defect-free, the detector also clears the images it finds nothing on, so only its uncertain
+images reach the annotator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.costs.sweeps import cost_per_1000_images
+from cascade_defect.metrics.classification import detector_image_class
+from cascade_defect.metrics.defect_rates import (
+    called_defective,
+    defect_rates,
+    nan_if_none,
+    truly_defective,
+)
+
+if TYPE_CHECKING:
+    from cascade_defect.settings import StudyConfig
 
 Annotator = Callable[[Sequence[str]], Mapping[str, str]] | Mapping[str, str]
 
@@ -51,6 +64,34 @@ def images_annotator(
     return label
 
 
+def escalation_annotator(config: StudyConfig, kind: str, progress: bool = True) -> Annotator:
+    """An annotator for the test images the cascade escalates (chapter 03 labelled the pool only).
+
+    ``offline`` is the few-shot annotator of chapter 03's offline mode: it learns from the
+    seeds alone, so it can label test images without seeing any of their labels. It is fitted
+    here and asked once, for every image the widest threshold escalates; it is handed image ids,
+    paths and hashes only.
+    """
+    if kind != "offline":
+        raise ValueError(f"unknown test-set annotator {kind!r}; supported: 'offline'")
+    from cascade_defect.annotate.offline import OfflineAnnotator
+    from cascade_defect.data.split import SplitLayout, read_labelled_listing
+    from cascade_defect.train.yolo_env import resolve_device
+
+    layout = SplitLayout(config.paths.split_dir)
+    seeds, seed_boxes = read_labelled_listing(layout, "seed")
+    test, _ = read_labelled_listing(layout, "test")
+    annotator = OfflineAnnotator(
+        config.yolo_weights,
+        cache_dir=config.work_dir / ".cache" / "offline_features",
+        config_dir=config.work_dir / ".ultralytics",
+        device=resolve_device(config.profile.training.device),
+        progress=progress,
+    )
+    annotator.fit(seeds, seed_boxes, layout.class_names())
+    return images_annotator(annotator.predict, test)
+
+
 def escalation_thresholds(
     top_confidence: Sequence[float] | pd.Series, steps: int = 20
 ) -> list[float]:
@@ -73,30 +114,44 @@ def cascade_curve(
     truth: Mapping[str, str] | pd.Series,
     annotator: Annotator,
     thresholds: Iterable[float] | None = None,
+    clear_below: float | None = None,
 ) -> pd.DataFrame:
     """Accuracy of YOLO-then-annotator against the share of images escalated, per threshold.
 
     ``yolo`` holds ``image_id, predicted_class, top_confidence`` (see :func:`image_predictions`).
     An image whose top confidence is below the threshold takes the annotator's class instead.
     Without ``thresholds``, :func:`escalation_thresholds` spreads them over the confidences.
+
+    ``clear_below`` is for data with defect-free images: an image without a box at or above it
+    is passed as ``no_defect`` by the detector alone (cleared, never escalated), so the annotator
+    sees only the uncertain images between it and the threshold. ``None`` (datasets where every
+    image shows a defect) leaves every image to the detector or the annotator, as before. Each
+    point also reports the cascade's defect recall and false-alarm rate (see
+    :mod:`~cascade_defect.metrics.defect_rates`; NaN where there are no such images).
     """
-    if thresholds is None:
-        thresholds = escalation_thresholds(yolo["top_confidence"])
-    thresholds = sorted(float(t) for t in thresholds)
-    truth = pd.Series(truth)
     frame = yolo.copy()
     frame["image_id"] = frame["image_id"].astype(str)
+    confidence = frame["top_confidence"].astype(float)
+    cleared = confidence < clear_below if clear_below is not None else confidence.isna() & False
+    if thresholds is None:
+        thresholds = escalation_thresholds(confidence[~cleared])
+    thresholds = sorted(float(t) for t in thresholds)
+    truth = pd.Series(truth)
     frame["truth"] = frame["image_id"].map(truth)
     widest = thresholds[-1] if thresholds else 0.0
-    candidates = frame.loc[frame["top_confidence"] < widest, "image_id"].tolist()
+    candidates = frame.loc[~cleared & (confidence < widest), "image_id"].tolist()
     answers = annotate_escalated(annotator, candidates) if candidates else {}
     frame["annotator_class"] = frame["image_id"].map(answers)
-    yolo_right = frame["predicted_class"] == frame["truth"]
+    yolo_class = detector_image_class(frame["predicted_class"].where(~cleared, NO_DEFECT))
+    yolo_right = yolo_class == frame["truth"]
     annotator_right = frame["annotator_class"] == frame["truth"]
+    is_defective = truly_defective(frame["truth"].fillna(""))
     rows = []
     for threshold in thresholds:
-        escalated = frame["top_confidence"] < threshold
+        escalated = ~cleared & (confidence < threshold)
         correct = np.where(escalated, annotator_right, yolo_right)
+        final = called_defective(frame["annotator_class"].where(escalated, yolo_class))
+        rates = defect_rates(is_defective, final)
         rows.append(
             {
                 "threshold": threshold,
@@ -109,6 +164,13 @@ def cascade_curve(
                 "annotator_accuracy_escalated": float(annotator_right[escalated].mean())
                 if escalated.any()
                 else float("nan"),
+                **(
+                    {"clear_below": clear_below, "n_cleared": int(cleared.sum())}
+                    if clear_below is not None
+                    else {}
+                ),
+                "defect_recall": nan_if_none(rates["defect_recall"]),
+                "false_alarm_rate": nan_if_none(rates["false_alarm_rate"]),
             }
         )
     return pd.DataFrame(rows)

@@ -88,14 +88,17 @@ def confusion_table(images: pd.DataFrame, class_names: Sequence[str]) -> pd.Data
     """Counts of true class (rows) against answer (columns), ``no_defect`` and unanswered included.
 
     A predicted class outside ``class_names`` (an annotator bug) gets its own column rather than
-    vanishing, so the rows always add up to the class's image count.
+    vanishing, so the rows always add up to the class's image count. Defect-free images (true
+    class ``no_defect``) get their own last row when there are any, so their false alarms show.
     """
     predicted = images["predicted"].fillna(NOT_ANSWERED).astype(str)
     known = [*class_names, NO_DEFECT, NOT_ANSWERED]
     unexpected = sorted(set(predicted) - set(known))
     columns = [*class_names, NO_DEFECT, *unexpected, NOT_ANSWERED]
-    table = pd.crosstab(images["true_class"].astype(str), predicted)
-    table = table.reindex(index=list(class_names), columns=columns, fill_value=0).astype(int)
+    true_class = images["true_class"].astype(str)
+    rows = [*class_names, *([NO_DEFECT] if true_class.eq(NO_DEFECT).any() else [])]
+    table = pd.crosstab(true_class, predicted)
+    table = table.reindex(index=rows, columns=columns, fill_value=0).astype(int)
     table.index.name = "true_class"
     table.columns.name = "predicted"
     return table
@@ -169,8 +172,18 @@ def image_predictions(matched: MatchedDetections) -> pd.DataFrame:
     )
 
 
+def detector_image_class(predicted_class: pd.Series) -> pd.Series:
+    """A detector's image class with "no detection" read as ``no_defect``.
+
+    A detector that finds nothing on a defect-free image is right; on a defect image it is
+    wrong either way, so datasets without defect-free images score as before.
+    """
+    return predicted_class.where(predicted_class != NO_DETECTION, NO_DEFECT)
+
+
 def image_accuracy(predictions: pd.DataFrame, truth: Mapping[str, str] | pd.Series) -> float:
-    """Share of images whose top detection names the image's class (no detection is wrong)."""
+    """Share of images whose top detection names the image's class (no detection is right only
+    on a defect-free image)."""
     truth = pd.Series(truth)
     expected = predictions["image_id"].map(truth)
-    return float((predictions["predicted_class"] == expected).mean())
+    return float((detector_image_class(predictions["predicted_class"]) == expected).mean())

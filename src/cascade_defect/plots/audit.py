@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from cascade_defect.metrics.defect_rates import NO_DEFECT_FREE_NOTE
 from cascade_defect.plots.common import class_colours
 
 _BOX_METRICS = {
@@ -385,3 +386,35 @@ def disagreement_table(disagreements: pd.DataFrame, n: int = 5) -> pd.DataFrame:
     """The ``n`` most confident wrong answers, with the model's reasoning."""
     columns = ["image_id", "true_class", "predicted", "confidence", "box_classes", "reasoning"]
     return disagreements[columns].head(n)
+
+
+def defect_rate_table(summary: Mapping[str, object]) -> pd.DataFrame:
+    """Defect against no defect, from the audit summary: how many defect images the annotator
+    let through as ``no_defect`` and how many defect-free images it gave a defect class.
+
+    Rows are the two rates with their 95% Wilson interval and the counts behind them; without
+    defect-free images the false-alarm row says so instead of showing a number.
+    """
+    rates = dict(summary.get("defect_rates") or {})  # type: ignore[call-overload]
+    scope = summary.get("defect_scope", "answered images")
+    rows = {
+        "defect recall": (
+            rates.get("defect_recall"),
+            rates.get("defect_recall_ci_low"),
+            rates.get("defect_recall_ci_high"),
+            f"{rates.get('n_defects_found', 0)} of {rates.get('n_defective', 0)} defect images",
+        ),
+        "false-alarm rate": (
+            rates.get("false_alarm_rate"),
+            rates.get("false_alarm_rate_ci_low"),
+            rates.get("false_alarm_rate_ci_high"),
+            f"{rates.get('n_false_alarms', 0)} of {rates.get('n_defect_free', 0)} defect-free images"
+            if rates.get("n_defect_free")
+            else NO_DEFECT_FREE_NOTE,
+        ),
+    }
+    table = pd.DataFrame.from_dict(
+        rows, orient="index", columns=["value", "ci_low", "ci_high", "images"]
+    )
+    table.index.name = f"defect vs no defect ({scope})"
+    return table.round(4)

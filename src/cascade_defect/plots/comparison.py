@@ -14,7 +14,17 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from cascade_defect.metrics.defect_rates import NO_DEFECT_FREE_NOTE
 from cascade_defect.plots.training import _METRIC_LABELS
+from cascade_defect.train.sources import HUMAN, PSEUDO
+
+
+def headline_source(metrics: pd.DataFrame) -> str:
+    """The model the chapter's single-model figures show: pseudo if trained, else human."""
+    for source in (PSEUDO, HUMAN):
+        if source in metrics.index:
+            return source
+    return str(metrics.index[0])
 
 
 def map_with_intervals(
@@ -251,8 +261,9 @@ def kpi_table(kpi: pd.DataFrame) -> pd.DataFrame:
 
 
 def cascade_table(cascade: pd.DataFrame) -> pd.DataFrame:
-    """Every threshold of the cascade sweep, rounded for reading."""
-    return cascade.round(4)
+    """Every threshold of the cascade sweep, rounded for reading (columns with no value left out,
+    such as the false-alarm rate of a dataset without defect-free images)."""
+    return cascade.dropna(axis=1, how="all").round(4)
 
 
 def cascade_summary(
@@ -265,11 +276,10 @@ def cascade_summary(
     picked = [(cascade["escalated_share"] - share).abs().idxmin() for share in shares]
     best = cascade[cascade["accuracy"] == cascade["accuracy"].max()]
     picked.append(best["escalated_share"].idxmin())
-    columns = [
-        c
-        for c in ("threshold", "escalated_share", "accuracy", "usd_per_1000_cascade")
-        if c in cascade
-    ]
+    shown = ["threshold", "escalated_share", "accuracy", "usd_per_1000_cascade"]
+    if _has_values(cascade, "false_alarm_rate"):  # only where defect-free images exist
+        shown[3:3] = ["n_cleared", "defect_recall", "false_alarm_rate"]
+    columns = [c for c in shown if c in cascade]
     return cascade.loc[sorted(set(picked)), columns].round(4)
 
 
@@ -279,3 +289,113 @@ def classification_comparison_table(
     """The paired accuracy difference and the classifier's CPU latency, one figure per row."""
     values = {**comparison, **{f"latency.{k}": v for k, v in latency.items()}}
     return pd.Series(values, name="value").to_frame()
+
+
+def _has_values(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame and bool(frame[column].notna().any())
+
+
+def _rate_text(rate: object, low: object, high: object) -> str:
+    if rate is None or pd.isna(rate):  # type: ignore[arg-type]
+        return "no images"
+    if low is None or pd.isna(low):  # type: ignore[arg-type]
+        return f"{rate:.3f}"
+    return f"{rate:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def defect_rate_table(defect_rates: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Per model: mAP50 next to defect recall and false-alarm rate (95% Wilson intervals) at the
+    threshold that calls an image defective, with the image counts behind each rate."""
+    if defect_rates.empty:
+        return pd.DataFrame()
+    table = pd.DataFrame(index=defect_rates.index)
+    if "map50" in metrics:
+        table["mAP50"] = metrics["map50"].reindex(table.index).round(4)
+    table["threshold"] = defect_rates["threshold"]
+    table["defect recall (95% interval)"] = [
+        _rate_text(r.defect_recall, r.defect_recall_ci_low, r.defect_recall_ci_high)
+        for r in defect_rates.itertuples()
+    ]
+    table["defects missed / defective images"] = [
+        f"{r.n_defects_missed} / {r.n_defective}" for r in defect_rates.itertuples()
+    ]
+    if int(defect_rates["n_defect_free"].max()) == 0:
+        table["false-alarm rate"] = NO_DEFECT_FREE_NOTE
+        return table
+    table["false-alarm rate (95% interval)"] = [
+        _rate_text(r.false_alarm_rate, r.false_alarm_rate_ci_low, r.false_alarm_rate_ci_high)
+        for r in defect_rates.itertuples()
+    ]
+    table["false alarms / defect-free images"] = [
+        f"{r.n_false_alarms} / {r.n_defect_free}" for r in defect_rates.itertuples()
+    ]
+    return table
+
+
+def defect_tradeoff(defect_curve: pd.DataFrame, defect_rates: pd.DataFrame) -> Figure:
+    """Defect recall and false-alarm rate against the confidence threshold per model (left), and
+    recall against false alarms (right), each model's operating threshold marked.
+
+    Without defect-free images only the recall is drawn and the right panel says why.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    if defect_curve.empty:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no detector scored", ha="center", va="center")
+        return fig
+    alarms = _has_values(defect_curve, "false_alarm_rate")
+    for i, (source, rows) in enumerate(defect_curve.groupby("source", sort=False)):
+        colour = f"C{i}"
+        axes[0].plot(rows["threshold"], rows["defect_recall"], color=colour, label=source)
+        if alarms:
+            axes[0].plot(rows["threshold"], rows["false_alarm_rate"], color=colour, ls="--")
+            axes[1].plot(rows["false_alarm_rate"], rows["defect_recall"], color=colour)
+        if source in defect_rates.index:
+            point = defect_rates.loc[source]
+            axes[0].axvline(point["threshold"], color=colour, lw=0.8, ls=":")
+            if alarms and pd.notna(point["false_alarm_rate"]):
+                axes[1].plot(point["false_alarm_rate"], point["defect_recall"], "o", color=colour)
+    axes[0].set_xlabel("confidence threshold (an image is defective with a box at or above it)")
+    axes[0].set_ylabel("rate")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].set_title("Defect recall (solid)" + (" and false alarms (dashed)" if alarms else ""))
+    axes[0].legend(fontsize=8)
+    if alarms:
+        axes[1].set_xlabel("false-alarm rate on defect-free images")
+        axes[1].set_ylabel("defect recall")
+        axes[1].set_xlim(-0.02, 1.02)
+        axes[1].set_ylim(-0.02, 1.02)
+        axes[1].set_title("Recall against false alarms (dot: operating threshold)")
+    else:
+        axes[1].text(0.5, 0.5, NO_DEFECT_FREE_NOTE.replace(": ", ":\n"), ha="center", va="center")
+        axes[1].set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def cascade_defect_rates(cascade: pd.DataFrame) -> Figure:
+    """The cascade's defect recall and false-alarm rate against the share of images escalated:
+    what escalating buys on the two errors a production line counts."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if not _has_values(cascade, "defect_recall"):
+        ax.text(0.5, 0.5, "no cascade computed", ha="center", va="center")
+        return fig
+    ax.plot(cascade["escalated_share"], cascade["defect_recall"], marker="o", ms=3, label="recall")
+    if _has_values(cascade, "false_alarm_rate"):
+        ax.plot(
+            cascade["escalated_share"],
+            cascade["false_alarm_rate"],
+            marker="o",
+            ms=3,
+            ls="--",
+            label="false-alarm rate",
+        )
+    else:
+        ax.text(0.5, 0.3, NO_DEFECT_FREE_NOTE, ha="center", fontsize=8, transform=ax.transAxes)
+    ax.set_xlabel("share of images escalated to the annotator")
+    ax.set_ylabel("rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Cascade: defect recall and false alarms vs escalation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
