@@ -1,71 +1,104 @@
-"""Accuracy and speed of the offline few-shot annotator over several seed draws, on real NEU-DET.
+"""Accuracy and calibration of the offline few-shot annotator over seed draws, on three datasets.
 
-Builds the profile's split in a scratch folder, then, for each draw, picks ``--per-class``
-labelled seeds per class at random from the non-test images (as a person labelling a few
-images would), treats every other non-test image as the unlabelled pool, annotates that pool
-with :class:`OfflineAnnotator` into a fresh store, and scores the stored labels against the
-ground truth (used for scoring only). The test split is never touched.
+``--dataset neu`` builds the profile's NEU-DET split (``CASCADE_DATA_DIR``) in a scratch folder
+and uses its non-test images. ``neu-imbalanced`` is NEU-DET made imbalanced by a fixed rule
+(the first 300/150/75/40/300/20 images of crazing/inclusion/patches/pitted_surface/
+rolled-in_scale/scratches by natural image-id order). ``magnetic-tile`` reads Magnetic-tile
+(``--mt-data-dir`` or ``CASCADE_MT_DATA_DIR``); the book's loader reads every dataset, so its
+defect-free class ``MT_Free`` is detected and becomes ``no_defect``. For each draw, ``--per-class`` seeds of
+every defect class (and 1% of the defect-free images, at least ``--per-class``) are labelled;
+every other image is the unlabelled pool, annotated into a fresh store and scored against the
+ground truth (used for scoring only).
 
-The first draw runs on an empty feature cache, so its timing is the honest cold cost of
-annotating a pool (features + fit + predict + records); later draws reuse the cached features,
-as a re-run with new seeds would. The seeds-only (inductive) classifier is scored on the same
-draws as the baseline the transductive one is meant to beat.
-
-Data and weights come from the settings (``CASCADE_DATA_DIR``, ``CASCADE_YOLO_WEIGHTS``):
+Modes: ``default`` (the annotator as shipped), ``patch-gate`` (patch anomaly gate for defect vs
+no_defect, then the defect type; only where there is a no_defect class), ``inductive`` (seeds-only logistic regression, the baseline)
+and ``transductive-old`` (label propagation + mixture without the seed check or softening).
+Writes one row per dataset x mode x draw to ``--csv`` and a manifest beside it:
 
     CASCADE_DATA_DIR=/path/to/NEU-DET CASCADE_YOLO_WEIGHTS=/path/to/yolov8n.pt \\
-        .venv/bin/python scripts/bench_offline_annotator.py [--draws 5] [--per-class 3]
+        .venv/bin/python scripts/bench_offline_annotator.py --mt-data-dir /path/to/Magnetic-tile
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from cascade_defect.annotate.offline import OfflineAnnotator
-from cascade_defect.annotate.schema import AnnotationRecord
+from cascade_defect.annotate.offline import ClassifierSettings, OfflineAnnotator
+from cascade_defect.annotate.offline.gate import GateSettings
+from cascade_defect.annotate.schema import NO_DEFECT, AnnotationRecord
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.chapters.c01_data import run_data_strategy
 from cascade_defect.chapters.c02_split import run_split
+from cascade_defect.data.ingest import load_dataset
 from cascade_defect.data.split import (
     SplitLayout,
     read_labelled_listing,
     read_pool_ground_truth,
     read_pool_listing,
 )
+from cascade_defect.manifest import git_state
 from cascade_defect.metrics.calibration import expected_calibration_error
 from cascade_defect.settings import load_config
+
+DATASETS = ("neu", "neu-imbalanced", "magnetic-tile")
+IMBALANCED_SIZES = {
+    "crazing": 300,
+    "inclusion": 150,
+    "patches": 75,
+    "pitted_surface": 40,
+    "rolled-in_scale": 300,
+    "scratches": 20,
+}
+MT_FREE = "Free"
+MODES = {
+    "default": (ClassifierSettings(), GateSettings()),
+    "patch-gate": (ClassifierSettings(), GateSettings(enabled=True)),
+    "inductive": (ClassifierSettings(transductive=False), GateSettings(enabled=False)),
+    "transductive-old": (
+        ClassifierSettings(seed_check=False, soften=False),
+        GateSettings(enabled=False),
+    ),
+}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", nargs="+", choices=DATASETS, default=list(DATASETS))
     parser.add_argument("--profile", default="quick", help="settings profile (default: quick)")
     parser.add_argument("--draws", type=int, default=5, help="seed draws (default: 5)")
     parser.add_argument("--per-class", type=int, default=3, help="seeds per class (default: 3)")
+    parser.add_argument("--draw-seed", type=int, default=20240, help="first draw's random seed")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument(
-        "--draw-seed",
-        type=int,
-        default=20240,
-        help="random seed of the first draw (default: 20240)",
+        "--mt-data-dir",
+        type=Path,
+        default=os.environ.get("CASCADE_MT_DATA_DIR"),
+        help="Magnetic-tile folder (default: CASCADE_MT_DATA_DIR)",
     )
-    parser.add_argument("--imgsz", type=int, default=224, help="feature image size (default: 224)")
-    parser.add_argument(
-        "--hflip", action="store_true", help="average features with the mirror image"
-    )
-    parser.add_argument("--no-baseline", action="store_true", help="skip the inductive baseline")
     parser.add_argument(
         "--work-dir",
         type=Path,
         default=None,
-        help="scratch folder (default: a temporary folder, removed afterwards)",
+        help="scratch folder, feature caches included (default: a temporary folder)",
+    )
+    parser.add_argument(
+        "--csv", type=Path, default=ROOT / "data" / "benchmarks" / "offline_annotator.csv"
     )
     return parser.parse_args()
 
@@ -86,15 +119,59 @@ def all_boxes(layout: SplitLayout) -> pd.DataFrame:
     return pd.concat([seed_boxes, pool_boxes], ignore_index=True)
 
 
+def natural_key(text: str) -> list[object]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def neu_split_images(profile: str, scratch: Path) -> tuple[pd.DataFrame, list[str]]:
+    """NEU-DET's non-test images in the profile's split (the book's own pipeline)."""
+    config = load_config(profile, work_dir=scratch)
+    config.require_data_dir()
+    run_data_strategy(config)
+    run_split(config)
+    layout = SplitLayout(config.paths.split_dir)
+    return non_test_images(layout), list(layout.class_names())
+
+
+def loaded_images(data_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Every image of a dataset as the book's loader reads it (its defect-free class, if any,
+    labelled ``no_defect``), with ``path`` for the annotator."""
+    dataset = load_dataset(data_dir, class_names=None, progress=False)
+    images = dataset.images_frame().rename(columns={"image_path": "path"})
+    return images[["image_id", "class_name", "path", "sha256"]], list(dataset.class_names)
+
+
+def neu_imbalanced_images(data_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The first N images of each NEU-DET class by natural image-id order (``IMBALANCED_SIZES``)."""
+    images, _ = loaded_images(data_dir)
+    parts = []
+    for name, size in IMBALANCED_SIZES.items():
+        members = images[images["class_name"] == name]
+        members = members.sort_values("image_id", key=lambda c: c.map(natural_key))
+        if len(members) < size:
+            raise SystemExit(f"{data_dir} has {len(members)} {name} images, {size} needed")
+        parts.append(members.head(size))
+    return pd.concat(parts, ignore_index=True), list(IMBALANCED_SIZES)
+
+
+def magnetic_tile_images(data_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Magnetic-tile as the book reads it: ``MT_Free`` detected as the defect-free class."""
+    images, class_names = loaded_images(data_dir)
+    if NO_DEFECT not in set(images["class_name"]):
+        raise SystemExit(f"{data_dir}: no defect-free class found; is it Magnetic-tile?")
+    return images, class_names
+
+
 def draw_seeds(images: pd.DataFrame, per_class: int, seed: int) -> np.ndarray:
-    """Row positions of ``per_class`` random images of every class."""
+    """Row positions of ``per_class`` random images of every defect class, and of 1% of the
+    defect-free images (at least ``per_class``), as a person labelling a few images would."""
     rng = np.random.default_rng(seed)
-    picks = [
-        rng.choice(
-            np.flatnonzero(images["class_name"].to_numpy() == name), per_class, replace=False
-        )
-        for name in sorted(images["class_name"].unique())
-    ]
+    labels = images["class_name"].to_numpy()
+    picks = []
+    for name in sorted(set(labels)):
+        rows = np.flatnonzero(labels == name)
+        count = per_class if name != NO_DEFECT else max(per_class, math.ceil(0.01 * len(rows)))
+        picks.append(rng.choice(rows, count, replace=False))
     return np.sort(np.concatenate(picks))
 
 
@@ -121,138 +198,136 @@ def score_answers(pool_truth: pd.DataFrame, records: Iterable[AnnotationRecord])
 
 
 def run_draw(
-    args: argparse.Namespace,
     weights: str,
     images: pd.DataFrame,
-    boxes: pd.DataFrame,
     class_names: list[str],
     seed_rows: np.ndarray,
     scratch: Path,
-    draw: int,
-    transductive: bool,
+    tag: str,
+    mode: str,
 ) -> dict[str, object]:
     seeds = images.iloc[seed_rows]
     pool_truth = images.drop(index=images.index[seed_rows])
     pool = pool_truth.drop(columns=["class_name"])  # the annotator never sees the pool's labels
-    seed_boxes = boxes[boxes["image_id"].isin(seeds["image_id"])]
+    classifier, gate = MODES[mode]
     start = time.perf_counter()
     annotator = OfflineAnnotator(
         weights,
-        imgsz=args.imgsz,
-        hflip=args.hflip,
-        transductive=transductive,
+        classifier=replace(classifier),
+        gate=gate,
         cache_dir=scratch / "feature_cache",
         config_dir=scratch / "ultralytics",
         progress=False,
-    ).fit(seeds, seed_boxes, class_names)
-    mode = "transductive" if transductive else "inductive"
-    store = AnnotationStore(scratch / f"draw{draw}-{mode}.jsonl")
+    ).fit(seeds, None, class_names)
+    store = AnnotationStore(scratch / f"{tag}-{mode}.jsonl")
     summary = annotator.annotate(pool, store)
     wall = time.perf_counter() - start
     scored = score_answers(pool_truth, store.records())
+    truth, predicted = pool_truth["class_name"].to_numpy(), scored["predicted"].to_numpy()
     confidence, correct = scored["confidence"].to_numpy(), scored["correct"].to_numpy()
-    per_class = (
-        pd.Series(correct, index=pool_truth.index)
-        .groupby(pool_truth["class_name"])
-        .mean()
-        .to_dict()
-    )
-    seconds = summary.seconds
-    return {
-        "draw": draw,
+    labels = sorted(set(truth))
+    row: dict[str, object] = {
         "mode": mode,
+        "n_seed": len(seeds),
         "n_pool": len(pool),
         "accuracy": float(correct.mean()),
-        "mean_confidence": float(confidence.mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro")),
+        "defect_recall": float("nan"),
+        "false_alarm_rate": float("nan"),
         "ece": expected_calibration_error(confidence, correct),
-        **{f"acc.{name}": value for name, value in per_class.items()},
-        "features_s": seconds.get("seed_features", 0.0) + seconds.get("pool_features", 0.0),
-        "fit_s": seconds.get("fit", 0.0),
-        "predict_s": seconds.get("predict", 0.0),
-        "wall_s": wall,
-        "features_computed": annotator.extractor.n_computed,
+        "mean_confidence": float(confidence.mean()),
+        "answer_mode": str(summary.diagnostics.get("mode", "")),
+        "wall_s": round(wall, 2),
     }
+    if NO_DEFECT in labels:
+        clean = truth == NO_DEFECT
+        row["defect_recall"] = float((predicted[~clean] != NO_DEFECT).mean())
+        row["false_alarm_rate"] = float((predicted[clean] != NO_DEFECT).mean())
+    return row
+
+
+def load(dataset: str, args: argparse.Namespace, scratch: Path) -> tuple[pd.DataFrame, list[str]]:
+    if dataset == "neu":
+        return neu_split_images(args.profile, scratch / "neu")
+    if dataset == "neu-imbalanced":
+        data_dir = load_config(args.profile, work_dir=scratch / "neu").data_dir
+        if data_dir is None:
+            raise SystemExit("set CASCADE_DATA_DIR to the NEU-DET folder")
+        return neu_imbalanced_images(Path(data_dir))
+    if args.mt_data_dir is None:
+        raise SystemExit("--mt-data-dir or CASCADE_MT_DATA_DIR must name the Magnetic-tile folder")
+    return magnetic_tile_images(Path(args.mt_data_dir))
 
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-offline-") as tmp:
         scratch = args.work_dir or Path(tmp)
         scratch.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("YOLO_CONFIG_DIR", str(scratch / "ultralytics"))
-        config = load_config(args.profile, work_dir=scratch)
-        config.require_data_dir()
-        run_data_strategy(config)
-        run_split(config)
-        layout = SplitLayout(config.paths.split_dir)
-        class_names = layout.class_names()
-        images, boxes = non_test_images(layout), all_boxes(layout)
-        draws = [
-            draw_seeds(images, args.per_class, args.draw_seed + draw) for draw in range(args.draws)
-        ]
-        modes = [True] if args.no_baseline else [True, False]
-        rows = []
-        for transductive in modes:
-            for draw, seed_rows in enumerate(draws):
-                rows.append(
-                    run_draw(
-                        args,
-                        config.yolo_weights,
-                        images,
-                        boxes,
-                        class_names,
-                        seed_rows,
-                        scratch,
-                        draw,
-                        transductive,
+        weights = load_config(args.profile, work_dir=scratch / "neu").yolo_weights
+        rows, sizes = [], {}
+        for dataset in args.dataset:
+            images, class_names = load(dataset, args, scratch)
+            sizes[dataset] = images["class_name"].value_counts().sort_index().to_dict()
+            modes = [
+                m for m in args.modes if m != "patch-gate" or NO_DEFECT in set(images["class_name"])
+            ]
+            for draw in range(args.draws):
+                seed_rows = draw_seeds(images, args.per_class, args.draw_seed + draw)
+                for mode in modes:
+                    row = run_draw(
+                        weights, images, class_names, seed_rows, scratch, f"{dataset}-{draw}", mode
                     )
-                )
-        report(pd.DataFrame(rows), args, config.yolo_weights, class_names)
+                    rows.append({"dataset": dataset, "draw": draw, **row})
+                    print(json.dumps(rows[-1]), flush=True)
+    table = pd.DataFrame(rows)
+    report(table)
+    write(table, args, sizes, time.perf_counter() - started)
 
 
-def report(
-    results: pd.DataFrame, args: argparse.Namespace, weights: str, class_names: list[str]
-) -> None:
-    print(f"\nOffline annotator benchmark: NEU-DET {args.profile} split, {args.draws} seed draws")
-    print(
-        f"{args.per_class} seeds per class drawn from the non-test images (draw seeds "
-        f"{args.draw_seed}..{args.draw_seed + args.draws - 1}); the rest of the non-test images "
-        f"are the pool ({int(results['n_pool'].iloc[0])} images). imgsz={args.imgsz}, "
-        f"hflip={args.hflip}, weights={weights}"
-    )
-    for mode, group in results.groupby("mode", sort=False):
-        accuracy = group["accuracy"]
-        print(f"\n== {mode} ==")
-        print("per draw: " + ", ".join(f"{v:.4f}" for v in accuracy))
-        print(
-            f"pool accuracy: {accuracy.mean():.4f} +/- {accuracy.std(ddof=1):.4f} (mean +/- sd), "
-            f"min {accuracy.min():.4f}"
-        )
-        print(
-            f"mean confidence {group['mean_confidence'].mean():.4f}, "
-            f"expected calibration error {group['ece'].mean():.4f}"
-        )
-        print("per-class accuracy (mean over draws):")
-        for name in class_names:
-            print(f"  {name:<16} {group[f'acc.{name}'].mean():.4f}")
-        cold = group[group["features_computed"] > 0]
-        warm = group[group["features_computed"] == 0]
-        if len(cold):
-            row = cold.iloc[0]
-            print(
-                f"cold cache (draw {int(row['draw'])}): features {row['features_s']:.1f} s "
-                f"({int(row['features_computed'])} images), fit {row['fit_s']:.2f} s, "
-                f"predict {row['predict_s']:.2f} s, whole annotate call {row['wall_s']:.1f} s"
-            )
-        if len(warm):
-            print(
-                f"warm cache ({len(warm)} draws, mean): features {warm['features_s'].mean():.2f} s, "
-                f"fit {warm['fit_s'].mean():.2f} s, predict {warm['predict_s'].mean():.2f} s, "
-                f"whole annotate call {warm['wall_s'].mean():.1f} s"
-            )
+def report(table: pd.DataFrame) -> None:
+    metrics = [
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "defect_recall",
+        "false_alarm_rate",
+        "ece",
+        "mean_confidence",
+    ]
+    summary = table.groupby(["dataset", "mode"], sort=False)[metrics].mean()
+    print("\nMean over draws:")
+    print(summary.round(4).to_string())
+
+
+def write(table: pd.DataFrame, args: argparse.Namespace, sizes: dict, seconds: float) -> None:
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.csv, index=False)
+    manifest = {
+        "benchmark": "offline_annotator",
+        "script": "scripts/bench_offline_annotator.py",
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile": args.profile,
+        "git": git_state(Path(__file__).resolve().parent),
+        "parameters": {
+            "datasets": args.dataset,
+            "modes": args.modes,
+            "draws": args.draws,
+            "per_class": args.per_class,
+            "draw_seeds": [args.draw_seed, args.draw_seed + args.draws - 1],
+            "imbalanced_sizes": IMBALANCED_SIZES,
+        },
+        "class_sizes": sizes,
+        "table": args.csv.name,
+        "wall_seconds": round(seconds, 1),
+    }
+    args.csv.with_suffix(".manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 if __name__ == "__main__":

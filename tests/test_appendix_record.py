@@ -127,3 +127,21 @@ def test_a_run_into_the_appendix_folder_renders_the_project_book(
     assert "From this `smoke` run" in (out / "_findings.md").read_text()
     assert not (project / "_findings.md").exists()  # the main record's findings are untouched
     assert (project / "index.qmd").read_text() == preface_before
+
+
+def test_the_appendix_verdict_points_at_its_own_figure(tmp_path: Path) -> None:
+    from cascade_defect.appendix import rebase_verdict_include
+
+    folder = tmp_path / "records" / "line-b"
+    folder.mkdir(parents=True)
+    (folder / "_verdict.md").write_text(
+        '![The verdict.](figures/verdict.png){#fig-verdict fig-alt="Two panels."}\n'
+    )
+    rebase_verdict_include(tmp_path, folder)
+    text = (folder / "_verdict.md").read_text()
+    assert text == (
+        '![The verdict.](records/line-b/figures/verdict.png){#fig-line-b-verdict fig-alt="Two '
+        'panels."}\n'
+    )
+    rebase_verdict_include(tmp_path, folder)  # idempotent
+    assert (folder / "_verdict.md").read_text() == text

@@ -16,7 +16,7 @@ import pytest
 from cascade_defect.render import book_appendices, build_preview, cell_options
 from cascade_defect.runner import CHAPTERS, run_chapters
 from cascade_defect.settings import StudyConfig, load_config
-from tests.synthetic import make_byo_dataset, make_neu_like
+from tests.synthetic import make_byo_dataset, make_neu_like, make_production_like
 from tests.test_book_structure import images_without_alt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,3 +177,49 @@ def test_the_study_runs_on_a_class_folder_dataset_and_says_which_track_to_read(
     assert accuracy["accuracy"].between(0, 1).all()
     detection = pd.read_csv(config.paths.comparison_dir / "test_metrics.csv")
     assert len(detection)  # the detection track still ran, on whole-image boxes
+
+
+def test_the_study_runs_on_a_production_like_line_through_the_cli(
+    yolo_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect-free majority (detected), masks in a parallel folder, numbered names, class names
+    with spaces, sizes of 100-700 px, grey and RGB, one defect image with an empty mask."""
+    from cascade_defect.cli import main
+
+    data = make_production_like(
+        tmp_path / "line", defect_counts={"crack": 14, "blow hole": 9, "fray": 7}, n_free=40
+    )
+    out = tmp_path / "mine" / "notebooks"
+    monkeypatch.setenv("CASCADE_YOLO_WEIGHTS", str(yolo_weights))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    monkeypatch.chdir(ROOT)
+    args = [
+        "run",
+        "--profile",
+        "smoke",
+        "--data-dir",
+        str(data),
+        "--work-dir",
+        str(tmp_path / "mine"),
+    ]
+    assert main([*args, "--output-dir", str(out)]) == 0
+
+    run_dir = tmp_path / "mine" / "runs" / "smoke"
+    card = json.loads((run_dir / "01_data_strategy" / "data_card.json").read_text())
+    assert card["no_defect"]["from_classes"] == ["Free"] and card["no_defect"]["how"] == "detected"
+    assert card["class_names"] == ["blow hole", "crack", "fray"]
+    assert card["quirks"].get("defect_image_without_boxes") == 1
+    classes = json.loads((run_dir / "02_split" / "classes.json").read_text())
+    assert classes["no_defect"]["n_images"] > 0
+    seeds = pd.read_csv(run_dir / "02_split" / "seed.csv", dtype={"image_id": str})
+    assert (seeds["class_name"] == "no_defect").any() and seeds["image_id"].str.isdigit().all()
+    labels = pd.read_csv(run_dir / "03_annotation" / "pseudo_labels.csv", dtype={"image_id": str})
+    assert (labels["defect_class"] == "no_defect").any()  # the annotator may answer it
+    audit = json.loads((run_dir / "04_audit" / "audit_summary.json").read_text())
+    rates = audit["defect_rates"]
+    assert rates["n_defect_free"] > 0 and 0 <= rates["false_alarm_rate"] <= 1
+    defect_rates = pd.read_csv(run_dir / "06_comparison" / "defect_rates.csv")
+    assert defect_rates["false_alarm_rate"].between(0, 1).all()
+    cascade = pd.read_csv(run_dir / "06_comparison" / "cascade.csv")
+    assert {"n_cleared", "defect_recall", "false_alarm_rate"} <= set(cascade.columns)
+    assert (out / "_preview" / "index.html").exists() or (out / "_book" / "index.html").exists()

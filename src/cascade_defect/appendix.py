@@ -107,3 +107,23 @@ def rewrite_as_appendix_chapter(path: Path, folder: Path, chapter_labels: set[st
     notebook = nbformat.read(str(path), as_version=4)
     as_appendix_chapter(notebook, folder, chapter_labels)
     nbformat.write(notebook, str(path))
+
+
+def rebase_verdict_include(project_root: Path, folder: Path) -> None:
+    """Make the run's ``_verdict.md`` includable from a page at the project root.
+
+    Quarto pastes an include into the including page, so the figure path must be the folder's
+    from the project root, and its label must not repeat the record's ``fig-verdict``.
+    """
+    from cascade_defect.plots.verdict import VERDICT_FIGURE, VERDICT_INCLUDE
+
+    include = Path(folder) / VERDICT_INCLUDE
+    if not include.exists():
+        return
+    prefix = Path(folder).name.lower().replace("_", "-")
+    where = Path(folder).resolve().relative_to(Path(project_root).resolve()).as_posix()
+    figure = VERDICT_FIGURE.as_posix()
+    text = include.read_text()
+    text = text.replace(f"]({figure})", f"]({where}/{figure})")
+    text = text.replace("{#fig-verdict ", f"{{#fig-{prefix}-verdict ")
+    include.write_text(text)

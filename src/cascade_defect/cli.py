@@ -40,7 +40,7 @@ def _parse_parameter(pair: list[str]) -> tuple[str, object]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from cascade_defect.appendix import is_appendix_record
+    from cascade_defect.appendix import is_appendix_record, rebase_verdict_include
     from cascade_defect.render import is_record_folder, render_book
     from cascade_defect.runner import ChapterFailed, default_output_dir, run_chapters
 
@@ -90,6 +90,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Another run's findings live with its notebooks (an appendix record's page includes
         # them); the record's files stay as they are.
         write_findings(output_dir, config.paths, config.profile.name, record=False)
+        if is_appendix_record(root, output_dir):
+            rebase_verdict_include(root, output_dir)
     if not args.no_render:
         site = render_book(root, notebooks_dir=output_dir)
         print(f"Rendered the book into {site}")

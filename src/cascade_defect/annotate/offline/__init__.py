@@ -11,6 +11,7 @@ from cascade_defect.annotate.offline.annotator import (
 )
 from cascade_defect.annotate.offline.classifier import ClassifierSettings, FewShotClassifier
 from cascade_defect.annotate.offline.features import FeatureSpec, YoloFeatureExtractor
+from cascade_defect.annotate.offline.gate import GateSettings
 
 __all__ = [
     "ANNOTATOR_NAME",
@@ -18,6 +19,7 @@ __all__ = [
     "ClassifierSettings",
     "FeatureSpec",
     "FewShotClassifier",
+    "GateSettings",
     "OfflineAnnotator",
     "YoloFeatureExtractor",
 ]

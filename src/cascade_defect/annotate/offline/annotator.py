@@ -22,8 +22,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cascade_defect.annotate.offline.classifier import ClassifierSettings, FewShotClassifier
-from cascade_defect.annotate.offline.features import FeatureSpec, YoloFeatureExtractor
+from cascade_defect.annotate.offline.features import FeatureBlock, FeatureSpec, YoloFeatureExtractor
+from cascade_defect.annotate.offline.gate import GateSettings, combine, defect_probability
+from cascade_defect.annotate.offline.patches import (
+    PatchFeatureExtractor,
+    PatchSpec,
+    anomaly_scores,
+)
 from cascade_defect.annotate.schema import (
+    NO_DEFECT,
     AnnotationRecord,
     Usage,
     annotation_key,
@@ -79,6 +86,7 @@ class OfflineAnnotator:
         hflip: bool = False,
         transductive: bool | None = None,
         classifier: ClassifierSettings | None = None,
+        gate: GateSettings | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         config_dir: str | os.PathLike[str] | None = None,
         device: str = "cpu",
@@ -98,8 +106,22 @@ class OfflineAnnotator:
             progress=progress,
         )
         self.classifier = FewShotClassifier(settings)
+        self.gate = gate or GateSettings()
         self.progress = progress
+        self._backbone_args = {
+            "weights": weights,
+            "cache_dir": cache_dir,
+            "config_dir": config_dir,
+            "device": device,
+            "threads": threads,
+        }
+        self.patches: PatchFeatureExtractor | None = None
         self.class_names: list[str] = []
+        """The dataset's defect classes."""
+        self.answer_classes: list[str] = []
+        """The classes answered: ``class_names``, plus ``no_defect`` when a seed shows none."""
+        self._gated = False
+        self._seed_gate: dict[str, Any] = {}
         self.seed_images: pd.DataFrame | None = None
         self.seed_boxes: pd.DataFrame | None = None
         self._seed_features: np.ndarray | None = None
@@ -111,7 +133,8 @@ class OfflineAnnotator:
     def model_name(self) -> str:
         """The ``model`` field of every record: what produced the label, in a few words."""
         head = "transductive-vmf" if self.classifier.settings.transductive else "logreg"
-        return f"yolov8n-coco-features+{head}"
+        gate = "+patch-gate" if self._gated else ""
+        return f"yolov8n-coco-features{gate}+{head}"
 
     @property
     def prompt_hash(self) -> str:
@@ -128,10 +151,15 @@ class OfflineAnnotator:
 
     def params(self) -> dict[str, Any]:
         """Settings that change the answer, recorded with (and hashed into the key of) each record."""
-        return {
+        params = {
             "features": self.extractor.describe(),
             "classifier": self.classifier.settings.as_params(),
         }
+        if NO_DEFECT in self.answer_classes:
+            params["gate"] = self.gate.as_params()
+            if self.patches is not None:
+                params["patches"] = self.patches.describe()
+        return params
 
     # -- fitting -------------------------------------------------------------------
 
@@ -145,20 +173,45 @@ class OfflineAnnotator:
 
         ``seed_boxes`` (``image_id, class_name, xmin, ymin, xmax, ymax``) are kept for the
         ``seed_detector`` box strategy; the classifier itself is image-level.
+
+        Seeds labelled ``no_defect`` (defect-free images; ``class_names`` lists defect classes
+        only) make ``no_defect`` a possible answer. With the gate enabled, patch anomaly scores
+        against those seeds decide defect or not, and the classifier only names the defect.
         """
         _require_columns(seed_images, ("image_id", "path", "class_name"), "seed_images")
         seeds = _with_sha256(seed_images)
-        self.class_names = list(dict.fromkeys(str(name) for name in class_names))
+        self.class_names = [
+            name for name in dict.fromkeys(str(n) for n in class_names) if name != NO_DEFECT
+        ]
+        labels = seeds["class_name"].astype(str).to_numpy()
+        clean = labels == NO_DEFECT
+        self.answer_classes = [*self.class_names, NO_DEFECT] if clean.any() else self.class_names
+        self._gated = bool(clean.any() and (~clean).any() and self.gate.enabled)
         start = time.perf_counter()
         self._seed_features = self.extractor.extract(seeds["path"], seeds["sha256"])
         self.seconds = {"seed_features": time.perf_counter() - start}
         start = time.perf_counter()
-        self.classifier.fit(
-            self._seed_features,
-            seeds["class_name"].astype(str).tolist(),
-            self.class_names,
-            self.extractor.blocks(),
-        )
+        if self._gated:
+            hashes = self._patch_extractor().ensure(seeds["path"], seeds["sha256"])
+            reference = [h for h, c in zip(hashes, clean, strict=True) if c]
+            defect = [h for h, c in zip(hashes, clean, strict=True) if not c]
+            clean_scores = anomaly_scores(
+                self._patches(), reference, reference, top_k=self.gate.top_k, progress=False
+            )
+            defect_scores = anomaly_scores(
+                self._patches(), reference, defect, top_k=self.gate.top_k, progress=False
+            )
+            self._seed_gate = {
+                "reference": reference,
+                "clean_scores": clean_scores.scores,
+                "defect_scores": defect_scores.scores,
+            }
+            features, blocks = self._type_features(self._seed_features[~clean], defect_scores.focus)
+            self.classifier.fit(features, labels[~clean].tolist(), self.class_names, blocks)
+        else:
+            self.classifier.fit(
+                self._seed_features, labels.tolist(), self.answer_classes, self.extractor.blocks()
+            )
         self.seconds["fit"] = time.perf_counter() - start
         self.seed_images = seeds.reset_index(drop=True)
         self.seed_boxes = None if seed_boxes is None else seed_boxes.copy()
@@ -180,24 +233,88 @@ class OfflineAnnotator:
         features = self.extractor.extract(unlabelled["path"], unlabelled["sha256"])
         self.seconds["pool_features"] = time.perf_counter() - start
         start = time.perf_counter()
-        probabilities = self.classifier.predict_proba(features)
+        if self._gated:
+            probabilities = self._predict_gated(unlabelled, features)
+        else:
+            probabilities = self.classifier.predict_proba(features)
         self.seconds["predict"] = time.perf_counter() - start
-        frame = pd.DataFrame(probabilities, columns=self.class_names)
+        frame = pd.DataFrame(probabilities, columns=self.answer_classes)
         frame.insert(0, "image_id", unlabelled["image_id"].to_numpy())
         return frame
 
     def predict(self, pool: pd.DataFrame) -> pd.DataFrame:
         """``image_id, class_name, confidence`` (the most probable class and its probability)."""
         probabilities = self.predict_proba(pool)
-        values = probabilities[self.class_names].to_numpy()
+        values = probabilities[self.answer_classes].to_numpy()
         best = values.argmax(axis=1)
         return pd.DataFrame(
             {
                 "image_id": probabilities["image_id"],
-                "class_name": np.array(self.class_names)[best],
+                "class_name": np.array(self.answer_classes)[best],
                 "confidence": values[np.arange(len(values)), best],
             }
         )
+
+    # -- defect gate ---------------------------------------------------------------
+
+    def _patch_extractor(self) -> PatchFeatureExtractor:
+        if self.patches is None:
+            args = self._backbone_args
+            self.patches = PatchFeatureExtractor(
+                args["weights"],
+                PatchSpec(imgsz=self.gate.imgsz, layers=self.gate.layers, stride=self.gate.stride),
+                cache_dir=args["cache_dir"],
+                config_dir=args["config_dir"],
+                device=args["device"],
+                threads=args["threads"],
+                progress=self.progress,
+            )
+        return self.patches
+
+    def _patches(self) -> PatchFeatureExtractor:
+        assert self.patches is not None
+        return self.patches
+
+    def _type_features(
+        self, features: np.ndarray, focus: np.ndarray
+    ) -> tuple[np.ndarray, list[FeatureBlock]]:
+        """Global descriptors, plus the most anomalous patches' descriptor as one more block."""
+        blocks = self.extractor.blocks()
+        if not self.gate.focus:
+            return features, blocks
+        end = blocks[-1].stop
+        extra = FeatureBlock(-1, "focus", end, end + focus.shape[1])
+        return np.hstack([features, focus]).astype(np.float64), [*blocks, extra]
+
+    def _predict_gated(self, unlabelled: pd.DataFrame, features: np.ndarray) -> np.ndarray:
+        """``P(defect)`` from the patch anomaly mixture times ``P(class | defect)``."""
+        patches = self._patch_extractor()
+        start = time.perf_counter()
+        hashes = patches.ensure(unlabelled["path"], unlabelled["sha256"])
+        scored = anomaly_scores(
+            patches,
+            self._seed_gate["reference"],
+            hashes,
+            top_k=self.gate.top_k,
+            progress=self.progress,
+        )
+        self.seconds["patch_scores"] = time.perf_counter() - start
+        fit = defect_probability(
+            self._seed_gate["clean_scores"],
+            self._seed_gate["defect_scores"],
+            scored.scores,
+            max_iter=self.gate.em_max_iter,
+        )
+        type_features, _ = self._type_features(features, scored.focus)
+        type_proba = self.classifier.predict_proba(type_features)
+        self.classifier.diagnostics["gate"] = {
+            "defect_rate": fit.defect_rate,
+            "log_score_means": fit.means,
+            "log_score_sds": fit.sds,
+            "seed_auc": fit.seed_auc,
+            "em_iterations": fit.iterations,
+        }
+        return combine(fit.p_defect, type_proba)
 
     # -- annotation ----------------------------------------------------------------
 
@@ -282,11 +399,16 @@ class OfflineAnnotator:
             unit="img",
             disable=progress_disabled(self.progress),
         ):
-            probs = by_id.loc[row.image_id, self.class_names].to_numpy(dtype=float)
+            probs = by_id.loc[row.image_id, self.answer_classes].to_numpy(dtype=float)
             order = np.argsort(-probs)
-            best, runner_up = self.class_names[order[0]], self.class_names[order[1 % len(order)]]
+            best = self.answer_classes[order[0]]
+            runner_up = self.answer_classes[order[1 % len(order)]]
             confidence = float(np.clip(probs[order[0]], 0.0, 1.0))
-            boxes = _boxes_for(box_strategy, proposals.get(row.image_id, []))
+            boxes = (
+                []
+                if best == NO_DEFECT
+                else _boxes_for(box_strategy, proposals.get(row.image_id, []))
+            )
             prediction = answer_model(
                 defect_class=best,
                 confidence=confidence,
