@@ -154,11 +154,16 @@ def test_the_box_and_schedule_benchmarks_run_on_the_chapters_outputs(smoke_run: 
 def test_the_study_runs_on_a_class_folder_dataset_and_says_which_track_to_read(
     yolo_weights: Path, tmp_path: Path
 ) -> None:
-    """A user's dataset with class folders only (no boxes, spaces in class names, mixed formats)."""
-    classes = ("hole punch", "oil stain", "scratch")
+    """A user's dataset with class folders only (no boxes, spaces in class names, mixed formats)
+    and a declared defect-free class (``good``), which class folders alone cannot reveal."""
+    classes = ("hole punch", "oil stain", "scratch", "good")
     data = make_byo_dataset(tmp_path / "byo", layout="classfolders", classes=classes, per_class=16)
     config = load_config(
-        "smoke", data_dir=data, work_dir=tmp_path / "work", yolo_weights=str(yolo_weights)
+        "smoke",
+        data_dir=data,
+        work_dir=tmp_path / "work",
+        yolo_weights=str(yolo_weights),
+        no_defect_class="good",
     )
     executed = tmp_path / "executed"
     run_chapters(ROOT, config, output_dir=executed, progress=False)
@@ -172,6 +177,9 @@ def test_the_study_runs_on_a_class_folder_dataset_and_says_which_track_to_read(
         assert "image-level labels only" in shown, chapter
     card = config.paths.data_card_dir / "data_card.json"
     assert '"image_level_only": true' in card.read_text()
+    assert json.loads(card.read_text())["no_defect"]["how"] == "declared"
+    names = json.loads((config.paths.split_dir / "classes.json").read_text())["class_names"]
+    assert names == ["hole punch", "oil stain", "scratch"]
     accuracy = pd.read_csv(config.paths.comparison_dir / "classification" / "test_accuracy.csv")
     assert set(accuracy["source"]) == set(config.profile.classification.sources)
     assert accuracy["accuracy"].between(0, 1).all()
