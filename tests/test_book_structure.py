@@ -660,6 +660,13 @@ def test_quarto_config_has_no_repo_actions_without_a_repo_url() -> None:
 
 def test_appendices_exist_and_their_includes_are_generated() -> None:
     for appendix in book_appendices(ROOT):
+        if appendix.endswith(".ipynb"):
+            # An appendix record's executed chapter: titled for its dataset, with its note.
+            notebook = nbformat.read(ROOT / appendix, as_version=4)
+            assert notebook.cells[0].source.startswith("# "), appendix
+            assert notebook.cells[1].get("id") == "appendix-record-note", appendix
+            assert any(cell.get("outputs") for cell in notebook.cells), appendix
+            continue
         text = (ROOT / appendix).read_text()
         assert text.startswith("---\ntitle:")
         for include in re.findall(r"\{\{< include (\S+) >\}\}", text):
