@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from cascade_defect.manifest import git_state
 
 
 def parser_with_common_options(doc: str) -> argparse.ArgumentParser:
@@ -93,3 +96,15 @@ def path_beside(path: Path, folder: Path, config: Any) -> str | None:
         return path.resolve().relative_to(folder.resolve()).as_posix()
     written = portable_path(path, config)
     return None if Path(written).is_absolute() else written
+
+
+def benchmark_header(name: str, profile: str) -> dict[str, Any]:
+    """The fields every benchmark manifest opens with: what ran, when, and the code's commit (of
+    the checkout the script runs from, never the run folder's)."""
+    return {
+        "benchmark": name,
+        "script": f"scripts/bench_{name}.py",
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile": profile,
+        "git": git_state(Path(__file__).resolve().parent),
+    }

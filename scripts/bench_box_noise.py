@@ -39,12 +39,12 @@ import math
 import platform
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from _bench_cli import (
+    benchmark_header,
     parser_with_common_options,
     path_beside,
     report,
@@ -57,10 +57,11 @@ from cascade_defect.chapters.c06_comparison import golden_test_dataset, golden_t
 from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_pool_listing
 from cascade_defect.hashing import tree_sha256
 from cascade_defect.locations import portable_path, portable_text, portable_values
-from cascade_defect.manifest import git_state, require_inputs
+from cascade_defect.manifest import require_inputs
 from cascade_defect.metrics.box_quality import normalise_gt_boxes
 from cascade_defect.metrics.detection import detection_metrics, match_detections
-from cascade_defect.plots.box_noise import TARGETS, manifest_path
+from cascade_defect.plots.book import manifest_path
+from cascade_defect.plots.box_noise import TARGETS
 from cascade_defect.settings import (
     StudyConfig,
 )
@@ -233,16 +234,10 @@ class SweepManifest:
         folder = self.csv.parent
         wall = pd.to_numeric(table["train_wall_seconds"], errors="coerce")
         return {
-            "benchmark": "box_noise",
-            "script": "scripts/bench_box_noise.py",
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **benchmark_header("box_noise", self.config.profile.name),
             "complete": set(self.requested) <= current,
-            "profile": self.config.profile.name,
             "config": self.config.summary(),
             "parameters": portable_values(self.parameters, self.config),
-            "git": git_state(
-                Path(__file__).resolve().parent
-            ),  # the code that runs, not the run folder
             "python": platform.python_version(),
             "inputs": self.hashed_inputs(),
             "outputs": {

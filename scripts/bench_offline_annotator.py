@@ -31,11 +31,11 @@ import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _bench_cli import benchmark_header
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from cascade_defect.annotate.offline import ClassifierSettings, OfflineAnnotator
@@ -51,8 +51,8 @@ from cascade_defect.data.split import (
     read_pool_ground_truth,
     read_pool_listing,
 )
-from cascade_defect.manifest import git_state
 from cascade_defect.metrics.calibration import expected_calibration_error
+from cascade_defect.plots.book import manifest_path
 from cascade_defect.settings import load_config
 
 DATASETS = ("neu", "neu-imbalanced", "magnetic-tile")
@@ -310,11 +310,7 @@ def write(table: pd.DataFrame, args: argparse.Namespace, sizes: dict, seconds: f
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.csv, index=False)
     manifest = {
-        "benchmark": "offline_annotator",
-        "script": "scripts/bench_offline_annotator.py",
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "profile": args.profile,
-        "git": git_state(Path(__file__).resolve().parent),
+        **benchmark_header("offline_annotator", args.profile),
         "parameters": {
             "datasets": args.dataset,
             "modes": args.modes,
@@ -327,7 +323,7 @@ def write(table: pd.DataFrame, args: argparse.Namespace, sizes: dict, seconds: f
         "table": args.csv.name,
         "wall_seconds": round(seconds, 1),
     }
-    args.csv.with_suffix(".manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    manifest_path(args.csv).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,13 +36,13 @@ import math
 import platform
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from _bench_cli import (
+    benchmark_header,
     parser_with_common_options,
     path_beside,
     report,
@@ -65,7 +65,7 @@ from cascade_defect.data.split import SplitLayout
 from cascade_defect.data.tables import read_table
 from cascade_defect.hashing import tree_sha256
 from cascade_defect.locations import portable_path, portable_values
-from cascade_defect.manifest import git_state, require_inputs
+from cascade_defect.manifest import require_inputs
 from cascade_defect.metrics.bootstrap import (
     bootstrap_indices,
     bootstrap_map50,
@@ -401,10 +401,7 @@ class Bench:
         folder = self.args.csv.parent.resolve()
         scratch = self.scratch.resolve()
         return {
-            "benchmark": "review_budget",
-            "script": "scripts/bench_review_budget.py",
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "profile": config.profile.name,
+            **benchmark_header("review_budget", config.profile.name),
             "config": config.summary(),
             "parameters": portable_values(
                 {
@@ -418,9 +415,6 @@ class Bench:
                 },
                 config,
             ),
-            "git": git_state(
-                Path(__file__).resolve().parent
-            ),  # the code that runs, not the run folder
             "python": platform.python_version(),
             "inputs": self._hashed,
             "outputs": {

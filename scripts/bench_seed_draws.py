@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from _bench_cli import config_for_run, parser_with_common_options, report
+from _bench_cli import benchmark_header, config_for_run, parser_with_common_options, report
 
 from cascade_defect.chapters.c01_data import run_data_strategy
 from cascade_defect.chapters.c02_split import run_split
@@ -50,7 +49,6 @@ from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_
 from cascade_defect.data.tables import read_table
 from cascade_defect.hashing import sha256_bytes, tree_sha256
 from cascade_defect.locations import portable_path
-from cascade_defect.manifest import git_state
 from cascade_defect.metrics.bootstrap import (
     bootstrap_indices,
     bootstrap_map50,
@@ -58,7 +56,8 @@ from cascade_defect.metrics.bootstrap import (
 )
 from cascade_defect.metrics.box_quality import box_quality, normalise_gt_boxes
 from cascade_defect.metrics.detection import detection_metrics, match_detections
-from cascade_defect.plots.seed_draws import CSV_COLUMNS, manifest_path
+from cascade_defect.plots.book import manifest_path
+from cascade_defect.plots.seed_draws import CSV_COLUMNS
 from cascade_defect.settings import StudyConfig, load_config
 from cascade_defect.train.predict import validate_on_test
 from cascade_defect.train.sources import HUMAN, PSEUDO
@@ -246,11 +245,7 @@ def main() -> None:
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.csv, index=False)
     manifest = {
-        "benchmark": "seed_draws",
-        "script": "scripts/bench_seed_draws.py",
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "profile": record.profile.name,
-        "git": git_state(Path(__file__).resolve().parent),
+        **benchmark_header("seed_draws", record.profile.name),
         "parameters": {
             "run_dir": shown_path(record.paths.run_dir, record),
             "draws": ["record", *map(str, args.draws)],

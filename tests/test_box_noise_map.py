@@ -24,11 +24,11 @@ import pytest
 from matplotlib.figure import Figure
 
 from cascade_defect.hashing import tree_sha256
+from cascade_defect.plots.book import manifest_path
 from cascade_defect.plots.box_noise import (
     PseudoBoxes,
     box_noise_map,
     box_noise_summary,
-    manifest_path,
     needed_quality,
     needed_quality_table,
     pseudo_box_quality,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from cascade_defect.plots.book import manifest_path
 from cascade_defect.plots.seed_draws import (
     CSV_COLUMNS,
-    manifest_path,
     read_seed_draws,
     seed_draw_summary,
     seed_draw_table,

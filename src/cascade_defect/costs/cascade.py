@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.costs.sweeps import cost_per_1000_images
+from cascade_defect.data.records import NO_DEFECT
 from cascade_defect.metrics.classification import detector_image_class
 from cascade_defect.metrics.defect_rates import (
     called_defective,

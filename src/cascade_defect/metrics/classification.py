@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
 
-from cascade_defect.annotate.schema import NO_DEFECT
+from cascade_defect.data.records import NO_DEFECT
 from cascade_defect.metrics.detection import NO_DETECTION, MatchedDetections
 
 NOT_ANSWERED = "not_answered"

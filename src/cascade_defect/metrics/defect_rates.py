@@ -17,7 +17,7 @@ import pandas as pd
 from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix
 
-from cascade_defect.annotate.schema import NO_DEFECT
+from cascade_defect.data.records import NO_DEFECT
 from cascade_defect.metrics.classification import _finite_or_none
 from cascade_defect.metrics.detection import NO_DETECTION
 from cascade_defect.metrics.kpi import CONFIDENCE_GRID

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -123,23 +125,42 @@ def _file_row(name: str, path: Path, config: StudyConfig) -> dict[str, str]:
     return {"output": name, "file": shown, "kind": kind, "size": size}
 
 
+def manifest_path(table: Path) -> Path:
+    """The manifest a benchmark script writes beside its table: ``<stem>.manifest.json``.
+
+    Named after the table rather than ``manifest.json`` so several benchmarks can share a folder
+    and a copied table keeps its manifest when both are renamed alike.
+    """
+    return table.with_name(f"{table.stem}.manifest.json")
+
+
+@dataclass(frozen=True)
+class BenchmarkTable:
+    """A benchmark script's table and manifest as a chapter shows them.
+
+    ``path`` is the table's location as the record writes it (:func:`portable_path`); ``table``
+    is None when the file is absent (a run without the benchmark still renders) and
+    ``manifest`` empty when its manifest is.
+    """
+
+    path: str
+    table: pd.DataFrame | None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
 def benchmark_files(
     table: str | None, where: PathAnchors, **read_options: object
-) -> tuple[str, pd.DataFrame | None, dict]:
-    """A benchmark script's table and the manifest beside it (``<stem>.manifest.json``).
-
-    ``table`` is written as the record writes paths and read from ``where``. Returns the path
-    as shown, the table (None when absent: a run without the benchmark still renders) and the
-    manifest (empty when absent).
-    """
+) -> BenchmarkTable:
+    """A benchmark script's table and the manifest beside it (``<stem>.manifest.json``);
+    ``table`` is written as the record writes paths and read from ``where``."""
     if table is None:
-        return "", None, {}
+        return BenchmarkTable("", None)
     found = resolve_portable_path(table, where)
     shown = portable_path(found, where)
     if not found.is_file():
-        return shown, None, {}
-    manifest = found.with_name(f"{found.stem}.manifest.json")
-    return (
+        return BenchmarkTable(shown, None)
+    manifest = manifest_path(found)
+    return BenchmarkTable(
         shown,
         read_table(found, **read_options),
         json.loads(manifest.read_text()) if manifest.is_file() else {},

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cascade_defect.data.tables import read_table
 from cascade_defect.locations import PathAnchors
-from cascade_defect.plots.book import benchmark_files, message_figure
+from cascade_defect.plots.book import BenchmarkTable, benchmark_files, message_figure
 from cascade_defect.train.box_noise import QUALITY_AXIS, quality_needed
 from cascade_defect.train.sources import HUMAN, PSEUDO
 
@@ -81,26 +81,11 @@ class PseudoBoxes(BaseModel):
 
 
 @dataclass(frozen=True)
-class BoxNoiseBenchmark:
-    """The sweep's table and manifest as chapter 06 shows them; ``table`` is None without a file.
+class BoxNoiseBenchmark(BenchmarkTable):
+    """The sweep's table and manifest as chapter 06 shows them, and ``pseudo``: the pseudo
+    source's own boxes, when chapter 04 measured them."""
 
-    ``path`` is the table's location as the record writes it (:func:`portable_path`);
-    ``pseudo`` the pseudo source's own boxes, when chapter 04 measured them.
-    """
-
-    path: str
-    table: pd.DataFrame | None
-    manifest: dict[str, Any] = field(default_factory=dict)
     pseudo: PseudoBoxes | None = None
-
-
-def manifest_path(table: Path) -> Path:
-    """The manifest the sweep writes beside its table: ``<stem>.manifest.json``.
-
-    Named after the table rather than ``manifest.json`` so several sweeps can share a folder
-    and a copied table keeps its manifest when both are renamed alike.
-    """
-    return table.with_name(f"{table.stem}.manifest.json")
 
 
 def read_box_noise_benchmark(
@@ -123,8 +108,8 @@ def read_box_noise_benchmark(
         if box_metrics is not None and strategy is not None
         else None
     )
-    path, frame, manifest = benchmark_files(table, where)
-    return BoxNoiseBenchmark(path=path, table=frame, manifest=manifest, pseudo=pseudo)
+    found = benchmark_files(table, where)
+    return BoxNoiseBenchmark(found.path, found.table, found.manifest, pseudo=pseudo)
 
 
 def pseudo_box_quality(

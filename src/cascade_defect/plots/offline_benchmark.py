@@ -8,14 +8,11 @@ so a reader can see where 18 labelled images go far and where they do not.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import pandas as pd
 from IPython.display import Markdown
 
 from cascade_defect.locations import PathAnchors
-from cascade_defect.plots.book import benchmark_files
+from cascade_defect.plots.book import BenchmarkTable, benchmark_files
 
 METRICS: dict[str, str] = {
     "accuracy": "accuracy",
@@ -33,19 +30,13 @@ DATASET_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class OfflineBenchmark:
-    """The benchmark's table (None without a file) and manifest, as chapter 04 shows them."""
-
-    path: str
-    table: pd.DataFrame | None
-    manifest: dict[str, Any] = field(default_factory=dict)
+OfflineBenchmark = BenchmarkTable
+"""The benchmark's table, one row per pool, mode and draw, and its manifest."""
 
 
 def read_offline_benchmark(table: str | None, where: PathAnchors) -> OfflineBenchmark:
     """The benchmark's table at ``table`` (as the record writes paths), or none when absent."""
-    path, frame, manifest = benchmark_files(table, where)
-    return OfflineBenchmark(path=path, table=frame, manifest=manifest)
+    return benchmark_files(table, where)
 
 
 def offline_benchmark_means(bench: OfflineBenchmark) -> pd.DataFrame:

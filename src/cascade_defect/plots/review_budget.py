@@ -9,8 +9,7 @@ review`) against the ratio it bought.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,7 +19,7 @@ from matplotlib.figure import Figure
 
 from cascade_defect.annotate.review_budget import REVIEW_ORDERS, smallest_budget
 from cascade_defect.locations import PathAnchors
-from cascade_defect.plots.book import benchmark_files, message_figure
+from cascade_defect.plots.book import BenchmarkTable, benchmark_files, message_figure
 
 TARGETS: tuple[float, ...] = (0.9, 0.97)
 
@@ -39,12 +38,8 @@ _ORDER_COLOURS = {
 
 
 @dataclass(frozen=True)
-class ReviewBudget:
+class ReviewBudget(BenchmarkTable):
     """The benchmark's table and manifest as the book shows them; ``table`` None without one."""
-
-    path: str
-    table: pd.DataFrame | None
-    manifest: dict[str, Any] = field(default_factory=dict)
 
     @property
     def budgets(self) -> pd.DataFrame:
@@ -66,10 +61,10 @@ class ReviewBudget:
 
 def read_review_budget(table: str | None, where: PathAnchors) -> ReviewBudget:
     """The benchmark's table at ``table`` (as the record writes paths), or none when absent."""
-    path, frame, manifest = benchmark_files(table, where, dtype={"order": str, "same_as": str})
-    if frame is not None:
-        frame["order"] = frame["order"].fillna("")
-    return ReviewBudget(path=path, table=frame, manifest=manifest)
+    found = benchmark_files(table, where, dtype={"order": str, "same_as": str})
+    if found.table is not None:
+        found.table["order"] = found.table["order"].fillna("")
+    return ReviewBudget(found.path, found.table, found.manifest)
 
 
 def review_budget_curve(budget: ReviewBudget) -> Figure:

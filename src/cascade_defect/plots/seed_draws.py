@@ -7,15 +7,11 @@ keeps one draw; this table says how far its ratio could move had other images be
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
 import pandas as pd
 from IPython.display import Markdown
 
 from cascade_defect.locations import PathAnchors
-from cascade_defect.plots.book import benchmark_files
+from cascade_defect.plots.book import BenchmarkTable, benchmark_files
 
 #: The benchmark's table, one row per draw (``record`` is the book's own draw).
 CSV_COLUMNS: list[str] = [
@@ -39,24 +35,13 @@ CSV_COLUMNS: list[str] = [
 ]
 
 
-def manifest_path(table: Path) -> Path:
-    """The manifest beside the table: ``<stem>.manifest.json``."""
-    return table.with_name(f"{table.stem}.manifest.json")
-
-
-@dataclass(frozen=True)
-class SeedDraws:
-    """The table and manifest as chapter 06 shows them; ``table`` is None without a file."""
-
-    path: str
-    table: pd.DataFrame | None
-    manifest: dict[str, Any] = field(default_factory=dict)
+SeedDraws = BenchmarkTable
+"""The benchmark's table, one row per draw, and its manifest."""
 
 
 def read_seed_draws(table: str | None, where: PathAnchors) -> SeedDraws:
     """The benchmark's table at ``table`` (as the record writes paths), or none when absent."""
-    path, frame, manifest = benchmark_files(table, where, dtype={"draw": str})
-    return SeedDraws(path=path, table=frame, manifest=manifest)
+    return benchmark_files(table, where, dtype={"draw": str})
 
 
 def seed_draw_table(draws: SeedDraws) -> pd.DataFrame:

@@ -14,7 +14,8 @@ shows where the classes' clusters are. The transductive classifier therefore use
 
 Pool structure can also mislead: a defect-free majority, or classes without clusters, pulls
 the mixture away from the seeds. So, by default, the seeds are held out fold by fold and both
-classifiers name them; the transductive answer is kept only if it does at least as well, and
+classifiers name them; the transductive answer is kept only if it does at least as well (ties
+go to the better held-out log-likelihood), and
 its posterior is softened by the held-out seeds' temperature when they show overconfidence.
 
 The inductive variant (``transductive=False``) sees only the seeds: logistic regression whose
@@ -67,8 +68,9 @@ class ClassifierSettings:
     seed_check: bool = True
     """Hold the seeds out fold by fold (one seed per class at a time) and score both the
     transductive and the inductive classifier on them: the transductive answer is kept only
-    when it does at least as well, since pool structure can mislead (a defect-free majority,
-    classes without clusters). No pool label is used."""
+    when it names them at least as well (a tie goes to the better held-out log-likelihood),
+    since pool structure can mislead (a defect-free majority, classes without clusters). No
+    pool label is used."""
     soften: bool = True
     """Soften the transductive posterior by the temperature (>= 1) that fits the held-out
     seeds best: a confident miss on a held-out seed is evidence of overconfidence, while three
@@ -318,9 +320,12 @@ class FewShotClassifier:
         if self.settings.seed_check and _inductive_wins(check):
             self._inductive = self._fit_inductive()
             answer = self._predict_inductive(pool)
-            self.diagnostics.update(mode="inductive (seed check)", n_pool=len(pool))
-            self.diagnostics.update(seed_check_transductive=check["transductive"])
-            self.diagnostics.update(seed_check_inductive=check["inductive"])
+            self.diagnostics.update(
+                mode="inductive (seed check)",
+                n_pool=len(pool),
+                seed_check_transductive=check["transductive"],
+                seed_check_inductive=check["inductive"],
+            )
             return answer
         if self.settings.soften:
             temperature = _fit_temperature(check["log_posteriors"], check["labels"], low=1.0)

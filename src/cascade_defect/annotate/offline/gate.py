@@ -112,7 +112,10 @@ def defect_probability(
     if mean[1] > mean[0]:
         p = np.where(pool < mean[0], np.minimum(p, low), p)
         p = np.where(pool > mean[1], np.maximum(p, high), p)
-    auc = float((defect[:, None] > clean[None, :]).mean() + 0.5 * (defect[:, None] == clean).mean())
+    from sklearn.metrics import roc_auc_score
+
+    seed_labels = np.concatenate([np.zeros(len(clean)), np.ones(len(defect))])
+    auc = float(roc_auc_score(seed_labels, np.concatenate([clean, defect])))
     return GateFit(
         p_defect=p,
         defect_rate=rate,
