@@ -43,6 +43,13 @@ def test_manifest_records_parameters_hashes_counts_and_timings(tmp_path: Path) -
     assert set(manifest["timings_s"]) == {"step", "total"}
     assert manifest["config"]["profile"] == "smoke"
     assert "commit" in manifest["git"]
+    # What a CPU training's last digits depend on: the packages and the instruction sets.
+    from importlib import metadata
+
+    environment = manifest["environment"]
+    assert environment["packages"]["numpy"] == metadata.version("numpy")
+    assert environment["packages"]["ultralytics"] == metadata.version("ultralytics")
+    assert environment["cpu"] and isinstance(environment["cpu_isa"], list)
 
 
 def test_tree_hash_changes_with_content_and_names(tmp_path: Path) -> None:

@@ -169,7 +169,10 @@ def test_annotator_answers_no_defect_from_defect_free_seeds(
     assert list(proba.columns) == ["image_id", "spot", NO_DEFECT]
     np.testing.assert_allclose(proba[["spot", NO_DEFECT]].sum(axis=1), 1.0)
     store = AnnotationStore(tmp_path / "records.jsonl")
-    annotator.annotate(pool, store, box_strategy="whole_image")
+    summary = annotator.annotate(pool, store, box_strategy="whole_image")
+    # Records and summary name the classifier that answered; a cached re-run says the same.
+    assert {r.model for r in store.records()} == {summary.model} == {annotator.answered_by}
+    assert annotator.annotate(pool, store, box_strategy="whole_image").model == summary.model
     answers = {r.image_id: r.prediction for r in store.records()}
     assert len(answers) == len(pool)
     clean_answers = [answers[i] for i in pool["image_id"] if answers[i].defect_class == NO_DEFECT]
@@ -191,3 +194,16 @@ def test_a_seed_check_tie_goes_to_the_better_held_out_log_likelihood() -> None:
     assert not _inductive_wins(
         {"transductive": 0.9, "inductive": 0.8, "transductive_loglik": -9, "inductive_loglik": 0}
     )
+
+
+def test_records_name_the_seeds_only_classifier_when_the_seed_check_falls_back(
+    yolo_weights: Path,
+) -> None:
+    from cascade_defect.annotate.offline import OfflineAnnotator
+
+    annotator = OfflineAnnotator(str(yolo_weights), progress=False)
+    assert annotator.answered_by == annotator.model_name
+    assert annotator.model_name.endswith("+transductive-vmf")
+    annotator.classifier.diagnostics = {"mode": "inductive (seed check)"}
+    assert annotator.answered_by.startswith("yolov8n-coco-features+logreg")
+    assert annotator.model_name.endswith("+transductive-vmf")  # the cache key's name is kept

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 
 from cascade_defect.hashing import tree_sha256
@@ -64,6 +65,53 @@ def git_state(start: Path | None = None) -> dict[str, object]:
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}
+
+
+#: Distributions whose version changes a trained model or a measured number.
+NUMERIC_PACKAGES: tuple[str, ...] = (
+    "torch",
+    "torchvision",
+    "ultralytics",
+    "numpy",
+    "opencv-python",
+    "scikit-learn",
+    "scipy",
+    "pandas",
+    "ensemble-boxes",
+    "pillow",
+)
+#: CPU instruction sets that pick different float kernels in torch and numpy.
+_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "fma")
+
+
+def environment() -> dict[str, object]:
+    """Package versions and the CPU: a CPU training reproduces to the last digit only on both.
+
+    Float kernels differ between instruction sets, so the same code, seed and packages train
+    slightly different YOLO weights on another CPU; the manifest says which one ran.
+    """
+    packages: dict[str, str | None] = {}
+    for name in NUMERIC_PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    cpu, flags = platform.processor() or platform.machine(), set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    return {
+        "packages": packages,
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_isa": [flag for flag in _ISA_FLAGS if flag in flags],
+    }
 
 
 def require_inputs(
@@ -145,6 +193,7 @@ class ChapterRun:
             "parameters": portable_values(self.parameters, self.config),
             "git": git_state(self.config.project_root),
             "python": platform.python_version(),
+            "environment": environment(),
             "inputs": {
                 name: {
                     "path": portable_path(path, self.config),

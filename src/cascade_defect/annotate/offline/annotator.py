@@ -137,6 +137,18 @@ class OfflineAnnotator:
         return f"yolov8n-coco-features{gate}+{head}"
 
     @property
+    def answered_by(self) -> str:
+        """``model_name``, unless the seed check answered with the seeds-only classifier.
+
+        The annotation key keeps the configured ``model_name`` (the method asked for), so a
+        re-run finds its records; the records and the summary say which classifier answered.
+        """
+        if self.classifier.diagnostics.get("mode") == "inductive (seed check)":
+            gate = "+patch-gate" if self._gated else ""
+            return f"yolov8n-coco-features{gate}+logreg (seed check over transductive-vmf)"
+        return self.model_name
+
+    @property
     def prompt_hash(self) -> str:
         """Hash of the few-shot 'prompt': the seed images (by content) and their classes.
 
@@ -372,6 +384,9 @@ class OfflineAnnotator:
             prompt_hash=prompt_hash,
         )
         if todo.empty:
+            latest = store.latest_by_key()
+            stored = (latest.get(key) for key in keys.values())
+            summary.model = next((r.model for r in stored if r is not None), summary.model)
             log.info(
                 "all %d pool images already annotated under this key; nothing to do",
                 len(unlabelled),
@@ -381,6 +396,7 @@ class OfflineAnnotator:
 
         # The classifier always sees the whole pool: its structure is what it learns from.
         probabilities = self.predict_proba(unlabelled)
+        summary.model = self.answered_by
         proposals: dict[str, list[Any]] = {}
         if box_strategy == "seed_detector":
             start = time.perf_counter()
@@ -424,7 +440,7 @@ class OfflineAnnotator:
                 image_id=str(row.image_id),
                 image_sha256=str(row.sha256),
                 annotator=ANNOTATOR_NAME,
-                model=self.model_name,
+                model=summary.model,
                 prompt_hash=prompt_hash,
                 params=params,
                 status="ok",
