@@ -85,6 +85,9 @@ def test_static_prefix_is_shared_and_query_image_comes_last(world: AnnotateWorld
     assert details == {"low"}
     system = prompt.static_messages[0]["content"]
     assert all(name in system for name in NEU_CLASSES)
+    # The classes and the reference images say what the product is; the fixed text names none,
+    # so a magnetic-tile or a textile line is not told it is looking at steel.
+    assert not any(word in system.lower() for word in ("steel", "strip", "greyscale"))
 
 
 def test_prompt_hash_tracks_version_detail_and_seed_bytes(world: AnnotateWorld) -> None:

@@ -291,7 +291,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cascade-defect",
-        description="Few-shot MLLM pseudo-labelling of steel-surface defects and YOLOv8 on the labels.",
+        description="Few-shot MLLM pseudo-labelling of surface defects and YOLOv8 on the labels.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -26,7 +26,8 @@ from cascade_defect.hashing import sha256_bytes
 
 logger = logging.getLogger(__name__)
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"
+"""v2: the first lines name no product (v1 named hot-rolled steel strip, NEU-DET's)."""
 Detail = Literal["low", "high", "auto"]
 DETAILS: tuple[str, ...] = ("low", "high", "auto")
 
@@ -40,8 +41,9 @@ _ACCEPTED_MIME = {
 _BOX_DECIMALS = 3
 
 SYSTEM_TEMPLATE = """\
-You are an expert visual inspector of hot-rolled steel strip surfaces.
-You label greyscale surface images for a defect-detection training set.
+You are an expert visual inspector of manufactured surfaces.
+You label surface images for a defect-detection training set; the reference images show what
+each defect class looks like on this product.
 
 Defect classes: {class_list}.
 Answer "{no_defect}" only if none of these defects is visible.

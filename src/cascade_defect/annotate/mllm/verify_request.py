@@ -38,15 +38,15 @@ from cascade_defect.hashing import sha256_bytes
 logger = logging.getLogger(__name__)
 
 
-VERIFY_PROMPT_VERSION = "verify-v1"
+VERIFY_PROMPT_VERSION = "verify-v2"  # v2: names no product (v1: hot-rolled steel strip)
 DRAW_STYLE = "numbered-rectangles-v1"  # part of the prompt hash: a new drawing is a new request
 BOX_COLOURS = ((255, 0, 0), (0, 255, 255), (255, 255, 0), (255, 0, 255), (0, 255, 0), (255, 128, 0))
 COMPLETION_TOKENS_PER_CANDIDATE = 24  # one verdict object is about 20 tokens
 COMPLETION_TOKENS_BASE = 16
 
 SYSTEM_TEMPLATE = """\
-You are an expert visual inspector of hot-rolled steel strip surfaces.
-A detector proposed candidate defect regions on greyscale surface images; you check each one.
+You are an expert visual inspector of manufactured surfaces.
+A detector proposed candidate defect regions on surface images; you check each one.
 
 Defect classes: {class_list}.
 {gallery_note}For the new image, its candidate regions are drawn as numbered coloured rectangles
