@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cascade_defect.manifest import git_state
+from cascade_defect.manifest import environment, git_state
 
 
 def parser_with_common_options(doc: str) -> argparse.ArgumentParser:
@@ -99,12 +99,13 @@ def path_beside(path: Path, folder: Path, config: Any) -> str | None:
 
 
 def benchmark_header(name: str, profile: str) -> dict[str, Any]:
-    """The fields every benchmark manifest opens with: what ran, when, and the code's commit (of
-    the checkout the script runs from, never the run folder's)."""
+    """The fields every benchmark manifest opens with: what ran, when, the code's commit (of the
+    checkout the script runs from, never the run folder's) and the packages and CPU it ran on."""
     return {
         "benchmark": name,
         "script": f"scripts/bench_{name}.py",
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": profile,
         "git": git_state(Path(__file__).resolve().parent),
+        "environment": environment(),
     }

@@ -344,6 +344,9 @@ def test_the_sweeps_manifest_holds_only_portable_paths(
     assert manifest["counts"] == {"n_pool_images": 1, "n_requested": 3, "n_rows": 2}
     assert manifest["timings_s"]["training_of_requested_rows"] == 200.0
     assert set(manifest["git"]) == {"commit", "dirty"}
+    # Trainings in a benchmark depend on the packages and the CPU as a chapter's do.
+    assert manifest["environment"]["packages"]["ultralytics"]
+    assert isinstance(manifest["environment"]["cpu_isa"], list)
     done = json.loads(record.write(table, {"human", "box_drop_0.2", "box_drop_0.4"}).read_text())
     assert done["complete"] is True
 

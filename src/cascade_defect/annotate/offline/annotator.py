@@ -131,22 +131,25 @@ class OfflineAnnotator:
 
     @property
     def model_name(self) -> str:
-        """The ``model`` field of every record: what produced the label, in a few words."""
-        head = "transductive-vmf" if self.classifier.settings.transductive else "logreg"
-        gate = "+patch-gate" if self._gated else ""
-        return f"yolov8n-coco-features{gate}+{head}"
+        """The configured method, in a few words: part of every annotation key."""
+        return self._describe(
+            "transductive-vmf" if self.classifier.settings.transductive else "logreg"
+        )
 
     @property
     def answered_by(self) -> str:
         """``model_name``, unless the seed check answered with the seeds-only classifier.
 
         The annotation key keeps the configured ``model_name`` (the method asked for), so a
-        re-run finds its records; the records and the summary say which classifier answered.
+        re-run finds its records; the records' ``model`` and the summary say which answered.
         """
         if self.classifier.diagnostics.get("mode") == "inductive (seed check)":
-            gate = "+patch-gate" if self._gated else ""
-            return f"yolov8n-coco-features{gate}+logreg (seed check over transductive-vmf)"
+            return self._describe("logreg (seed check over transductive-vmf)")
         return self.model_name
+
+    def _describe(self, classifier: str) -> str:
+        gate = "+patch-gate" if self._gated else ""
+        return f"yolov8n-coco-features{gate}+{classifier}"
 
     @property
     def prompt_hash(self) -> str:
