@@ -1,17 +1,18 @@
 """What box quality a pseudo-label source needs: human boxes spoiled on purpose, trained, scored.
 
-Pseudo-boxes miss defects, add false ones, sit loosely or wrap several defects in one box. This
-script spoils the pool's human boxes in one of these ways at a time (``cascade_defect.train.
-box_noise``: drop, false_boxes, jitter, merge), trains YOLOv8n on each spoiled source exactly as
-chapter 05 trains its sources (same seeds, same hold-out images, same schedule), and scores it
+Pseudo-boxes miss defects, add false ones, cover only part of a defect, sit loosely or wrap
+several defects in one box. This script spoils the pool's human boxes in one of these ways at a
+time (``cascade_defect.train.box_noise``: drop, false_boxes, fragments, jitter, merge), trains
+YOLOv8n on each spoiled source exactly as chapter 05 trains its sources (same seeds, same hold-out images, same schedule), and scores it
 on the golden test set exactly as chapter 06 does. The clean ``human`` source is trained on the
 same schedule as the anchor. It prints one row per variant (box recall, precision and mean best
 IoU of the spoiled pool against the truth, test mAP50, its ratio to the anchor, training wall
 seconds), writes them to ``--csv``, and reads off, per kind, the box quality at which the
 detector keeps 90% and 97% of the anchor's mAP50 (linear interpolation between levels).
 
-False boxes are copied from chapter 03's seed-detector proposals that overlap no truth box (the
-mistakes a detector really makes); without them, random boxes with the truth's sizes are used.
+False boxes are copied from chapter 03's seed-detector proposals that overlap no truth box, and
+fragments from those that overlap one only partly (IoU 0.05 to 0.5), placed on each truth box as
+they sat on theirs (the mistakes a detector really makes); without chapter 03, random ones are used.
 
 The sweep resumes: a variant whose row in ``--csv`` has the same fingerprint (labels, weights,
 schedule) is skipped, and one whose weights from an identical run are in the scratch folder
@@ -65,12 +66,12 @@ from cascade_defect.plots.box_noise import TARGETS
 from cascade_defect.settings import (
     StudyConfig,
 )
+from cascade_defect.train.box_mistakes import find_false_positives, find_fragments
 from cascade_defect.train.box_noise import (
     QUALITY_AXIS,
     BoxNoise,
     box_noise_quality,
     box_noise_source,
-    find_false_positives,
     quality_needed,
 )
 from cascade_defect.train.predict import validate_on_test
@@ -140,7 +141,8 @@ def parse_arguments() -> argparse.Namespace:
         "--false-positives",
         choices=("seed_detector", "random"),
         default="seed_detector",
-        help="where false boxes come from (default: chapter 03's seed-detector proposals)",
+        help="where false boxes and fragments come from (default: chapter 03's seed-detector "
+        "proposals)",
     )
     parser.add_argument("--device", default=None, help="default: the profile's")
     parser.add_argument("--csv", type=Path, required=True, help="the table, read back to resume")
@@ -153,22 +155,29 @@ def parse_arguments() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def real_false_positives(
+def real_mistakes(
     config: StudyConfig, truth_boxes: pd.DataFrame, pool: pd.DataFrame, choice: str
-) -> tuple[pd.DataFrame | None, str]:
-    """Chapter 03's seed-detector proposals that overlap no truth box, and what was used."""
-    random_note = "random boxes with the truth's sizes"
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str]:
+    """Chapter 03's seed-detector proposals that overlap no truth box (false positives) and
+    those that overlap one only partly (fragments), and a line saying what was used."""
+    random_note = "random boxes (false boxes with the truth's sizes, fragments around the truth)"
     if choice == "random":
-        return None, f"{random_note} (--false-positives random)"
+        return None, None, f"{random_note} (--false-positives random)"
     outputs = AnnotationOutputs(config.paths.annotation_dir)
     if not (outputs.boxes.exists() and outputs.labels.exists()):
-        return None, f"{random_note}: {outputs.boxes} not found (run chapter 03)"
+        return None, None, f"{random_note}: {outputs.boxes} not found (run chapter 03)"
     _, boxes = read_pseudo_labels(outputs)
     proposals = boxes[boxes["strategy"] == "seed_detector"]
-    found = find_false_positives(proposals, normalise_gt_boxes(truth_boxes, pool))
-    if found.empty:
-        return None, f"{random_note}: chapter 03's seed detector made no false positive"
-    return found, f"{len(found)} false positives of chapter 03's seed detector"
+    truth = normalise_gt_boxes(truth_boxes, pool)
+    false, fragments = find_false_positives(proposals, truth), find_fragments(proposals, truth)
+    if false.empty or fragments.empty:
+        return None, None, f"{random_note}: chapter 03's seed detector made no such mistakes"
+    return (
+        false,
+        fragments,
+        f"{len(false)} false positives and {len(fragments)} fragments of chapter 03's seed "
+        "detector",
+    )
 
 
 def sweep_inputs(
@@ -435,14 +444,16 @@ def main() -> None:
     holdout = holdout_ids(split.pool["image_id"], settings.val_fraction, settings.seed)
     pool = read_pool_listing(layout)
     _, truth_boxes = read_pool_ground_truth(layout)
-    false_positives, origin = real_false_positives(config, truth_boxes, pool, args.false_positives)
+    false_positives, fragments, origin = real_mistakes(
+        config, truth_boxes, pool, args.false_positives
+    )
     print(f"run {config.paths.run_dir} (profile {config.profile.name}), scratch {scratch}")
     print(
         f"schedule of every variant, the human anchor included: epochs {schedule['epochs']}, "
         f"imgsz {schedule['imgsz']}, batch {schedule['batch']}, device {schedule['device']}, "
         f"extra {schedule['ultralytics_args'] or {}}"
     )
-    print(f"false boxes: {origin}")
+    print(f"false boxes and fragments: {origin}")
     sweep.manifest = SweepManifest(
         config,
         args.csv,
@@ -464,6 +475,7 @@ def main() -> None:
             "n_pool_boxes": len(truth_boxes),
             "n_holdout_images": len(holdout),
             "n_false_positive_pool": 0 if false_positives is None else len(false_positives),
+            "n_fragment_pool": 0 if fragments is None else len(fragments),
         },
         started=started,
     )
@@ -480,6 +492,7 @@ def main() -> None:
             pool,
             holdout=holdout,
             false_positive_pool=false_positives,
+            fragment_pool=fragments,
         )
         sweep.run(dataset, box_noise_quality(truth_boxes, degraded), noise)
 

@@ -18,6 +18,12 @@ from cascade_defect.chapters.c02_split import run_split
 from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_pool_listing
 from cascade_defect.metrics.detection import box_iou
 from cascade_defect.settings import load_config
+from cascade_defect.train.box_mistakes import (
+    find_false_positives,
+    find_fragments,
+    jitter_box,
+    place_fragment,
+)
 from cascade_defect.train.box_noise import (
     PIXEL_COLUMNS,
     BoxNoise,
@@ -25,8 +31,6 @@ from cascade_defect.train.box_noise import (
     box_noise_quality,
     box_noise_source,
     degrade_boxes,
-    find_false_positives,
-    jitter_box,
     quality_needed,
     yolo_labels,
 )
@@ -229,6 +233,83 @@ def test_false_positives_are_the_boxes_around_no_defect() -> None:
 # --------------------------------------------------------------------------- jitter
 
 
+def test_fragments_are_the_partial_boxes_kept_relative_to_their_truth_box() -> None:
+    truth = pd.DataFrame(
+        [
+            {"image_id": "a", "class_name": "patches", "x1": 0.1, "y1": 0.1, "x2": 0.5, "y2": 0.5},
+            {"image_id": "b", "class_name": "patches", "x1": 0.0, "y1": 0.0, "x2": 0.2, "y2": 0.4},
+        ]
+    )
+    candidates = pd.DataFrame(
+        [
+            # left 3/8 of a's box: IoU 0.06 / 0.16 = 0.375, a fragment
+            {"image_id": "a", "class_name": "patches", "x1": 0.1, "y1": 0.1, "x2": 0.25, "y2": 0.5},
+            # a's box exactly: found, not a fragment
+            {"image_id": "a", "class_name": "patches", "x1": 0.1, "y1": 0.1, "x2": 0.5, "y2": 0.5},
+            # far from a's box: a false positive, not a fragment
+            {"image_id": "a", "class_name": "patches", "x1": 0.8, "y1": 0.8, "x2": 0.9, "y2": 0.9},
+            # b's box grown to twice its width and height: IoU 0.25, a fragment
+            {
+                "image_id": "b",
+                "class_name": "scratches",
+                "x1": 0.0,
+                "y1": 0.0,
+                "x2": 0.4,
+                "y2": 0.8,
+            },
+            # an image without truth boxes has no fragments
+            {"image_id": "c", "class_name": "patches", "x1": 0.1, "y1": 0.1, "x2": 0.2, "y2": 0.2},
+            # the whole-image fallback is left out
+            {"image_id": "a", "class_name": "patches", "x1": 0.0, "y1": 0.0, "x2": 1.0, "y2": 1.0},
+        ]
+    )
+    found = find_fragments(candidates, truth)
+    assert list(found["image_id"]) == ["a", "b"]
+    assert found["iou"].tolist() == pytest.approx([0.375, 0.25])
+    assert found[["rx1", "ry1", "rx2", "ry2"]].to_numpy() == pytest.approx(
+        np.array([[0.0, 0.0, 0.375, 1.0], [0.0, 0.0, 2.0, 2.0]])
+    )
+    # false positives match no truth box: fragments among them, keeping their place in the image
+    assert list(find_false_positives(candidates, truth)["image_id"]) == ["a", "a", "b", "c"]
+    # placed back on the box it was taken from, a fragment is the candidate again
+    placed = place_fragment(
+        found.loc[0, ["rx1", "ry1", "rx2", "ry2"]].to_numpy(float), [10, 10, 50, 50]
+    )
+    assert placed == pytest.approx([10, 10, 25, 50])
+
+
+@pytest.mark.parametrize("real", [True, False], ids=["real", "random"])
+def test_fragments_are_poisson_per_truth_box_overlap_it_and_find_nothing(real: bool) -> None:
+    n_images = 1500
+    truth = pd.DataFrame(
+        [box(f"img{i:04d}", "scratches", 100, 100, 140, 300) for i in range(n_images)]
+    )
+    pool = pd.DataFrame(
+        {"rx1": [0.0, -0.2], "ry1": [0.0, 0.5], "rx2": [1.0, 0.8], "ry2": [0.4, 1.3]}
+    )
+    noise = BoxNoise(kind="fragments", level=2.0, seed=3)
+    spoiled = degrade_boxes(
+        truth, noise, fragment_pool=pool if real else None, image_sizes=sizes_of(n_images, 400)
+    )
+    marked = spoiled.merge(truth, how="left", indicator=True)
+    added = marked[marked["_merge"] == "left_only"].drop(columns="_merge")
+    assert (marked["_merge"] == "both").sum() == len(truth)  # every truth box stays, untouched
+    per_box = added.groupby("image_id").size().reindex(truth["image_id"], fill_value=0)
+    assert abs(per_box.mean() - 2.0) < 0.12  # standard error 0.037
+    assert abs(per_box.var() - 2.0) < 0.3  # Poisson: variance equals the mean
+    assert (added["class_name"] == "scratches").all()  # the truth box's class
+    iou = box_iou(added[PIXEL_COLUMNS].to_numpy(float), np.array([[100.0, 100, 140, 300]]))[:, 0]
+    assert (iou > 0.05).all() and (iou < 0.5).all()  # overlaps its defect, finds nothing
+    if real:  # each is one of the pool's two shapes placed on the 40 x 200 px truth box
+        shapes = np.array([[100, 100, 140, 180], [92, 200, 132, 360]], dtype=float)
+        corners = added[PIXEL_COLUMNS].to_numpy(float)
+        assert all(np.isclose(shapes, row).all(axis=1).any() for row in corners)
+    quality = box_noise_quality(truth, spoiled)
+    assert quality["box_recall"] == 1.0
+    assert quality["box_precision"] == pytest.approx(len(truth) / len(spoiled))
+    assert quality["box_precision"] == pytest.approx(1 / 3, abs=0.02)
+
+
 @pytest.mark.parametrize("target", [0.5, 0.7, 0.9])
 def test_jitter_gives_each_box_the_target_iou_with_its_original(target: float) -> None:
     truth = random_boxes(300, seed=2)
@@ -325,6 +406,7 @@ def test_merge_repeats_until_an_enclosing_box_reaches_no_other_box() -> None:
 ALL_KINDS = [
     BoxNoise(kind="drop", level=0.4, seed=1),
     BoxNoise(kind="false_boxes", level=2, seed=1),
+    BoxNoise(kind="fragments", level=1.5, seed=1),
     BoxNoise(kind="jitter", level=0.5, seed=1),
     BoxNoise(kind="merge", level=0.1, seed=1),
 ]
@@ -355,6 +437,13 @@ def test_sizes_can_come_from_the_box_table_and_must_be_known() -> None:
     assert inside(spoiled) and spoiled["width"].eq(SIZE).all()
     with pytest.raises(ValueError, match="width and height"):
         degrade_boxes(random_boxes(5), BoxNoise(kind="jitter", level=0.5))
+    with pytest.raises(ValueError, match="fragment_pool lacks"):
+        degrade_boxes(
+            random_boxes(5),
+            BoxNoise(kind="fragments", level=1),
+            fragment_pool=pd.DataFrame({"x1": [0.1]}),
+            image_sizes=sizes_of(5),
+        )
     with pytest.raises(ValueError, match="no known size"):
         degrade_boxes(random_boxes(5), BoxNoise(kind="drop", level=0.5), image_sizes=sizes_of(2))
 

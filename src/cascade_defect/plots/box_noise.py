@@ -53,6 +53,7 @@ _KIND_COLOURS = {
     "drop": "#4c72b0",
     "merge": "#8172b3",
     "false_boxes": "#55a868",
+    "fragments": "#937860",
     "jitter": "#c44e52",
 }
 _PSEUDO_COLOUR = "#dd8452"

@@ -4,7 +4,7 @@ Pseudo-boxes miss defects, add boxes where there is none, sit loosely on the def
 or wrap a cluster of texture defects in one big box. Training YOLOv8n on the human boxes spoiled
 in exactly one of these ways, at a known level, prices each failure in test mAP50, so a box
 strategy's audit figures (chapter 04: box recall, precision, mean best IoU) can be read as the
-detector they will give. Four kinds, each with one level (:class:`BoxNoise`):
+detector they will give. Five kinds, each with one level (:class:`BoxNoise`):
 
 * ``drop``: that share of boxes removed (missed defects); an image may be left without boxes,
   and then trains as background, as a missed image would;
@@ -14,6 +14,10 @@ detector they will give. Four kinds, each with one level (:class:`BoxNoise`):
   with the sizes of the truth boxes; each takes its image's class, as the seed-detector
   strategy gives every box the annotator's image class;
 * ``jitter``: every box moved and rescaled so that its IoU with its original equals the level;
+* ``fragments``: a Poisson number of partial boxes per truth box with that mean, each
+  overlapping it at an IoU below 0.5 (so it finds nothing), copied from the seed detector's own
+  fragments (:mod:`cascade_defect.train.box_mistakes`) placed on the truth box, or random ones
+  when none are given; the truth box stays and the fragment takes its class;
 * ``merge``: boxes of one class in one image whose gap is at most that fraction of the image
   merged into their enclosing box, until no two such boxes are left (how loosely drawn
   texture defects look).
@@ -42,6 +46,12 @@ from cascade_defect.metrics.box_quality import (
     summarise_matches,
 )
 from cascade_defect.metrics.detection import box_iou
+from cascade_defect.train.box_mistakes import (
+    RELATIVE_COLUMNS,
+    jitter_box,
+    place_fragment,
+    random_fragment,
+)
 from cascade_defect.train.sources import (
     HUMAN,
     LABEL_COLUMNS,
@@ -50,8 +60,8 @@ from cascade_defect.train.sources import (
     compose_source,
 )
 
-BoxNoiseKind = Literal["drop", "false_boxes", "jitter", "merge"]
-BOX_NOISE_KINDS: tuple[str, ...] = ("drop", "false_boxes", "jitter", "merge")
+BoxNoiseKind = Literal["drop", "false_boxes", "fragments", "jitter", "merge"]
+BOX_NOISE_KINDS: tuple[str, ...] = ("drop", "false_boxes", "fragments", "jitter", "merge")
 
 
 #: Source names of spoiled human boxes start with this, e.g. ``box_jitter_0.7``.
@@ -68,6 +78,7 @@ _NORMALISED_COLUMNS = ["x1", "y1", "x2", "y2"]
 _LEVEL_RANGES: dict[str, tuple[float, float, bool]] = {
     "drop": (0.0, 1.0, True),
     "false_boxes": (0.0, 100.0, True),
+    "fragments": (0.0, 100.0, True),
     "jitter": (0.0, 1.0, False),
     "merge": (0.0, 1.0, True),
 }
@@ -77,6 +88,7 @@ _LEVEL_RANGES: dict[str, tuple[float, float, bool]] = {
 QUALITY_AXIS: dict[str, str] = {
     "drop": "box_recall",
     "false_boxes": "box_precision",
+    "fragments": "box_precision",
     "jitter": "mean_iou",
     "merge": "box_recall",
 }
@@ -84,13 +96,6 @@ QUALITY_AXIS: dict[str, str] = {
 
 #: Draws of a false box that may overlap a truth box of its image before the last is kept.
 _FALSE_BOX_ATTEMPTS = 10
-
-
-#: Jitter search: largest step (box sizes of shift, e-folds of scale), grid, refinements, tries.
-_JITTER_REACH = 3.0
-_JITTER_GRID = 33
-_JITTER_ROUNDS = 4
-_JITTER_DIRECTIONS = 8
 
 
 class BoxNoise(BaseModel):
@@ -135,6 +140,8 @@ class BoxNoise(BaseModel):
             return f"{self.level:.0%} of boxes dropped"
         if self.kind == "false_boxes":
             return f"{self.level:g} false boxes per image on average (Poisson)"
+        if self.kind == "fragments":
+            return f"{self.level:g} partial boxes per truth box on average (Poisson, IoU < 0.5)"
         if self.kind == "jitter":
             return f"every box moved to IoU {self.level:g} with its original"
         return f"same-class boxes at most {self.level:.0%} of the image apart merged"
@@ -173,6 +180,7 @@ def degrade_boxes(
     noise: BoxNoise,
     *,
     false_positive_pool: pd.DataFrame | None = None,
+    fragment_pool: pd.DataFrame | None = None,
     image_sizes: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The ground-truth box table spoiled by ``noise``, in the same columns, inside each image.
@@ -181,7 +189,8 @@ def degrade_boxes(
     ``false_boxes``, the images that receive false boxes (images without any box too); without
     it the boxes' own ``width, height`` columns are used. ``false_positive_pool`` holds real
     false positives in normalised corners (``x1, y1, x2, y2``, optionally ``class_name``), as
-    :func:`find_false_positives` makes them. Boxes are first cut to their image, then spoiled,
+    :func:`find_false_positives` makes them; ``fragment_pool`` real fragments relative to their truth
+    box, as :func:`find_fragments` makes them. Boxes are first cut to their image, then spoiled,
     then cut again; the same input and seed always give the same output.
     """
     missing = {"image_id", "class_name", *PIXEL_COLUMNS} - set(boxes.columns)
@@ -197,6 +206,8 @@ def degrade_boxes(
         spoiled = _drop(frame, noise.level, rng)
     elif noise.kind == "false_boxes":
         spoiled = _add_false_boxes(frame, noise.level, rng, sizes, false_positive_pool)
+    elif noise.kind == "fragments":
+        spoiled = _add_fragments(frame, noise.level, rng, fragment_pool)
     elif noise.kind == "jitter":
         spoiled = _jitter(frame, noise.level, rng, sizes)
     else:
@@ -289,63 +300,44 @@ def _add_false_boxes(
     return pd.concat([frame, added], ignore_index=True) if len(added) else frame
 
 
-def _moved(
-    box: np.ndarray, direction: np.ndarray, steps: np.ndarray, width: float, height: float
-) -> np.ndarray:
-    """``box`` moved along ``direction`` by each step, cut to the image: (len(steps), 4).
+def _add_fragments(
+    frame: pd.DataFrame, mean: float, rng: np.random.Generator, pool: pd.DataFrame | None
+) -> pd.DataFrame:
+    """Poisson(``mean``) fragments per truth box, placed on it; real ones from ``pool`` if any.
 
-    Step ``a`` shifts the centre by ``a * d0`` box widths and ``a * d1`` box heights and scales
-    the width by ``exp(a * d2)`` and the height by ``exp(a * d3)``.
+    A placed fragment that overlaps a truth box of its image at IoU 0.5 or more (possible where
+    boxes crowd, or after cutting to the image) would find a defect, so it is drawn again (up to
+    ten times; the tenth draw is kept, so the count stays Poisson).
     """
-    x1, y1, x2, y2 = box
-    w, h = x2 - x1, y2 - y1
-    a = steps[:, None]
-    cx = (x1 + x2) / 2 + a * direction[0] * w
-    cy = (y1 + y2) / 2 + a * direction[1] * h
-    half_w = w * np.exp(a * direction[2]) / 2
-    half_h = h * np.exp(a * direction[3]) / 2
-    moved = np.hstack([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
-    moved[:, [0, 2]] = moved[:, [0, 2]].clip(0.0, width)
-    moved[:, [1, 3]] = moved[:, [1, 3]].clip(0.0, height)
-    return moved
-
-
-def jitter_box(
-    box: np.ndarray, target_iou: float, rng: np.random.Generator, width: float, height: float
-) -> np.ndarray:
-    """A shifted and rescaled copy of ``box``, inside the image, whose IoU with it is the target.
-
-    A random direction in (shift x, shift y, log-scale w, log-scale h), each relative to the box,
-    is drawn; along it the IoU falls from 1 at step 0, and the first step where it reaches the
-    target is found on a grid refined four times (to about 1e-7 of a box size); the step just
-    before it is taken, so the IoU equals the target to a few decimals and is never below it (a
-    box jittered to IoU 0.5 still counts as found at IoU 0.5). Cutting to the image is part of
-    the search. A direction in which the IoU never falls that low (a large box grown against the
-    image's edges) is redrawn; after eight such draws the box shrinks about its centre to
-    ``sqrt(target)`` of each side, which gives the target exactly.
-    """
-    box = np.asarray(box, dtype=float)
-    if target_iou >= 1.0 or box[2] <= box[0] or box[3] <= box[1]:
-        return box.copy()
-    original = box[None]
-    for _ in range(_JITTER_DIRECTIONS):
-        direction = rng.normal(size=4)
-        direction /= np.linalg.norm(direction)
-        steps = np.linspace(0.0, _JITTER_REACH, _JITTER_GRID)
-        below = np.flatnonzero(
-            box_iou(original, _moved(box, direction, steps, width, height))[0] <= target_iou
-        )
-        if not len(below):
-            continue
-        for _ in range(_JITTER_ROUNDS):
-            steps = np.linspace(steps[below[0] - 1], steps[below[0]], _JITTER_GRID)
-            iou = box_iou(original, _moved(box, direction, steps, width, height))[0]
-            below = np.flatnonzero(iou <= target_iou)
-        return _moved(box, direction, steps[below[:1] - 1], width, height)[0]
-    side = math.sqrt(target_iou)
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    half_w, half_h = (box[2] - box[0]) * side / 2, (box[3] - box[1]) * side / 2
-    return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
+    real = pool is not None and len(pool) > 0
+    if real:
+        absent = set(RELATIVE_COLUMNS) - set(pool.columns)
+        if absent:
+            raise ValueError(f"fragment_pool lacks columns {sorted(absent)}")
+        geometry = pool[RELATIVE_COLUMNS].to_numpy(float)
+    corners = frame[PIXEL_COLUMNS].to_numpy(float)
+    by_image = {key: rows for key, rows in frame.groupby("image_id", sort=False).indices.items()}
+    counts = rng.poisson(mean, size=len(frame))
+    rows: list[dict] = []
+    for position, count in enumerate(counts):
+        truth_boxes = corners[by_image[frame.at[position, "image_id"]]]
+        for _ in range(int(count)):
+            for _attempt in range(_FALSE_BOX_ATTEMPTS):
+                relative = geometry[int(rng.integers(len(geometry)))] if real else None
+                if relative is None:
+                    relative = random_fragment(rng)
+                box = place_fragment(relative, corners[position])
+                if box_iou(box[None], truth_boxes).max() < 0.5:
+                    break
+            added = frame.iloc[position].to_dict()
+            added.update(dict(zip(PIXEL_COLUMNS, box.tolist(), strict=True)))
+            for flag in ("truncated", "difficult"):
+                if flag in added:
+                    added[flag] = False
+            rows.append(added)
+    if not rows:
+        return frame
+    return pd.concat([frame, pd.DataFrame(rows, columns=frame.columns)], ignore_index=True)
 
 
 def _jitter(
@@ -418,40 +410,6 @@ def _merge(frame: pd.DataFrame, max_gap: float, sizes: pd.DataFrame) -> pd.DataF
     return pd.concat(parts, ignore_index=True) if parts else frame.iloc[0:0]
 
 
-def find_false_positives(
-    candidates: pd.DataFrame,
-    truth: pd.DataFrame,
-    *,
-    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
-    drop_whole_image: bool = True,
-) -> pd.DataFrame:
-    """The candidate boxes that overlap no truth box of their image: real false positives.
-
-    Both tables are in normalised corners (``image_id, class_name, x1, y1, x2, y2``; chapter 03's
-    pseudo-boxes and :func:`normalise_gt_boxes` of the truth). A candidate is false when its IoU
-    with every truth box of its image is below ``iou_threshold``, whatever the classes, so the
-    pool holds boxes around no defect at all. Whole-image boxes are left out by default: they
-    are the fallback of an image without proposals, not something a detector mistook.
-    """
-    frame = candidates.copy()
-    frame["image_id"] = frame["image_id"].astype(str)
-    corners = frame[_NORMALISED_COLUMNS].to_numpy(float)
-    if drop_whole_image:
-        whole = (corners[:, :2] <= 0.0).all(axis=1) & (corners[:, 2:] >= 1.0).all(axis=1)
-        frame, corners = frame[~whole], corners[~whole]
-    by_image = {
-        str(key): group[_NORMALISED_COLUMNS].to_numpy(float)
-        for key, group in truth.groupby("image_id")
-    }
-    false = np.ones(len(frame), dtype=bool)
-    for image_id, positions in frame.groupby("image_id").indices.items():
-        gt = by_image.get(image_id)
-        if gt is not None and len(gt):
-            false[positions] = box_iou(corners[positions], gt).max(axis=1) < iou_threshold
-    columns = ["image_id", "class_name", *_NORMALISED_COLUMNS]
-    return frame.loc[false, columns].reset_index(drop=True)
-
-
 def box_noise_quality(
     truth: pd.DataFrame, degraded: pd.DataFrame, iou_threshold: float = DEFAULT_IOU_THRESHOLD
 ) -> dict[str, float]:
@@ -516,6 +474,7 @@ def box_noise_source(
     *,
     holdout: frozenset[str],
     false_positive_pool: pd.DataFrame | None = None,
+    fragment_pool: pd.DataFrame | None = None,
 ) -> tuple[SourceDataset, pd.DataFrame]:
     """The ``human`` source with its pool boxes spoiled by ``noise``, and the spoiled pool boxes.
 
@@ -530,7 +489,11 @@ def box_noise_source(
     sizes = sizes[sizes["image_id"].isin(in_pool)][["image_id", "width", "height"]]
     truth = truth_boxes[truth_boxes["image_id"].astype(str).isin(in_pool)]
     degraded = degrade_boxes(
-        truth, noise, false_positive_pool=false_positive_pool, image_sizes=sizes
+        truth,
+        noise,
+        false_positive_pool=false_positive_pool,
+        fragment_pool=fragment_pool,
+        image_sizes=sizes,
     )
     labels = yolo_labels(degraded, sizes, split.class_names)
     dataset = compose_source(
