@@ -3,16 +3,18 @@
 Pseudo-boxes miss defects, add false ones, cover only part of a defect, sit loosely or wrap
 several defects in one box. This script spoils the pool's human boxes in one of these ways at a
 time (``cascade_defect.train.box_noise``: drop, false_boxes, fragments, jitter, merge), trains
-YOLOv8n on each spoiled source exactly as chapter 05 trains its sources (same seeds, same hold-out images, same schedule), and scores it
-on the golden test set exactly as chapter 06 does. The clean ``human`` source is trained on the
-same schedule as the anchor. It prints one row per variant (box recall, precision and mean best
-IoU of the spoiled pool against the truth, test mAP50, its ratio to the anchor, training wall
-seconds), writes them to ``--csv``, and reads off, per kind, the box quality at which the
-detector keeps 90% and 97% of the anchor's mAP50 (linear interpolation between levels).
+YOLOv8n on each spoiled source exactly as chapter 05 trains its sources (same seeds, same
+hold-out images, same schedule), and scores it on the golden test set exactly as chapter 06
+does. The clean ``human`` source is trained on the same schedule as the anchor. It prints one
+row per variant (box recall, precision and mean best IoU of the spoiled pool against the truth,
+test mAP50, its ratio to the anchor, training wall seconds), writes them to ``--csv``, and reads
+off, per kind, the box quality at which the detector keeps 90% and 97% of the anchor's mAP50
+(linear interpolation between levels).
 
 False boxes are copied from chapter 03's seed-detector proposals that overlap no truth box, and
 fragments from those that overlap one only partly (IoU 0.05 to 0.5), placed on each truth box as
-they sat on theirs (the mistakes a detector really makes); without chapter 03, random ones are used.
+they sat on theirs (the mistakes a detector really makes); without chapter 03, random ones are
+used.
 
 The sweep resumes: a variant whose row in ``--csv`` has the same fingerprint (labels, weights,
 schedule) is skipped, and one whose weights from an identical run are in the scratch folder

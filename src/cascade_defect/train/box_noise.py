@@ -47,6 +47,7 @@ from cascade_defect.metrics.box_quality import (
 )
 from cascade_defect.metrics.detection import box_iou
 from cascade_defect.train.box_mistakes import (
+    NORMALISED_COLUMNS,
     RELATIVE_COLUMNS,
     jitter_box,
     place_fragment,
@@ -69,9 +70,6 @@ BOX_NOISE_PREFIX = "box_"
 
 
 PIXEL_COLUMNS = ["xmin", "ymin", "xmax", "ymax"]
-
-
-_NORMALISED_COLUMNS = ["x1", "y1", "x2", "y2"]
 
 
 #: Allowed levels per kind: (lowest, highest, whether the lowest itself is allowed).
@@ -189,9 +187,10 @@ def degrade_boxes(
     ``false_boxes``, the images that receive false boxes (images without any box too); without
     it the boxes' own ``width, height`` columns are used. ``false_positive_pool`` holds real
     false positives in normalised corners (``x1, y1, x2, y2``, optionally ``class_name``), as
-    :func:`find_false_positives` makes them; ``fragment_pool`` real fragments relative to their truth
-    box, as :func:`find_fragments` makes them. Boxes are first cut to their image, then spoiled,
-    then cut again; the same input and seed always give the same output.
+    :func:`~cascade_defect.train.box_mistakes.find_false_positives` makes them; ``fragment_pool``
+    real fragments relative to their truth box, as
+    :func:`~cascade_defect.train.box_mistakes.find_fragments` makes them. Boxes are first cut to
+    their image, then spoiled, then cut again; the same input and seed always give the same output.
     """
     missing = {"image_id", "class_name", *PIXEL_COLUMNS} - set(boxes.columns)
     if missing:
@@ -241,10 +240,10 @@ def _add_false_boxes(
     """
     real = pool is not None and len(pool) > 0
     if real:
-        absent = set(_NORMALISED_COLUMNS) - set(pool.columns)
+        absent = set(NORMALISED_COLUMNS) - set(pool.columns)
         if absent:
             raise ValueError(f"false_positive_pool lacks columns {sorted(absent)}")
-        geometry = pool[_NORMALISED_COLUMNS].to_numpy(float).clip(0.0, 1.0)
+        geometry = pool[NORMALISED_COLUMNS].to_numpy(float).clip(0.0, 1.0)
         pool_classes = pool["class_name"].astype(str).to_numpy() if "class_name" in pool else None
     else:
         if frame.empty:
@@ -423,7 +422,7 @@ def box_noise_quality(
     def corners(table: pd.DataFrame) -> pd.DataFrame:
         frame = table[["image_id", "class_name", *PIXEL_COLUMNS]].copy()
         frame["image_id"] = frame["image_id"].astype(str)
-        return frame.rename(columns=dict(zip(PIXEL_COLUMNS, _NORMALISED_COLUMNS, strict=True)))
+        return frame.rename(columns=dict(zip(PIXEL_COLUMNS, NORMALISED_COLUMNS, strict=True)))
 
     gt, spoiled = corners(truth), corners(degraded)
     image_ids = sorted(set(gt["image_id"]) | set(spoiled["image_id"]))
