@@ -64,7 +64,7 @@ from cascade_defect.manifest import require_inputs
 from cascade_defect.metrics.box_quality import normalise_gt_boxes
 from cascade_defect.metrics.detection import detection_metrics, match_detections
 from cascade_defect.plots.book import manifest_path
-from cascade_defect.plots.box_noise import TARGETS
+from cascade_defect.plots.box_noise import TARGETS, quality_needed
 from cascade_defect.settings import (
     StudyConfig,
 )
@@ -72,9 +72,10 @@ from cascade_defect.train.box_mistakes import find_false_positives, find_fragmen
 from cascade_defect.train.box_noise import (
     QUALITY_AXIS,
     BoxNoise,
+    BoxNoiseMix,
     box_noise_quality,
     box_noise_source,
-    quality_needed,
+    parse_box_noise,
 )
 from cascade_defect.train.predict import validate_on_test
 from cascade_defect.train.sources import (
@@ -134,7 +135,8 @@ def parse_arguments() -> argparse.Namespace:
         nargs="+",
         default=list(DEFAULT_NOISE),
         metavar="KIND=LEVEL",
-        help=f"noise settings, kinds {sorted(QUALITY_AXIS)} (default: {' '.join(DEFAULT_NOISE)})",
+        help=f"noise settings, kinds {sorted(QUALITY_AXIS)}; several kinds at once joined by + "
+        f"(drop=0.4+jitter=0.7) (default: {' '.join(DEFAULT_NOISE)})",
     )
     parser.add_argument(
         "--noise-seed", type=int, default=None, help="default: the profile's training seed"
@@ -319,7 +321,7 @@ class Sweep:
         self,
         dataset: SourceDataset,
         quality: dict[str, float],
-        noise: BoxNoise | None,
+        noise: BoxNoise | BoxNoiseMix | None,
     ) -> dict[str, Any] | None:
         """Train and score one variant unless its row or its weights are already there (None:
         ``--manifest-only`` and no current row)."""
@@ -432,7 +434,7 @@ def main() -> None:
     noises = {
         noise.source: noise
         for noise in (
-            BoxNoise.from_text(
+            parse_box_noise(
                 text, seed=settings.seed if args.noise_seed is None else args.noise_seed
             )
             for text in args.noise

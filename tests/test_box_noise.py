@@ -17,8 +17,10 @@ from cascade_defect.chapters.c01_data import run_data_strategy
 from cascade_defect.chapters.c02_split import run_split
 from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_pool_listing
 from cascade_defect.metrics.detection import box_iou
+from cascade_defect.plots.box_noise import quality_needed
 from cascade_defect.settings import load_config
 from cascade_defect.train.box_mistakes import (
+    box_gaps,
     find_false_positives,
     find_fragments,
     jitter_box,
@@ -27,11 +29,11 @@ from cascade_defect.train.box_mistakes import (
 from cascade_defect.train.box_noise import (
     PIXEL_COLUMNS,
     BoxNoise,
-    box_gaps,
+    BoxNoiseMix,
     box_noise_quality,
     box_noise_source,
     degrade_boxes,
-    quality_needed,
+    parse_box_noise,
     yolo_labels,
 )
 from cascade_defect.train.sources import (
@@ -400,6 +402,67 @@ def test_merge_repeats_until_an_enclosing_box_reaches_no_other_box() -> None:
     assert len(untouched) == 3  # at level 0 only touching or overlapping boxes merge
 
 
+@pytest.mark.parametrize("real", [True, False], ids=["real", "random"])
+def test_replace_swaps_the_share_asked_for_a_fragment_of_each_box(real: bool) -> None:
+    n_images = 400
+    truth = pd.DataFrame(
+        [box(f"img{i:04d}", "inclusion", 100, 100, 140, 300) for i in range(n_images)]
+    )
+    pool = pd.DataFrame({"rx1": [0.0], "ry1": [0.0], "rx2": [1.0], "ry2": [0.4]})
+    spoiled = degrade_boxes(
+        truth,
+        BoxNoise(kind="replace", level=0.25, seed=5),
+        fragment_pool=pool if real else None,
+        image_sizes=sizes_of(n_images, 400),
+    )
+    assert len(spoiled) == n_images and (spoiled["class_name"] == "inclusion").all()
+    iou = box_iou(spoiled[PIXEL_COLUMNS].to_numpy(float), np.array([[100.0, 100, 140, 300]]))[:, 0]
+    assert np.isclose(iou, 1.0).sum() == 300  # round(0.25 * 400) replaced, no more
+    moved = iou[iou < 0.999]
+    assert len(moved) == 100 and (moved > 0.05).all() and (moved < 0.5).all()
+    if real:  # the pool's one shape on the 40 x 200 px box: its top 40%, IoU 0.4
+        assert moved == pytest.approx(0.4)
+    quality = box_noise_quality(truth, spoiled)
+    assert quality["box_recall"] == pytest.approx(0.75)
+    assert quality["box_precision"] == pytest.approx(0.75)
+
+
+def test_a_mix_parses_names_itself_and_refuses_a_kind_twice() -> None:
+    mix = parse_box_noise("drop=0.4 + jitter=0.7+fragments=1.8", seed=3)
+    assert isinstance(mix, BoxNoiseMix)
+    assert [(s.kind, s.level, s.seed) for s in mix.steps] == [
+        ("drop", 0.4, 3),
+        ("jitter", 0.7, 4),
+        ("fragments", 1.8, 5),
+    ]
+    assert mix.source == "box_mix_drop0.4_jitter0.7_fragments1.8"
+    assert (mix.kind, mix.seed) == ("mix", 3) and np.isnan(mix.level)
+    assert "40% of boxes dropped; every box moved to IoU 0.7" in mix.describe()
+    assert parse_box_noise("jitter=0.7") == BoxNoise(kind="jitter", level=0.7)
+    with pytest.raises(ValidationError, match="each kind once"):
+        parse_box_noise("drop=0.1+drop=0.2")
+    with pytest.raises(ValidationError):
+        BoxNoiseMix(steps=(BoxNoise(kind="drop", level=0.1),))
+
+
+def test_a_mix_spoils_the_truth_in_turn_and_adds_around_the_original_boxes() -> None:
+    n_images = 1000
+    truth = pd.DataFrame([box(f"img{i:04d}", "patches", 50, 50, 150, 150) for i in range(n_images)])
+    sizes = sizes_of(n_images, 400)
+    # every truth box dropped, yet fragments are still drawn around each of them
+    gone = degrade_boxes(truth, parse_box_noise("drop=1+fragments=2"), image_sizes=sizes)
+    assert abs(len(gone) / n_images - 2.0) < 0.15  # Poisson(2) per original box
+    assert box_noise_quality(truth, gone)["box_recall"] == 0.0
+    mixed = degrade_boxes(
+        truth, parse_box_noise("drop=0.5+jitter=0.7+fragments=1", seed=2), image_sizes=sizes
+    )
+    iou = box_iou(mixed[PIXEL_COLUMNS].to_numpy(float), np.array([[50.0, 50, 150, 150]]))[:, 0]
+    kept = np.isclose(iou, 0.7, atol=1e-6)
+    assert kept.sum() == 500  # half dropped, the rest each at IoU 0.7
+    fragments = iou[~kept]
+    assert abs(len(fragments) / n_images - 1.0) < 0.1 and (fragments < 0.5).all()
+
+
 # --------------------------------------------------------------------------- every kind
 
 
@@ -409,10 +472,12 @@ ALL_KINDS = [
     BoxNoise(kind="fragments", level=1.5, seed=1),
     BoxNoise(kind="jitter", level=0.5, seed=1),
     BoxNoise(kind="merge", level=0.1, seed=1),
+    BoxNoise(kind="replace", level=0.5, seed=1),
+    parse_box_noise("drop=0.3+jitter=0.7+fragments=1+false_boxes=1", seed=1),
 ]
 
 
-@pytest.mark.parametrize("noise", ALL_KINDS, ids=lambda n: n.kind)
+@pytest.mark.parametrize("noise", ALL_KINDS, ids=lambda n: n.source)
 def test_boxes_are_clipped_to_their_image_and_outside_ones_removed(noise: BoxNoise) -> None:
     truth = pd.concat(
         [
@@ -448,7 +513,7 @@ def test_sizes_can_come_from_the_box_table_and_must_be_known() -> None:
         degrade_boxes(random_boxes(5), BoxNoise(kind="drop", level=0.5), image_sizes=sizes_of(2))
 
 
-@pytest.mark.parametrize("noise", ALL_KINDS, ids=lambda n: n.kind)
+@pytest.mark.parametrize("noise", ALL_KINDS, ids=lambda n: n.source)
 def test_the_same_seed_repeats_exactly_and_another_differs(noise: BoxNoise) -> None:
     truth = random_boxes(200, seed=8)
     sizes = sizes_of(200)
@@ -459,7 +524,13 @@ def test_the_same_seed_repeats_exactly_and_another_differs(noise: BoxNoise) -> N
     shuffled = truth.iloc[order]  # images in another order, each image's boxes in theirs
     pd.testing.assert_frame_equal(first, degrade_boxes(shuffled, noise, image_sizes=sizes))
     pd.testing.assert_frame_equal(first, degrade_boxes(truth, noise, image_sizes=sizes))
-    other = degrade_boxes(truth, noise.model_copy(update={"seed": 2}), image_sizes=sizes)
+    if isinstance(noise, BoxNoiseMix):
+        reseeded = BoxNoiseMix(
+            steps=tuple(step.model_copy(update={"seed": step.seed + 1}) for step in noise.steps)
+        )
+    else:
+        reseeded = noise.model_copy(update={"seed": 2})
+    other = degrade_boxes(truth, reseeded, image_sizes=sizes)
     if noise.kind == "merge":  # no randomness in merging
         pd.testing.assert_frame_equal(first, other)
     else:

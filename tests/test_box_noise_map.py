@@ -26,17 +26,18 @@ from matplotlib.figure import Figure
 from cascade_defect.hashing import tree_sha256
 from cascade_defect.plots.book import manifest_path
 from cascade_defect.plots.box_noise import (
+    BoxNoiseBenchmark,
     PseudoBoxes,
     box_noise_map,
     box_noise_summary,
     needed_quality,
     needed_quality_table,
     pseudo_box_quality,
+    quality_needed,
     read_box_noise_benchmark,
     sweep_rows,
 )
 from cascade_defect.settings import load_config
-from cascade_defect.train.box_noise import quality_needed
 from tests.test_layout import absolute_paths_in_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,6 +231,32 @@ def test_the_map_has_one_panel_per_axis_with_the_bars_and_the_pseudo_source() ->
     bare = box_noise_map(sweep_table())
     assert len(bare.axes) == 3 and not _pseudo_markers(bare, "*")
     plt.close(bare)
+
+
+def test_a_mix_is_a_diamond_at_its_own_quality_on_every_panel_and_a_sentence() -> None:
+    mix_row = ("box_mix_drop0.4_jitter0.7", "mix", math.nan, 0.55, 0.9, 0.62, 0.3, 0.5)
+    table = pd.concat(
+        [sweep_table(), pd.DataFrame([mix_row], columns=_COLUMNS)], ignore_index=True
+    ).assign(epochs=[5] * 8 + [10, 5], imgsz=256)
+    figure = box_noise_map(table, PSEUDO)
+    diamonds = [
+        tuple(line.get_xydata()[0])
+        for ax in figure.axes
+        for line in ax.get_lines()
+        if line.get_marker() == "D"
+    ]
+    assert diamonds == [(0.55, 0.5), (0.9, 0.5), (0.62, 0.5)]
+    assert "several at once" in figure._suptitle.get_text()
+    plt.close(figure)
+    # the mix is on no single kind's line, so it moves no needed-quality reading
+    assert "mix" not in set(quality_needed(table).kind)
+    text = box_noise_summary(
+        BoxNoiseBenchmark(table=table, manifest={}, path="b.csv", pseudo=PSEUDO)
+    ).data
+    assert (
+        "Mix 1 spoiled the boxes several ways at once (drop0.4, jitter0.7): box recall 0.55" in text
+    )
+    assert "kept 50% of the anchor's mAP50" in text
 
 
 # --------------------------------------------------------------------------- the notebook section

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from cascade_defect.data.tables import read_table
 from cascade_defect.locations import PathAnchors
 from cascade_defect.plots.book import BenchmarkTable, benchmark_files, message_figure
-from cascade_defect.train.box_noise import QUALITY_AXIS, quality_needed
+from cascade_defect.train.box_noise import BOX_NOISE_KINDS, MIX_KIND, QUALITY_AXIS
 from cascade_defect.train.sources import HUMAN, PSEUDO
 
 #: The shares of the anchor's mAP50 the map marks and the needed-quality table reads.
@@ -49,12 +49,14 @@ PSEUDO_COLUMNS: dict[str, str] = {
     "mean_iou": "mean_best_iou_same_class",
 }
 
+_MIX_COLOUR = "black"
 _KIND_COLOURS = {
     "drop": "#4c72b0",
     "merge": "#8172b3",
     "false_boxes": "#55a868",
     "fragments": "#937860",
     "jitter": "#c44e52",
+    "replace": "#da8bc3",
 }
 _PSEUDO_COLOUR = "#dd8452"
 _TARGET_STYLES = ("dotted", "dashed", "dashdot")
@@ -172,7 +174,8 @@ def box_noise_map(
     """mAP50 as a share of the anchor's against box quality, one panel per quality axis.
 
     Box recall carries ``drop`` and ``merge``, box precision ``false_boxes``, mean best IoU
-    ``jitter``; each line runs from the anchor (clean boxes, share 1) through the levels tried,
+    ``jitter`` (``fragments`` and ``replace`` too, on precision and recall); a mix of several
+    kinds is a diamond on every panel at its own quality; each line runs from the anchor (clean boxes, share 1) through the levels tried,
     each point labelled with its level, and a cross marks where it falls below a target. The
     pseudo source's own quality is a vertical line on every panel with a star at its achieved
     share (a triangle on the axis when no share is known).
@@ -183,6 +186,7 @@ def box_noise_map(
     if rows.empty or rows["ratio"].isna().all():
         return message_figure("the box-noise table has no anchor with a positive mAP50")
     anchor = rows[rows["kind"] == HUMAN].iloc[:1]
+    mixes = rows[rows["kind"] == MIX_KIND].dropna(subset=["ratio"])
     needed = quality_needed(rows, targets)
     fig, axes = plt.subplots(1, len(AXIS_LABELS), figsize=(12, 3.9), sharey=True)
     shares = [*rows["ratio"].dropna()]
@@ -207,7 +211,20 @@ def box_noise_map(
                 )
             crossed = needed[(needed["kind"] == kind) & (needed["note"] == "interpolated")]
             ax.plot(crossed["quality_needed"], crossed["target"], "x", color=colour, ms=7, mew=2)
-        if not kinds:
+        for number, mix in enumerate(mixes.itertuples(index=False), start=1):
+            ax.plot(
+                [getattr(mix, axis)], [mix.ratio], "D", color=_MIX_COLOUR, ms=6,
+                label="several kinds at once" if number == 1 else None,
+            )  # fmt: skip
+            ax.annotate(
+                f"mix {number}",
+                (getattr(mix, axis), mix.ratio),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+                color=_MIX_COLOUR,
+            )
+        if not kinds and mixes.empty:
             ax.text(0.5, 0.5, "not in this sweep", transform=ax.transAxes, ha="center")
         for target, style in zip(targets, _TARGET_STYLES, strict=False):
             ax.axhline(target, color="grey", ls=style, lw=1, label=f"{target:.0%} of anchor")
@@ -237,6 +254,7 @@ def box_noise_map(
     epochs = anchor["epochs"].iloc[0] if "epochs" in anchor else math.nan
     fig.suptitle(
         "Detector quality against box quality: human boxes spoiled one way at a time"
+        + (" and several at once (diamonds)" if len(mixes) else "")
         + (f" ({epochs:g} epochs each)" if math.isfinite(epochs) else "")
     )
     fig.tight_layout()
@@ -346,6 +364,20 @@ def _pseudo_words(pseudo: PseudoBoxes | None) -> str:
     return words
 
 
+def _mix_words(variants: pd.DataFrame) -> list[str]:
+    """One sentence per mix row: what it spoiled, the quality it left, the share it kept."""
+    words = []
+    mixes = variants[variants["kind"] == MIX_KIND]
+    for number, mix in enumerate(mixes.itertuples(index=False), start=1):
+        steps = str(mix.source).removeprefix(f"box_{MIX_KIND}_").replace("_", ", ")
+        words.append(
+            f"Mix {number} spoiled the boxes several ways at once ({steps}): box recall "
+            f"{mix.box_recall:.2f}, precision {mix.box_precision:.2f}, mean best IoU "
+            f"{mix.mean_iou:.2f}, and its detector kept {mix.ratio:.0%} of the anchor's mAP50."
+        )
+    return words
+
+
 def box_noise_summary(benchmark: BoxNoiseBenchmark, targets: Sequence[float] = TARGETS) -> Markdown:
     """What the sweep used and what it says about the pseudo source, or plainly that it is absent."""
     pseudo = _pseudo_words(benchmark.pseudo)
@@ -379,6 +411,7 @@ def box_noise_summary(benchmark: BoxNoiseBenchmark, targets: Sequence[float] = T
             f"The sweep's schedule is not chapter 5's ({benchmark.pseudo.epochs} epochs): shares "
             "of each schedule's own anchor are compared, not mAP50 values."
         )
+    lines.extend(_mix_words(variants))
     lines.append(pseudo)
     if benchmark.pseudo is not None:
         needed = needed_quality(benchmark.table, benchmark.pseudo, targets)
@@ -409,3 +442,49 @@ def box_noise_summary(benchmark: BoxNoiseBenchmark, targets: Sequence[float] = T
                 "say there."
             )
     return Markdown(" ".join(lines))
+
+
+def quality_needed(
+    table: pd.DataFrame, targets: Sequence[float] = (0.9, 0.97), anchor: str = HUMAN
+) -> pd.DataFrame:
+    """Per kind and target share of the anchor's mAP50, the box quality that reaches it.
+
+    ``table`` has one row per trained variant (``kind``, ``ratio`` to the anchor's mAP50 and the
+    quality columns of :func:`box_noise_quality`) plus the anchor's row (``kind == anchor``).
+    Along each kind's :data:`QUALITY_AXIS`, points are taken from the best quality (the anchor)
+    down; the quality where the ratio first falls below the target is interpolated linearly
+    between the two points around it, so a dip at a mild level is not hidden by a recovery at a
+    harsher one. When no level tried falls below the target, the target is ``not reached`` and
+    ``quality_needed`` is NaN: the lowest quality tried (``lowest_tried``) is already enough.
+    """
+    anchor_rows = table[table["kind"] == anchor]
+    if anchor_rows.empty:
+        raise ValueError(f"the table has no {anchor!r} row to compare with")
+    rows = []
+    for kind in [k for k in BOX_NOISE_KINDS if (table["kind"] == k).any()]:
+        axis = QUALITY_AXIS[kind]
+        points = pd.concat([anchor_rows.iloc[:1], table[table["kind"] == kind]])
+        points = points[[axis, "ratio"]].astype(float).dropna()
+        points = points.sort_values(axis, ascending=False, kind="stable").to_numpy()
+        for target in targets:
+            needed, note = math.nan, "not reached"
+            below = np.flatnonzero(points[:, 1] < target)
+            if len(below) and below[0] == 0:
+                needed, note = points[0, 0], "anchor below target"
+            elif len(below):
+                (q_hi, r_hi), (q_lo, r_lo) = points[below[0] - 1], points[below[0]]
+                needed = q_hi + (r_hi - target) / (r_hi - r_lo) * (q_lo - q_hi)
+                note = "interpolated"
+            rows.append(
+                {
+                    "kind": kind,
+                    "axis": axis,
+                    "target": target,
+                    "quality_needed": needed,
+                    "note": note,
+                    "lowest_tried": float(points[-1, 0]) if len(points) else math.nan,
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["kind", "axis", "target", "quality_needed", "note", "lowest_tried"]
+    )

@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.sparse.csgraph import connected_components
 
 from cascade_defect.metrics.box_quality import DEFAULT_IOU_THRESHOLD
 from cascade_defect.metrics.detection import box_iou
@@ -203,3 +204,43 @@ def jitter_box(
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     half_w, half_h = (box[2] - box[0]) * side / 2, (box[3] - box[1]) * side / 2
     return np.array([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
+
+
+def box_gaps(corners: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Pairwise gap between boxes as a fraction of the image: 0 when they touch or overlap.
+
+    The gap is the larger of the horizontal separation over the image's width and the vertical
+    separation over its height (two boxes side by side at the same height are as far apart as
+    the empty strip between them).
+    """
+    x1, y1, x2, y2 = (corners[:, i] for i in range(4))
+    dx = np.maximum(0.0, np.maximum(x1[None, :] - x2[:, None], x1[:, None] - x2[None, :]))
+    dy = np.maximum(0.0, np.maximum(y1[None, :] - y2[:, None], y1[:, None] - y2[None, :]))
+    return np.maximum(dx / width, dy / height)
+
+
+def merge_neighbours(
+    corners: np.ndarray, max_gap: float, width: float, height: float
+) -> list[list[int]]:
+    """Groups of box indices whose merged box encloses them: neighbours joined until none remain.
+
+    Boxes within ``max_gap`` of each other are linked and each linked group (connected
+    components, so neighbours of neighbours join too) becomes its enclosing box; the enclosing
+    boxes are compared again, since one may now reach a box none of its members reached.
+    """
+    groups = [[i] for i in range(len(corners))]
+    boxes = np.asarray(corners, dtype=float).reshape(-1, 4)
+    while len(boxes) > 1:
+        n, label = connected_components(box_gaps(boxes, width, height) <= max_gap, directed=False)
+        if n == len(boxes):
+            break
+        groups = [
+            sorted(i for j in np.flatnonzero(label == k) for i in groups[j]) for k in range(n)
+        ]
+        boxes = np.array(
+            [
+                [*corners[g, :2].min(axis=0), *corners[g, 2:].max(axis=0)]
+                for g in (np.asarray(group) for group in groups)
+            ]
+        )
+    return groups

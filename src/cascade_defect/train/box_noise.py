@@ -37,7 +37,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy.sparse.csgraph import connected_components
 
 from cascade_defect.metrics.box_quality import (
     DEFAULT_IOU_THRESHOLD,
@@ -50,19 +49,33 @@ from cascade_defect.train.box_mistakes import (
     NORMALISED_COLUMNS,
     RELATIVE_COLUMNS,
     jitter_box,
+    merge_neighbours,
     place_fragment,
     random_fragment,
 )
 from cascade_defect.train.sources import (
-    HUMAN,
     LABEL_COLUMNS,
     SourceDataset,
     SplitInputs,
     compose_source,
 )
 
-BoxNoiseKind = Literal["drop", "false_boxes", "fragments", "jitter", "merge"]
-BOX_NOISE_KINDS: tuple[str, ...] = ("drop", "false_boxes", "fragments", "jitter", "merge")
+BoxNoiseKind = Literal["drop", "false_boxes", "fragments", "jitter", "merge", "replace"]
+BOX_NOISE_KINDS: tuple[str, ...] = (
+    "drop",
+    "false_boxes",
+    "fragments",
+    "jitter",
+    "merge",
+    "replace",
+)
+
+#: Kinds that add boxes. In a :class:`BoxNoiseMix` they are drawn around the *original* truth
+#: boxes (a detector also fragments the defects it misses), the others spoil the truth in turn.
+ADDING_KINDS: frozenset[str] = frozenset({"false_boxes", "fragments"})
+
+#: The ``kind`` of a :class:`BoxNoiseMix` row in the sweep's table.
+MIX_KIND = "mix"
 
 
 #: Source names of spoiled human boxes start with this, e.g. ``box_jitter_0.7``.
@@ -79,6 +92,7 @@ _LEVEL_RANGES: dict[str, tuple[float, float, bool]] = {
     "fragments": (0.0, 100.0, True),
     "jitter": (0.0, 1.0, False),
     "merge": (0.0, 1.0, True),
+    "replace": (0.0, 1.0, True),
 }
 
 
@@ -89,6 +103,7 @@ QUALITY_AXIS: dict[str, str] = {
     "fragments": "box_precision",
     "jitter": "mean_iou",
     "merge": "box_recall",
+    "replace": "box_recall",
 }
 
 
@@ -100,9 +115,11 @@ class BoxNoise(BaseModel):
     """One controlled way of spoiling boxes at one level; ``seed`` makes it repeat exactly.
 
     ``level`` means: ``drop`` the share of boxes removed (0-1); ``false_boxes`` the mean number
-    of false boxes added per image (0-100); ``jitter`` the IoU every moved box keeps with its
-    original (above 0, at most 1); ``merge`` the largest gap, as a fraction of the image's width
-    (horizontally) or height (vertically), between two boxes that get merged (0-1).
+    of false boxes added per image (0-100); ``fragments`` the mean number of partial boxes added
+    per truth box (0-100); ``jitter`` the IoU every moved box keeps with its original (above 0, at
+    most 1); ``merge`` the largest gap, as a fraction of the image's width (horizontally) or
+    height (vertically), between two boxes that get merged (0-1); ``replace`` the share of boxes
+    that become a fragment of themselves (0-1).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -142,7 +159,61 @@ class BoxNoise(BaseModel):
             return f"{self.level:g} partial boxes per truth box on average (Poisson, IoU < 0.5)"
         if self.kind == "jitter":
             return f"every box moved to IoU {self.level:g} with its original"
+        if self.kind == "replace":
+            return f"{self.level:.0%} of boxes replaced by a partial box of themselves (IoU < 0.5)"
         return f"same-class boxes at most {self.level:.0%} of the image apart merged"
+
+
+class BoxNoiseMix(BaseModel):
+    """Several kinds at once, as a real box source errs: ``drop=0.4+jitter=0.7+fragments=1.8``.
+
+    One kind at a time prices each mistake alone; pseudo-boxes make all of them together. The
+    spoiling kinds (drop, jitter, merge, replace) act on the truth boxes in the order given; the
+    adding kinds (:data:`ADDING_KINDS`) draw their boxes around the original truth boxes, and
+    the additions join at the end. Step ``i`` draws with seed ``seed + i``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: tuple[BoxNoise, ...] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _each_kind_once(self) -> BoxNoiseMix:
+        kinds = [step.kind for step in self.steps]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"a mix names each kind once, got {kinds}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return MIX_KIND
+
+    @property
+    def level(self) -> float:
+        return math.nan
+
+    @property
+    def seed(self) -> int:
+        return self.steps[0].seed
+
+    @property
+    def source(self) -> str:
+        """E.g. ``box_mix_drop0.4_jitter0.7`` (a folder name, no seed in it)."""
+        parts = "_".join(f"{step.kind}{step.level:g}" for step in self.steps)
+        return f"{BOX_NOISE_PREFIX}{MIX_KIND}_{parts}"
+
+    def describe(self) -> str:
+        return "; ".join(step.describe() for step in self.steps)
+
+
+def parse_box_noise(text: str, seed: int = 0) -> BoxNoise | BoxNoiseMix:
+    """``"jitter=0.7"`` -> one kind; ``"drop=0.4+jitter=0.7"`` -> a :class:`BoxNoiseMix`."""
+    parts = [part for part in text.split("+") if part.strip()]
+    if len(parts) == 1:
+        return BoxNoise.from_text(parts[0], seed)
+    return BoxNoiseMix(
+        steps=tuple(BoxNoise.from_text(part, seed + i) for i, part in enumerate(parts))
+    )
 
 
 def image_size_table(boxes: pd.DataFrame, image_sizes: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -175,7 +246,7 @@ def clip_to_images(boxes: pd.DataFrame, sizes: pd.DataFrame) -> pd.DataFrame:
 
 def degrade_boxes(
     boxes: pd.DataFrame,
-    noise: BoxNoise,
+    noise: BoxNoise | BoxNoiseMix,
     *,
     false_positive_pool: pd.DataFrame | None = None,
     fragment_pool: pd.DataFrame | None = None,
@@ -200,20 +271,42 @@ def degrade_boxes(
     frame["image_id"] = frame["image_id"].astype(str)
     frame = frame.sort_values("image_id", kind="stable").reset_index(drop=True)
     frame = clip_to_images(frame, sizes).reset_index(drop=True)
-    rng = np.random.default_rng(noise.seed)
-    if noise.kind == "drop":
-        spoiled = _drop(frame, noise.level, rng)
-    elif noise.kind == "false_boxes":
-        spoiled = _add_false_boxes(frame, noise.level, rng, sizes, false_positive_pool)
-    elif noise.kind == "fragments":
-        spoiled = _add_fragments(frame, noise.level, rng, fragment_pool)
-    elif noise.kind == "jitter":
-        spoiled = _jitter(frame, noise.level, rng, sizes)
+    pools = {"false_boxes": false_positive_pool, "fragments": fragment_pool}
+    if isinstance(noise, BoxNoiseMix):
+        truth, added = frame, []
+        for step in noise.steps:
+            if step.kind in ADDING_KINDS:
+                grown = _spoil(frame, step, sizes, pools)
+                added.append(grown.iloc[len(frame) :])
+            else:
+                truth = _spoil(truth, step, sizes, pools).reset_index(drop=True)
+        spoiled = pd.concat([truth, *added], ignore_index=True)
     else:
-        spoiled = _merge(frame, noise.level, sizes)
+        spoiled = _spoil(frame, noise, sizes, pools)
     spoiled = clip_to_images(spoiled, sizes)
     spoiled = spoiled.sort_values("image_id", kind="stable").reset_index(drop=True)
     return spoiled[list(boxes.columns)]
+
+
+def _spoil(
+    frame: pd.DataFrame,
+    noise: BoxNoise,
+    sizes: pd.DataFrame,
+    pools: dict[str, pd.DataFrame | None],
+) -> pd.DataFrame:
+    """One kind on a clipped, sorted table; adding kinds append their boxes after its rows."""
+    rng = np.random.default_rng(noise.seed)
+    if noise.kind == "drop":
+        return _drop(frame, noise.level, rng)
+    if noise.kind == "false_boxes":
+        return _add_false_boxes(frame, noise.level, rng, sizes, pools["false_boxes"])
+    if noise.kind == "fragments":
+        return _add_fragments(frame, noise.level, rng, pools["fragments"])
+    if noise.kind == "replace":
+        return _replace(frame, noise.level, rng, pools["fragments"])
+    if noise.kind == "jitter":
+        return _jitter(frame, noise.level, rng, sizes)
+    return _merge(frame, noise.level, sizes)
 
 
 def _drop(frame: pd.DataFrame, share: float, rng: np.random.Generator) -> pd.DataFrame:
@@ -299,35 +392,51 @@ def _add_false_boxes(
     return pd.concat([frame, added], ignore_index=True) if len(added) else frame
 
 
+def _fragment_geometry(pool: pd.DataFrame | None) -> np.ndarray | None:
+    """The pool's fragments relative to their truth box, or None (random fragments)."""
+    if pool is None or not len(pool):
+        return None
+    absent = set(RELATIVE_COLUMNS) - set(pool.columns)
+    if absent:
+        raise ValueError(f"fragment_pool lacks columns {sorted(absent)}")
+    return pool[RELATIVE_COLUMNS].to_numpy(float)
+
+
+def _draw_fragment(
+    geometry: np.ndarray | None,
+    truth_box: np.ndarray,
+    image_truth: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """A fragment placed on ``truth_box`` that reaches IoU 0.5 with no box of ``image_truth``.
+
+    One that would (possible where boxes crowd, or after cutting to the image) finds a defect,
+    so it is drawn again, up to ten times; the tenth draw is kept, so counts stay as drawn.
+    """
+    for _attempt in range(_FALSE_BOX_ATTEMPTS):
+        if geometry is not None:
+            relative = geometry[int(rng.integers(len(geometry)))]
+        else:
+            relative = random_fragment(rng)
+        box = place_fragment(relative, truth_box)
+        if box_iou(box[None], image_truth).max() < 0.5:
+            break
+    return box
+
+
 def _add_fragments(
     frame: pd.DataFrame, mean: float, rng: np.random.Generator, pool: pd.DataFrame | None
 ) -> pd.DataFrame:
-    """Poisson(``mean``) fragments per truth box, placed on it; real ones from ``pool`` if any.
-
-    A placed fragment that overlaps a truth box of its image at IoU 0.5 or more (possible where
-    boxes crowd, or after cutting to the image) would find a defect, so it is drawn again (up to
-    ten times; the tenth draw is kept, so the count stays Poisson).
-    """
-    real = pool is not None and len(pool) > 0
-    if real:
-        absent = set(RELATIVE_COLUMNS) - set(pool.columns)
-        if absent:
-            raise ValueError(f"fragment_pool lacks columns {sorted(absent)}")
-        geometry = pool[RELATIVE_COLUMNS].to_numpy(float)
+    """Poisson(``mean``) fragments per truth box, placed on it; real ones from ``pool`` if any."""
+    geometry = _fragment_geometry(pool)
     corners = frame[PIXEL_COLUMNS].to_numpy(float)
     by_image = {key: rows for key, rows in frame.groupby("image_id", sort=False).indices.items()}
     counts = rng.poisson(mean, size=len(frame))
     rows: list[dict] = []
     for position, count in enumerate(counts):
-        truth_boxes = corners[by_image[frame.at[position, "image_id"]]]
+        image_truth = corners[by_image[frame.at[position, "image_id"]]]
         for _ in range(int(count)):
-            for _attempt in range(_FALSE_BOX_ATTEMPTS):
-                relative = geometry[int(rng.integers(len(geometry)))] if real else None
-                if relative is None:
-                    relative = random_fragment(rng)
-                box = place_fragment(relative, corners[position])
-                if box_iou(box[None], truth_boxes).max() < 0.5:
-                    break
+            box = _draw_fragment(geometry, corners[position], image_truth, rng)
             added = frame.iloc[position].to_dict()
             added.update(dict(zip(PIXEL_COLUMNS, box.tolist(), strict=True)))
             for flag in ("truncated", "difficult"):
@@ -337,6 +446,29 @@ def _add_fragments(
     if not rows:
         return frame
     return pd.concat([frame, pd.DataFrame(rows, columns=frame.columns)], ignore_index=True)
+
+
+def _replace(
+    frame: pd.DataFrame, share: float, rng: np.random.Generator, pool: pd.DataFrame | None
+) -> pd.DataFrame:
+    """Exactly ``round(share * n)`` boxes, drawn at random, each swapped for a fragment of itself.
+
+    The defect is still marked, but by a box that finds it at IoU below 0.5: what a detector
+    gives when it boxes only part of a defect and nothing else there.
+    """
+    geometry = _fragment_geometry(pool)
+    corners = frame[PIXEL_COLUMNS].to_numpy(float)
+    by_image = {key: rows for key, rows in frame.groupby("image_id", sort=False).indices.items()}
+    chosen = np.sort(rng.choice(len(frame), size=round(share * len(frame)), replace=False))
+    replaced = frame.copy()
+    for position in chosen:
+        image_truth = corners[by_image[frame.at[position, "image_id"]]]
+        box = _draw_fragment(geometry, corners[position], image_truth, rng)
+        replaced.loc[position, PIXEL_COLUMNS] = box
+        for flag in ("truncated", "difficult"):
+            if flag in replaced.columns:
+                replaced.loc[position, flag] = False
+    return replaced
 
 
 def _jitter(
@@ -352,46 +484,6 @@ def _jitter(
     ).reshape(-1, 4)
     moved[PIXEL_COLUMNS] = out
     return moved
-
-
-def box_gaps(corners: np.ndarray, width: float, height: float) -> np.ndarray:
-    """Pairwise gap between boxes as a fraction of the image: 0 when they touch or overlap.
-
-    The gap is the larger of the horizontal separation over the image's width and the vertical
-    separation over its height (two boxes side by side at the same height are as far apart as
-    the empty strip between them).
-    """
-    x1, y1, x2, y2 = (corners[:, i] for i in range(4))
-    dx = np.maximum(0.0, np.maximum(x1[None, :] - x2[:, None], x1[:, None] - x2[None, :]))
-    dy = np.maximum(0.0, np.maximum(y1[None, :] - y2[:, None], y1[:, None] - y2[None, :]))
-    return np.maximum(dx / width, dy / height)
-
-
-def merge_neighbours(
-    corners: np.ndarray, max_gap: float, width: float, height: float
-) -> list[list[int]]:
-    """Groups of box indices whose merged box encloses them: neighbours joined until none remain.
-
-    Boxes within ``max_gap`` of each other are linked and each linked group (connected
-    components, so neighbours of neighbours join too) becomes its enclosing box; the enclosing
-    boxes are compared again, since one may now reach a box none of its members reached.
-    """
-    groups = [[i] for i in range(len(corners))]
-    boxes = np.asarray(corners, dtype=float).reshape(-1, 4)
-    while len(boxes) > 1:
-        n, label = connected_components(box_gaps(boxes, width, height) <= max_gap, directed=False)
-        if n == len(boxes):
-            break
-        groups = [
-            sorted(i for j in np.flatnonzero(label == k) for i in groups[j]) for k in range(n)
-        ]
-        boxes = np.array(
-            [
-                [*corners[g, :2].min(axis=0), *corners[g, 2:].max(axis=0)]
-                for g in (np.asarray(group) for group in groups)
-            ]
-        )
-    return groups
 
 
 def _merge(frame: pd.DataFrame, max_gap: float, sizes: pd.DataFrame) -> pd.DataFrame:
@@ -499,49 +591,3 @@ def box_noise_source(
         noise.source, split, pool_ids=pool_ids, pool_labels=labels, holdout=holdout
     )
     return dataset, degraded
-
-
-def quality_needed(
-    table: pd.DataFrame, targets: Sequence[float] = (0.9, 0.97), anchor: str = HUMAN
-) -> pd.DataFrame:
-    """Per kind and target share of the anchor's mAP50, the box quality that reaches it.
-
-    ``table`` has one row per trained variant (``kind``, ``ratio`` to the anchor's mAP50 and the
-    quality columns of :func:`box_noise_quality`) plus the anchor's row (``kind == anchor``).
-    Along each kind's :data:`QUALITY_AXIS`, points are taken from the best quality (the anchor)
-    down; the quality where the ratio first falls below the target is interpolated linearly
-    between the two points around it, so a dip at a mild level is not hidden by a recovery at a
-    harsher one. When no level tried falls below the target, the target is ``not reached`` and
-    ``quality_needed`` is NaN: the lowest quality tried (``lowest_tried``) is already enough.
-    """
-    anchor_rows = table[table["kind"] == anchor]
-    if anchor_rows.empty:
-        raise ValueError(f"the table has no {anchor!r} row to compare with")
-    rows = []
-    for kind in [k for k in BOX_NOISE_KINDS if (table["kind"] == k).any()]:
-        axis = QUALITY_AXIS[kind]
-        points = pd.concat([anchor_rows.iloc[:1], table[table["kind"] == kind]])
-        points = points[[axis, "ratio"]].astype(float).dropna()
-        points = points.sort_values(axis, ascending=False, kind="stable").to_numpy()
-        for target in targets:
-            needed, note = math.nan, "not reached"
-            below = np.flatnonzero(points[:, 1] < target)
-            if len(below) and below[0] == 0:
-                needed, note = points[0, 0], "anchor below target"
-            elif len(below):
-                (q_hi, r_hi), (q_lo, r_lo) = points[below[0] - 1], points[below[0]]
-                needed = q_hi + (r_hi - target) / (r_hi - r_lo) * (q_lo - q_hi)
-                note = "interpolated"
-            rows.append(
-                {
-                    "kind": kind,
-                    "axis": axis,
-                    "target": target,
-                    "quality_needed": needed,
-                    "note": note,
-                    "lowest_tried": float(points[-1, 0]) if len(points) else math.nan,
-                }
-            )
-    return pd.DataFrame(
-        rows, columns=["kind", "axis", "target", "quality_needed", "note", "lowest_tried"]
-    )
