@@ -429,3 +429,23 @@ def test_manifest_only_writes_the_manifest_and_trains_nothing(
     assert manifest["inputs"]["pool_boxes"]["path"].startswith("$CASCADE_WORK_DIR/runs/smoke/")
     assert all(entry["sha256"] for entry in manifest["inputs"].values())
     assert not absolute_paths_in_file(manifest_path(csv))
+
+
+def test_a_sweep_made_on_another_test_set_is_not_drawn_against_this_run(tmp_path: Path) -> None:
+    from cascade_defect.data.split import SplitLayout
+
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    listing = SplitLayout(config.paths.split_dir).test_listing
+    listing.parent.mkdir(parents=True)
+    listing.write_text("image_id,class_name\nx,crazing\n")
+    table = tmp_path / "box_noise.csv"
+    sweep_table().to_csv(table, index=False)
+    entry = {"path": "$CASCADE_WORK_DIR/runs/quick/02_split/test.csv", "sha256": "2" * 64}
+    manifest_path(table).write_text(json.dumps({"inputs": {"test": entry}}))
+    benchmark = read_box_noise_benchmark(str(table), config)
+    assert benchmark.table is None and benchmark.other_test_set
+    text = box_noise_summary(benchmark).data
+    assert "box-noise benchmark" in text and "is not shown" in text
+    figure = box_noise_map(benchmark.table, benchmark.pseudo)
+    assert len(figure.axes) == 1  # the message figure
+    plt.close(figure)

@@ -72,6 +72,17 @@ def test_the_new_strategies_are_registered_but_not_written_by_default() -> None:
     assert runnable_strategies(["annotator", *NEW], "offline") == list(NEW)
 
 
+def test_the_pseudo_source_may_train_on_every_registered_strategy() -> None:
+    from typing import get_args
+
+    from cascade_defect.settings import TrainingSettings
+
+    allowed = get_args(TrainingSettings.model_fields["box_strategy"].annotation)
+    assert set(allowed) == set(BOX_STRATEGIES)
+    for name in NEW:
+        assert TrainingSettings(box_strategy=name).box_strategy == name
+
+
 def test_settings_forbid_unknown_fields_and_sit_in_the_profile() -> None:
     with pytest.raises(ValueError, match="extra"):
         CropVerifierSettings(treshold=0.5)  # type: ignore[call-arg]

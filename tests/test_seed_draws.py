@@ -76,3 +76,40 @@ def test_a_missing_table_says_which_file_and_how_to_make_it(tmp_path: Path) -> N
     text = seed_draw_summary(draws).data
     assert "absent.csv" in text and "scripts/bench_seed_draws.py" in text
     assert "No seed-draw" in seed_draw_summary(read_seed_draws(None, config)).data
+
+
+def test_a_table_made_on_another_test_set_is_not_shown_as_this_runs(tmp_path: Path) -> None:
+    """A record of another dataset (or split) must not show this benchmark's numbers as its own:
+    the manifest's test listing hash decides, and without one the table is shown."""
+    from cascade_defect.data.split import SplitLayout
+    from cascade_defect.hashing import sha256_file
+    from cascade_defect.plots.review_budget import read_review_budget, review_budget_summary
+
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    listing = SplitLayout(config.paths.split_dir).test_listing
+    listing.parent.mkdir(parents=True)
+    listing.write_text("image_id,class_name\n1001,MT_Crack\n")
+    path = write_table(tmp_path, [0.5, 0.4])
+    assert read_seed_draws(str(path), config).table is not None  # no test listing named: shown
+
+    def manifest_naming(sha: str) -> None:
+        entry = {"path": "data/runs/quick/02_split/test.csv", "sha256": sha}
+        manifest_path(path).write_text(json.dumps({"inputs": {"record_test": entry}}))
+
+    manifest_naming("0" * 64)
+    draws = read_seed_draws(str(path), config)
+    assert draws.table is None and seed_draw_table(draws).empty
+    assert "another golden test set" in draws.other_test_set
+    text = seed_draw_summary(draws).data
+    assert "is not shown" in text and "`02_split/test.csv` differs from this run's" in text
+    assert "scripts/bench_seed_draws.py" in text
+    manifest_naming(sha256_file(listing))
+    assert read_seed_draws(str(path), config).table is not None  # this run's test set
+    # the review budget goes through the same reader
+    budget = tmp_path / "review_budget.csv"
+    budget.write_text("source,order,k\n")
+    entry = {"path": "data/runs/quick/02_split/test.csv", "sha256": "1" * 64}
+    manifest_path(budget).write_text(json.dumps({"inputs": {"test": entry}}))
+    found = read_review_budget(str(budget), config)
+    assert found.table is None
+    assert "review-budget benchmark" in review_budget_summary(found).data

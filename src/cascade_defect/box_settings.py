@@ -1,4 +1,5 @@
-"""Settings of the two box strategies that verify or localise without training a detector.
+"""The box strategies' names, and the settings of the two that verify or localise without
+training a detector.
 
 Kept apart from :mod:`cascade_defect.settings` (which holds them in ``AnnotationSettings``) only to
 keep that module short; they are validated and recorded like every other profile setting.
@@ -9,6 +10,13 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+BoxStrategy = Literal[
+    "whole_image", "seed_detector", "self_training", "mllm_verified", "annotator",
+    "crop_verified", "classifier_cam",
+]  # fmt: skip
+"""Every box strategy of chapter 03's registry (:data:`cascade_defect.annotate.boxes.BOX_STRATEGIES`
+lists them in order and says where each lives); the pseudo source may train on any of them."""
 
 
 class CropVerifierSettings(BaseModel):

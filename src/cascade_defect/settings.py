@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cascade_defect.box_settings import CamBoxSettings, CropVerifierSettings
+from cascade_defect.box_settings import BoxStrategy, CamBoxSettings, CropVerifierSettings
 from cascade_defect.locations import DataLocationError, portable_path
 
 ProfileName = Literal["smoke", "quick", "full"]
@@ -145,7 +145,7 @@ class TrainingSettings(BaseModel):
         default_factory=lambda: ["human", "pseudo", "seed_only"],
         description="Label sources to train on (the noise sweep is added from noise_levels).",
     )
-    box_strategy: Literal["whole_image", "seed_detector", "self_training", "annotator"] = Field(
+    box_strategy: BoxStrategy = Field(
         "seed_detector",
         description=(
             "Which of chapter 03's box strategies the pseudo source uses; seed_detector works "

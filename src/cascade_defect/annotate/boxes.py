@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 from PIL import Image
@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.box_settings import BoxStrategy
 from cascade_defect.data.yolo_txt import write_data_yaml, write_label_file, yolo_line
 from cascade_defect.hashing import sha256_file
 from cascade_defect.progress import progress_disabled
@@ -53,10 +54,6 @@ from cascade_defect.train.yolo_env import (
 
 log = logging.getLogger(__name__)
 
-BoxStrategy = Literal[
-    "whole_image", "seed_detector", "self_training", "mllm_verified", "annotator",
-    "crop_verified", "classifier_cam",
-]  # fmt: skip
 BOX_STRATEGIES: tuple[str, ...] = (
     "whole_image",
     "seed_detector",

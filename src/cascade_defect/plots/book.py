@@ -18,7 +18,9 @@ import pandas as pd
 from IPython.display import Markdown
 from matplotlib.figure import Figure
 
+from cascade_defect.data.split import SplitLayout
 from cascade_defect.data.tables import read_table
+from cascade_defect.hashing import sha256_file
 from cascade_defect.locations import PathAnchors, portable_path, resolve_portable_path
 from cascade_defect.settings import StudyConfig
 
@@ -140,31 +142,73 @@ class BenchmarkTable:
 
     ``path`` is the table's location as the record writes it (:func:`portable_path`); ``table``
     is None when the file is absent (a run without the benchmark still renders) and
-    ``manifest`` empty when its manifest is.
+    ``manifest`` empty when its manifest is. ``other_test_set`` says why a table that is there
+    is not shown: its manifest names a golden test set other than this run's (another dataset
+    or split), so its numbers are not this run's.
     """
 
     path: str
     table: pd.DataFrame | None
     manifest: dict[str, Any] = field(default_factory=dict)
+    other_test_set: str | None = None
+
+    def absent_words(self, what: str, script: str) -> str:
+        """Why there is no table to show, in one sentence that names the file and the script."""
+        if self.other_test_set:
+            return (
+                f"The {what} benchmark `{self.path}` is not shown: {self.other_test_set}, so "
+                f"its numbers are not this run's. `{script}` run against this run makes its own."
+            )
+        where = f" (`{self.path}` not found)" if self.path else ""
+        return f"No {what} benchmark in this run{where}: `{script}` makes it."
+
+
+def other_test_set(manifest: Mapping[str, Any], where: PathAnchors) -> str | None:
+    """Why a benchmark's manifest belongs to another golden test set, or None when it is this
+    run's (or cannot be told: no manifest, no test listing among its inputs, no split here).
+
+    Every benchmark scores on the golden test set, so its listing's hash ties the numbers to a
+    dataset and split; a record of another dataset must not show them as its own.
+    """
+    split_dir = getattr(getattr(where, "paths", None), "split_dir", None)
+    if split_dir is None:
+        return None
+    listing = SplitLayout(Path(split_dir)).test_listing
+    if not listing.is_file():
+        return None
+    for entry in (manifest.get("inputs") or {}).values():
+        if not isinstance(entry, Mapping) or "sha256" not in entry:
+            continue
+        named = Path(str(entry.get("path", "")))
+        if (named.name, named.parent.name) != (listing.name, listing.parent.name):
+            continue
+        if entry["sha256"] != sha256_file(listing):
+            return (
+                f"it was made on another golden test set (its `{named.parent.name}/"
+                f"{named.name}` differs from this run's)"
+            )
+        return None
+    return None
 
 
 def benchmark_files(
     table: str | None, where: PathAnchors, **read_options: object
 ) -> BenchmarkTable:
     """A benchmark script's table and the manifest beside it (``<stem>.manifest.json``);
-    ``table`` is written as the record writes paths and read from ``where``."""
+    ``table`` is written as the record writes paths and read from ``where``. A table made on
+    another golden test set (:func:`other_test_set`) comes back without its rows."""
     if table is None:
         return BenchmarkTable("", None)
     found = resolve_portable_path(table, where)
     shown = portable_path(found, where)
     if not found.is_file():
         return BenchmarkTable(shown, None)
-    manifest = manifest_path(found)
-    return BenchmarkTable(
-        shown,
-        read_table(found, **read_options),
-        json.loads(manifest.read_text()) if manifest.is_file() else {},
-    )
+    manifest_file = manifest_path(found)
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    foreign = other_test_set(manifest, where)
+    if foreign:
+        return BenchmarkTable(shown, None, manifest, other_test_set=foreign)
+    return BenchmarkTable(shown, read_table(found, **read_options), manifest)
 
 
 def message_figure(message: str) -> Figure:

@@ -112,7 +112,9 @@ def read_box_noise_benchmark(
         else None
     )
     found = benchmark_files(table, where)
-    return BoxNoiseBenchmark(found.path, found.table, found.manifest, pseudo=pseudo)
+    return BoxNoiseBenchmark(
+        found.path, found.table, found.manifest, found.other_test_set, pseudo=pseudo
+    )
 
 
 def pseudo_box_quality(
@@ -381,6 +383,11 @@ def _mix_words(variants: pd.DataFrame) -> list[str]:
 def box_noise_summary(benchmark: BoxNoiseBenchmark, targets: Sequence[float] = TARGETS) -> Markdown:
     """What the sweep used and what it says about the pseudo source, or plainly that it is absent."""
     pseudo = _pseudo_words(benchmark.pseudo)
+    if benchmark.table is None and benchmark.other_test_set:
+        return Markdown(
+            f"**{benchmark.absent_words('box-noise', 'scripts/bench_box_noise.py')}** The map "
+            f"and the table below are empty. {pseudo}"
+        )
     if benchmark.table is None:
         where = f"`{benchmark.path}`" if benchmark.path else "no file was named"
         return Markdown(

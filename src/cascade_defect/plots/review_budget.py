@@ -121,10 +121,9 @@ def smallest_budget_table(budget: ReviewBudget) -> pd.DataFrame:
 def review_budget_summary(budget: ReviewBudget) -> Markdown:
     """The schedule, the anchors and where the table came from, in one paragraph."""
     if budget.table is None:
-        where = f" (`{budget.path}` not found)" if budget.path else ""
         return Markdown(
-            "No review-budget benchmark in this run" + where + ": `scripts/bench_review_budget.py`"
-            " trains pseudo-labels plus k reviewed images for several k and review orders."
+            budget.absent_words("review-budget", "scripts/bench_review_budget.py")
+            + " It trains pseudo-labels plus k reviewed images for several k and review orders."
         )
     table = budget.table
     anchors = table.set_index("source")

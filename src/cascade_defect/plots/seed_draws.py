@@ -79,10 +79,9 @@ def seed_draw_table(draws: SeedDraws) -> pd.DataFrame:
 def seed_draw_summary(draws: SeedDraws, target: float = 0.70) -> Markdown:
     """What the table says: the mean and range of the ratio, and how the human anchor was trained."""
     if draws.table is None or draws.table.empty:
-        where = f" (`{draws.path}` not found)" if draws.path else ""
         return Markdown(
-            "No seed-draw benchmark in this run" + where + ": `scripts/bench_seed_draws.py` "
-            "repeats this comparison with the seeds drawn again."
+            draws.absent_words("seed-draw", "scripts/bench_seed_draws.py")
+            + " It repeats this comparison with the seeds drawn again."
         )
     table = draws.table
     parameters = draws.manifest.get("parameters", {})
