@@ -257,6 +257,18 @@ def test_a_mix_is_a_diamond_at_its_own_quality_on_every_panel_and_a_sentence() -
         "Mix 1 spoiled the boxes several ways at once (drop0.4, jitter0.7): box recall 0.55" in text
     )
     assert "kept 50% of the anchor's mAP50" in text
+    # within 0.1 of the pseudo-boxes (0.62 / 0.21 / 0.53) it would be compared; this one is not
+    assert "Its boxes are within" not in text
+    close = table.copy()
+    close.loc[close["kind"] == "mix", ["box_recall", "box_precision", "mean_iou"]] = [
+        0.6,
+        0.25,
+        0.5,
+    ]
+    text = box_noise_summary(
+        BoxNoiseBenchmark(table=close, manifest={}, path="b.csv", pseudo=PSEUDO)
+    ).data
+    assert "the pseudo-label detector kept 49%: the pseudo-boxes' errors cost more than" in text
 
 
 # --------------------------------------------------------------------------- the notebook section

@@ -50,6 +50,8 @@ PSEUDO_COLUMNS: dict[str, str] = {
 }
 
 _MIX_COLOUR = "black"
+#: A mix whose box quality is this close to the pseudo source's on every axis is compared with it.
+_CLOSE_QUALITY = 0.1
 _KIND_COLOURS = {
     "drop": "#4c72b0",
     "merge": "#8172b3",
@@ -366,8 +368,9 @@ def _pseudo_words(pseudo: PseudoBoxes | None) -> str:
     return words
 
 
-def _mix_words(variants: pd.DataFrame) -> list[str]:
-    """One sentence per mix row: what it spoiled, the quality it left, the share it kept."""
+def _mix_words(variants: pd.DataFrame, pseudo: PseudoBoxes | None) -> list[str]:
+    """One sentence per mix row: what it spoiled, the quality it left, the share it kept, and,
+    when its boxes are about as good as the pseudo source's, how the two detectors compare."""
     words = []
     mixes = variants[variants["kind"] == MIX_KIND]
     for number, mix in enumerate(mixes.itertuples(index=False), start=1):
@@ -377,6 +380,15 @@ def _mix_words(variants: pd.DataFrame) -> list[str]:
             f"{mix.box_recall:.2f}, precision {mix.box_precision:.2f}, mean best IoU "
             f"{mix.mean_iou:.2f}, and its detector kept {mix.ratio:.0%} of the anchor's mAP50."
         )
+        gaps = [abs(getattr(mix, axis) - pseudo.on(axis)) for axis in AXIS_LABELS] if pseudo else []
+        if pseudo and pseudo.ratio is not None and gaps and max(gaps) <= _CLOSE_QUALITY:
+            verb = "more" if pseudo.ratio < mix.ratio else "no more"
+            words.append(
+                f"Its boxes are within {_CLOSE_QUALITY:.2f} of the pseudo-boxes' own quality on "
+                f"every axis, yet the pseudo-label detector kept {pseudo.ratio:.0%}: the "
+                f"pseudo-boxes' errors cost {verb} than the same amount of random spoiling, so "
+                "which boxes go wrong matters as well as how many."
+            )
     return words
 
 
@@ -418,7 +430,7 @@ def box_noise_summary(benchmark: BoxNoiseBenchmark, targets: Sequence[float] = T
             f"The sweep's schedule is not chapter 5's ({benchmark.pseudo.epochs} epochs): shares "
             "of each schedule's own anchor are compared, not mAP50 values."
         )
-    lines.extend(_mix_words(variants))
+    lines.extend(_mix_words(variants, benchmark.pseudo))
     lines.append(pseudo)
     if benchmark.pseudo is not None:
         needed = needed_quality(benchmark.table, benchmark.pseudo, targets)
