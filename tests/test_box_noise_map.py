@@ -234,7 +234,16 @@ def test_the_map_has_one_panel_per_axis_with_the_bars_and_the_pseudo_source() ->
 
 
 def test_a_mix_is_a_diamond_at_its_own_quality_on_every_panel_and_a_sentence() -> None:
-    mix_row = ("box_mix_drop0.4_jitter0.7", "mix", math.nan, 0.55, 0.9, 0.62, 0.3, 0.5)
+    mix_row = (
+        "box_mix_drop0.4_jitter0.7_false_boxes1.2",
+        "mix",
+        math.nan,
+        0.55,
+        0.9,
+        0.62,
+        0.3,
+        0.5,
+    )
     table = pd.concat(
         [sweep_table(), pd.DataFrame([mix_row], columns=_COLUMNS)], ignore_index=True
     ).assign(epochs=[5] * 8 + [10, 5], imgsz=256)
@@ -253,9 +262,7 @@ def test_a_mix_is_a_diamond_at_its_own_quality_on_every_panel_and_a_sentence() -
     text = box_noise_summary(
         BoxNoiseBenchmark(table=table, manifest={}, path="b.csv", pseudo=PSEUDO)
     ).data
-    assert (
-        "Mix 1 spoiled the boxes several ways at once (drop0.4, jitter0.7): box recall 0.55" in text
-    )
+    assert "several ways at once (drop 0.4, jitter 0.7, false_boxes 1.2): box recall 0.55" in text
     assert "kept 50% of the anchor's mAP50" in text
     # within 0.1 of the pseudo-boxes (0.62 / 0.21 / 0.53) it would be compared; this one is not
     assert "Its boxes are within" not in text

@@ -12,6 +12,7 @@ The reading of "quality needed" is :func:`~cascade_defect.train.box_noise.qualit
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,7 +375,9 @@ def _mix_words(variants: pd.DataFrame, pseudo: PseudoBoxes | None) -> list[str]:
     words = []
     mixes = variants[variants["kind"] == MIX_KIND]
     for number, mix in enumerate(mixes.itertuples(index=False), start=1):
-        steps = str(mix.source).removeprefix(f"box_{MIX_KIND}_").replace("_", ", ")
+        named = str(mix.source).removeprefix(f"box_{MIX_KIND}_")
+        kinds = "|".join(sorted(BOX_NOISE_KINDS, key=len, reverse=True))
+        steps = ", ".join(f"{k} {v}" for k, v in re.findall(rf"({kinds})([0-9.e+-]+)", named))
         words.append(
             f"Mix {number} spoiled the boxes several ways at once ({steps}): box recall "
             f"{mix.box_recall:.2f}, precision {mix.box_precision:.2f}, mean best IoU "
