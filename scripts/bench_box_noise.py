@@ -61,7 +61,7 @@ from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_
 from cascade_defect.hashing import tree_sha256
 from cascade_defect.locations import portable_path, portable_text, portable_values
 from cascade_defect.manifest import require_inputs
-from cascade_defect.metrics.box_quality import normalise_gt_boxes
+from cascade_defect.metrics.box_quality import normalise_gt_boxes, pixel_box_quality
 from cascade_defect.metrics.detection import detection_metrics, match_detections
 from cascade_defect.plots.book import manifest_path
 from cascade_defect.plots.box_noise import TARGETS, quality_needed
@@ -73,7 +73,6 @@ from cascade_defect.train.box_noise import (
     QUALITY_AXIS,
     BoxNoise,
     BoxNoiseMix,
-    box_noise_quality,
     box_noise_source,
     parse_box_noise,
 )
@@ -487,7 +486,7 @@ def main() -> None:
     anchor = build_source(
         HUMAN, split, holdout=holdout, truth=read_pool_truth(layout, split.class_names)
     )
-    sweep.run(anchor, box_noise_quality(truth_boxes, truth_boxes), None)
+    sweep.run(anchor, pixel_box_quality(truth_boxes, truth_boxes), None)
     for noise in noises.values():
         dataset, degraded = box_noise_source(
             noise,
@@ -498,7 +497,7 @@ def main() -> None:
             false_positive_pool=false_positives,
             fragment_pool=fragments,
         )
-        sweep.run(dataset, box_noise_quality(truth_boxes, degraded), noise)
+        sweep.run(dataset, pixel_box_quality(truth_boxes, degraded), noise)
 
     table = sweep.table()
     manifest = sweep.manifest.write(table, sweep.current)

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from cascade_defect.chapters.c01_data import run_data_strategy
 from cascade_defect.chapters.c02_split import run_split
 from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_pool_listing
+from cascade_defect.metrics.box_quality import pixel_box_quality
 from cascade_defect.metrics.detection import box_iou
 from cascade_defect.plots.box_noise import quality_needed
 from cascade_defect.settings import load_config
@@ -30,9 +31,9 @@ from cascade_defect.train.box_noise import (
     PIXEL_COLUMNS,
     BoxNoise,
     BoxNoiseMix,
-    box_noise_quality,
     box_noise_source,
     degrade_boxes,
+    mix_text,
     parse_box_noise,
     yolo_labels,
 )
@@ -139,7 +140,7 @@ def test_drop_removes_the_share_asked_and_leaves_the_rest_untouched() -> None:
     assert list(spoiled.columns) == list(truth.columns)
     kept = spoiled.merge(truth, how="left", indicator=True)
     assert (kept["_merge"] == "both").all()  # every kept box is an original, unchanged
-    quality = box_noise_quality(truth, spoiled)
+    quality = pixel_box_quality(truth, spoiled)
     assert quality["box_precision"] == 1.0
     assert abs(quality["box_recall"] - 0.7) < 0.01
     assert degrade_boxes(truth, BoxNoise(kind="drop", level=0.0), image_sizes=sizes_of(800)).equals(
@@ -179,7 +180,7 @@ def test_false_boxes_are_poisson_with_the_mean_asked_and_copied_from_the_real_po
     with_truth = added["image_id"].isin(set(truth["image_id"]))
     assert (added.loc[with_truth, "class_name"] == "crazing").all()  # the image's class
     assert set(added.loc[~with_truth, "class_name"]) <= {"scratches", "inclusion"}
-    quality = box_noise_quality(truth, spoiled)
+    quality = pixel_box_quality(truth, spoiled)
     assert quality["box_recall"] == 1.0
     assert quality["box_precision"] == pytest.approx(len(truth) / len(spoiled))
 
@@ -306,7 +307,7 @@ def test_fragments_are_poisson_per_truth_box_overlap_it_and_find_nothing(real: b
         shapes = np.array([[100, 100, 140, 180], [92, 200, 132, 360]], dtype=float)
         corners = added[PIXEL_COLUMNS].to_numpy(float)
         assert all(np.isclose(shapes, row).all(axis=1).any() for row in corners)
-    quality = box_noise_quality(truth, spoiled)
+    quality = pixel_box_quality(truth, spoiled)
     assert quality["box_recall"] == 1.0
     assert quality["box_precision"] == pytest.approx(len(truth) / len(spoiled))
     assert quality["box_precision"] == pytest.approx(1 / 3, abs=0.02)
@@ -334,7 +335,7 @@ def test_jitter_gives_each_box_the_target_iou_with_its_original(target: float) -
     assert (pairs >= target).all()  # never below: a box jittered to 0.5 is still found at 0.5
     moved = ~np.isclose(original[PIXEL_COLUMNS].to_numpy(), spoiled[PIXEL_COLUMNS].to_numpy())
     assert moved.any(axis=1).all()
-    quality = box_noise_quality(original, spoiled)
+    quality = pixel_box_quality(original, spoiled)
     assert abs(quality["mean_iou"] - target) < 0.03
     assert quality["box_recall"] == 1.0  # each original still has its own box at IoU 0.5
 
@@ -381,7 +382,7 @@ def test_merge_joins_the_constructed_neighbours_and_nothing_else() -> None:
         ("n", "crazing", 10, 10, 30, 30),
         ("n", "crazing", 100, 10, 120, 30),
     }
-    quality = box_noise_quality(truth, spoiled)
+    quality = pixel_box_quality(truth, spoiled)
     assert quality["box_recall"] == pytest.approx(4 / 7)
 
 
@@ -422,7 +423,7 @@ def test_replace_swaps_the_share_asked_for_a_fragment_of_each_box(real: bool) ->
     assert len(moved) == 100 and (moved > 0.05).all() and (moved < 0.5).all()
     if real:  # the pool's one shape on the 40 x 200 px box: its top 40%, IoU 0.4
         assert moved == pytest.approx(0.4)
-    quality = box_noise_quality(truth, spoiled)
+    quality = pixel_box_quality(truth, spoiled)
     assert quality["box_recall"] == pytest.approx(0.75)
     assert quality["box_precision"] == pytest.approx(0.75)
 
@@ -436,6 +437,11 @@ def test_a_mix_parses_names_itself_and_refuses_a_kind_twice() -> None:
         ("fragments", 1.8, 5),
     ]
     assert mix.source == "box_mix_drop0.4_jitter0.7_fragments1.8"
+    # the table keeps only the source name; it reads back to the same mix, underscores and all
+    odd = parse_box_noise("false_boxes=1.2+replace=0.25+jitter=0.7")
+    assert mix_text(odd.source) == "false_boxes=1.2+replace=0.25+jitter=0.7"
+    assert parse_box_noise(mix_text(odd.source)) == odd
+    assert mix_text("box_jitter_0.7") == ""
     assert (mix.kind, mix.seed) == ("mix", 3) and np.isnan(mix.level)
     assert "40% of boxes dropped; every box moved to IoU 0.7" in mix.describe()
     assert parse_box_noise("jitter=0.7") == BoxNoise(kind="jitter", level=0.7)
@@ -452,7 +458,7 @@ def test_a_mix_spoils_the_truth_in_turn_and_adds_around_the_original_boxes() -> 
     # every truth box dropped, yet fragments are still drawn around each of them
     gone = degrade_boxes(truth, parse_box_noise("drop=1+fragments=2"), image_sizes=sizes)
     assert abs(len(gone) / n_images - 2.0) < 0.15  # Poisson(2) per original box
-    assert box_noise_quality(truth, gone)["box_recall"] == 0.0
+    assert pixel_box_quality(truth, gone)["box_recall"] == 0.0
     mixed = degrade_boxes(
         truth, parse_box_noise("drop=0.5+jitter=0.7+fragments=1", seed=2), image_sizes=sizes
     )
@@ -539,7 +545,7 @@ def test_the_same_seed_repeats_exactly_and_another_differs(noise: BoxNoise) -> N
 
 def test_quality_of_the_truth_against_itself_is_perfect() -> None:
     truth = random_boxes(30)
-    assert box_noise_quality(truth, truth) == {
+    assert pixel_box_quality(truth, truth) == {
         "n_truth": len(truth),
         "n_boxes": len(truth),
         "box_recall": 1.0,

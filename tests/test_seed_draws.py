@@ -113,3 +113,4 @@ def test_a_table_made_on_another_test_set_is_not_shown_as_this_runs(tmp_path: Pa
     found = read_review_budget(str(budget), config)
     assert found.table is None
     assert "review-budget benchmark" in review_budget_summary(found).data
+    assert found.other_test_set and "is not shown" in review_budget_summary(found).data

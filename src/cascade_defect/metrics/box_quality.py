@@ -208,3 +208,36 @@ def box_quality(
             columns=["strategy", "class_name", "n_gt", "n_pred", "mean_best_iou", "n_images"]
         )
     return pd.concat(frames, ignore_index=True)
+
+
+_PIXEL_CORNERS = ["xmin", "ymin", "xmax", "ymax"]
+_NORMALISED_CORNERS = ["x1", "y1", "x2", "y2"]
+
+
+def pixel_box_quality(
+    truth: pd.DataFrame, degraded: pd.DataFrame, iou_threshold: float = DEFAULT_IOU_THRESHOLD
+) -> dict[str, float]:
+    """Box recall, precision and mean best IoU of ``degraded`` against ``truth``, as chapter 04
+    measures pseudo-boxes, for two box tables in pixels (``xmin, ymin, xmax, ymax``).
+
+    Class-agnostic, one-to-one matching at ``iou_threshold`` (:func:`match_strategy`), over every
+    image either table holds. Both tables are in pixels; IoU does not depend on the frame, so no
+    image size is needed.
+    """
+
+    def corners(table: pd.DataFrame) -> pd.DataFrame:
+        frame = table[["image_id", "class_name", *_PIXEL_CORNERS]].copy()
+        frame["image_id"] = frame["image_id"].astype(str)
+        return frame.rename(columns=dict(zip(_PIXEL_CORNERS, _NORMALISED_CORNERS, strict=True)))
+
+    gt, spoiled = corners(truth), corners(degraded)
+    image_ids = sorted(set(gt["image_id"]) | set(spoiled["image_id"]))
+    matches = match_strategy(gt, spoiled, image_ids, iou_threshold)
+    overall = summarise_matches(matches, []).iloc[0]
+    return {
+        "n_truth": int(overall["n_gt"]),
+        "n_boxes": int(overall["n_pred"]),
+        "box_recall": float(overall["recall_agnostic"]),
+        "box_precision": float(overall["precision_agnostic"]),
+        "mean_iou": float(overall["mean_best_iou"]),
+    }

@@ -12,7 +12,6 @@ The reading of "quality needed" is :func:`~cascade_defect.train.box_noise.qualit
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from cascade_defect.data.tables import read_table
 from cascade_defect.locations import PathAnchors
 from cascade_defect.plots.book import BenchmarkTable, benchmark_files, message_figure
-from cascade_defect.train.box_noise import BOX_NOISE_KINDS, MIX_KIND, QUALITY_AXIS
+from cascade_defect.train.box_noise import BOX_NOISE_KINDS, MIX_KIND, QUALITY_AXIS, mix_text
 from cascade_defect.train.sources import HUMAN, PSEUDO
 
 #: The shares of the anchor's mAP50 the map marks and the needed-quality table reads.
@@ -180,7 +179,8 @@ def box_noise_map(
 
     Box recall carries ``drop`` and ``merge``, box precision ``false_boxes``, mean best IoU
     ``jitter`` (``fragments`` and ``replace`` too, on precision and recall); a mix of several
-    kinds is a diamond on every panel at its own quality; each line runs from the anchor (clean boxes, share 1) through the levels tried,
+    kinds is a diamond on every panel at its own quality; each line runs from the anchor (clean
+    boxes, share 1) through the levels tried,
     each point labelled with its level, and a cross marks where it falls below a target. The
     pseudo source's own quality is a vertical line on every panel with a star at its achieved
     share (a triangle on the axis when no share is known).
@@ -375,9 +375,7 @@ def _mix_words(variants: pd.DataFrame, pseudo: PseudoBoxes | None) -> list[str]:
     words = []
     mixes = variants[variants["kind"] == MIX_KIND]
     for number, mix in enumerate(mixes.itertuples(index=False), start=1):
-        named = str(mix.source).removeprefix(f"box_{MIX_KIND}_")
-        kinds = "|".join(sorted(BOX_NOISE_KINDS, key=len, reverse=True))
-        steps = ", ".join(f"{k} {v}" for k, v in re.findall(rf"({kinds})([0-9.e+-]+)", named))
+        steps = mix_text(str(mix.source)).replace("=", " ").replace("+", ", ")
         words.append(
             f"Mix {number} spoiled the boxes several ways at once ({steps}): box recall "
             f"{mix.box_recall:.2f}, precision {mix.box_precision:.2f}, mean best IoU "
@@ -472,7 +470,7 @@ def quality_needed(
     """Per kind and target share of the anchor's mAP50, the box quality that reaches it.
 
     ``table`` has one row per trained variant (``kind``, ``ratio`` to the anchor's mAP50 and the
-    quality columns of :func:`box_noise_quality`) plus the anchor's row (``kind == anchor``).
+    quality columns of :func:`pixel_box_quality`) plus the anchor's row (``kind == anchor``).
     Along each kind's :data:`QUALITY_AXIS`, points are taken from the best quality (the anchor)
     down; the quality where the ratio first falls below the target is interpolated linearly
     between the two points around it, so a dip at a mild level is not hidden by a recovery at a

@@ -64,7 +64,7 @@ def read_review_budget(table: str | None, where: PathAnchors) -> ReviewBudget:
     found = benchmark_files(table, where, dtype={"order": str, "same_as": str})
     if found.table is not None:
         found.table["order"] = found.table["order"].fillna("")
-    return ReviewBudget(found.path, found.table, found.manifest)
+    return ReviewBudget(found.path, found.table, found.manifest, found.other_test_set)
 
 
 def review_budget_curve(budget: ReviewBudget) -> Figure:

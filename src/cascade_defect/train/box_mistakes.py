@@ -1,4 +1,4 @@
-"""Wrong boxes for the box-noise sweep: a detector's real mistakes, and jittered boxes.
+"""Wrong boxes for the box-noise sweep: a detector's real mistakes, jittered and merged boxes.
 
 The box-noise sweep (:mod:`cascade_defect.train.box_noise`) spoils human boxes with mistakes
 that look like a real detector's. Two kinds are taken from the seed detector's own proposals:
@@ -14,7 +14,8 @@ that look like a real detector's. Two kinds are taken from the seed detector's o
   per-axis scaling), and so sits where a detector's partial box would.
 
 Both tables come from chapter 03's pseudo-boxes and chapter 02's truth, in normalised corners.
-:func:`jitter_box` makes the third kind of wrong box, a loosely drawn one at an exact IoU.
+:func:`jitter_box` makes the third kind of wrong box, a loosely drawn one at an exact IoU, and
+:func:`merge_neighbours` the fourth, one box wrapped around several neighbouring defects.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
-"""Controlled box noise: human boxes spoiled the ways pseudo-boxes go wrong, one way at a time.
+"""Controlled box noise: human boxes spoiled the ways pseudo-boxes go wrong, one way at a time
+or several at once.
 
 Pseudo-boxes miss defects, add boxes where there is none, sit loosely on the defects they find,
 or wrap a cluster of texture defects in one big box. Training YOLOv8n on the human boxes spoiled
 in exactly one of these ways, at a known level, prices each failure in test mAP50, so a box
 strategy's audit figures (chapter 04: box recall, precision, mean best IoU) can be read as the
-detector they will give. Five kinds, each with one level (:class:`BoxNoise`):
+detector they will give. Six kinds, each with one level (:class:`BoxNoise`), and mixes of
+several (:class:`BoxNoiseMix`, how a real box source errs):
 
 * ``drop``: that share of boxes removed (missed defects); an image may be left without boxes,
   and then trains as background, as a missed image would;
@@ -20,7 +22,9 @@ detector they will give. Five kinds, each with one level (:class:`BoxNoise`):
   when none are given; the truth box stays and the fragment takes its class;
 * ``merge``: boxes of one class in one image whose gap is at most that fraction of the image
   merged into their enclosing box, until no two such boxes are left (how loosely drawn
-  texture defects look).
+  texture defects look);
+* ``replace``: that share of boxes each swapped for a fragment of itself (the defect is marked,
+  but by a box that does not find it).
 
 Everything works on the ground-truth box table of chapter 02 (``image_id, class_name, xmin,
 ymin, xmax, ymax`` in pixels, VOC flags) and returns that table, clipped to the image. The
@@ -31,6 +35,7 @@ machinery every other source uses (:func:`compose_source`, then :func:`write_sou
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -38,12 +43,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cascade_defect.metrics.box_quality import (
-    DEFAULT_IOU_THRESHOLD,
-    match_strategy,
-    normalise_gt_boxes,
-    summarise_matches,
-)
+from cascade_defect.metrics.box_quality import normalise_gt_boxes
 from cascade_defect.metrics.detection import box_iou
 from cascade_defect.train.box_mistakes import (
     NORMALISED_COLUMNS,
@@ -214,6 +214,18 @@ def parse_box_noise(text: str, seed: int = 0) -> BoxNoise | BoxNoiseMix:
     return BoxNoiseMix(
         steps=tuple(BoxNoise.from_text(part, seed + i) for i, part in enumerate(parts))
     )
+
+
+def mix_text(source: str) -> str:
+    """A mix's steps as ``--noise`` takes them (``drop=0.4+false_boxes=1.2``), read back from
+    its source name (:attr:`BoxNoiseMix.source`), which the sweep's table keeps; kind names hold
+    underscores, so they are matched whole. Empty when ``source`` names no mix."""
+    prefix = f"{BOX_NOISE_PREFIX}{MIX_KIND}_"
+    if not source.startswith(prefix):
+        return ""
+    kinds = "|".join(sorted(BOX_NOISE_KINDS, key=len, reverse=True))
+    steps = re.findall(rf"(?:^|_)({kinds})([0-9][0-9.e+-]*)", source.removeprefix(prefix))
+    return "+".join(f"{kind}={level}" for kind, level in steps)
 
 
 def image_size_table(boxes: pd.DataFrame, image_sizes: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -499,34 +511,6 @@ def _merge(frame: pd.DataFrame, max_gap: float, sizes: pd.DataFrame) -> pd.DataF
                 row["truncated"] = bool(group["truncated"].iloc[members].astype(bool).any())
             parts.append(row)
     return pd.concat(parts, ignore_index=True) if parts else frame.iloc[0:0]
-
-
-def box_noise_quality(
-    truth: pd.DataFrame, degraded: pd.DataFrame, iou_threshold: float = DEFAULT_IOU_THRESHOLD
-) -> dict[str, float]:
-    """Box recall, precision and mean best IoU of ``degraded`` against ``truth``, as chapter 04.
-
-    Class-agnostic, one-to-one matching at ``iou_threshold`` (:func:`match_strategy`), over every
-    image either table holds. Both tables are in pixels; IoU does not depend on the frame, so no
-    image size is needed.
-    """
-
-    def corners(table: pd.DataFrame) -> pd.DataFrame:
-        frame = table[["image_id", "class_name", *PIXEL_COLUMNS]].copy()
-        frame["image_id"] = frame["image_id"].astype(str)
-        return frame.rename(columns=dict(zip(PIXEL_COLUMNS, NORMALISED_COLUMNS, strict=True)))
-
-    gt, spoiled = corners(truth), corners(degraded)
-    image_ids = sorted(set(gt["image_id"]) | set(spoiled["image_id"]))
-    matches = match_strategy(gt, spoiled, image_ids, iou_threshold)
-    overall = summarise_matches(matches, []).iloc[0]
-    return {
-        "n_truth": int(overall["n_gt"]),
-        "n_boxes": int(overall["n_pred"]),
-        "box_recall": float(overall["recall_agnostic"]),
-        "box_precision": float(overall["precision_agnostic"]),
-        "mean_iou": float(overall["mean_best_iou"]),
-    }
 
 
 def yolo_labels(
