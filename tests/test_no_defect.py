@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cascade_defect.box_settings import whole_image_fallback
 from cascade_defect.chapters.c01_data import card_overview, run_data_strategy
 from cascade_defect.chapters.c02_split import run_split
+from cascade_defect.chapters.c03_annotation import AnnotationOutputs, write_pseudo_labels
 from cascade_defect.data.ingest import load_dataset
 from cascade_defect.data.records import NO_DEFECT, DatasetError, data_card
 from cascade_defect.data.split import SplitLayout, read_labelled_listing, read_pool_ground_truth
@@ -187,3 +189,58 @@ def test_no_defect_answers_train_as_background_only_where_the_data_has_defect_fr
         assert set(named[named.index.isin(free_ids)]) == {NO_DEFECT}
     noisy = build_source("noise_0.50", split, holdout=holdout, truth=truth)
     assert len(noisy.flips) and not set(noisy.flips["image_id"]) & free_ids
+
+
+@pytest.mark.parametrize(
+    ("setting", "has_no_defect", "expected"),
+    [
+        ("auto", True, False),
+        ("auto", False, True),
+        ("always", True, True),
+        ("never", False, False),
+    ],
+)
+def test_the_whole_image_fallback_is_off_by_default_only_where_images_may_be_defect_free(
+    setting: str, has_no_defect: bool, expected: bool
+) -> None:
+    assert whole_image_fallback(setting, has_no_defect=has_no_defect) is expected
+
+
+def test_an_unknown_fallback_setting_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="whole_image_fallback"):
+        whole_image_fallback("sometimes", has_no_defect=True)
+    with pytest.raises(ValueError, match="whole_image_fallback"):
+        load_config(
+            "smoke", work_dir=tmp_path, overrides={"annotation": {"whole_image_fallback": "x"}}
+        )
+
+
+def test_a_defective_answer_without_a_box_gets_no_label_file_and_leaves_training(
+    production_split: SplitLayout, tmp_path: Path
+) -> None:
+    """Without the whole-image fallback, a defect-labelled image the strategy found nothing on
+    must not become a background image (an empty label file) in chapter 03's YOLO folders or in
+    chapter 05's pseudo source: it is left out, as ``no_boxes``."""
+    layout = production_split
+    labels, boxes = pseudo_tables(layout)
+    defective = labels.loc[labels["defect_class"] != NO_DEFECT, "image_id"].tolist()
+    free_ids = labels.loc[labels["defect_class"] == NO_DEFECT, "image_id"].tolist()
+    boxes = boxes[~boxes["image_id"].isin(defective[:3])]
+    # The three emptied here, and the generated defect image whose mask is empty.
+    boxless = sorted(set(defective) - set(boxes["image_id"]))
+    assert len(boxless) == 4
+    outputs = AnnotationOutputs(tmp_path / "03_annotation")
+    written = write_pseudo_labels(
+        outputs, labels, boxes, layout.class_names(), no_defect_as_background=True
+    )
+    folder = outputs.yolo_labels_dir("seed_detector")
+    assert written["seed_detector"] == len(labels) - len(boxless)
+    assert not any((folder / f"{image_id}.txt").exists() for image_id in boxless)
+    assert all((folder / f"{image_id}.txt").read_text() == "" for image_id in free_ids)
+    kept = sorted(set(defective) - set(boxless))
+    assert kept and all((folder / f"{image_id}.txt").read_text().strip() for image_id in kept)
+    _, left_out = pseudo_training_labels(
+        labels, boxes, layout.class_names(), strategy="seed_detector", no_defect_as_background=True
+    )
+    assert set(left_out["image_id"]) == set(boxless)
+    assert set(left_out["reason"]) == {"no_boxes"}

@@ -223,6 +223,15 @@ def test_the_study_runs_on_a_production_like_line_through_the_cli(
     assert (seeds["class_name"] == "no_defect").any() and seeds["image_id"].str.isdigit().all()
     labels = pd.read_csv(run_dir / "03_annotation" / "pseudo_labels.csv", dtype={"image_id": str})
     assert (labels["defect_class"] == "no_defect").any()  # the annotator may answer it
+    # Defect-free tiles exist, so a defective answer without a detector box is left out of
+    # detector training rather than given a whole-tile box.
+    annotation = json.loads((run_dir / "03_annotation" / "summary.json").read_text())
+    assert annotation["whole_image_fallback"] is False
+    boxes = pd.read_csv(run_dir / "03_annotation" / "pseudo_boxes.csv", dtype={"image_id": str})
+    found = set(boxes.loc[boxes["strategy"] == "seed_detector", "image_id"])
+    free = set(labels.loc[labels["defect_class"] == "no_defect", "image_id"])
+    files = {p.stem for p in (run_dir / "03_annotation/yolo/seed_detector/labels").glob("*.txt")}
+    assert files == found | free  # a boxless defective answer gets no (background) label file
     audit = json.loads((run_dir / "04_audit" / "audit_summary.json").read_text())
     rates = audit["defect_rates"]
     assert rates["n_defect_free"] > 0 and 0 <= rates["false_alarm_rate"] <= 1

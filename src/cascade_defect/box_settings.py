@@ -1,5 +1,5 @@
-"""The box strategies' names, and the settings of the two that verify or localise without
-training a detector.
+"""The box strategies' names, the settings of those that train teachers, verify or localise, and
+what a defective image gets when a strategy finds no box.
 
 Kept apart from :mod:`cascade_defect.settings` (which holds them in ``AnnotationSettings``) only to
 keep that module short; they are validated and recorded like every other profile setting.
@@ -17,6 +17,26 @@ BoxStrategy = Literal[
 ]  # fmt: skip
 """Every box strategy of chapter 03's registry (:data:`cascade_defect.annotate.boxes.BOX_STRATEGIES`
 lists them in order and says where each lives); the pseudo source may train on any of them."""
+
+
+WholeImageFallback = Literal["auto", "always", "never"]
+"""``annotation.whole_image_fallback``: see :func:`whole_image_fallback`."""
+
+
+def whole_image_fallback(setting: WholeImageFallback | str, *, has_no_defect: bool) -> bool:
+    """Whether :func:`~cascade_defect.annotate.boxes.pseudo_boxes` gives a boxless defective image
+    the whole-image box.
+
+    ``auto`` says no on a dataset with defect-free images: there the annotator's "defective"
+    is itself in doubt (it calls some clean tiles defective) and the detector finding nothing
+    is evidence against it, while a whole-tile box around a small defect teaches the detector
+    a false one. Left without a box, the image drops out of detector training (reason
+    ``no_boxes`` in chapter 05). On an all-defective dataset the defect is certain, and the
+    whole-image box at least holds it.
+    """
+    if setting not in ("auto", "always", "never"):
+        raise ValueError(f"whole_image_fallback is auto, always or never, got {setting!r}")
+    return setting == "always" or (setting == "auto" and not has_no_defect)
 
 
 class CropVerifierSettings(BaseModel):
@@ -102,3 +122,53 @@ class CamBoxSettings(BaseModel):
         if not values or any(not 0.0 <= v < 1.0 for v in values):
             raise ValueError(f"give at least one fraction in [0, 1), got {values}")
         return values
+
+
+class SelfTrainingSettings(BaseModel):
+    """Chapter 03's ``self_training`` box strategy (see ``annotate/self_training.py``): rounds,
+    cross-fitting folds, each teacher's recipe, and which boxes an image keeps."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(1, ge=1, le=5, description="teacher rounds after the seed detector")
+    epochs: int = Field(10, ge=1, description="teacher epochs per round")
+    imgsz: int = Field(256, ge=32)
+    batch: int = Field(16, ge=1)
+    conf: float = Field(0.01, ge=0.0, le=1.0, description="lowest teacher score proposed")
+    flips: tuple[str, ...] = Field(
+        ("horizontal", "vertical"), description="test-time flips fused with the plain view"
+    )
+    folds: int = Field(
+        2,
+        ge=1,
+        le=10,
+        description=(
+            "cross-fitting: the pool is cut into this many folds and each fold's boxes come from "
+            "a teacher that never trained on it (1: one teacher re-proposes its own training "
+            "images, which mostly repeats its labels)"
+        ),
+    )
+    selection: Literal["score", "count"] = Field(
+        "score",
+        description=(
+            "which boxes an image keeps: those scoring at least min_score (score), or as many "
+            "per image as the seeds of its class carry (count)"
+        ),
+    )
+    min_score: float = Field(0.05, ge=0.0, le=1.0)
+    count_ratio: float = Field(
+        1.0,
+        gt=0.0,
+        description=(
+            "boxes kept per pool image, as a multiple of the seeds' mean boxes per image of the "
+            "same class (1.0: the same density as the seeds)"
+        ),
+    )
+
+    @field_validator("flips")
+    @classmethod
+    def _known_flips(cls, flips: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(flips) - {"horizontal", "vertical"})
+        if unknown:
+            raise ValueError(f"flips are 'horizontal' and/or 'vertical', got {unknown}")
+        return flips

@@ -16,7 +16,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cascade_defect.box_settings import BoxStrategy, CamBoxSettings, CropVerifierSettings
+from cascade_defect.box_settings import (
+    BoxStrategy,
+    CamBoxSettings,
+    CropVerifierSettings,
+    SelfTrainingSettings,
+    WholeImageFallback,
+)
 from cascade_defect.locations import DataLocationError, portable_path
 
 ProfileName = Literal["smoke", "quick", "full"]
@@ -177,56 +183,6 @@ class TrainingSettings(BaseModel):
         return levels
 
 
-class SelfTrainingSettings(BaseModel):
-    """Chapter 03's ``self_training`` box strategy (see ``annotate/self_training.py``): rounds,
-    cross-fitting folds, each teacher's recipe, and which boxes an image keeps."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rounds: int = Field(1, ge=1, le=5, description="teacher rounds after the seed detector")
-    epochs: int = Field(10, ge=1, description="teacher epochs per round")
-    imgsz: int = Field(256, ge=32)
-    batch: int = Field(16, ge=1)
-    conf: float = Field(0.01, ge=0.0, le=1.0, description="lowest teacher score proposed")
-    flips: tuple[str, ...] = Field(
-        ("horizontal", "vertical"), description="test-time flips fused with the plain view"
-    )
-    folds: int = Field(
-        2,
-        ge=1,
-        le=10,
-        description=(
-            "cross-fitting: the pool is cut into this many folds and each fold's boxes come from "
-            "a teacher that never trained on it (1: one teacher re-proposes its own training "
-            "images, which mostly repeats its labels)"
-        ),
-    )
-    selection: Literal["score", "count"] = Field(
-        "score",
-        description=(
-            "which boxes an image keeps: those scoring at least min_score (score), or as many "
-            "per image as the seeds of its class carry (count)"
-        ),
-    )
-    min_score: float = Field(0.05, ge=0.0, le=1.0)
-    count_ratio: float = Field(
-        1.0,
-        gt=0.0,
-        description=(
-            "boxes kept per pool image, as a multiple of the seeds' mean boxes per image of the "
-            "same class (1.0: the same density as the seeds)"
-        ),
-    )
-
-    @field_validator("flips")
-    @classmethod
-    def _known_flips(cls, flips: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(flips) - {"horizontal", "vertical"})
-        if unknown:
-            raise ValueError(f"flips are 'horizontal' and/or 'vertical', got {unknown}")
-        return flips
-
-
 class AnnotationSettings(BaseModel):
     """Sizes of chapter 03's own training: the seed detector that proposes pseudo boxes."""
 
@@ -241,6 +197,16 @@ class AnnotationSettings(BaseModel):
         description=(
             "Score below which the seed detector's proposals are dropped: lower finds more of the "
             "true boxes (recall) and adds more false ones (precision)."
+        ),
+    )
+    whole_image_fallback: WholeImageFallback = Field(
+        "auto",
+        description=(
+            "What an image the annotator calls defective gets when its box strategy finds no box: "
+            "a whole-image box ('always'), nothing, leaving it out of detector training "
+            "('never'), or 'auto': 'never' on a dataset with defect-free images, where finding "
+            "nothing is evidence against the defect and a whole-tile box around a small defect "
+            "teaches a false one, else 'always'."
         ),
     )
     self_training: SelfTrainingSettings = Field(

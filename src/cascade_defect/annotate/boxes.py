@@ -7,7 +7,8 @@ not trusted) still has to hand YOLO boxes. The strategies, usable with any annot
   knowing nothing of the defect's position.
 - ``seed_detector``: a YOLOv8n fine-tuned on the 18 seed images alone (class-agnostic: every box is
   "a defect") proposes boxes on the pool; each box takes the annotator's image class. An image
-  where it proposes nothing falls back to ``whole_image``.
+  where it proposes nothing falls back to ``whole_image``, except on a dataset with defect-free
+  images (``annotation.whole_image_fallback``), where it is left out of detector training.
 - ``self_training``: class-aware teachers trained on the seed detector's boxes re-propose the
   pool, each fold by a teacher that never saw it (:mod:`cascade_defect.annotate.self_training`).
 - ``mllm_verified``: the seed detector's proposals, drawn numbered on the image and checked by

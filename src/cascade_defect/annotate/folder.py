@@ -251,7 +251,7 @@ def write_folder_outputs(
         pseudo_boxes,
     )
     from cascade_defect.annotate.strategies import DetectorRecipe, strategy_proposals
-    from cascade_defect.settings import SelfTrainingSettings
+    from cascade_defect.box_settings import SelfTrainingSettings
 
     predictions = predictions_from_store(store, pool)
     recipe = DetectorRecipe(

@@ -32,8 +32,8 @@ import pandas as pd
 
 from cascade_defect.annotate.boxes import Proposal, SeedDetector, SeedDetectorSettings
 from cascade_defect.annotate.schema import NO_DEFECT
+from cascade_defect.box_settings import SelfTrainingSettings
 from cascade_defect.hashing import sha256_bytes
-from cascade_defect.settings import SelfTrainingSettings
 
 log = logging.getLogger(__name__)
 

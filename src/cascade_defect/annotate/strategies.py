@@ -28,7 +28,7 @@ import pandas as pd
 
 from cascade_defect.annotate.boxes import Proposal, SeedDetector, SeedDetectorSettings
 from cascade_defect.annotate.options import AnnotatorOptions
-from cascade_defect.settings import CamBoxSettings, CropVerifierSettings, SelfTrainingSettings
+from cascade_defect.box_settings import CamBoxSettings, CropVerifierSettings, SelfTrainingSettings
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ from cascade_defect.annotate.options import AnnotatorOptions
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.seeds import seed_examples
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.box_settings import whole_image_fallback
 from cascade_defect.data.split import SplitLayout, read_labelled_listing, read_pool_listing
 from cascade_defect.data.yolo_txt import write_label_file
 from cascade_defect.manifest import ChapterRun
@@ -122,6 +123,7 @@ def run_annotation(
     store = AnnotationStore(outputs.predictions)
     with run.timed("boxes"):
         boxes, box_details = _pseudo_boxes(config, layout, pool, store, resolved, seeds)
+    box_fallback = _whole_image_fallback(config, layout)
 
     store = AnnotationStore(outputs.predictions)
     labels = image_labels_from_store(store, pool)
@@ -183,6 +185,7 @@ def run_annotation(
         "label_files_per_strategy": written,
         "box_strategies": sorted(boxes["strategy"].unique().tolist()) if len(boxes) else [],
         **({"box_strategy_details": box_details} if box_details else {}),
+        "whole_image_fallback": box_fallback,
     }
     outputs.summary.write_text(json.dumps(summary_payload, indent=2, default=str) + "\n")
     run.counts.update(
@@ -239,6 +242,12 @@ def _annotate_offline(
     return {"model": annotator.model_name, **asdict(summary), "seconds": annotator.seconds}
 
 
+def _whole_image_fallback(config: StudyConfig, layout: SplitLayout) -> bool:
+    """The profile's ``annotation.whole_image_fallback`` resolved for this dataset."""
+    setting = config.profile.annotation.whole_image_fallback
+    return whole_image_fallback(setting, has_no_defect=layout.has_no_defect())
+
+
 def _pseudo_boxes(
     config: StudyConfig,
     layout: SplitLayout,
@@ -288,7 +297,11 @@ def _pseudo_boxes(
         options=options,
         seed_examples=seed_examples,
     )
-    frames = [pseudo_boxes(predictions, s, proposals=proposals.get(s)) for s in strategies]
+    fallback = _whole_image_fallback(config, layout)
+    frames = [
+        pseudo_boxes(predictions, s, proposals=proposals.get(s), fallback=fallback)
+        for s in strategies
+    ]
     boxes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return boxes, details
 
@@ -331,7 +344,9 @@ def write_pseudo_labels(
     """Write both tables and one YOLO label folder per box strategy; returns files per strategy.
 
     With ``no_defect_as_background`` (a dataset with defect-free images) a ``no_defect`` answer
-    gets an empty label file, YOLO's background image; otherwise it gets none.
+    gets an empty label file, YOLO's background image; otherwise it gets none. A defective
+    answer the strategy gave no box (``annotation.whole_image_fallback``) gets no file either:
+    an empty one would teach its defect as background.
     """
     outputs.root.mkdir(parents=True, exist_ok=True)
     labels.reindex(columns=LABEL_COLUMNS).to_csv(outputs.labels, index=False)
@@ -342,6 +357,7 @@ def write_pseudo_labels(
     if no_defect_as_background:
         answered |= labels["defect_class"] == NO_DEFECT
     labelled = labels.loc[(labels["status"] == "ok") & answered, "image_id"]
+    background = set(labels.loc[labels["defect_class"] == NO_DEFECT, "image_id"])
     written: dict[str, int] = {}
     for strategy, group in boxes.groupby("strategy"):
         folder = outputs.yolo_labels_dir(str(strategy))
@@ -349,11 +365,15 @@ def write_pseudo_labels(
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         by_image = {image_id: rows for image_id, rows in group.groupby("image_id")}
+        n_files = 0
         for image_id in labelled:
             rows = by_image.get(image_id)
+            if rows is None and image_id not in background:
+                continue
             lines = [] if rows is None else yolo_lines(rows, index)
             write_label_file(folder / f"{image_id}.txt", lines)
-        written[str(strategy)] = len(labelled)
+            n_files += 1
+        written[str(strategy)] = n_files
     return written
 
 
