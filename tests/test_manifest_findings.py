@@ -241,8 +241,22 @@ def test_a_run_is_dirty_for_code_changes_but_not_for_the_record_it_rewrites(
     ):
         (repo / name).write_text("rewritten by the run")
     assert git_state(repo)["dirty"] is False
+    # An appendix's record: its executed chapters under records/, its run folder named by the run.
+    appendix = {
+        "records/line/01_data_strategy.ipynb": "{}",
+        "data/line/runs/quick/01_data_strategy/manifest.json": "{}",
+    }
+    for name, text in appendix.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "appendix")
+    for name in appendix:
+        (repo / name).write_text("rewritten by the appendix's run")
+    assert git_state(repo)["dirty"] is True  # its run folder is not the book's
+    assert git_state(repo, [repo / "data" / "line" / "runs" / "quick"])["dirty"] is False
     (repo / "src" / "module.py").write_text("x = 2\n")
-    assert git_state(repo)["dirty"] is True
+    assert git_state(repo, [repo / "data" / "line" / "runs" / "quick"])["dirty"] is True
 
 
 def test_chapters_01_02_record_no_absolute_path(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import json
 import platform
 import subprocess
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +34,7 @@ RECORD_OUTPUTS: tuple[str, ...] = (
     "figures/verdict.png",
     "_scaling_out.md",
     "_preview",
+    "records",
 )
 
 
@@ -41,14 +42,21 @@ class MissingInputError(FileNotFoundError):
     """A chapter's declared input is absent: the message names the chapter that writes it."""
 
 
-def git_state(start: Path | None = None) -> dict[str, object]:
+def git_state(start: Path | None = None, run_dirs: Sequence[Path] = ()) -> dict[str, object]:
     """The commit the code ran at and whether tracked files other than the record had changed.
 
-    The record's own files (:data:`RECORD_OUTPUTS`) are rewritten by the run in progress, so
-    they are left out; otherwise every manifest after the first would say ``dirty``.
+    The record's own files (:data:`RECORD_OUTPUTS`, and ``run_dirs``: the run folder of a run
+    with its own work folder, such as an appendix's ``data/magnetic-tile/runs/quick``) are
+    rewritten by the run in progress, so they are left out; otherwise every manifest after the
+    first would say ``dirty``.
     """
     root = find_project_root(start) or Path.cwd()
-    excluded = [f":(top,exclude,glob){pattern}" for pattern in RECORD_OUTPUTS]
+    patterns = list(RECORD_OUTPUTS)
+    for folder in run_dirs:
+        resolved = Path(folder).resolve()
+        if resolved.is_relative_to(root.resolve()):
+            patterns.append(resolved.relative_to(root.resolve()).as_posix())
+    excluded = [f":(top,exclude,glob){pattern}" for pattern in patterns]
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
@@ -191,7 +199,7 @@ class ChapterRun:
             "profile": self.config.profile.name,
             "config": self.config.summary(),
             "parameters": portable_values(self.parameters, self.config),
-            "git": git_state(self.config.project_root),
+            "git": git_state(self.config.project_root, [self.config.paths.run_dir]),
             "python": platform.python_version(),
             "environment": environment(),
             "inputs": {
