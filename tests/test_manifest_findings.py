@@ -209,6 +209,14 @@ def _git(repo: Path, *args: str) -> str:
     ).stdout
 
 
+def _commit_files(repo: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", message)
+
+
 def test_a_run_is_dirty_for_code_changes_but_not_for_the_record_it_rewrites(
     tmp_path: Path,
 ) -> None:
@@ -223,12 +231,9 @@ def test_a_run_is_dirty_for_code_changes_but_not_for_the_record_it_rewrites(
         "_findings.md": "findings\n",
         "src/module.py": "x = 1\n",
     }
-    for name, text in files.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(text)
+    repo.mkdir()
     _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "record")
+    _commit_files(repo, files, "record")
     assert git_state(repo / "notebooks") == {
         "commit": _git(repo, "rev-parse", "HEAD").strip(),
         "dirty": False,
@@ -246,11 +251,7 @@ def test_a_run_is_dirty_for_code_changes_but_not_for_the_record_it_rewrites(
         "records/line/01_data_strategy.ipynb": "{}",
         "data/line/runs/quick/01_data_strategy/manifest.json": "{}",
     }
-    for name, text in appendix.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(text)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "appendix")
+    _commit_files(repo, appendix, "appendix")
     for name in appendix:
         (repo / name).write_text("rewritten by the appendix's run")
     assert git_state(repo)["dirty"] is True  # its run folder is not the book's

@@ -121,9 +121,13 @@ def run_annotation(
         run_summary = summary.as_dict()
         model_name = options.model
     store = AnnotationStore(outputs.predictions)
+    box_fallback = whole_image_fallback(
+        config.profile.annotation.whole_image_fallback, has_no_defect=layout.has_no_defect()
+    )
     with run.timed("boxes"):
-        boxes, box_details = _pseudo_boxes(config, layout, pool, store, resolved, seeds)
-    box_fallback = _whole_image_fallback(config, layout)
+        boxes, box_details = _pseudo_boxes(
+            config, layout, pool, store, resolved, seeds, fallback=box_fallback
+        )
 
     store = AnnotationStore(outputs.predictions)
     labels = image_labels_from_store(store, pool)
@@ -242,12 +246,6 @@ def _annotate_offline(
     return {"model": annotator.model_name, **asdict(summary), "seconds": annotator.seconds}
 
 
-def _whole_image_fallback(config: StudyConfig, layout: SplitLayout) -> bool:
-    """The profile's ``annotation.whole_image_fallback`` resolved for this dataset."""
-    setting = config.profile.annotation.whole_image_fallback
-    return whole_image_fallback(setting, has_no_defect=layout.has_no_defect())
-
-
 def _pseudo_boxes(
     config: StudyConfig,
     layout: SplitLayout,
@@ -255,10 +253,13 @@ def _pseudo_boxes(
     store: AnnotationStore,
     options: AnnotatorOptions,
     seed_examples: Sequence[Any] = (),
+    *,
+    fallback: bool = True,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Pseudo boxes for each of ``options.box_strategies`` from the store's latest answers
     (``options.annotator`` resolved: the offline annotator has no boxes of its own), and what
-    each detector-based strategy did (teachers, verification requests)."""
+    each detector-based strategy did (teachers, verification requests). ``fallback``: the
+    resolved ``annotation.whole_image_fallback``."""
     from cascade_defect.annotate.boxes import (
         SeedDetectorSettings,
         predictions_from_store,
@@ -297,7 +298,6 @@ def _pseudo_boxes(
         options=options,
         seed_examples=seed_examples,
     )
-    fallback = _whole_image_fallback(config, layout)
     frames = [
         pseudo_boxes(predictions, s, proposals=proposals.get(s), fallback=fallback)
         for s in strategies
