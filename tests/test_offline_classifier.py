@@ -150,3 +150,72 @@ def test_settings_are_validated() -> None:
         ClassifierSettings(alpha=1.5)
     with pytest.raises(ValueError):
         ClassifierSettings(knn=0)
+
+
+def shifted_pool(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[FeatureBlock]]:
+    """Seeds drawn per class (3 each) but a pool that is 85% one easy class, as on a line where
+    most tiles are defect-free: three overlapping 'defect' classes and one well-separated 'd'."""
+    rng = np.random.default_rng(seed)
+    dim = 40
+    centres = rng.uniform(0, 3, size=(len(CLASSES), dim))
+    centres[:3] = centres[0] + rng.normal(0, 0.25, size=(3, dim))  # a, b, c overlap
+    centres[3] += 4.0  # d stands apart
+    counts = {0: 33, 1: 33, 2: 33, 3: 563}
+    labels = np.concatenate([np.full(n, k) for k, n in counts.items()])
+    features = np.abs(centres[labels] + rng.normal(0, 0.6, size=(len(labels), dim)))
+    blocks = [FeatureBlock(0, "mean", 0, dim // 2), FeatureBlock(1, "mean", dim // 2, dim)]
+    seeds, pool = split_seeds(labels, per_class=3, seed=seed + 1)
+    return features, labels, np.concatenate([seeds, pool]), blocks
+
+
+def test_pool_weighted_temperature_calibrates_a_pool_unlike_the_seeds() -> None:
+    """Fitted on the seeds as they are, the temperature reflects the hard balanced seeds and
+    understates confidence on a pool of mostly easy images; weighted, it follows the pool."""
+    from cascade_defect.metrics.calibration import expected_calibration_error
+
+    features, labels, order, blocks = shifted_pool()
+    seeds, pool = order[:12], order[12:]
+    names = np.array(CLASSES)
+    errors, temperatures = {}, {}
+    for weighted in (False, True):
+        settings = ClassifierSettings(transductive=False, pool_weighted_temperature=weighted)
+        classifier = FewShotClassifier(settings).fit(
+            features[seeds], names[labels[seeds]].tolist(), CLASSES, blocks
+        )
+        proba = classifier.predict_proba(features[pool])
+        correct = proba.argmax(axis=1) == labels[pool]
+        errors[weighted] = expected_calibration_error(proba.max(axis=1), correct)
+        temperatures[weighted] = classifier.diagnostics["temperature"]
+    assert temperatures[True] < temperatures[False]
+    assert errors[True] < errors[False] - 0.05
+    shares = classifier.diagnostics["pool_answer_share"]
+    assert shares["d"] > 0.7
+
+
+def test_pool_weights_are_pool_share_over_seed_share() -> None:
+    """Held-out seeds [a, a, b, b, c], pool answers 6 a, 2 b, 0 c: shares .75/.25/(.5/8)
+    against .4/.4/.2, normalised to mean one."""
+    classifier = FewShotClassifier(ClassifierSettings(transductive=False))
+    classifier.class_names = ["a", "b", "c"]
+    weights = classifier._pool_weights(np.array([0, 0, 1, 1, 2]), np.array([0] * 6 + [1] * 2))
+    raw = np.array([0.75 / 0.4, 0.75 / 0.4, 0.25 / 0.4, 0.25 / 0.4, 0.0625 / 0.2])
+    np.testing.assert_allclose(weights, raw / raw.mean())
+    off = FewShotClassifier(ClassifierSettings(pool_weighted_temperature=False))
+    off.class_names = ["a", "b", "c"]
+    assert off._pool_weights(np.array([0, 1]), np.array([0, 0])) is None
+
+
+def test_weighted_temperature_ignores_zero_weight_rows() -> None:
+    """A zero weight removes a held-out seed from the fit, exactly as leaving it out would."""
+    from cascade_defect.annotate.offline.classifier import _fit_temperature
+
+    rng = np.random.default_rng(5)
+    logits = rng.normal(0, 3, size=(20, 4))
+    labels = rng.integers(0, 4, size=20)
+    weights = np.r_[np.ones(12), np.zeros(8)]
+    assert _fit_temperature(logits, labels, weights=weights) == _fit_temperature(
+        logits[:12], labels[:12]
+    )
+    assert _fit_temperature(logits, labels, weights=np.full(20, 3.0)) == _fit_temperature(
+        logits, labels
+    )

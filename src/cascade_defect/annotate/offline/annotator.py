@@ -238,8 +238,9 @@ class OfflineAnnotator:
         """Class probabilities for every pool image: ``image_id`` plus one column per class.
 
         Only ``image_id``, ``path`` and ``sha256`` of ``pool`` are read; a ``class_name`` column, if
-        present, is dropped before anything else happens. In transductive mode the answer uses
-        the structure of the whole pool passed in, so pass it all at once.
+        present, is dropped before anything else happens. The answer uses the structure of the
+        whole pool passed in (transductive mode) and its class mix (the pool-weighted
+        temperature), so pass it all at once.
         """
         if self.seed_images is None:
             raise RuntimeError("fit() the annotator on the seeds first")
@@ -363,8 +364,10 @@ class OfflineAnnotator:
         total_start = time.perf_counter()
         unlabelled = _unlabelled(pool)
         params = {**self.params(), "box_strategy": box_strategy}
-        if self.classifier.settings.transductive:
-            # The answer depends on the pool's structure, so the pool is part of the request.
+        settings = self.classifier.settings
+        if settings.transductive or settings.pool_weighted_temperature:
+            # The answer (or its temperature) depends on the pool, so the pool is part of the
+            # request.
             params["pool_sha256"] = sha256_bytes("\n".join(sorted(unlabelled["sha256"])).encode())
         if box_strategy == "seed_detector":
             params["detector"] = detector.describe()
