@@ -219,7 +219,11 @@ def run_draw(
         config_dir=scratch / "ultralytics",
         progress=False,
     ).fit(seeds, None, class_names)
-    store = AnnotationStore(scratch / f"{tag}-{mode}.jsonl")
+    # A fresh store per row: answers cached from an earlier run in the same --work-dir would
+    # come back without their diagnostics or wall time (the feature caches are what is reused).
+    store_path = scratch / f"{tag}-{mode}.jsonl"
+    store_path.unlink(missing_ok=True)
+    store = AnnotationStore(store_path)
     summary = annotator.annotate(pool, store)
     wall = time.perf_counter() - start
     scored = score_answers(pool_truth, store.records())
