@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade_defect.manifest import environment, git_state
+from cascade_defect.plots.book import manifest_path
 
 
 def parser_with_common_options(doc: str) -> argparse.ArgumentParser:
@@ -98,14 +99,19 @@ def path_beside(path: Path, folder: Path, config: Any) -> str | None:
     return None if Path(written).is_absolute() else written
 
 
-def benchmark_header(name: str, profile: str) -> dict[str, Any]:
+def benchmark_header(name: str, profile: str, table: Path) -> dict[str, Any]:
     """The fields every benchmark manifest opens with: what ran, when, the code's commit (of the
-    checkout the script runs from, never the run folder's) and the packages and CPU it ran on."""
+    checkout the script runs from, never the run folder's) and the packages and CPU it ran on.
+
+    ``table`` and its manifest are left out of the dirty check: a benchmark that writes its
+    committed table in place has changed a tracked file by the time it describes itself.
+    """
+    outputs = (Path(table), manifest_path(Path(table)))
     return {
         "benchmark": name,
         "script": f"scripts/bench_{name}.py",
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "profile": profile,
-        "git": git_state(Path(__file__).resolve().parent),
+        "git": git_state(Path(__file__).resolve().parent, run_dirs=outputs),
         "environment": environment(),
     }

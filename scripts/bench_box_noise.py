@@ -246,7 +246,7 @@ class SweepManifest:
         folder = self.csv.parent
         wall = pd.to_numeric(table["train_wall_seconds"], errors="coerce")
         return {
-            **benchmark_header("box_noise", self.config.profile.name),
+            **benchmark_header("box_noise", self.config.profile.name, self.csv),
             "complete": set(self.requested) <= current,
             "config": self.config.summary(),
             "parameters": portable_values(self.parameters, self.config),

@@ -314,7 +314,7 @@ def write(table: pd.DataFrame, args: argparse.Namespace, sizes: dict, seconds: f
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.csv, index=False)
     manifest = {
-        **benchmark_header("offline_annotator", args.profile),
+        **benchmark_header("offline_annotator", args.profile, args.csv),
         "parameters": {
             "datasets": args.dataset,
             "modes": args.modes,

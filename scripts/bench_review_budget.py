@@ -401,7 +401,7 @@ class Bench:
         folder = self.args.csv.parent.resolve()
         scratch = self.scratch.resolve()
         return {
-            **benchmark_header("review_budget", config.profile.name),
+            **benchmark_header("review_budget", config.profile.name, self.args.csv),
             "config": config.summary(),
             "parameters": portable_values(
                 {

@@ -245,7 +245,7 @@ def main() -> None:
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.csv, index=False)
     manifest = {
-        **benchmark_header("seed_draws", record.profile.name),
+        **benchmark_header("seed_draws", record.profile.name, args.csv),
         "parameters": {
             "run_dir": shown_path(record.paths.run_dir, record),
             "draws": ["record", *map(str, args.draws)],

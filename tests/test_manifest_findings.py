@@ -260,6 +260,31 @@ def test_a_run_is_dirty_for_code_changes_but_not_for_the_record_it_rewrites(
     assert git_state(repo, [repo / "data" / "line" / "runs" / "quick"])["dirty"] is True
 
 
+def test_a_benchmark_is_clean_for_the_table_it_rewrites_and_nothing_else(tmp_path: Path) -> None:
+    """A benchmark writes its committed table in place before describing itself: naming the
+    table's files leaves exactly those out, not their folder's other tables."""
+    from cascade_defect.manifest import git_state
+
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    tables = {
+        "_quarto.yml": "project:\n  type: book\n",
+        "pyproject.toml": "[project]\nname = 'x'\n",
+        "data/benchmarks/offline.csv": "a\n1\n",
+        "data/benchmarks/offline.manifest.json": "{}",
+        "data/benchmarks/other.csv": "a\n1\n",
+    }
+    _commit_files(repo, tables, "tables")
+    written = [repo / "data/benchmarks/offline.csv", repo / "data/benchmarks/offline.manifest.json"]
+    for path in written:
+        path.write_text("rewritten by the benchmark")
+    assert git_state(repo)["dirty"] is True
+    assert git_state(repo, written)["dirty"] is False
+    (repo / "data/benchmarks/other.csv").write_text("a\n2\n")
+    assert git_state(repo, written)["dirty"] is True
+
+
 def test_chapters_01_02_record_no_absolute_path(tmp_path: Path) -> None:
     """The files the record commits name places relative to the checkout or by their variable."""
     checkout = tmp_path / "checkout"
