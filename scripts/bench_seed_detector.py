@@ -5,7 +5,8 @@ annotator names only a class, so its recipe decides most of the pseudo detector'
 This script trains the seed detector on chapter 02's seeds with the profile's recipe, changed
 by the options given, into a scratch folder; proposes boxes for every pool image once at the
 lowest threshold asked for; then, for each threshold, builds the pseudo boxes exactly as
-chapter 03 does (the annotator's class from chapter 03's store, whole-image fallback) and
+chapter 03 does (the annotator's class from chapter 03's store, the profile's whole-image
+fallback) and
 scores them against the pool's ground truth as chapter 04 does (class-agnostic recall and
 precision at IoU 0.5, mean best IoU). The book's outputs are not touched.
 
@@ -13,6 +14,10 @@ Run chapters 01-03 first, then for example:
 
     CASCADE_YOLO_WEIGHTS=/path/to/yolov8n.pt .venv/bin/python scripts/bench_seed_detector.py \\
         --conf 0.05 0.1 0.25 --arg nbs=6
+
+``--synthetic-defects N`` adds N synthetic tiles (the seeds' defects pasted onto the defect-free
+seeds) to the training set; on a line, compare at equal image-passes (e.g. ``--epochs 20`` for
+25 seeds + 100 tiles against the profile's 100 epochs on the seeds alone).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from cascade_defect.annotate.boxes import (
     pseudo_boxes,
 )
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.chapters.c03_annotation import AnnotationOutputs
+from cascade_defect.annotate.strategies import seed_training_set
+from cascade_defect.box_settings import whole_image_fallback
+from cascade_defect.chapters.c03_annotation import AnnotationOutputs, seeds_with_mask_paths
 from cascade_defect.data.split import (
     SplitLayout,
     read_labelled_listing,
@@ -42,6 +49,12 @@ def main() -> None:
     parser = parser_with_common_options(__doc__)
     parser.add_argument(
         "--conf", type=float, nargs="+", default=None, help="thresholds (default: the profile's)"
+    )
+    parser.add_argument(
+        "--synthetic-defects",
+        type=int,
+        default=None,
+        help="synthetic tiles added to training (default: the profile's annotation setting)",
     )
     args = parser.parse_args()
     config = load_config(args.profile)
@@ -67,7 +80,18 @@ def main() -> None:
         threads=config.profile.training.torch_threads,
     )
     seeds, seed_boxes = read_labelled_listing(layout, "seed")
-    trained = detector.train(seeds, seed_boxes, layout.class_names())
+    synthetic = args.synthetic_defects
+    if synthetic is None:
+        synthetic = config.profile.annotation.synthetic_defects
+    if synthetic:
+        seeds = seeds_with_mask_paths(seeds, config)
+    training = seed_training_set(
+        seeds, seed_boxes, synthetic, detector.work_dir, config.profile.training.seed
+    )
+    trained = detector.train(*training, layout.class_names())
+    fallback = whole_image_fallback(
+        config.profile.annotation.whole_image_fallback, has_no_defect=layout.has_no_defect()
+    )
     pool = read_pool_listing(layout)
     proposals = detector.propose(pool)
     predictions = predictions_from_store(AnnotationStore(annotation.predictions), pool)
@@ -79,7 +103,7 @@ def main() -> None:
             image_id: [p for p in found if p.score >= threshold]
             for image_id, found in proposals.items()
         }
-        boxes = pseudo_boxes(predictions, "seed_detector", proposals=kept)
+        boxes = pseudo_boxes(predictions, "seed_detector", proposals=kept, fallback=fallback)
         table = box_quality(gt_norm, boxes, predictions["image_id"], layout.class_names())
         overall = table[table["class_name"] == "all"].iloc[0]
         rows.append(
@@ -96,9 +120,13 @@ def main() -> None:
                 },
             }
         )
-    print(f"seed detector {settings.describe()}: trained in {trained.seconds:.1f} s")
+    described = {**settings.describe(), "synthetic_defects": synthetic}
+    print(
+        f"seed detector {described}: trained in {trained.seconds:.1f} s on "
+        f"{trained.n_images} images ({trained.n_boxes} boxes)"
+    )
     print(pd.DataFrame(rows).drop(columns="recall_by_class").to_string(index=False))
-    report({"settings": settings.describe(), "train_seconds": trained.seconds, "rows": rows}, args)
+    report({"settings": described, "train_seconds": trained.seconds, "rows": rows}, args)
 
 
 if __name__ == "__main__":

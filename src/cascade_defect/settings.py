@@ -199,6 +199,15 @@ class AnnotationSettings(BaseModel):
             "true boxes (recall) and adds more false ones (precision)."
         ),
     )
+    synthetic_defects: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Synthetic tiles added to the seed detector's training: the seeds' defects pasted "
+            "onto the defect-free seed tiles (needs defect-free seeds). Training time grows with "
+            "the images: lower seed_detector_epochs to keep it."
+        ),
+    )
     whole_image_fallback: WholeImageFallback = Field(
         "auto",
         description=(

@@ -55,6 +55,26 @@ class DetectorRecipe:
     threads: int | None = None
     crop_verifier: CropVerifierSettings = field(default_factory=CropVerifierSettings)
     classifier_cam: CamBoxSettings = field(default_factory=CamBoxSettings)
+    synthetic_defects: int = 0
+    """Synthetic tiles (seed defects on defect-free seeds) added to the seed detector's training."""
+
+
+def seed_training_set(
+    seeds: pd.DataFrame, seed_boxes: pd.DataFrame, synthetic: int, work_dir: Path, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The seed detector's training images and boxes: the seeds, plus ``synthetic`` tiles made
+    from them under ``work_dir/synthetic`` (:mod:`cascade_defect.annotate.synthetic_defects`)."""
+    if not synthetic:
+        return seeds, seed_boxes
+    from cascade_defect.annotate.synthetic_defects import synthesise_defects
+
+    images, boxes = synthesise_defects(
+        seeds, seed_boxes, synthetic, Path(work_dir) / "synthetic", seed=seed
+    )
+    return (
+        pd.concat([seeds, images], ignore_index=True),
+        pd.concat([seed_boxes, boxes], ignore_index=True),
+    )
 
 
 def runnable_strategies(strategies: Sequence[str], annotator: str) -> list[str]:
@@ -95,7 +115,10 @@ def strategy_proposals(
     )
     proposed: dict[str, list[Proposal]] = {}
     if NEEDS_DETECTOR & set(wanted):
-        detector.train(seeds, seed_boxes, class_names)
+        training = seed_training_set(
+            seeds, seed_boxes, recipe.synthetic_defects, detector.work_dir, recipe.seed
+        )
+        detector.train(*training, class_names)
         proposed = detector.propose(pool)
     image_classes = dict(zip(predictions["image_id"], predictions["defect_class"], strict=True))
     out: dict[str, dict[str, list[Proposal]]] = {}

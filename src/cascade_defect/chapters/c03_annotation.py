@@ -35,6 +35,7 @@ from cascade_defect.annotate.seeds import seed_examples
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.box_settings import whole_image_fallback
 from cascade_defect.data.split import SplitLayout, read_labelled_listing, read_pool_listing
+from cascade_defect.data.tables import read_table
 from cascade_defect.data.yolo_txt import write_label_file
 from cascade_defect.manifest import ChapterRun
 from cascade_defect.settings import StudyConfig
@@ -275,6 +276,8 @@ def _pseudo_boxes(
     strategies = runnable_strategies(options.box_strategies, options.annotator)
     seeds, seed_boxes = read_labelled_listing(layout, "seed")
     profile = config.profile
+    if profile.annotation.synthetic_defects:
+        seeds = seeds_with_mask_paths(seeds, config)
     recipe = DetectorRecipe(
         weights=config.yolo_weights,
         work_dir=config.paths.annotation_dir,
@@ -286,6 +289,7 @@ def _pseudo_boxes(
         seed=profile.training.seed,
         config_dir=config.work_dir / ".ultralytics",
         threads=profile.training.torch_threads,
+        synthetic_defects=profile.annotation.synthetic_defects,
     )
     proposals, details = strategy_proposals(
         strategies,
@@ -304,6 +308,21 @@ def _pseudo_boxes(
     ]
     boxes = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return boxes, details
+
+
+def seeds_with_mask_paths(seeds: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
+    """The seeds with chapter 01's ``mask_path`` column where the dataset has masks, so synthetic
+    defects are cut out by their pixels rather than their boxes."""
+    from cascade_defect.chapters.c01_data import DataStrategyOutputs
+
+    images = DataStrategyOutputs(config.paths.data_card_dir).images
+    if not images.exists():
+        return seeds
+    table = read_table(images)
+    if "mask_path" not in table.columns:
+        return seeds
+    masks = table[["image_id", "mask_path"]].drop_duplicates("image_id")
+    return seeds.merge(masks, on="image_id", how="left", validate="one_to_one")
 
 
 @dataclass(frozen=True)
