@@ -16,6 +16,8 @@ It prints one row per draw (box quality of the pool boxes, image-class accuracy 
 mAP50 [95% interval], the ratio to human [interval], training wall seconds), then the mean and
 range of the ratio, and writes the rows to ``--csv`` with a manifest beside it (chapter 06 shows
 the table). A draw whose row is in the CSV with the same fingerprint is not run again.
+``--set SECTION.KEY=VALUE`` changes a profile setting for the redrawn draws only, so a recipe can
+be tried on the record's own seeds (``--draws 0``) against the record.
 
     CASCADE_DATA_DIR=... CASCADE_YOLO_WEIGHTS=... .venv/bin/python scripts/bench_seed_draws.py \\
         --run-dir data/runs/quick --draws 1 2 --scratch /tmp/draws --csv data/benchmarks/seed_draws.csv
@@ -58,7 +60,7 @@ from cascade_defect.metrics.box_quality import box_quality, normalise_gt_boxes
 from cascade_defect.metrics.detection import detection_metrics, match_detections
 from cascade_defect.plots.book import manifest_path
 from cascade_defect.plots.seed_draws import CSV_COLUMNS
-from cascade_defect.settings import StudyConfig, load_config
+from cascade_defect.settings import StudyConfig, key_value_arguments, load_config
 from cascade_defect.train.predict import validate_on_test
 from cascade_defect.train.sources import HUMAN, PSEUDO
 
@@ -76,12 +78,41 @@ def parse_arguments() -> Any:
     )
     parser.add_argument("--human-per-draw", action="store_true", help="train human per draw too")
     parser.add_argument("--csv", type=Path, required=True, help="the table, read back to resume")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=(
+            "profile setting changed for the redrawn draws (repeatable), e.g. "
+            "annotation.synthetic_defects=100; value parsed as YAML. The record keeps its own"
+        ),
+    )
     return parser.parse_args()
 
 
-def draw_config(record: StudyConfig, draw: int, scratch: Path) -> StudyConfig:
-    """The record's profile with the seeds drawn again, run into its own work folder."""
+def profile_changes(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """``["annotation.synthetic_defects=100"]`` -> ``{"annotation": {"synthetic_defects": 100}}``;
+    a key without a section is refused by name."""
+    changes: dict[str, dict[str, Any]] = {}
+    for dotted, value in key_value_arguments(pairs).items():
+        section, dot, key = dotted.partition(".")
+        if not dot or not key:
+            raise SystemExit(f"--set {dotted}: expected SECTION.KEY=VALUE")
+        changes.setdefault(section, {})[key] = value
+    return changes
+
+
+def draw_config(
+    record: StudyConfig, draw: int, scratch: Path, changes: dict[str, dict[str, Any]] | None = None
+) -> StudyConfig:
+    """The record's profile with the seeds drawn again (and ``changes`` made), run into its own
+    work folder."""
     overrides = record.profile.model_dump()
+    for section, values in (changes or {}).items():
+        if section not in overrides or not isinstance(overrides[section], dict):
+            raise SystemExit(f"--set: the profile has no section {section!r}")
+        overrides[section].update(values)
     overrides["split"]["seed_draw"] = draw
     return load_config(
         record.profile.name,
@@ -201,7 +232,7 @@ def main() -> None:
     )
     draws: list[tuple[str, StudyConfig, dict[str, float]]] = [("record", record, {})]
     for draw in args.draws:
-        config = draw_config(record, draw, scratch)
+        config = draw_config(record, draw, scratch, profile_changes(args.set))
         print(f"draw {draw}: running chapters 01-03 and 05 in {config.paths.run_dir}")
         draws.append((str(draw), config, run_draw(config, strategy, sources)))
     for label, config, timings in draws:
@@ -250,6 +281,7 @@ def main() -> None:
             "run_dir": shown_path(record.paths.run_dir, record),
             "draws": ["record", *map(str, args.draws)],
             "box_strategy": strategy,
+            "profile_changes": profile_changes(args.set),
             "human": "per draw" if args.human_per_draw else "the record's model for every draw",
             "schedule": {
                 k: record.profile.training.model_dump()[k] for k in ("epochs", "imgsz", "batch")
