@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from cascade_defect.plots.book import manifest_path
 from cascade_defect.plots.seed_draws import (
@@ -114,3 +115,35 @@ def test_a_table_made_on_another_test_set_is_not_shown_as_this_runs(tmp_path: Pa
     assert found.table is None
     assert "review-budget benchmark" in review_budget_summary(found).data
     assert found.other_test_set and "is not shown" in review_budget_summary(found).data
+
+
+def test_a_recipe_is_tried_on_redrawn_draws_only(tmp_path: Path, monkeypatch) -> None:
+    """``--set annotation.synthetic_defects=100`` reaches the draws' profile, the record keeps
+    its own, and a key without a section or an unknown section is refused by name."""
+    import importlib.util
+    import sys
+
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    monkeypatch.syspath_prepend(str(scripts))
+    spec = importlib.util.spec_from_file_location(
+        "bench_seed_draws", scripts / "bench_seed_draws.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_seed_draws", bench)
+    spec.loader.exec_module(bench)
+
+    changes = bench.profile_changes(
+        ["annotation.synthetic_defects=100", "annotation.seed_detector_epochs=20"]
+    )
+    assert changes == {"annotation": {"synthetic_defects": 100, "seed_detector_epochs": 20}}
+    record = load_config("smoke", work_dir=tmp_path / "record")
+    draw = bench.draw_config(record, 0, tmp_path / "draws", changes)
+    assert draw.profile.annotation.synthetic_defects == 100
+    assert draw.profile.annotation.seed_detector_epochs == 20
+    assert draw.profile.split.seed_draw == 0
+    assert record.profile.annotation.synthetic_defects == 0
+    with pytest.raises(SystemExit, match=r"SECTION\.KEY"):
+        bench.profile_changes(["synthetic_defects=100"])
+    with pytest.raises(SystemExit, match="'anotation'"):
+        bench.draw_config(record, 0, tmp_path / "draws", {"anotation": {"x": 1}})
