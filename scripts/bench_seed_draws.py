@@ -77,6 +77,11 @@ def parse_arguments() -> Any:
         "--draws", type=int, nargs="+", default=[1, 2], help="seed draws besides the record's"
     )
     parser.add_argument("--human-per-draw", action="store_true", help="train human per draw too")
+    parser.add_argument(
+        "--record-seeds",
+        action="store_true",
+        help="also run the record's own seeds again (with --set: the recipe on the same seeds)",
+    )
     parser.add_argument("--csv", type=Path, required=True, help="the table, read back to resume")
     parser.add_argument(
         "--set",
@@ -104,10 +109,13 @@ def profile_changes(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def draw_config(
-    record: StudyConfig, draw: int, scratch: Path, changes: dict[str, dict[str, Any]] | None = None
+    record: StudyConfig,
+    draw: int | None,
+    scratch: Path,
+    changes: dict[str, dict[str, Any]] | None = None,
 ) -> StudyConfig:
-    """The record's profile with the seeds drawn again (and ``changes`` made), run into its own
-    work folder."""
+    """The record's profile with the seeds drawn again (None: the record's own seeds) and
+    ``changes`` made, run into its own work folder."""
     overrides = record.profile.model_dump()
     for section, values in (changes or {}).items():
         if section not in overrides or not isinstance(overrides[section], dict):
@@ -116,7 +124,7 @@ def draw_config(
     overrides["split"]["seed_draw"] = draw
     return load_config(
         record.profile.name,
-        work_dir=scratch / f"draw_{draw}",
+        work_dir=scratch / ("record_seeds" if draw is None else f"draw_{draw}"),
         data_dir=record.data_dir,
         yolo_weights=record.yolo_weights,
         overrides=overrides,
@@ -231,10 +239,12 @@ def main() -> None:
         "record_human",
     )
     draws: list[tuple[str, StudyConfig, dict[str, float]]] = [("record", record, {})]
-    for draw in args.draws:
+    redraws: list[int | None] = [None] if args.record_seeds else []
+    for draw in [*redraws, *args.draws]:
+        label = "record seeds" if draw is None else str(draw)
         config = draw_config(record, draw, scratch, profile_changes(args.set))
-        print(f"draw {draw}: running chapters 01-03 and 05 in {config.paths.run_dir}")
-        draws.append((str(draw), config, run_draw(config, strategy, sources)))
+        print(f"{label}: running chapters 01-03 and 05 in {config.paths.run_dir}")
+        draws.append((label, config, run_draw(config, strategy, sources)))
     for label, config, timings in draws:
         results = read_training_results(TrainingOutputs(config.paths.training_dir), config)
         pseudo = results[PSEUDO]
@@ -279,7 +289,7 @@ def main() -> None:
         **benchmark_header("seed_draws", record.profile.name, args.csv),
         "parameters": {
             "run_dir": shown_path(record.paths.run_dir, record),
-            "draws": ["record", *map(str, args.draws)],
+            "draws": [label for label, _, _ in draws],
             "box_strategy": strategy,
             "profile_changes": profile_changes(args.set),
             "human": "per draw" if args.human_per_draw else "the record's model for every draw",

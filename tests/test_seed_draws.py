@@ -143,6 +143,9 @@ def test_a_recipe_is_tried_on_redrawn_draws_only(tmp_path: Path, monkeypatch) ->
     assert draw.profile.annotation.seed_detector_epochs == 20
     assert draw.profile.split.seed_draw == 0
     assert record.profile.annotation.synthetic_defects == 0
+    same_seeds = bench.draw_config(record, None, tmp_path / "draws", changes)
+    assert same_seeds.profile.split.seed_draw is None
+    assert same_seeds.work_dir == tmp_path / "draws" / "record_seeds"
     with pytest.raises(SystemExit, match=r"SECTION\.KEY"):
         bench.profile_changes(["synthetic_defects=100"])
     with pytest.raises(SystemExit, match="'anotation'"):
