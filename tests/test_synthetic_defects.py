@@ -24,7 +24,7 @@ def _save(path: Path, pixels: np.ndarray) -> str:
 
 
 def seeds_with_one_defect(
-    tmp_path: Path, *, mask: bool = False, rgb_defect: bool = False
+    tmp_path: Path, *, mask: bool = False, rgb_defect: bool = False, mask_value: int = 255
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Two flat defect-free tiles (120x80 and 90x140) and one defect tile whose dark 12x6 bar
     sits at the left edge (x 0-12, y 30-36); with ``mask`` only the bar's top row is masked."""
@@ -44,7 +44,7 @@ def seeds_with_one_defect(
     row = {"image_id": "007", "path": _save(tmp_path / "007.png", defect), "class_name": "bar"}
     if mask:
         painted = np.zeros((80, 100))
-        painted[30, 0:12] = 255
+        painted[30, 0:12] = mask_value
         row["mask_path"] = _save(tmp_path / "007_mask.png", painted)
     rows.append(row)
     boxes = pd.DataFrame(
@@ -88,10 +88,11 @@ def test_same_seed_same_tiles_other_seed_other_places(tmp_path: Path) -> None:
     assert not first[1][["xmin", "ymin"]].equals(other[1][["xmin", "ymin"]])
 
 
-def test_a_mask_cuts_the_defect_by_its_pixels(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mask_value", [255, 1])
+def test_a_mask_cuts_the_defect_by_its_pixels(tmp_path: Path, mask_value: int) -> None:
     """Only the masked top row of the bar (dilated by 2 px) is pasted: its bottom row, 5 px
-    below, keeps the new tile's background."""
-    seeds, boxes = seeds_with_one_defect(tmp_path, mask=True)
+    below, keeps the new tile's background. A 0/1 label mask is read as the loader reads it."""
+    seeds, boxes = seeds_with_one_defect(tmp_path, mask=True, mask_value=mask_value)
     piece = defect_pieces(seeds, boxes)[0]
     x0, y0, _, y1 = piece.box
     assert piece.alpha[y0, x0 + 6] > 0.5

@@ -46,7 +46,8 @@ def git_state(start: Path | None = None, run_dirs: Sequence[Path] = ()) -> dict[
     """The commit the code ran at and whether tracked files other than the record had changed.
 
     The record's own files (:data:`RECORD_OUTPUTS`, and ``run_dirs``: the run folder of a run
-    with its own work folder, such as an appendix's ``data/magnetic-tile/runs/quick``) are
+    with its own work folder, such as an appendix's ``data/magnetic-tile/runs/quick``, or the
+    files a benchmark rewrites in place) are
     rewritten by the run in progress, so they are left out; otherwise every manifest after the
     first would say ``dirty``.
     """

@@ -27,6 +27,7 @@ from PIL import Image
 from scipy import ndimage
 
 from cascade_defect.annotate.schema import NO_DEFECT
+from cascade_defect.data.masks import read_mask
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def defect_pieces(seed_images: pd.DataFrame, seed_boxes: pd.DataFrame) -> list[D
         inside[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0] = True
         mask_path = seed_row.get("mask_path") if "mask_path" in by_id.columns else None
         if isinstance(mask_path, str) and mask_path and Path(mask_path).is_file():
-            mask = np.asarray(Image.open(mask_path).convert("L"))[cy0:cy1, cx0:cx1] > 127
+            mask = read_mask(Path(mask_path), width, height)[cy0:cy1, cx0:cx1]
             if (mask & inside).any():
                 inside &= ndimage.binary_dilation(mask, iterations=2)
         alpha = ndimage.gaussian_filter(inside.astype(np.float64), FEATHER_SIGMA)
