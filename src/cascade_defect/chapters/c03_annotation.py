@@ -35,7 +35,6 @@ from cascade_defect.annotate.seeds import seed_examples
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.box_settings import whole_image_fallback
 from cascade_defect.data.split import SplitLayout, read_labelled_listing, read_pool_listing
-from cascade_defect.data.tables import read_table
 from cascade_defect.data.yolo_txt import write_label_file
 from cascade_defect.manifest import ChapterRun
 from cascade_defect.settings import StudyConfig
@@ -311,18 +310,16 @@ def _pseudo_boxes(
 
 
 def seeds_with_mask_paths(seeds: pd.DataFrame, config: StudyConfig) -> pd.DataFrame:
-    """The seeds with chapter 01's ``mask_path`` column where the dataset has masks, so synthetic
-    defects are cut out by their pixels rather than their boxes."""
-    from cascade_defect.chapters.c01_data import DataStrategyOutputs
+    """The seeds with a ``mask_path`` column (chapter 01's index, read back as chapter 01 reads
+    it) where the dataset has masks, so synthetic defects are cut out by their pixels rather
+    than their boxes."""
+    from cascade_defect.chapters.c01_data import DataStrategyOutputs, dataset_from_index
 
-    images = DataStrategyOutputs(config.paths.data_card_dir).images
-    if not images.exists():
+    dataset = dataset_from_index(DataStrategyOutputs(config.paths.data_card_dir), config)
+    masks = {r.image_id: str(r.mask_path) for r in dataset.images if r.mask_path is not None}
+    if not masks:
         return seeds
-    table = read_table(images)
-    if "mask_path" not in table.columns:
-        return seeds
-    masks = table[["image_id", "mask_path"]].drop_duplicates("image_id")
-    return seeds.merge(masks, on="image_id", how="left", validate="one_to_one")
+    return seeds.assign(mask_path=seeds["image_id"].astype(str).map(masks))
 
 
 @dataclass(frozen=True)
