@@ -15,9 +15,10 @@ Run chapters 01-03 first, then for example:
     CASCADE_YOLO_WEIGHTS=/path/to/yolov8n.pt .venv/bin/python scripts/bench_seed_detector.py \\
         --conf 0.05 0.1 0.25 --arg nbs=6
 
-``--synthetic-defects N`` adds N synthetic tiles (the seeds' defects pasted onto the defect-free
-seeds) to the training set; on a line, compare at equal image-passes (e.g. ``--epochs 20`` for
-25 seeds + 100 tiles against the profile's 100 epochs on the seeds alone).
+Synthetic tiles (the seeds' defects pasted onto the defect-free seeds) follow the profile's
+``annotation.synthetic_defects`` as chapter 03 does (``auto``: 300 tiles at 20 epochs where the
+seeds include defect-free images); ``--synthetic-defects N`` asks for N, and 0 for the seeds
+alone on the profile's ``seed_detector_epochs``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from cascade_defect.annotate.boxes import (
     pseudo_boxes,
 )
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.annotate.strategies import seed_training_set
+from cascade_defect.annotate.strategies import seed_training_set, synthetic_tile_count
 from cascade_defect.box_settings import whole_image_fallback
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, seeds_with_mask_paths
 from cascade_defect.data.split import (
@@ -54,7 +55,10 @@ def main() -> None:
         "--synthetic-defects",
         type=int,
         default=None,
-        help="synthetic tiles added to training (default: the profile's annotation setting)",
+        help=(
+            "synthetic tiles added to training, 0 for none (default: the profile's "
+            "annotation.synthetic_defects, 'auto': 300 where the seeds include defect-free ones)"
+        ),
     )
     args = parser.parse_args()
     config = load_config(args.profile)
@@ -63,12 +67,23 @@ def main() -> None:
     if not annotation.predictions.exists():
         raise SystemExit(f"{annotation.predictions} not found: run chapters 01-03 first")
     thresholds = sorted(args.conf or [config.profile.annotation.seed_detector_conf])
-    chosen = {name: getattr(args, name) for name in ("epochs", "imgsz", "batch")}
+    seeds, seed_boxes = read_labelled_listing(layout, "seed")
+    synthetic_settings = config.profile.annotation.synthetic_defects
+    if args.synthetic_defects is not None:
+        synthetic_settings = synthetic_settings.model_copy(update={"tiles": args.synthetic_defects})
+    synthetic = synthetic_tile_count(synthetic_settings, seeds)
+    if synthetic:
+        seeds = seeds_with_mask_paths(seeds, config)
+    # With synthetic tiles the profile's synthetic schedule applies, as in chapter 03.
+    chosen = {"epochs": synthetic_settings.epochs} if synthetic else {}
+    chosen.update(
+        {n: getattr(args, n) for n in ("epochs", "imgsz", "batch") if getattr(args, n) is not None}
+    )
     # Proposing once at the lowest threshold and filtering by score gives, at each higher
     # threshold, exactly the boxes proposing at that threshold would (NMS keeps higher scores).
     settings = SeedDetectorSettings.for_profile(
         config.profile,
-        **{name: value for name, value in chosen.items() if value is not None},
+        **chosen,
         conf=thresholds[0],
         extra_train_args=key_value_arguments(args.arg),
     )
@@ -79,12 +94,6 @@ def main() -> None:
         config_dir=config.work_dir / ".ultralytics",
         threads=config.profile.training.torch_threads,
     )
-    seeds, seed_boxes = read_labelled_listing(layout, "seed")
-    synthetic = args.synthetic_defects
-    if synthetic is None:
-        synthetic = config.profile.annotation.synthetic_defects
-    if synthetic:
-        seeds = seeds_with_mask_paths(seeds, config)
     training = seed_training_set(
         seeds, seed_boxes, synthetic, detector.work_dir, config.profile.training.seed
     )

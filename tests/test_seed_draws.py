@@ -139,10 +139,10 @@ def test_a_recipe_is_tried_on_redrawn_draws_only(tmp_path: Path, monkeypatch) ->
     assert changes == {"annotation": {"synthetic_defects": 100, "seed_detector_epochs": 20}}
     record = load_config("smoke", work_dir=tmp_path / "record")
     draw = bench.draw_config(record, 0, tmp_path / "draws", changes)
-    assert draw.profile.annotation.synthetic_defects == 100
+    assert draw.profile.annotation.synthetic_defects.tiles == 100
     assert draw.profile.annotation.seed_detector_epochs == 20
     assert draw.profile.split.seed_draw == 0
-    assert record.profile.annotation.synthetic_defects == 0
+    assert record.profile.annotation.synthetic_defects.tiles == "auto"
     same_seeds = bench.draw_config(record, None, tmp_path / "draws", changes)
     assert same_seeds.profile.split.seed_draw is None
     assert same_seeds.work_dir == tmp_path / "draws" / "record_seeds"

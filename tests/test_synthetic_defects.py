@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,9 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from cascade_defect.annotate.strategies import seed_training_set
+from cascade_defect.annotate.strategies import seed_training_set, synthetic_tile_count
 from cascade_defect.annotate.synthetic_defects import defect_pieces, synthesise_defects
+from cascade_defect.box_settings import SyntheticDefectSettings
 from cascade_defect.settings import AnnotationSettings
 
 BACKGROUND = 150
@@ -123,8 +125,25 @@ def test_refusals_name_what_is_missing(tmp_path: Path) -> None:
         synthesise_defects(seeds, stray, 2, tmp_path / "out")
     with pytest.raises(ValueError, match="seed boxes"):
         synthesise_defects(seeds, boxes.iloc[0:0], 2, tmp_path / "out")
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="tiles"):
         AnnotationSettings(synthetic_defects=-1)
+    with pytest.raises(ValidationError, match="tiles"):
+        AnnotationSettings(synthetic_defects="many")
+
+
+def test_auto_adds_tiles_only_where_the_seeds_include_defect_free_images(tmp_path: Path) -> None:
+    seeds, _ = seeds_with_one_defect(tmp_path)
+    defective_only = seeds[seeds["class_name"] != "no_defect"]
+    auto = AnnotationSettings().synthetic_defects
+    assert (auto.tiles, auto.auto_tiles, auto.epochs) == ("auto", 300, 20)
+    assert synthetic_tile_count(auto, seeds) == 300
+    assert synthetic_tile_count(auto, defective_only) == 0
+    assert synthetic_tile_count(SyntheticDefectSettings(auto_tiles=7), seeds) == 7
+    # A bare number (the YAML and --set form) sets the tiles and keeps the other defaults.
+    fixed = AnnotationSettings(synthetic_defects=40).synthetic_defects
+    assert (fixed.tiles, fixed.epochs) == (40, 20)
+    assert synthetic_tile_count(fixed, defective_only) == 40
+    assert synthetic_tile_count(SyntheticDefectSettings(tiles=0), seeds) == 0
 
 
 def test_the_seed_detectors_training_set(tmp_path: Path) -> None:
@@ -141,7 +160,8 @@ def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
     tmp_path: Path, yolo_weights: Path
 ) -> None:
     """Masks in a parallel folder, numbered names, mixed sizes and modes: chapter 03 finds each
-    defect seed's mask through chapter 01's index and adds the synthetic tiles it was asked for."""
+    defect seed's mask through chapter 01's index and, with defect-free seeds, adds the smoke
+    profile's ``auto`` tiles and trains on its synthetic schedule."""
     from cascade_defect.chapters.c01_data import run_data_strategy
     from cascade_defect.chapters.c02_split import run_split
     from cascade_defect.chapters.c03_annotation import run_annotation, seeds_with_mask_paths
@@ -157,7 +177,6 @@ def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
         data_dir=data,
         work_dir=tmp_path / "work",
         yolo_weights=str(yolo_weights),
-        overrides={"annotation": {"synthetic_defects": 6}},
     )
     run_data_strategy(config)
     run_split(config)
@@ -171,7 +190,12 @@ def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
 
     detector_dir = config.paths.annotation_dir / "seed_detector"
     tiles = sorted((detector_dir / "synthetic").glob("synthetic_*.png"))
-    assert len(tiles) == 6
+    assert len(tiles) == config.profile.annotation.synthetic_defects.auto_tiles == 6
+    summary = json.loads((config.paths.annotation_dir / "summary.json").read_text())
+    trained = summary["box_strategy_details"]["seed_detector"]
+    assert trained["synthetic_tiles"] == 6
+    assert trained["settings"]["epochs"] == config.profile.annotation.synthetic_defects.epochs
+    assert trained["n_images"] == len(seeds) + 6
     labels = detector_dir / "seed_detector" / "dataset" / "labels"
     for tile in tiles:
         assert (labels / f"{tile.stem}.txt").read_text().strip(), f"{tile.name} has no box"

@@ -21,6 +21,7 @@ from cascade_defect.box_settings import (
     CamBoxSettings,
     CropVerifierSettings,
     SelfTrainingSettings,
+    SyntheticDefectSettings,
     WholeImageFallback,
 )
 from cascade_defect.locations import DataLocationError, portable_path
@@ -199,15 +200,20 @@ class AnnotationSettings(BaseModel):
             "true boxes (recall) and adds more false ones (precision)."
         ),
     )
-    synthetic_defects: int = Field(
-        0,
-        ge=0,
+    synthetic_defects: SyntheticDefectSettings = Field(
+        default_factory=SyntheticDefectSettings,
         description=(
-            "Synthetic tiles added to the seed detector's training: the seeds' defects pasted "
-            "onto the defect-free seed tiles (needs defect-free seeds). Training time grows with "
-            "the images: lower seed_detector_epochs to keep it."
+            "Synthetic tiles added to the seed detector's training (the seeds' defects pasted "
+            "onto the defect-free seed tiles) and its epochs then; a bare number or 'auto' "
+            "sets the tiles alone."
         ),
     )
+
+    @field_validator("synthetic_defects", mode="before")
+    @classmethod
+    def _tiles_alone(cls, value: Any) -> Any:
+        return {"tiles": value} if isinstance(value, int | str) else value
+
     whole_image_fallback: WholeImageFallback = Field(
         "auto",
         description=(
@@ -302,6 +308,7 @@ PROFILES: dict[str, ProfileSettings] = {
             seed_detector_epochs=1,
             seed_detector_imgsz=64,
             self_training=SelfTrainingSettings(epochs=1, imgsz=64, batch=8),
+            synthetic_defects=SyntheticDefectSettings(auto_tiles=6, epochs=1),
         ),
         training=TrainingSettings(
             epochs=1, imgsz=64, batch=8, workers=0, noise_levels=[0.3], noise_epochs=1

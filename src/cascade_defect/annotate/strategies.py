@@ -28,7 +28,13 @@ import pandas as pd
 
 from cascade_defect.annotate.boxes import Proposal, SeedDetector, SeedDetectorSettings
 from cascade_defect.annotate.options import AnnotatorOptions
-from cascade_defect.box_settings import CamBoxSettings, CropVerifierSettings, SelfTrainingSettings
+from cascade_defect.annotate.schema import NO_DEFECT
+from cascade_defect.box_settings import (
+    CamBoxSettings,
+    CropVerifierSettings,
+    SelfTrainingSettings,
+    SyntheticDefectSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,13 @@ def seed_training_set(
     )
 
 
+def synthetic_tile_count(settings: SyntheticDefectSettings, seeds: pd.DataFrame) -> int:
+    """Synthetic tiles for these seeds: ``auto`` adds them only where the seeds include
+    defect-free images to paste onto."""
+    has_clean = bool((seeds["class_name"].astype(str) == NO_DEFECT).any())
+    return settings.tile_count(has_defect_free_seeds=has_clean)
+
+
 def runnable_strategies(strategies: Sequence[str], annotator: str) -> list[str]:
     """The strategies this annotator can serve, in order; the others are logged and skipped."""
     kept = []
@@ -114,15 +127,22 @@ def strategy_proposals(
         progress=options.progress,
     )
     proposed: dict[str, list[Proposal]] = {}
+    details: dict[str, Any] = {}
     if NEEDS_DETECTOR & set(wanted):
         training = seed_training_set(
             seeds, seed_boxes, recipe.synthetic_defects, detector.work_dir, recipe.seed
         )
-        detector.train(*training, class_names)
+        trained = detector.train(*training, class_names)
         proposed = detector.propose(pool)
+        details["seed_detector"] = {
+            "settings": recipe.seed_detector.describe(),
+            "synthetic_tiles": recipe.synthetic_defects,
+            "n_images": trained.n_images,
+            "n_boxes": trained.n_boxes,
+            "train_seconds": round(trained.seconds, 1),
+        }
     image_classes = dict(zip(predictions["image_id"], predictions["defect_class"], strict=True))
     out: dict[str, dict[str, list[Proposal]]] = {}
-    details: dict[str, Any] = {}
     for strategy in wanted:
         if strategy == "seed_detector":
             out[strategy] = proposed

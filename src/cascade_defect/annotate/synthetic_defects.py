@@ -74,7 +74,7 @@ def synthesise_defects(
     if clean.empty:
         raise ValueError(
             "synthetic defects need defect-free seed images to paste onto, and these seeds have "
-            "none; set annotation.synthetic_defects to 0 for an all-defective dataset"
+            "none; set annotation.synthetic_defects to 'auto' or 0 for an all-defective dataset"
         )
     pieces = defect_pieces(seed_images, seed_boxes)
     if not pieces:

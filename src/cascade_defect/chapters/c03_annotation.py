@@ -269,18 +269,21 @@ def _pseudo_boxes(
         DetectorRecipe,
         runnable_strategies,
         strategy_proposals,
+        synthetic_tile_count,
     )
 
     predictions = predictions_from_store(store, pool)
     strategies = runnable_strategies(options.box_strategies, options.annotator)
     seeds, seed_boxes = read_labelled_listing(layout, "seed")
     profile = config.profile
-    if profile.annotation.synthetic_defects:
+    synthetic = synthetic_tile_count(profile.annotation.synthetic_defects, seeds)
+    if synthetic:
         seeds = seeds_with_mask_paths(seeds, config)
+    schedule = {"epochs": profile.annotation.synthetic_defects.epochs} if synthetic else {}
     recipe = DetectorRecipe(
         weights=config.yolo_weights,
         work_dir=config.paths.annotation_dir,
-        seed_detector=SeedDetectorSettings.for_profile(profile),
+        seed_detector=SeedDetectorSettings.for_profile(profile, **schedule),
         self_training=profile.annotation.self_training,
         crop_verifier=profile.annotation.crop_verifier,
         classifier_cam=profile.annotation.classifier_cam,
@@ -288,7 +291,7 @@ def _pseudo_boxes(
         seed=profile.training.seed,
         config_dir=config.work_dir / ".ultralytics",
         threads=profile.training.torch_threads,
-        synthetic_defects=profile.annotation.synthetic_defects,
+        synthetic_defects=synthetic,
     )
     proposals, details = strategy_proposals(
         strategies,
