@@ -199,3 +199,45 @@ def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
     labels = detector_dir / "seed_detector" / "dataset" / "labels"
     for tile in tiles:
         assert (labels / f"{tile.stem}.txt").read_text().strip(), f"{tile.name} has no box"
+
+
+@pytest.mark.slow
+def test_the_folder_annotator_adds_synthetic_tiles_for_defect_free_seeds(
+    tmp_path: Path, yolo_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cascade-defect annotate`` on a line's folders trains its seed detector as chapter 03
+    does: the seeds' defects, cut out by their masks, on the defect-free seeds; the synthetic
+    schedule replaces the seeds-only one."""
+    import functools
+    import shutil
+
+    import cascade_defect.box_settings as box_settings
+    from cascade_defect.annotate.folder import annotate_folder
+    from cascade_defect.annotate.options import AnnotatorOptions
+    from tests.synthetic import make_production_like
+
+    seeds_dir = make_production_like(
+        tmp_path / "seeds", defect_counts={"crack": 3, "blow hole": 3}, n_free=4
+    )
+    pool_dir = tmp_path / "pool"
+    pool_dir.mkdir()
+    for image in sorted(seeds_dir.glob("*/images/*.jpg"))[:5]:
+        shutil.copy(image, pool_dir / f"pool_{image.name}")
+    small = functools.partial(box_settings.SyntheticDefectSettings, auto_tiles=4, epochs=1)
+    monkeypatch.setattr(box_settings, "SyntheticDefectSettings", small)
+
+    annotate_folder(
+        pool_dir,
+        seeds_dir,
+        tmp_path / "out",
+        AnnotatorOptions(annotator="offline", box_strategies=("seed_detector",), progress=False),
+        weights=str(yolo_weights),
+    )
+
+    detector_dir = tmp_path / "out" / "seed_detector"
+    tiles = sorted((detector_dir / "synthetic").glob("synthetic_*.png"))
+    assert len(tiles) == 4
+    labels = detector_dir / "seed_detector" / "dataset" / "labels"
+    assert all((labels / f"{tile.stem}.txt").read_text().strip() for tile in tiles)
+    args = (detector_dir / "seed_detector" / "train" / "args.yaml").read_text()
+    assert "epochs: 1\n" in args

@@ -113,7 +113,8 @@ def scan_images(images_dir: Path) -> pd.DataFrame:
 
 
 def seed_frames(seeds: Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Seeds as the annotators' frames: images (with class) and pixel boxes."""
+    """Seeds as the annotators' frames: images (with class and, where the seeds have masks, the
+    mask that synthetic tiles cut their defects out by) and pixel boxes."""
     images = pd.DataFrame(
         [
             {
@@ -127,6 +128,8 @@ def seed_frames(seeds: Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
             for r in seeds.images
         ]
     )
+    if any(r.mask_path is not None for r in seeds.images):
+        images["mask_path"] = [str(r.mask_path) if r.mask_path else None for r in seeds.images]
     boxes = seeds.boxes_frame().drop(columns=["image_class"])
     return images, boxes
 
@@ -250,16 +253,25 @@ def write_folder_outputs(
         predictions_from_store,
         pseudo_boxes,
     )
-    from cascade_defect.annotate.strategies import DetectorRecipe, strategy_proposals
-    from cascade_defect.box_settings import SelfTrainingSettings
+    from cascade_defect.annotate.strategies import (
+        DetectorRecipe,
+        strategy_proposals,
+        synthetic_tile_count,
+    )
+    from cascade_defect.box_settings import SelfTrainingSettings, SyntheticDefectSettings
 
     predictions = predictions_from_store(store, pool)
+    # As in chapter 03: defect-free seeds get synthetic tiles, on the synthetic schedule.
+    synthetic_settings = SyntheticDefectSettings()
+    synthetic = synthetic_tile_count(synthetic_settings, seed_images)
+    schedule = {"epochs": synthetic_settings.epochs} if synthetic else {}
     recipe = DetectorRecipe(
         weights=weights,
         work_dir=out_dir,
-        seed_detector=SeedDetectorSettings(),
+        seed_detector=SeedDetectorSettings(**schedule),
         self_training=SelfTrainingSettings(),
         config_dir=out_dir / ".ultralytics",
+        synthetic_defects=synthetic,
     )
     found, _ = strategy_proposals(
         [box_strategy],
