@@ -150,3 +150,37 @@ def test_a_recipe_is_tried_on_redrawn_draws_only(tmp_path: Path, monkeypatch) ->
         bench.profile_changes(["synthetic_defects=100"])
     with pytest.raises(SystemExit, match="'anotation'"):
         bench.draw_config(record, 0, tmp_path / "draws", {"anotation": {"x": 1}})
+
+
+def test_the_detector_gate_answers_and_its_figures(monkeypatch) -> None:
+    """The defect-gate benchmark's answers and figures on four images computed by hand."""
+    import importlib.util
+    import sys
+
+    import numpy as np
+
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    monkeypatch.syspath_prepend(str(scripts))
+    spec = importlib.util.spec_from_file_location(
+        "bench_defect_gate", scripts / "bench_defect_gate.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_defect_gate", bench)
+    spec.loader.exec_module(bench)
+
+    classes = ["crack", "no_defect", "blow hole"]
+    probabilities = np.array([[0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.3, 0.6, 0.1], [0.05, 0.9, 0.05]])
+    scores = np.array([0.4, 0.02, 0.1, 0.3])
+    gated = bench.gated_answers(probabilities, classes, scores, 0.1)
+    # The annotator's no_defect never wins once the detector finds a box; the tie 0.05/0.05
+    # goes to the first defect class.
+    assert list(gated) == ["crack", "no_defect", "crack", "crack"]
+    truth = np.array(["crack", "blow hole", "no_defect", "no_defect"])
+    figures = bench.answer_figures(truth, gated)
+    assert figures["accuracy"] == 0.25
+    assert figures["defect_recall"] == 0.5
+    assert figures["false_alarm_rate"] == 1.0
+    assert figures["type_accuracy_on_found"] == 1.0
+    # Balanced accuracy: recall crack 1, blow hole 0, no_defect 0.
+    assert abs(figures["balanced_accuracy"] - 1 / 3) < 1e-12

@@ -1,0 +1,202 @@
+"""Defect or not on a line: the offline annotator's answer against the seed detector's, per draw.
+
+On a dataset with a defect-free class the offline annotator decides "defect or not" from one
+globally pooled feature per image, which a small defect on a large tile barely moves. The seed
+detector, trained on the same seeds (plus the synthetic tiles chapter 03 adds where the seeds
+include defect-free ones), looks for the defect itself. This benchmark measures, over the offline
+annotator benchmark's seed draws (``--per-class`` seeds of every defect class, 1% of the
+defect-free images, the rest the pool):
+
+- how well each separates defective from defect-free pool images (ROC AUC of the annotator's
+  ``1 - P(no_defect)`` and of the detector's best box score on the image);
+- the annotator alone against a *detector gate*: an image is defective when the detector's best
+  box scores at least a threshold, and then gets the annotator's most probable defect class.
+
+Reads Magnetic-tile (``--data-dir`` or ``CASCADE_MT_DATA_DIR``; any dataset with a defect-free
+class will do) and writes one row per draw x answer to ``--csv`` with a manifest beside it:
+
+    CASCADE_YOLO_WEIGHTS=/path/to/yolov8n.pt .venv/bin/python scripts/bench_defect_gate.py \\
+        --data-dir /path/to/Magnetic-tile --csv data/magnetic-tile/benchmarks/defect_gate.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _bench_cli import benchmark_header
+from bench_offline_annotator import draw_seeds
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+from cascade_defect.annotate.boxes import SeedDetector, SeedDetectorSettings
+from cascade_defect.annotate.offline import OfflineAnnotator
+from cascade_defect.annotate.schema import NO_DEFECT
+from cascade_defect.annotate.strategies import seed_training_set, synthetic_tile_count
+from cascade_defect.data.ingest import load_dataset
+from cascade_defect.plots.book import manifest_path
+from cascade_defect.settings import load_config
+
+THRESHOLDS = (0.05, 0.1, 0.15, 0.25)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=os.environ.get("CASCADE_MT_DATA_DIR"))
+    parser.add_argument("--profile", default="quick", help="seed detector settings (default quick)")
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--draw-seed", type=int, default=20240, help="first draw's random seed")
+    parser.add_argument("--per-class", type=int, default=3)
+    parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
+    parser.add_argument("--scratch", type=Path, required=True, help="detectors and caches")
+    parser.add_argument("--csv", type=Path, required=True)
+    args = parser.parse_args()
+    if args.data_dir is None:
+        parser.error("give --data-dir or set CASCADE_MT_DATA_DIR")
+    return args
+
+
+def gated_answers(
+    probabilities: np.ndarray, classes: Sequence[str], scores: np.ndarray, threshold: float
+) -> np.ndarray:
+    """``no_defect`` where the detector's best box scores below ``threshold``, else the most
+    probable defect class of the annotator (its ``no_defect`` probability left out)."""
+    defect = [i for i, name in enumerate(classes) if name != NO_DEFECT]
+    best = np.asarray(classes, dtype=object)[defect][probabilities[:, defect].argmax(axis=1)]
+    return np.where(scores >= threshold, best, NO_DEFECT)
+
+
+def answer_figures(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Class and defect-or-not figures of one set of answers."""
+    clean = truth == NO_DEFECT
+    return {
+        "accuracy": float((predicted == truth).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, labels=sorted(set(truth)), average="macro")),
+        "defect_recall": float((predicted[~clean] != NO_DEFECT).mean()),
+        "false_alarm_rate": float((predicted[clean] != NO_DEFECT).mean()),
+        "type_accuracy_on_found": float(
+            (predicted[~clean] == truth[~clean])[predicted[~clean] != NO_DEFECT].mean()
+        ),
+    }
+
+
+def best_box_scores(detector: SeedDetector, pool: pd.DataFrame) -> np.ndarray:
+    """Each pool image's best proposal score (0 where the detector proposes nothing)."""
+    proposals = detector.propose(pool)
+    return np.array(
+        [max((p.score for p in proposals.get(i, [])), default=0.0) for i in pool["image_id"]]
+    )
+
+
+def run_draw(args: argparse.Namespace, draw: int, data: tuple) -> list[dict[str, object]]:
+    images, boxes, class_names, weights, profile = data
+    seed_rows = draw_seeds(images, args.per_class, args.draw_seed + draw)
+    seeds = images.iloc[seed_rows]
+    pool = images.drop(index=images.index[seed_rows])
+    truth = pool["class_name"].to_numpy()
+    scratch = args.scratch / f"draw_{draw}"
+    start = time.perf_counter()
+    annotator = OfflineAnnotator(
+        weights,
+        cache_dir=args.scratch / "feature_cache",
+        config_dir=args.scratch / "ultralytics",
+        progress=False,
+    ).fit(seeds, None, class_names)
+    frame = annotator.predict_proba(pool.drop(columns=["class_name"]))
+    probabilities = frame[annotator.answer_classes].to_numpy()
+    annotator_seconds = time.perf_counter() - start
+
+    synthetic_settings = profile.annotation.synthetic_defects
+    tiles = synthetic_tile_count(synthetic_settings, seeds)
+    schedule = {"epochs": synthetic_settings.epochs} if tiles else {}
+    detector = SeedDetector(
+        weights,
+        scratch / "seed_detector",
+        SeedDetectorSettings.for_profile(profile, **schedule),
+        config_dir=args.scratch / "ultralytics",
+        threads=profile.training.torch_threads,
+        progress=False,
+    )
+    seed_boxes = boxes[boxes["image_id"].isin(seeds["image_id"])]
+    trained = detector.train(
+        *seed_training_set(seeds, seed_boxes, tiles, detector.work_dir, profile.training.seed),
+        class_names,
+    )
+    scores = best_box_scores(detector, pool)
+
+    clean = truth == NO_DEFECT
+    no_defect_column = annotator.answer_classes.index(NO_DEFECT)
+    common = {
+        "draw": draw,
+        "n_seed": len(seeds),
+        "n_pool": len(pool),
+        "synthetic_tiles": tiles,
+        "auc_annotator": float(roc_auc_score(~clean, 1 - probabilities[:, no_defect_column])),
+        "auc_detector": float(roc_auc_score(~clean, scores)),
+        "annotator_seconds": round(annotator_seconds, 1),
+        "detector_train_seconds": round(trained.seconds, 1),
+    }
+    own = np.asarray(annotator.answer_classes, dtype=object)[probabilities.argmax(axis=1)]
+    rows = [{**common, "answer": "annotator", **answer_figures(truth, own)}]
+    for threshold in args.thresholds:
+        gated = gated_answers(probabilities, annotator.answer_classes, scores, threshold)
+        rows.append(
+            {**common, "answer": f"detector gate >= {threshold}", **answer_figures(truth, gated)}
+        )
+    return rows
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+    started = time.perf_counter()
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    config = load_config(args.profile, work_dir=args.scratch / "work")
+    dataset = load_dataset(args.data_dir, class_names=None, progress=False)
+    images = dataset.images_frame().rename(columns={"image_path": "path"})
+    if NO_DEFECT not in set(images["class_name"]):
+        raise SystemExit(f"{args.data_dir}: no defect-free class found")
+    boxes = dataset.boxes_frame().drop(columns=["image_class"])
+    data = (images, boxes, list(dataset.class_names), config.yolo_weights, config.profile)
+    rows = []
+    for draw in range(args.draws):
+        rows.extend(run_draw(args, draw, data))
+        for row in rows[-len(args.thresholds) - 1 :]:
+            print(
+                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+            )
+    table = pd.DataFrame(rows)
+    figures = ["auc_annotator", "auc_detector", "balanced_accuracy", "defect_recall"]
+    figures += ["false_alarm_rate", "type_accuracy_on_found"]
+    print("\nMean over draws:")
+    print(table.groupby("answer", sort=False)[figures].mean().round(3).to_string())
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.csv, index=False)
+    manifest = {
+        **benchmark_header("defect_gate", args.profile, args.csv),
+        "parameters": {
+            "dataset": args.data_dir.name,
+            "draws": args.draws,
+            "draw_seeds": [args.draw_seed, args.draw_seed + args.draws - 1],
+            "per_class": args.per_class,
+            "thresholds": args.thresholds,
+            "seed_detector": config.profile.annotation.model_dump(
+                include={"seed_detector_epochs", "seed_detector_imgsz", "seed_detector_conf"}
+            ),
+            "synthetic_defects": config.profile.annotation.synthetic_defects.model_dump(),
+        },
+        "table": args.csv.name,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+    manifest_path(args.csv).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
