@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -84,3 +88,21 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
     monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     return attempts
+
+
+@pytest.fixture
+def load_script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+    """A benchmark script of ``scripts/`` imported as a module by its name: its own imports
+    (``_bench_cli``, another script) resolve, and its dataclasses find their module."""
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+
+    def load(name: str) -> ModuleType:
+        monkeypatch.syspath_prepend(str(scripts))
+        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -4,14 +4,13 @@ notebook section, each on generated tables (no training)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -338,22 +337,10 @@ def test_the_notebook_section_runs_on_generated_files(tmp_path: Path, present: b
 # --------------------------------------------------------------------------- the sweep's manifest
 
 
-def load_script(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location(
-        "bench_box_noise", ROOT / "scripts" / "bench_box_noise.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look themselves up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_sweeps_manifest_holds_only_portable_paths(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load_script
 ) -> None:
-    script = load_script(monkeypatch)
+    script = load_script("bench_box_noise")
     weights = tmp_path / "weights" / "yolov8n.pt"
     weights.parent.mkdir()
     weights.write_bytes(b"weights")

@@ -8,10 +8,8 @@ through ``cascade-defect annotate`` and through the offline annotator benchmark'
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pandas as pd
 import pytest
@@ -247,17 +245,8 @@ def test_cli_annotate_keeps_numbered_and_named_files_apart(
 # ---------------------------------------------------------------------------------------------
 
 
-def load_benchmark() -> ModuleType:
-    path = ROOT / "scripts" / "bench_offline_annotator.py"
-    spec = importlib.util.spec_from_file_location("bench_offline_annotator", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_scores_numbered_ids(numbered_run: StudyConfig) -> None:
-    bench = load_benchmark()
+def test_benchmark_scores_numbered_ids(numbered_run: StudyConfig, load_script) -> None:
+    bench = load_script("bench_offline_annotator")
     layout = SplitLayout(numbered_run.paths.split_dir)
     images = bench.non_test_images(layout)
     test_ids = set(read_labelled_listing(layout, "test")[0]["image_id"])

@@ -117,21 +117,10 @@ def test_a_table_made_on_another_test_set_is_not_shown_as_this_runs(tmp_path: Pa
     assert found.other_test_set and "is not shown" in review_budget_summary(found).data
 
 
-def test_a_recipe_is_tried_on_redrawn_draws_only(tmp_path: Path, monkeypatch) -> None:
+def test_a_recipe_is_tried_on_redrawn_draws_only(tmp_path: Path, load_script) -> None:
     """``--set annotation.synthetic_defects=100`` reaches the draws' profile, the record keeps
     its own, and a key without a section or an unknown section is refused by name."""
-    import importlib.util
-    import sys
-
-    scripts = Path(__file__).resolve().parent.parent / "scripts"
-    monkeypatch.syspath_prepend(str(scripts))
-    spec = importlib.util.spec_from_file_location(
-        "bench_seed_draws", scripts / "bench_seed_draws.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_seed_draws", bench)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_seed_draws")
 
     changes = bench.profile_changes(
         ["annotation.synthetic_defects=100", "annotation.seed_detector_epochs=20"]
@@ -152,22 +141,11 @@ def test_a_recipe_is_tried_on_redrawn_draws_only(tmp_path: Path, monkeypatch) ->
         bench.draw_config(record, 0, tmp_path / "draws", {"anotation": {"x": 1}})
 
 
-def test_the_detector_gate_answers_and_its_figures(monkeypatch) -> None:
+def test_the_detector_gate_answers_and_its_figures(load_script) -> None:
     """The defect-gate benchmark's answers and figures on four images computed by hand."""
-    import importlib.util
-    import sys
-
     import numpy as np
 
-    scripts = Path(__file__).resolve().parent.parent / "scripts"
-    monkeypatch.syspath_prepend(str(scripts))
-    spec = importlib.util.spec_from_file_location(
-        "bench_defect_gate", scripts / "bench_defect_gate.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_defect_gate", bench)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_defect_gate")
 
     classes = ["crack", "no_defect", "blow hole"]
     probabilities = np.array([[0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.3, 0.6, 0.1], [0.05, 0.9, 0.05]])
