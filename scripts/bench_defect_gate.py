@@ -37,10 +37,11 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 from cascade_defect.annotate.boxes import SeedDetector, SeedDetectorSettings
 from cascade_defect.annotate.offline import OfflineAnnotator
 from cascade_defect.annotate.schema import NO_DEFECT
-from cascade_defect.annotate.strategies import seed_training_set, synthetic_tile_count
+from cascade_defect.annotate.strategies import seed_training_set, synthetic_plan
 from cascade_defect.data.ingest import load_dataset
+from cascade_defect.data.records import Dataset
 from cascade_defect.plots.book import manifest_path
-from cascade_defect.settings import load_config
+from cascade_defect.settings import StudyConfig, load_config
 
 THRESHOLDS = (0.05, 0.1, 0.15, 0.25)
 
@@ -94,8 +95,13 @@ def best_box_scores(detector: SeedDetector, pool: pd.DataFrame) -> np.ndarray:
     )
 
 
-def run_draw(args: argparse.Namespace, draw: int, data: tuple) -> list[dict[str, object]]:
-    images, boxes, class_names, weights, profile = data
+def run_draw(
+    args: argparse.Namespace, draw: int, dataset: Dataset, config: StudyConfig
+) -> list[dict[str, object]]:
+    """One seed draw: the annotator's answers and the gated ones, one row each."""
+    images = dataset.images_frame().rename(columns={"image_path": "path"})
+    boxes = dataset.boxes_frame().drop(columns=["image_class"])
+    class_names, weights, profile = list(dataset.class_names), config.yolo_weights, config.profile
     seed_rows = draw_seeds(images, args.per_class, args.draw_seed + draw)
     seeds = images.iloc[seed_rows]
     pool = images.drop(index=images.index[seed_rows])
@@ -112,9 +118,7 @@ def run_draw(args: argparse.Namespace, draw: int, data: tuple) -> list[dict[str,
     probabilities = frame[annotator.answer_classes].to_numpy()
     annotator_seconds = time.perf_counter() - start
 
-    synthetic_settings = profile.annotation.synthetic_defects
-    tiles = synthetic_tile_count(synthetic_settings, seeds)
-    schedule = {"epochs": synthetic_settings.epochs} if tiles else {}
+    tiles, schedule = synthetic_plan(profile.annotation.synthetic_defects, seeds)
     detector = SeedDetector(
         weights,
         scratch / "seed_detector",
@@ -160,14 +164,11 @@ def main() -> None:
     args.scratch.mkdir(parents=True, exist_ok=True)
     config = load_config(args.profile, work_dir=args.scratch / "work")
     dataset = load_dataset(args.data_dir, class_names=None, progress=False)
-    images = dataset.images_frame().rename(columns={"image_path": "path"})
-    if NO_DEFECT not in set(images["class_name"]):
+    if not any(r.class_name == NO_DEFECT for r in dataset.images):
         raise SystemExit(f"{args.data_dir}: no defect-free class found")
-    boxes = dataset.boxes_frame().drop(columns=["image_class"])
-    data = (images, boxes, list(dataset.class_names), config.yolo_weights, config.profile)
     rows = []
     for draw in range(args.draws):
-        rows.extend(run_draw(args, draw, data))
+        rows.extend(run_draw(args, draw, dataset, config))
         for row in rows[-len(args.thresholds) - 1 :]:
             print(
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})

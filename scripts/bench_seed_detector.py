@@ -33,7 +33,7 @@ from cascade_defect.annotate.boxes import (
     pseudo_boxes,
 )
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.annotate.strategies import seed_training_set, synthetic_tile_count
+from cascade_defect.annotate.strategies import seed_training_set, synthetic_plan
 from cascade_defect.box_settings import whole_image_fallback
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, seeds_with_mask_paths
 from cascade_defect.data.split import (
@@ -71,11 +71,10 @@ def main() -> None:
     synthetic_settings = config.profile.annotation.synthetic_defects
     if args.synthetic_defects is not None:
         synthetic_settings = synthetic_settings.model_copy(update={"tiles": args.synthetic_defects})
-    synthetic = synthetic_tile_count(synthetic_settings, seeds)
+    # With synthetic tiles the profile's synthetic schedule applies, as in chapter 03.
+    synthetic, chosen = synthetic_plan(synthetic_settings, seeds)
     if synthetic:
         seeds = seeds_with_mask_paths(seeds, config)
-    # With synthetic tiles the profile's synthetic schedule applies, as in chapter 03.
-    chosen = {"epochs": synthetic_settings.epochs} if synthetic else {}
     chosen.update(
         {n: getattr(args, n) for n in ("epochs", "imgsz", "batch") if getattr(args, n) is not None}
     )

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from cascade_defect.annotate.strategies import seed_training_set, synthetic_tile_count
+from cascade_defect.annotate.strategies import seed_training_set, synthetic_plan
 from cascade_defect.annotate.synthetic_defects import defect_pieces, synthesise_defects
 from cascade_defect.box_settings import SyntheticDefectSettings
 from cascade_defect.settings import AnnotationSettings
@@ -136,14 +136,17 @@ def test_auto_adds_tiles_only_where_the_seeds_include_defect_free_images(tmp_pat
     defective_only = seeds[seeds["class_name"] != "no_defect"]
     auto = AnnotationSettings().synthetic_defects
     assert (auto.tiles, auto.auto_tiles, auto.epochs) == ("auto", 300, 20)
-    assert synthetic_tile_count(auto, seeds) == 300
-    assert synthetic_tile_count(auto, defective_only) == 0
-    assert synthetic_tile_count(SyntheticDefectSettings(auto_tiles=7), seeds) == 7
+    assert synthetic_plan(auto, seeds) == (300, {"epochs": 20})
+    assert synthetic_plan(auto, defective_only) == (0, {})
+    assert synthetic_plan(SyntheticDefectSettings(auto_tiles=7, epochs=3), seeds) == (
+        7,
+        {"epochs": 3},
+    )
     # A bare number (the YAML and --set form) sets the tiles and keeps the other defaults.
     fixed = AnnotationSettings(synthetic_defects=40).synthetic_defects
     assert (fixed.tiles, fixed.epochs) == (40, 20)
-    assert synthetic_tile_count(fixed, defective_only) == 40
-    assert synthetic_tile_count(SyntheticDefectSettings(tiles=0), seeds) == 0
+    assert synthetic_plan(fixed, defective_only) == (40, {"epochs": 20})
+    assert synthetic_plan(SyntheticDefectSettings(tiles=0), seeds) == (0, {})
 
 
 def test_the_seed_detectors_training_set(tmp_path: Path) -> None:
@@ -203,15 +206,13 @@ def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
 
 @pytest.mark.slow
 def test_the_folder_annotator_adds_synthetic_tiles_for_defect_free_seeds(
-    tmp_path: Path, yolo_weights: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, yolo_weights: Path
 ) -> None:
     """``cascade-defect annotate`` on a line's folders trains its seed detector as chapter 03
     does: the seeds' defects, cut out by their masks, on the defect-free seeds; the synthetic
     schedule replaces the seeds-only one."""
-    import functools
     import shutil
 
-    import cascade_defect.box_settings as box_settings
     from cascade_defect.annotate.folder import annotate_folder
     from cascade_defect.annotate.options import AnnotatorOptions
     from tests.synthetic import make_production_like
@@ -223,8 +224,6 @@ def test_the_folder_annotator_adds_synthetic_tiles_for_defect_free_seeds(
     pool_dir.mkdir()
     for image in sorted(seeds_dir.glob("*/images/*.jpg"))[:5]:
         shutil.copy(image, pool_dir / f"pool_{image.name}")
-    small = functools.partial(box_settings.SyntheticDefectSettings, auto_tiles=4, epochs=1)
-    monkeypatch.setattr(box_settings, "SyntheticDefectSettings", small)
 
     annotate_folder(
         pool_dir,
@@ -232,6 +231,7 @@ def test_the_folder_annotator_adds_synthetic_tiles_for_defect_free_seeds(
         tmp_path / "out",
         AnnotatorOptions(annotator="offline", box_strategies=("seed_detector",), progress=False),
         weights=str(yolo_weights),
+        synthetic_defects=SyntheticDefectSettings(auto_tiles=4, epochs=1),
     )
 
     detector_dir = tmp_path / "out" / "seed_detector"

@@ -24,6 +24,7 @@ from cascade_defect.annotate.mllm.prompt import SeedExample, normalise_box
 from cascade_defect.annotate.options import AnnotatorOptions
 from cascade_defect.annotate.review_export import coco_dataset
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.box_settings import SyntheticDefectSettings
 from cascade_defect.data.ingest import load_dataset
 from cascade_defect.data.records import IMAGE_SUFFIXES, Dataset, DatasetError
 from cascade_defect.data.yolo_txt import write_label_file
@@ -145,11 +146,13 @@ def annotate_folder(
     options: AnnotatorOptions = FOLDER_DEFAULTS,
     *,
     weights: str = "yolov8n.pt",
+    synthetic_defects: SyntheticDefectSettings | None = None,
 ) -> FolderAnnotation:
     """Label every image in ``images_dir`` from the seeds; resumable through ``out_dir``.
 
     ``options.box_strategies`` must name one strategy: the folder gets one set of labels.
-    ``weights`` is the YOLOv8n checkpoint of the offline annotator and the seed detector.
+    ``weights`` is the YOLOv8n checkpoint of the offline annotator and the seed detector;
+    ``synthetic_defects`` its synthetic tiles (default: the profiles' ``auto``).
     """
     if len(options.box_strategies) != 1:
         raise InputError(f"give one box strategy for a folder, not {list(options.box_strategies)}")
@@ -218,6 +221,7 @@ def annotate_folder(
         seed_boxes,
         options=resolved,
         seed_examples=examples,
+        synthetic_defects=synthetic_defects,
     )
     labels = image_labels_from_store(store, pool)
     n_ok = int((labels["status"] == "ok").sum())
@@ -246,6 +250,7 @@ def write_folder_outputs(
     *,
     options: AnnotatorOptions,
     seed_examples: Sequence[SeedExample] = (),
+    synthetic_defects: SyntheticDefectSettings | None = None,
 ) -> dict[str, str]:
     """YOLO labels + names, a COCO JSON and the review CSV (least confident first)."""
     from cascade_defect.annotate.boxes import (
@@ -256,15 +261,15 @@ def write_folder_outputs(
     from cascade_defect.annotate.strategies import (
         DetectorRecipe,
         strategy_proposals,
-        synthetic_tile_count,
+        synthetic_plan,
     )
-    from cascade_defect.box_settings import SelfTrainingSettings, SyntheticDefectSettings
+    from cascade_defect.box_settings import SelfTrainingSettings
 
     predictions = predictions_from_store(store, pool)
     # As in chapter 03: defect-free seeds get synthetic tiles, on the synthetic schedule.
-    synthetic_settings = SyntheticDefectSettings()
-    synthetic = synthetic_tile_count(synthetic_settings, seed_images)
-    schedule = {"epochs": synthetic_settings.epochs} if synthetic else {}
+    synthetic, schedule = synthetic_plan(
+        synthetic_defects or SyntheticDefectSettings(), seed_images
+    )
     recipe = DetectorRecipe(
         weights=weights,
         work_dir=out_dir,

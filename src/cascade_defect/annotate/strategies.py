@@ -83,11 +83,16 @@ def seed_training_set(
     )
 
 
-def synthetic_tile_count(settings: SyntheticDefectSettings, seeds: pd.DataFrame) -> int:
-    """Synthetic tiles for these seeds: ``auto`` adds them only where the seeds include
-    defect-free images to paste onto."""
+def synthetic_plan(
+    settings: SyntheticDefectSettings, seeds: pd.DataFrame
+) -> tuple[int, dict[str, int]]:
+    """The synthetic tiles these seeds get, and the seed-detector settings that change with them:
+    ``auto`` adds tiles only where the seeds include defect-free images to paste onto, and with
+    tiles the detector trains on the synthetic schedule (chapter 03, the folder command and the
+    benchmarks all decide here)."""
     has_clean = bool((seeds["class_name"].astype(str) == NO_DEFECT).any())
-    return settings.tile_count(has_defect_free_seeds=has_clean)
+    tiles = settings.tile_count(has_defect_free_seeds=has_clean)
+    return tiles, ({"epochs": settings.epochs} if tiles else {})
 
 
 def runnable_strategies(strategies: Sequence[str], annotator: str) -> list[str]:

@@ -269,17 +269,16 @@ def _pseudo_boxes(
         DetectorRecipe,
         runnable_strategies,
         strategy_proposals,
-        synthetic_tile_count,
+        synthetic_plan,
     )
 
     predictions = predictions_from_store(store, pool)
     strategies = runnable_strategies(options.box_strategies, options.annotator)
     seeds, seed_boxes = read_labelled_listing(layout, "seed")
     profile = config.profile
-    synthetic = synthetic_tile_count(profile.annotation.synthetic_defects, seeds)
+    synthetic, schedule = synthetic_plan(profile.annotation.synthetic_defects, seeds)
     if synthetic:
         seeds = seeds_with_mask_paths(seeds, config)
-    schedule = {"epochs": profile.annotation.synthetic_defects.epochs} if synthetic else {}
     recipe = DetectorRecipe(
         weights=config.yolo_weights,
         work_dir=config.paths.annotation_dir,
