@@ -160,11 +160,14 @@ def test_the_seed_detectors_training_set(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
-    tmp_path: Path, yolo_weights: Path
+    tmp_path: Path, yolo_weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Masks in a parallel folder, numbered names, mixed sizes and modes: chapter 03 finds each
     defect seed's mask through chapter 01's index and, with defect-free seeds, adds the smoke
-    profile's ``auto`` tiles and trains on its synthetic schedule."""
+    profile's ``auto`` tiles and trains on its synthetic schedule, once: the defect gate trains
+    the detector before the annotator answers, and the box strategy reuses it."""
+    from cascade_defect.annotate.boxes import SeedDetector
+    from cascade_defect.annotate.store import AnnotationStore
     from cascade_defect.chapters.c01_data import run_data_strategy
     from cascade_defect.chapters.c02_split import run_split
     from cascade_defect.chapters.c03_annotation import run_annotation, seeds_with_mask_paths
@@ -189,7 +192,16 @@ def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
     assert masked.loc[defect, "mask_path"].map(lambda p: Path(p).is_file()).all()
     assert masked.loc[defect, "mask_path"].str.contains("/masks/").all()
 
+    trainings = []
+    train = SeedDetector.train
+
+    def counted(self: SeedDetector, *args: object, **kwargs: object) -> object:
+        trainings.append(self.work_dir)
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(SeedDetector, "train", counted)
     run_annotation(config, annotator="offline", box_strategies=("seed_detector",), progress=False)
+    assert len(trainings) == 1
 
     detector_dir = config.paths.annotation_dir / "seed_detector"
     tiles = sorted((detector_dir / "synthetic").glob("synthetic_*.png"))
@@ -202,6 +214,17 @@ def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
     labels = detector_dir / "seed_detector" / "dataset" / "labels"
     for tile in tiles:
         assert (labels / f"{tile.stem}.txt").read_text().strip(), f"{tile.name} has no box"
+
+    gate = summary["defect_gate"]
+    assert sum(gate["answers"].values()) == summary["n_pool"]
+    assert gate["settings"] == config.profile.annotation.defect_gate.model_dump()
+    assert gate["crops_judged"] <= summary["n_pool"] * gate["settings"]["top_proposals"]
+    records = AnnotationStore(config.paths.annotation_dir / "predictions.jsonl").records()
+    assert len(records) == summary["n_pool"]
+    assert all(r.params["defect_gate"]["settings"] == gate["settings"] for r in records)
+    assert all(r.model.endswith("+ defect gate") for r in records)
+    answered = pd.Series([r.prediction.defect_class for r in records]).value_counts().to_dict()
+    assert answered == gate["answers"]
 
 
 @pytest.mark.slow
@@ -241,3 +264,13 @@ def test_the_folder_annotator_adds_synthetic_tiles_for_defect_free_seeds(
     assert all((labels / f"{tile.stem}.txt").read_text().strip() for tile in tiles)
     args = (detector_dir / "seed_detector" / "train" / "args.yaml").read_text()
     assert "epochs: 1\n" in args
+
+    # The defect gate joined the offline annotator's answers (its seeds include defect-free
+    # tiles), and the review CSV shows them.
+    from cascade_defect.annotate.store import AnnotationStore
+
+    records = AnnotationStore(tmp_path / "out" / "predictions.jsonl").records()
+    assert len(records) == 5
+    assert all("defect_gate" in r.params for r in records)
+    review = pd.read_csv(tmp_path / "out" / "review.csv")
+    assert review["reasoning"].str.contains("defect gate").all()

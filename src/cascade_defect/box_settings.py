@@ -215,3 +215,34 @@ class SyntheticDefectSettings(BaseModel):
         if self.tiles == "auto":
             return self.auto_tiles if has_defect_free_seeds else 0
         return int(self.tiles)
+
+
+class DefectGateSettings(BaseModel):
+    """Defect or not on a line (``annotate/defect_gate.py``): where the seeds include defect-free
+    images, the offline annotator's answer is joined by the seed detector's proposals, each crop
+    judged by a few-shot crop classifier (chapter 03's ``crop_verifier`` settings), which looks
+    at the defect itself rather than at one pooled feature of the whole tile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["auto", "off"] = Field(
+        "auto",
+        description=(
+            "auto: on for the offline annotator where the seeds include defect-free and defective "
+            "images (the seed detector is trained first, and the box strategies reuse it); off: "
+            "the annotator answers alone"
+        ),
+    )
+    top_proposals: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="the seed detector's best proposals per image whose crops are judged",
+    )
+    defect_type: Literal["crops", "annotator", "annotator_x_crops"] = Field(
+        "crops",
+        description=(
+            "which defect a defective image shows: the crop classifier's most probable class over "
+            "the judged crops, the annotator's, or their product"
+        ),
+    )

@@ -217,10 +217,18 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         for line in describe_option_errors(error).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
+    from cascade_defect.box_settings import DefectGateSettings
+
     weights = args.weights or EnvironmentSettings().yolo_weights
+    gate = None if args.defect_gate else DefectGateSettings(mode="off")
     try:
         result = annotate_folder(
-            Path(args.images), Path(args.seeds), Path(args.out), options, weights=weights
+            Path(args.images),
+            Path(args.seeds),
+            Path(args.out),
+            options,
+            weights=weights,
+            defect_gate=gate,
         )
     except (InputError, ProviderNotConfigured) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -385,6 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument(
         "--weights",
         help="YOLOv8n weights for the offline annotator (default: $CASCADE_YOLO_WEIGHTS or yolov8n.pt)",
+    )
+    annotate.add_argument(
+        "--no-defect-gate",
+        dest="defect_gate",
+        action="store_false",
+        help=(
+            "let the offline annotator decide defect or not alone (by default, where the seeds "
+            "include defect-free images, the seed detector's crops join its answer)"
+        ),
     )
     annotate.set_defaults(func=cmd_annotate)
 

@@ -20,6 +20,7 @@ from cascade_defect.box_settings import (
     BoxStrategy,
     CamBoxSettings,
     CropVerifierSettings,
+    DefectGateSettings,
     SelfTrainingSettings,
     SyntheticDefectSettings,
     WholeImageFallback,
@@ -235,6 +236,10 @@ class AnnotationSettings(BaseModel):
     classifier_cam: CamBoxSettings = Field(
         default_factory=CamBoxSettings,
         description="The classifier_cam box strategy: boxes around YOLOv8n-cls activation maps.",
+    )
+    defect_gate: DefectGateSettings = Field(
+        default_factory=DefectGateSettings,
+        description="Defect or not on a line: the seed detector's crops join the offline annotator.",
     )
 
 

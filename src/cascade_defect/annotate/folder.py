@@ -19,12 +19,14 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from cascade_defect.annotate.boxes import BoxStrategy
+from cascade_defect.annotate.defect_gate import GatedOffline, gate_applies, gate_offline_answers
 from cascade_defect.annotate.labels import image_labels_from_store, yolo_lines
 from cascade_defect.annotate.mllm.prompt import SeedExample, normalise_box
 from cascade_defect.annotate.options import AnnotatorOptions
 from cascade_defect.annotate.review_export import coco_dataset
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.box_settings import SyntheticDefectSettings
+from cascade_defect.annotate.strategies import DetectorRecipe
+from cascade_defect.box_settings import DefectGateSettings, SyntheticDefectSettings
 from cascade_defect.data.ingest import load_dataset
 from cascade_defect.data.records import IMAGE_SUFFIXES, Dataset, DatasetError
 from cascade_defect.data.yolo_txt import write_label_file
@@ -147,12 +149,14 @@ def annotate_folder(
     *,
     weights: str = "yolov8n.pt",
     synthetic_defects: SyntheticDefectSettings | None = None,
+    defect_gate: DefectGateSettings | None = None,
 ) -> FolderAnnotation:
     """Label every image in ``images_dir`` from the seeds; resumable through ``out_dir``.
 
     ``options.box_strategies`` must name one strategy: the folder gets one set of labels.
     ``weights`` is the YOLOv8n checkpoint of the offline annotator and the seed detector;
-    ``synthetic_defects`` its synthetic tiles (default: the profiles' ``auto``).
+    ``synthetic_defects`` its synthetic tiles and ``defect_gate`` whether its crops join the
+    offline annotator's answers (defaults: the profiles' ``auto``).
     """
     if len(options.box_strategies) != 1:
         raise InputError(f"give one box strategy for a folder, not {list(options.box_strategies)}")
@@ -167,6 +171,7 @@ def annotate_folder(
     chosen = resolved.annotator
     seed_images, seed_boxes = seed_frames(seeds)
     examples: list[SeedExample] = []
+    gated: GatedOffline | None = None
     if box_strategy in ("annotator", "mllm_verified") and chosen == "offline":
         raise InputError(
             f"the offline annotator cannot serve --box-strategy {box_strategy} (no boxes of its own, "
@@ -183,7 +188,21 @@ def annotate_folder(
             **options.offline_options,
         )
         offline.fit(seed_images, seed_boxes, class_names)
-        offline.annotate(pool, store, box_strategy="whole_image")
+        gate_settings = defect_gate or DefectGateSettings()
+        if gate_applies(gate_settings, "offline", seed_images["class_name"]):
+            gated = gate_offline_answers(
+                offline,
+                pool,
+                recipe=folder_recipe(out_dir, weights, seed_images, synthetic_defects),
+                seeds=seed_images,
+                seed_boxes=seed_boxes,
+                class_names=class_names,
+                settings=gate_settings,
+                progress=options.progress,
+            )
+        offline.annotate(
+            pool, store, box_strategy="whole_image", gate=gated.gate if gated else None
+        )
         model_name = offline.model_name
     else:
         from cascade_defect.annotate.mllm.annotator import PoolImage, annotate_pool
@@ -222,6 +241,7 @@ def annotate_folder(
         options=resolved,
         seed_examples=examples,
         synthetic_defects=synthetic_defects,
+        gated=gated,
     )
     labels = image_labels_from_store(store, pool)
     n_ok = int((labels["status"] == "ok").sum())
@@ -238,6 +258,31 @@ def annotate_folder(
     )
 
 
+def folder_recipe(
+    out_dir: Path,
+    weights: str,
+    seed_images: pd.DataFrame,
+    synthetic_defects: SyntheticDefectSettings | None,
+) -> DetectorRecipe:
+    """How a folder's seed detector trains: the package defaults and, as in chapter 03,
+    synthetic tiles on the synthetic schedule where the seeds include defect-free images."""
+    from cascade_defect.annotate.boxes import SeedDetectorSettings
+    from cascade_defect.annotate.strategies import DetectorRecipe, synthetic_plan
+    from cascade_defect.box_settings import SelfTrainingSettings
+
+    synthetic, schedule = synthetic_plan(
+        synthetic_defects or SyntheticDefectSettings(), seed_images
+    )
+    return DetectorRecipe(
+        weights=weights,
+        work_dir=out_dir,
+        seed_detector=SeedDetectorSettings(**schedule),
+        self_training=SelfTrainingSettings(),
+        config_dir=out_dir / ".ultralytics",
+        synthetic_defects=synthetic,
+    )
+
+
 def write_folder_outputs(
     out_dir: Path,
     pool: pd.DataFrame,
@@ -251,33 +296,15 @@ def write_folder_outputs(
     options: AnnotatorOptions,
     seed_examples: Sequence[SeedExample] = (),
     synthetic_defects: SyntheticDefectSettings | None = None,
+    gated: GatedOffline | None = None,
 ) -> dict[str, str]:
-    """YOLO labels + names, a COCO JSON and the review CSV (least confident first)."""
-    from cascade_defect.annotate.boxes import (
-        SeedDetectorSettings,
-        predictions_from_store,
-        pseudo_boxes,
-    )
-    from cascade_defect.annotate.strategies import (
-        DetectorRecipe,
-        strategy_proposals,
-        synthetic_plan,
-    )
-    from cascade_defect.box_settings import SelfTrainingSettings
+    """YOLO labels + names, a COCO JSON and the review CSV (least confident first); ``gated``:
+    the defect gate's seed detector, reused by the box strategy instead of trained again."""
+    from cascade_defect.annotate.boxes import predictions_from_store, pseudo_boxes
+    from cascade_defect.annotate.strategies import strategy_proposals
 
     predictions = predictions_from_store(store, pool)
-    # As in chapter 03: defect-free seeds get synthetic tiles, on the synthetic schedule.
-    synthetic, schedule = synthetic_plan(
-        synthetic_defects or SyntheticDefectSettings(), seed_images
-    )
-    recipe = DetectorRecipe(
-        weights=weights,
-        work_dir=out_dir,
-        seed_detector=SeedDetectorSettings(**schedule),
-        self_training=SelfTrainingSettings(),
-        config_dir=out_dir / ".ultralytics",
-        synthetic_defects=synthetic,
-    )
+    recipe = folder_recipe(out_dir, weights, seed_images, synthetic_defects)
     found, _ = strategy_proposals(
         [box_strategy],
         seeds=seed_images,
@@ -288,6 +315,8 @@ def write_folder_outputs(
         recipe=recipe,
         options=options,
         seed_examples=seed_examples,
+        detector=gated.detector if gated else None,
+        trained_details=gated.detector_details if gated else None,
     )
     proposals = found.get(box_strategy)
     boxes = pseudo_boxes(predictions, box_strategy, proposals=proposals)

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -35,6 +35,9 @@ from cascade_defect.box_settings import (
     SelfTrainingSettings,
     SyntheticDefectSettings,
 )
+
+if TYPE_CHECKING:
+    from cascade_defect.annotate.crop_verifier import CropVerifier
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,37 @@ def synthetic_plan(
     return tiles, ({"epochs": settings.epochs} if tiles else {})
 
 
+def train_seed_detector(
+    recipe: DetectorRecipe,
+    seeds: pd.DataFrame,
+    seed_boxes: pd.DataFrame,
+    class_names: Sequence[str],
+    *,
+    progress: bool = True,
+) -> tuple[SeedDetector, dict[str, Any]]:
+    """The seed detector of ``recipe`` trained on the seeds (and its synthetic tiles), and what
+    chapter 03's summary records of it."""
+    detector = SeedDetector(
+        recipe.weights,
+        recipe.work_dir / "seed_detector",
+        recipe.seed_detector,
+        config_dir=recipe.config_dir,
+        threads=recipe.threads,
+        progress=progress,
+    )
+    training = seed_training_set(
+        seeds, seed_boxes, recipe.synthetic_defects, detector.work_dir, recipe.seed
+    )
+    trained = detector.train(*training, class_names)
+    return detector, {
+        "settings": recipe.seed_detector.describe(),
+        "synthetic_tiles": recipe.synthetic_defects,
+        "n_images": trained.n_images,
+        "n_boxes": trained.n_boxes,
+        "train_seconds": round(trained.seconds, 1),
+    }
+
+
 def runnable_strategies(strategies: Sequence[str], annotator: str) -> list[str]:
     """The strategies this annotator can serve, in order; the others are logged and skipped."""
     kept = []
@@ -117,35 +151,26 @@ def strategy_proposals(
     recipe: DetectorRecipe,
     options: AnnotatorOptions,
     seed_examples: Sequence[Any] = (),
+    detector: SeedDetector | None = None,
+    trained_details: dict[str, Any] | None = None,
 ) -> tuple[dict[str, dict[str, list[Proposal]]], dict[str, Any]]:
     """Proposals per detector-based strategy in ``strategies`` (others get none), and what each
-    did (teachers, verification requests and cost). ``options`` must be resolved."""
+    did (teachers, verification requests and cost). ``options`` must be resolved. ``detector``:
+    a seed detector already trained from ``recipe`` (by the defect gate), with
+    ``trained_details``, :func:`train_seed_detector`'s record of it; else one is trained here."""
     wanted = [s for s in strategies if s in NEEDS_PROPOSALS]
     if not wanted:
         return {}, {}
-    detector = SeedDetector(
-        recipe.weights,
-        recipe.work_dir / "seed_detector",
-        recipe.seed_detector,
-        config_dir=recipe.config_dir,
-        threads=recipe.threads,
-        progress=options.progress,
-    )
     proposed: dict[str, list[Proposal]] = {}
     details: dict[str, Any] = {}
     if NEEDS_DETECTOR & set(wanted):
-        training = seed_training_set(
-            seeds, seed_boxes, recipe.synthetic_defects, detector.work_dir, recipe.seed
-        )
-        trained = detector.train(*training, class_names)
+        if detector is None:
+            detector, details["seed_detector"] = train_seed_detector(
+                recipe, seeds, seed_boxes, class_names, progress=options.progress
+            )
+        elif trained_details is not None:
+            details["seed_detector"] = trained_details
         proposed = detector.propose(pool)
-        details["seed_detector"] = {
-            "settings": recipe.seed_detector.describe(),
-            "synthetic_tiles": recipe.synthetic_defects,
-            "n_images": trained.n_images,
-            "n_boxes": trained.n_boxes,
-            "train_seconds": round(trained.seconds, 1),
-        }
     image_classes = dict(zip(predictions["image_id"], predictions["defect_class"], strict=True))
     out: dict[str, dict[str, list[Proposal]]] = {}
     for strategy in wanted:
@@ -190,6 +215,25 @@ def strategy_proposals(
     return out, details
 
 
+def crop_verifier_for(recipe: DetectorRecipe, threshold: float | None = None) -> CropVerifier:
+    """An unfitted crop verifier with ``recipe``'s settings (``threshold``, when given, fixes the
+    keep threshold instead of calibrating it on the seeds)."""
+    from cascade_defect.annotate.crop_verifier import CropVerifier
+    from cascade_defect.annotate.offline.features import FeatureSpec, YoloFeatureExtractor
+
+    settings = recipe.crop_verifier
+    if threshold is not None:
+        settings = settings.model_copy(update={"threshold": threshold})
+    extractor = YoloFeatureExtractor(
+        str(recipe.weights),
+        FeatureSpec(imgsz=settings.crop_imgsz),
+        config_dir=recipe.config_dir,
+        device=recipe.device,
+        progress=False,
+    )
+    return CropVerifier(extractor, settings, seed=recipe.seed)
+
+
 def _crop_verified(
     detector: SeedDetector,
     seeds: pd.DataFrame,
@@ -200,8 +244,7 @@ def _crop_verified(
     options: AnnotatorOptions,
 ) -> tuple[dict[str, list[Proposal]], dict[str, Any]]:
     """The trained seed detector re-proposes at the verifier's low score, seeds and pool alike."""
-    from cascade_defect.annotate.crop_verifier import CropVerifier, crop_verify
-    from cascade_defect.annotate.offline.features import FeatureSpec, YoloFeatureExtractor
+    from cascade_defect.annotate.crop_verifier import crop_verify
 
     settings = recipe.crop_verifier
     assert detector.trained is not None
@@ -211,15 +254,8 @@ def _crop_verified(
         config_dir=recipe.config_dir,
         progress=options.progress,
     )
-    extractor = YoloFeatureExtractor(
-        str(recipe.weights),
-        FeatureSpec(imgsz=settings.crop_imgsz),
-        config_dir=recipe.config_dir,
-        device=recipe.device,
-        progress=False,
-    )
     result = crop_verify(
-        verifier=CropVerifier(extractor, settings, seed=recipe.seed),
+        verifier=crop_verifier_for(recipe),
         seeds=seeds,
         seed_boxes=seed_boxes,
         seed_proposals=low.propose(seeds),

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from cascade_defect.annotate.defect_gate import GatedOffline
 from cascade_defect.annotate.labels import (
     BOX_COLUMNS,
     LABEL_COLUMNS,
@@ -33,6 +34,7 @@ from cascade_defect.annotate.options import AnnotatorOptions
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.seeds import seed_examples
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.annotate.strategies import DetectorRecipe
 from cascade_defect.box_settings import whole_image_fallback
 from cascade_defect.data.split import SplitLayout, read_labelled_listing, read_pool_listing
 from cascade_defect.data.yolo_txt import write_label_file
@@ -110,9 +112,10 @@ def run_annotation(
     )
     store = AnnotationStore(outputs.predictions)
 
+    gated = None
     if chosen == "offline":
         with run.timed("annotate"):
-            run_summary = _annotate_offline(config, layout, pool, store, options)
+            run_summary, gated = _annotate_offline(config, layout, pool, store, options)
         model_name = run_summary["model"]
     else:
         images = [PoolImage(str(r.image_id), Path(r.path)) for r in pool.itertuples(index=False)]
@@ -126,7 +129,7 @@ def run_annotation(
     )
     with run.timed("boxes"):
         boxes, box_details = _pseudo_boxes(
-            config, layout, pool, store, resolved, seeds, fallback=box_fallback
+            config, layout, pool, store, resolved, seeds, fallback=box_fallback, gated=gated
         )
 
     store = AnnotationStore(outputs.predictions)
@@ -190,6 +193,7 @@ def run_annotation(
         "box_strategies": sorted(boxes["strategy"].unique().tolist()) if len(boxes) else [],
         **({"box_strategy_details": box_details} if box_details else {}),
         "whole_image_fallback": box_fallback,
+        "defect_gate": gated.gate.details if gated is not None else None,
     }
     outputs.summary.write_text(json.dumps(summary_payload, indent=2, default=str) + "\n")
     run.counts.update(
@@ -229,8 +233,11 @@ def _annotate_offline(
     pool: pd.DataFrame,
     store: AnnotationStore,
     options: AnnotatorOptions,
-) -> dict:
-    """Fit the offline few-shot annotator on the seeds and label the pool into the store."""
+) -> tuple[dict, GatedOffline | None]:
+    """Fit the offline few-shot annotator on the seeds and label the pool into the store; where
+    the seeds include defect-free images, the seed detector is trained first and its crops join
+    the answer (``annotation.defect_gate``; the box strategies then reuse that detector)."""
+    from cascade_defect.annotate.defect_gate import gate_applies, gate_offline_answers
     from cascade_defect.annotate.offline import OfflineAnnotator
 
     seeds, seed_boxes = read_labelled_listing(layout, "seed")
@@ -242,38 +249,34 @@ def _annotate_offline(
         **options.offline_options,
     )
     annotator.fit(seeds, seed_boxes, layout.class_names())
-    summary = annotator.annotate(pool, store, box_strategy="whole_image")
-    return {"model": annotator.model_name, **asdict(summary), "seconds": annotator.seconds}
-
-
-def _pseudo_boxes(
-    config: StudyConfig,
-    layout: SplitLayout,
-    pool: pd.DataFrame,
-    store: AnnotationStore,
-    options: AnnotatorOptions,
-    seed_examples: Sequence[Any] = (),
-    *,
-    fallback: bool = True,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Pseudo boxes for each of ``options.box_strategies`` from the store's latest answers
-    (``options.annotator`` resolved: the offline annotator has no boxes of its own), and what
-    each detector-based strategy did (teachers, verification requests). ``fallback``: the
-    resolved ``annotation.whole_image_fallback``."""
-    from cascade_defect.annotate.boxes import (
-        SeedDetectorSettings,
-        predictions_from_store,
-        pseudo_boxes,
+    gate_settings = config.profile.annotation.defect_gate
+    gated = None
+    if gate_applies(gate_settings, "offline", seeds["class_name"]):
+        detector_seeds, detector_boxes, recipe = detector_recipe(config, layout)
+        gated = gate_offline_answers(
+            annotator,
+            pool,
+            recipe=recipe,
+            seeds=detector_seeds,
+            seed_boxes=detector_boxes,
+            class_names=layout.class_names(),
+            settings=gate_settings,
+            progress=options.progress,
+        )
+    summary = annotator.annotate(
+        pool, store, box_strategy="whole_image", gate=gated.gate if gated else None
     )
-    from cascade_defect.annotate.strategies import (
-        DetectorRecipe,
-        runnable_strategies,
-        strategy_proposals,
-        synthetic_plan,
-    )
+    return {"model": annotator.model_name, **asdict(summary), "seconds": annotator.seconds}, gated
 
-    predictions = predictions_from_store(store, pool)
-    strategies = runnable_strategies(options.box_strategies, options.annotator)
+
+def detector_recipe(
+    config: StudyConfig, layout: SplitLayout
+) -> tuple[pd.DataFrame, pd.DataFrame, DetectorRecipe]:
+    """The seeds (with mask paths where synthetic tiles are cut from them), their boxes and how
+    this profile's seed detector and detector-based strategies train."""
+    from cascade_defect.annotate.boxes import SeedDetectorSettings
+    from cascade_defect.annotate.strategies import DetectorRecipe, synthetic_plan
+
     seeds, seed_boxes = read_labelled_listing(layout, "seed")
     profile = config.profile
     synthetic, schedule = synthetic_plan(profile.annotation.synthetic_defects, seeds)
@@ -292,6 +295,31 @@ def _pseudo_boxes(
         threads=profile.training.torch_threads,
         synthetic_defects=synthetic,
     )
+    return seeds, seed_boxes, recipe
+
+
+def _pseudo_boxes(
+    config: StudyConfig,
+    layout: SplitLayout,
+    pool: pd.DataFrame,
+    store: AnnotationStore,
+    options: AnnotatorOptions,
+    seed_examples: Sequence[Any] = (),
+    *,
+    fallback: bool = True,
+    gated: GatedOffline | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Pseudo boxes for each of ``options.box_strategies`` from the store's latest answers
+    (``options.annotator`` resolved: the offline annotator has no boxes of its own), and what
+    each detector-based strategy did (teachers, verification requests). ``fallback``: the
+    resolved ``annotation.whole_image_fallback``; ``gated``: the defect gate's seed detector,
+    reused instead of trained again."""
+    from cascade_defect.annotate.boxes import predictions_from_store, pseudo_boxes
+    from cascade_defect.annotate.strategies import runnable_strategies, strategy_proposals
+
+    predictions = predictions_from_store(store, pool)
+    strategies = runnable_strategies(options.box_strategies, options.annotator)
+    seeds, seed_boxes, recipe = detector_recipe(config, layout)
     proposals, details = strategy_proposals(
         strategies,
         seeds=seeds,
@@ -302,6 +330,8 @@ def _pseudo_boxes(
         recipe=recipe,
         options=options,
         seed_examples=seed_examples,
+        detector=gated.detector if gated else None,
+        trained_details=gated.detector_details if gated else None,
     )
     frames = [
         pseudo_boxes(predictions, s, proposals=proposals.get(s), fallback=fallback)

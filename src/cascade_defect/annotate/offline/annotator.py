@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,9 @@ from cascade_defect.annotate.schema import (
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.hashing import sha256_bytes
 from cascade_defect.progress import progress_disabled
+
+if TYPE_CHECKING:
+    from cascade_defect.annotate.defect_gate import GatedAnswers
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +344,7 @@ class OfflineAnnotator:
         *,
         box_strategy: AnnotateBoxStrategy = "none",
         detector: Any = None,
+        gate: GatedAnswers | None = None,
     ) -> AnnotationSummary:
         """Label every pool image and append one ``ok`` record per image to ``store``.
 
@@ -350,6 +354,10 @@ class OfflineAnnotator:
         ``seed_detector`` (boxes proposed by ``detector``, a trained
         :class:`cascade_defect.boxes.SeedDetector`, given the image's class). Records whose key is
         already answered in the store are not written again.
+
+        ``gate`` (:func:`cascade_defect.annotate.defect_gate.gate_with_detector`'s answers for this
+        annotator's :meth:`predict_proba`) replaces the answers and probabilities with the defect
+        gate's; its params are part of every record's key.
         """
         if self.seed_images is None:
             raise RuntimeError("fit() the annotator on the seeds first")
@@ -371,6 +379,8 @@ class OfflineAnnotator:
             params["pool_sha256"] = sha256_bytes("\n".join(sorted(unlabelled["sha256"])).encode())
         if box_strategy == "seed_detector":
             params["detector"] = detector.describe()
+        if gate is not None:
+            params["defect_gate"] = gate.params
         prompt_hash = self.prompt_hash
         image_bytes = {row.image_id: Path(row.path).read_bytes() for row in unlabelled.itertuples()}
         keys = {
@@ -401,8 +411,8 @@ class OfflineAnnotator:
             return summary
 
         # The classifier always sees the whole pool: its structure is what it learns from.
-        probabilities = self.predict_proba(unlabelled)
-        summary.model = self.answered_by
+        probabilities = self.predict_proba(unlabelled) if gate is None else gate.probabilities
+        summary.model = self.answered_by + (" + defect gate" if gate is not None else "")
         proposals: dict[str, list[Any]] = {}
         if box_strategy == "seed_detector":
             start = time.perf_counter()
@@ -424,6 +434,14 @@ class OfflineAnnotator:
             probs = by_id.loc[row.image_id, self.answer_classes].to_numpy(dtype=float)
             order = np.argsort(-probs)
             best = self.answer_classes[order[0]]
+            if gate is not None:
+                best = gate.answers[str(row.image_id)]
+                order = np.array(
+                    [
+                        self.answer_classes.index(best),
+                        *order[order != self.answer_classes.index(best)],
+                    ]
+                )
             runner_up = self.answer_classes[order[1 % len(order)]]
             confidence = float(np.clip(probs[order[0]], 0.0, 1.0))
             boxes = (
@@ -435,8 +453,13 @@ class OfflineAnnotator:
                 defect_class=best,
                 confidence=confidence,
                 reasoning=(
-                    f"Nearest seed cluster in YOLOv8n feature space: {best} "
-                    f"(p={confidence:.2f}); runner-up {runner_up} (p={probs[order[1 % len(order)]]:.2f})."
+                    (
+                        "Seed detector crops and feature-space classifier (defect gate): "
+                        if gate is not None
+                        else "Nearest seed cluster in YOLOv8n feature space: "
+                    )
+                    + f"{best} (p={confidence:.2f}); runner-up {runner_up} "
+                    f"(p={probs[order[1 % len(order)]]:.2f})."
                 ),
                 bounding_box_present=bool(boxes),
                 boxes=[{"defect_class": best, "box": list(box)} for box in boxes],

@@ -1,0 +1,275 @@
+"""Defect or not on a line: the seed detector's crops join the offline annotator's answer.
+
+On a production-like pool most images are defect-free and the defects are small. The offline
+annotator sees one globally pooled feature per image, which a small defect on a large tile
+barely moves: on Magnetic-tile it finds about half the defective tiles and names the defect of
+those it finds about half the time. The seed detector (chapter 03's, trained on the seeds and,
+on a line, the synthetic tiles) looks for the defect itself, and a few-shot classifier of its
+proposals' crops (:class:`~cascade_defect.annotate.crop_verifier.CropVerifier`, fitted on the
+seeds' boxes against background crops) says whether a crop shows a defect and which. So, for
+every pool image:
+
+1. the detector proposes at the crop verifier's low score and its ``top_proposals`` best crops
+   are judged; the image's *crop evidence* is the highest ``1 - P(background)`` among them, and
+   its defect type the per-class highest probability among them;
+2. ``P(defect)`` is the mean of that evidence and the annotator's own ``1 - P(no_defect)``, a
+   linear opinion pool of two calibrated-by-construction probabilities (the crop classifier's
+   logistic output and the annotator's temperature-scaled one), so neither overrules the other
+   and no threshold is tuned on any dataset's truth;
+3. the image is defective when ``P(defect) >= 0.5``, and then shows its most probable type
+   (``defect_type``: from the crops, the annotator, or their product). The record keeps the
+   probabilities ``P(defect) * P(type)`` and ``1 - P(defect)``, and its confidence is the
+   answered class's.
+
+It applies only where the seeds include defect-free images (``no_defect``); on an all-defective
+dataset such as NEU-DET the annotator answers alone. ``scripts/bench_defect_gate.py`` measures
+it against the annotator alone over several seed draws.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cascade_defect.annotate.boxes import Proposal, SeedDetector
+from cascade_defect.annotate.crop_verifier import BACKGROUND, CropVerifier, crop_arrays
+from cascade_defect.annotate.schema import NO_DEFECT
+from cascade_defect.box_settings import CropVerifierSettings, DefectGateSettings
+from cascade_defect.progress import progress_disabled
+
+log = logging.getLogger(__name__)
+
+DEFECT_AT = 0.5
+"""``P(defect)`` from which an image is answered defective."""
+
+
+def gate_applies(settings: DefectGateSettings, annotator: str, seed_classes: Sequence[str]) -> bool:
+    """Whether the gate joins this annotator's answers: ``auto`` for the offline annotator when
+    the seeds hold both defect-free and defective images."""
+    classes = {str(c) for c in seed_classes}
+    has_clean, has_defect = NO_DEFECT in classes, bool(classes - {NO_DEFECT})
+    return settings.mode == "auto" and annotator == "offline" and has_clean and has_defect
+
+
+@dataclass
+class CropEvidence:
+    """Per pool image (in ``image_ids`` order): the highest ``1 - P(background)`` of its judged
+    crops (0 where the detector proposed nothing), and the per-class highest probability over
+    them, normalised over ``class_names`` (uniform where nothing was proposed)."""
+
+    image_ids: list[str]
+    p_defect: np.ndarray
+    type_proba: np.ndarray
+    class_names: list[str]
+    n_crops: int = 0
+
+
+def crop_evidence(
+    verifier: CropVerifier,
+    pool: pd.DataFrame,
+    proposals: Mapping[str, Sequence[Proposal]],
+    class_names: Sequence[str],
+    top_proposals: int,
+    *,
+    chunk: int = 16,
+) -> CropEvidence:
+    """Judge each pool image's ``top_proposals`` best crops with a fitted ``verifier``."""
+    if verifier.model is None:
+        raise RuntimeError("fit() the crop verifier first")
+    names = list(class_names)
+    known = list(verifier.model.classes_)
+    columns = [known.index(c) if c in known else None for c in names]
+    settings = verifier.settings
+    rows = [(str(r.image_id), str(r.path)) for r in pool.itertuples(index=False)]
+    p_defect = np.zeros(len(rows))
+    type_proba = np.full((len(rows), len(names)), 1.0 / max(len(names), 1))
+    n_crops = 0
+    with tqdm(
+        total=len(rows),
+        desc="judge crops",
+        unit="img",
+        disable=progress_disabled(verifier.extractor.progress),
+    ) as bar:
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            found = [list(proposals.get(image_id, []))[:top_proposals] for image_id, _ in part]
+            crops = [
+                crop
+                for (_, path), boxes in zip(part, found, strict=True)
+                if boxes
+                for crop in crop_arrays(
+                    path, [p.box for p in boxes], settings.crop_imgsz, settings.context
+                )
+            ]
+            probabilities = (
+                verifier.model.predict_proba(verifier.extractor.extract_arrays(crops))
+                if crops
+                else np.zeros((0, len(known)))
+            )
+            n_crops += len(crops)
+            offset = 0
+            for i, boxes in enumerate(found):
+                if not boxes:
+                    continue
+                block = probabilities[offset : offset + len(boxes)]
+                offset += len(boxes)
+                row = start + i
+                if BACKGROUND in known:
+                    p_defect[row] = float((1.0 - block[:, known.index(BACKGROUND)]).max())
+                per_class = np.array([block[:, j].max() if j is not None else 0.0 for j in columns])
+                if per_class.sum() > 0:
+                    type_proba[row] = per_class / per_class.sum()
+            bar.update(len(part))
+    return CropEvidence([i for i, _ in rows], p_defect, type_proba, names, n_crops)
+
+
+@dataclass
+class GatedAnswers:
+    """The gate's probabilities (``image_id`` plus one column per class, ``no_defect`` last), the
+    answer per image, and what was done (recorded in every record's params and chapter 03's
+    summary)."""
+
+    probabilities: pd.DataFrame
+    answers: dict[str, str]
+    params: dict[str, Any]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def probability_vector(self, image_id: str, classes: Sequence[str]) -> np.ndarray:
+        row = self.probabilities.loc[self.probabilities["image_id"] == image_id, list(classes)]
+        return row.to_numpy(dtype=float)[0]
+
+
+def gated_answers(
+    annotator_proba: pd.DataFrame,
+    evidence: CropEvidence,
+    defect_type: str = "crops",
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Join the annotator's probabilities (``image_id``, its classes and ``no_defect``) with the
+    crop evidence; see the module docstring for the rule."""
+    names = evidence.class_names
+    missing = [c for c in [*names, NO_DEFECT] if c not in annotator_proba.columns]
+    if missing:
+        raise ValueError(f"the annotator's probabilities lack the columns {missing}")
+    frame = annotator_proba.set_index(annotator_proba["image_id"].astype(str))
+    frame = frame.reindex(evidence.image_ids)
+    if frame[names].isna().any().any():
+        absent = frame.index[frame[names].isna().any(axis=1)][:5].tolist()
+        raise ValueError(f"no annotator answer for pool images {absent}")
+    annotator_defect = 1.0 - frame[NO_DEFECT].to_numpy(dtype=float)
+    p_defect = np.clip(0.5 * (evidence.p_defect + annotator_defect), 0.0, 1.0)
+    own = frame[names].to_numpy(dtype=float)
+    own = own / np.clip(own.sum(axis=1, keepdims=True), 1e-12, None)
+    if defect_type == "crops":
+        types = evidence.type_proba
+    elif defect_type == "annotator":
+        types = own
+    elif defect_type == "annotator_x_crops":
+        product = own * evidence.type_proba
+        types = product / np.clip(product.sum(axis=1, keepdims=True), 1e-12, None)
+    else:
+        raise ValueError(
+            f"defect_type is crops, annotator or annotator_x_crops, not {defect_type!r}"
+        )
+    values = np.hstack([p_defect[:, None] * types, 1.0 - p_defect[:, None]])
+    out = pd.DataFrame(values, columns=[*names, NO_DEFECT])
+    out.insert(0, "image_id", evidence.image_ids)
+    best_type = np.asarray(names, dtype=object)[types.argmax(axis=1)]
+    answer = np.where(p_defect >= DEFECT_AT, best_type, NO_DEFECT)
+    return out, dict(zip(evidence.image_ids, (str(a) for a in answer), strict=True))
+
+
+def gate_with_detector(
+    *,
+    annotator_proba: pd.DataFrame,
+    detector: SeedDetector,
+    verifier: CropVerifier,
+    seeds: pd.DataFrame,
+    seed_boxes: pd.DataFrame,
+    pool: pd.DataFrame,
+    class_names: Sequence[str],
+    settings: DefectGateSettings,
+) -> GatedAnswers:
+    """Fit ``verifier`` on the seeds with the trained ``detector``'s low-score proposals, judge
+    the pool's best crops and join them with the annotator's probabilities."""
+    if detector.trained is None:
+        raise RuntimeError("train the seed detector before the defect gate")
+    start = time.perf_counter()
+    crop_settings: CropVerifierSettings = verifier.settings
+    low = SeedDetector.from_trained(
+        detector.trained.weights,
+        replace(detector.settings, conf=crop_settings.conf, max_det=crop_settings.max_det),
+        config_dir=detector.config_dir,
+        progress=detector.progress,
+    )
+    verifier.fit(seeds, seed_boxes, low.propose(seeds))
+    fitted = time.perf_counter() - start
+    defect_names = [c for c in class_names if c != NO_DEFECT]
+    evidence = crop_evidence(
+        verifier, pool, low.propose(pool), defect_names, settings.top_proposals
+    )
+    probabilities, answers = gated_answers(annotator_proba, evidence, settings.defect_type)
+    counts = pd.Series(list(answers.values())).value_counts().sort_index()
+    params = {
+        "settings": settings.model_dump(),
+        "crop_verifier": crop_settings.model_dump(),
+        "detector": detector.describe(),
+    }
+    details = {
+        **params,
+        "samples": verifier.calibration.get("samples", {}),
+        "crops_judged": evidence.n_crops,
+        "images_without_proposal": int((evidence.p_defect == 0).sum()),
+        "answers": {str(k): int(v) for k, v in counts.items()},
+        "fit_seconds": round(fitted, 1),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    log.info("defect gate: %s", details)
+    return GatedAnswers(probabilities, answers, params, details)
+
+
+@dataclass
+class GatedOffline:
+    """The gate's answers and the seed detector it trained (the box strategies reuse it), with
+    :func:`~cascade_defect.annotate.strategies.train_seed_detector`'s record of that training."""
+
+    gate: GatedAnswers
+    detector: SeedDetector
+    detector_details: dict[str, Any]
+
+
+def gate_offline_answers(
+    annotator: Any,
+    pool: pd.DataFrame,
+    *,
+    recipe: Any,
+    seeds: pd.DataFrame,
+    seed_boxes: pd.DataFrame,
+    class_names: Sequence[str],
+    settings: DefectGateSettings,
+    progress: bool = True,
+) -> GatedOffline:
+    """Train ``recipe``'s seed detector and gate a fitted offline ``annotator``'s answers on the
+    pool (chapter 03 and the folder command both come here)."""
+    from cascade_defect.annotate.strategies import crop_verifier_for, train_seed_detector
+
+    detector, trained = train_seed_detector(
+        recipe, seeds, seed_boxes, class_names, progress=progress
+    )
+    gate = gate_with_detector(
+        annotator_proba=annotator.predict_proba(pool),
+        detector=detector,
+        verifier=crop_verifier_for(recipe, threshold=recipe.crop_verifier.threshold or DEFECT_AT),
+        seeds=seeds,
+        seed_boxes=seed_boxes,
+        pool=pool,
+        class_names=class_names,
+        settings=settings,
+    )
+    return GatedOffline(gate, detector, trained)

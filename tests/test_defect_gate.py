@@ -1,0 +1,151 @@
+"""The defect gate: the seed detector's crops join the offline annotator's defect-or-not answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cascade_defect.annotate.boxes import Proposal
+from cascade_defect.annotate.crop_verifier import CropVerifier
+from cascade_defect.annotate.defect_gate import (
+    CropEvidence,
+    crop_evidence,
+    gate_applies,
+    gated_answers,
+)
+from cascade_defect.box_settings import CropVerifierSettings, DefectGateSettings
+from cascade_defect.hashing import sha256_bytes
+from cascade_defect.settings import AnnotationSettings
+from tests.test_box_verifiers import BACKGROUND_PROPOSALS, SIZE, constructed_proposals, striped_images
+
+
+@pytest.fixture(autouse=True)
+def network_attempts(no_network: list[str]) -> list[str]:
+    return no_network
+
+
+def test_the_gate_joins_only_the_offline_annotator_on_seeds_with_defect_free_images() -> None:
+    auto = AnnotationSettings().defect_gate
+    assert auto == DefectGateSettings() and auto.mode == "auto"
+    line = ["crack", "no_defect", "crack", "blow hole"]
+    assert gate_applies(auto, "offline", line)
+    assert not gate_applies(auto, "openai", line)  # a multimodal model sees the defect itself
+    assert not gate_applies(auto, "offline", ["crack", "scratches"])  # NEU-DET: all defective
+    assert not gate_applies(auto, "offline", ["no_defect", "no_defect"])
+    assert not gate_applies(DefectGateSettings(mode="off"), "offline", line)
+    with pytest.raises(ValueError, match="extra"):
+        AnnotationSettings(defect_gate={"mode": "auto", "threshold": 0.3})
+
+
+def test_gated_answers_by_hand() -> None:
+    """P(defect) is the mean of the crops' and the annotator's; the answer is defective from 0.5.
+
+    a: crops 0.9, annotator 1 - 0.3 = 0.7 -> 0.8, type from crops (0.25, 0.75) -> scratches
+    b: crops 0.2, annotator 1 - 0.6 = 0.4 -> 0.3 -> no_defect
+    c: crops 0.0 (nothing proposed), annotator 1 - 0.0 = 1.0 -> 0.5 -> defective, uniform
+       crop type (ties go to the first class) -> crack
+    """
+    annotator = pd.DataFrame(
+        {
+            "image_id": ["b", "a", "c"],  # any order: joined by id
+            "crack": [0.3, 0.6, 0.2],
+            "scratches": [0.1, 0.1, 0.8],
+            "no_defect": [0.6, 0.3, 0.0],
+        }
+    )
+    evidence = CropEvidence(
+        ["a", "b", "c"],
+        np.array([0.9, 0.2, 0.0]),
+        np.array([[0.25, 0.75], [0.5, 0.5], [0.5, 0.5]]),
+        ["crack", "scratches"],
+    )
+    probabilities, answers = gated_answers(annotator, evidence, "crops")
+    assert answers == {"a": "scratches", "b": "no_defect", "c": "crack"}
+    assert list(probabilities.columns) == ["image_id", "crack", "scratches", "no_defect"]
+    expected = [[0.2, 0.6, 0.2], [0.15, 0.15, 0.7], [0.25, 0.25, 0.5]]
+    np.testing.assert_allclose(probabilities[["crack", "scratches", "no_defect"]], expected)
+
+    # The annotator's own type (its defect classes renormalised): a -> crack 6/7, c -> scratches.
+    _, own = gated_answers(annotator, evidence, "annotator")
+    assert own == {"a": "crack", "b": "no_defect", "c": "scratches"}
+    # Their product: a -> crack 0.6 * 0.25 = 0.15 against scratches 0.1 * 0.75 = 0.075.
+    _, product = gated_answers(annotator, evidence, "annotator_x_crops")
+    assert product == {"a": "crack", "b": "no_defect", "c": "scratches"}
+
+    with pytest.raises(ValueError, match="no annotator answer"):
+        gated_answers(annotator[annotator["image_id"] != "c"], evidence)
+    with pytest.raises(ValueError, match="lack the columns"):
+        gated_answers(annotator.drop(columns="no_defect"), evidence)
+    with pytest.raises(ValueError, match="defect_type"):
+        gated_answers(annotator, evidence, "detector")
+
+
+def clean_images(folder: Path, n: int, start: int = 0) -> pd.DataFrame:
+    """Noise images with no defect (``no_defect``), of the striped images' size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    rows = []
+    for i in range(start, start + n):
+        path = folder / f"clean_{i}.png"
+        Image.fromarray(rng.normal(100, 8, (SIZE, SIZE)).clip(0, 255).astype(np.uint8)).save(path)
+        rows.append(
+            {
+                "image_id": f"clean_{i}",
+                "path": str(path),
+                "sha256": sha256_bytes(path.read_bytes()),
+                "width": SIZE,
+                "height": SIZE,
+                "class_name": "no_defect",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_crop_evidence_sees_the_defect_and_its_type_in_the_crops(
+    yolo_weights: Path, tmp_path: Path, network_attempts: list[str]
+) -> None:
+    """Seeds: three striped images per class and three clean ones. Pool: four striped images
+    with a proposal on the defect and two on the background, three clean images with the two
+    background proposals, and one image the detector proposed nothing on."""
+    from cascade_defect.annotate.offline.features import FeatureSpec, YoloFeatureExtractor
+
+    spec = [(c, c) for c in ("crazing", "scratches") for _ in range(3)]
+    seeds, seed_boxes = striped_images(tmp_path / "seeds", spec)
+    seeds = pd.concat([seeds, clean_images(tmp_path / "seeds", 3)], ignore_index=True)
+    defective, truth = striped_images(tmp_path / "pool", spec[1:5])
+    defective["image_id"] = defective["image_id"].str.replace("img", "pool")
+    truth["image_id"] = truth["image_id"].str.replace("img", "pool")
+    clean = clean_images(tmp_path / "pool", 4, start=10)
+    pool = pd.concat([defective, clean], ignore_index=True)
+    proposals = constructed_proposals(defective, truth)
+    background = [Proposal(b, 0.5) for b in BACKGROUND_PROPOSALS]
+    proposals.update({i: list(background) for i in clean["image_id"][:3]})  # clean_13: none
+    seed_proposals = constructed_proposals(seeds.iloc[:6], seed_boxes)
+    seed_proposals.update({i: list(background) for i in seeds["image_id"][6:]})
+
+    extractor = YoloFeatureExtractor(
+        str(yolo_weights), FeatureSpec(imgsz=64), config_dir=tmp_path / "yolo", progress=False
+    )
+    verifier = CropVerifier(extractor, CropVerifierSettings(threshold=0.5))
+    verifier.fit(seeds, seed_boxes, seed_proposals)
+    evidence = crop_evidence(verifier, pool, proposals, ["crazing", "scratches"], top_proposals=2)
+
+    assert evidence.image_ids == list(pool["image_id"])
+    assert evidence.n_crops == 4 * 2 + 3 * 2  # two best per image, none for clean_13
+    p = dict(zip(evidence.image_ids, evidence.p_defect, strict=True))
+    assert min(p[i] for i in defective["image_id"]) > 0.5
+    assert max(p[i] for i in clean["image_id"]) < 0.5
+    assert p["clean_13"] == 0.0
+    types = dict(zip(evidence.image_ids, evidence.type_proba, strict=True))
+    for row in defective.itertuples():
+        assert ["crazing", "scratches"][int(np.argmax(types[row.image_id]))] == row.class_name
+    np.testing.assert_allclose(types["clean_13"], [0.5, 0.5])
+    np.testing.assert_allclose(evidence.type_proba.sum(axis=1), 1.0)
+    assert network_attempts == []
+
+    with pytest.raises(RuntimeError, match="fit"):
+        crop_evidence(CropVerifier(extractor), pool, proposals, ["crazing", "scratches"], 2)
