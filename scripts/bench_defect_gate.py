@@ -9,8 +9,11 @@ defect-free images, the rest the pool):
 
 - how well each separates defective from defect-free pool images (ROC AUC of the annotator's
   ``1 - P(no_defect)`` and of the detector's best box score on the image);
-- the annotator alone against a *detector gate*: an image is defective when the detector's best
-  box scores at least a threshold, and then gets the annotator's most probable defect class.
+- the annotator alone against chapter 03's defect gate (:mod:`cascade_defect.annotate.defect_gate`:
+  the detector's best crops judged by the few-shot crop classifier, ``P(defect)`` the mean of
+  theirs and the annotator's, the type from the crops), with the ECE of each;
+- and against a plain *score gate*: an image is defective when the detector's best box scores at
+  least a threshold, and then gets the annotator's most probable defect class.
 
 Reads Magnetic-tile (``--data-dir`` or ``CASCADE_MT_DATA_DIR``; any dataset with a defect-free
 class will do) and writes one row per draw x answer to ``--csv`` with a manifest beside it:
@@ -35,11 +38,13 @@ from bench_offline_annotator import draw_seeds
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from cascade_defect.annotate.boxes import SeedDetector, SeedDetectorSettings
+from cascade_defect.annotate.defect_gate import gate_offline_answers
 from cascade_defect.annotate.offline import OfflineAnnotator
 from cascade_defect.annotate.schema import NO_DEFECT
-from cascade_defect.annotate.strategies import seed_training_set, synthetic_plan
+from cascade_defect.annotate.strategies import DetectorRecipe, synthetic_plan
 from cascade_defect.data.ingest import load_dataset
 from cascade_defect.data.records import Dataset
+from cascade_defect.metrics.calibration import expected_calibration_error
 from cascade_defect.plots.book import manifest_path
 from cascade_defect.settings import StudyConfig, load_config
 
@@ -62,7 +67,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def gated_answers(
+def score_gated_answers(
     probabilities: np.ndarray, classes: Sequence[str], scores: np.ndarray, threshold: float
 ) -> np.ndarray:
     """``no_defect`` where the detector's best box scores below ``threshold``, else the most
@@ -119,19 +124,31 @@ def run_draw(
     annotator_seconds = time.perf_counter() - start
 
     tiles, schedule = synthetic_plan(profile.annotation.synthetic_defects, seeds)
-    detector = SeedDetector(
-        weights,
-        scratch / "seed_detector",
-        SeedDetectorSettings.for_profile(profile, **schedule),
+    recipe = DetectorRecipe(
+        weights=weights,
+        work_dir=scratch,
+        seed_detector=SeedDetectorSettings.for_profile(profile, **schedule),
+        self_training=profile.annotation.self_training,
+        crop_verifier=profile.annotation.crop_verifier,
+        seed=profile.training.seed,
         config_dir=args.scratch / "ultralytics",
         threads=profile.training.torch_threads,
-        progress=False,
+        synthetic_defects=tiles,
     )
     seed_boxes = boxes[boxes["image_id"].isin(seeds["image_id"])]
-    trained = detector.train(
-        *seed_training_set(seeds, seed_boxes, tiles, detector.work_dir, profile.training.seed),
-        class_names,
+    start = time.perf_counter()
+    gated = gate_offline_answers(
+        annotator,
+        pool.drop(columns=["class_name"]),
+        recipe=recipe,
+        seeds=seeds,
+        seed_boxes=seed_boxes,
+        class_names=class_names,
+        settings=profile.annotation.defect_gate,
+        progress=False,
     )
+    gate_seconds = time.perf_counter() - start - gated.detector_details["train_seconds"]
+    detector = gated.detector
     scores = best_box_scores(detector, pool)
 
     clean = truth == NO_DEFECT
@@ -144,12 +161,32 @@ def run_draw(
         "auc_annotator": float(roc_auc_score(~clean, 1 - probabilities[:, no_defect_column])),
         "auc_detector": float(roc_auc_score(~clean, scores)),
         "annotator_seconds": round(annotator_seconds, 1),
-        "detector_train_seconds": round(trained.seconds, 1),
+        "detector_train_seconds": gated.detector_details["train_seconds"],
+        "gate_seconds": round(gate_seconds, 1),
     }
     own = np.asarray(annotator.answer_classes, dtype=object)[probabilities.argmax(axis=1)]
-    rows = [{**common, "answer": "annotator", **answer_figures(truth, own)}]
+    rows = [
+        {
+            **common,
+            "answer": "annotator",
+            **answer_figures(truth, own),
+            "ece": expected_calibration_error(probabilities.max(axis=1), own == truth),
+        }
+    ]
+    answers = np.array([gated.gate.answers[str(i)] for i in pool["image_id"]], dtype=object)
+    values = gated.gate.probabilities.set_index("image_id").loc[pool["image_id"].astype(str)]
+    columns = list(values.columns)
+    confidence = values.to_numpy()[np.arange(len(answers)), [columns.index(a) for a in answers]]
+    rows.append(
+        {
+            **common,
+            "answer": "defect gate (chapter 03)",
+            **answer_figures(truth, answers),
+            "ece": expected_calibration_error(confidence, answers == truth),
+        }
+    )
     for threshold in args.thresholds:
-        gated = gated_answers(probabilities, annotator.answer_classes, scores, threshold)
+        gated = score_gated_answers(probabilities, annotator.answer_classes, scores, threshold)
         rows.append(
             {**common, "answer": f"detector gate >= {threshold}", **answer_figures(truth, gated)}
         )
@@ -169,13 +206,13 @@ def main() -> None:
     rows = []
     for draw in range(args.draws):
         rows.extend(run_draw(args, draw, dataset, config))
-        for row in rows[-len(args.thresholds) - 1 :]:
+        for row in rows[-len(args.thresholds) - 2 :]:
             print(
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             )
     table = pd.DataFrame(rows)
     figures = ["auc_annotator", "auc_detector", "balanced_accuracy", "defect_recall"]
-    figures += ["false_alarm_rate", "type_accuracy_on_found"]
+    figures += ["false_alarm_rate", "type_accuracy_on_found", "ece"]
     print("\nMean over draws:")
     print(table.groupby("answer", sort=False)[figures].mean().round(3).to_string())
     args.csv.parent.mkdir(parents=True, exist_ok=True)
@@ -192,6 +229,8 @@ def main() -> None:
                 include={"seed_detector_epochs", "seed_detector_imgsz", "seed_detector_conf"}
             ),
             "synthetic_defects": config.profile.annotation.synthetic_defects.model_dump(),
+            "defect_gate": config.profile.annotation.defect_gate.model_dump(),
+            "crop_verifier": config.profile.annotation.crop_verifier.model_dump(),
         },
         "table": args.csv.name,
         "wall_seconds": round(time.perf_counter() - started, 1),

@@ -20,7 +20,12 @@ from cascade_defect.annotate.defect_gate import (
 from cascade_defect.box_settings import CropVerifierSettings, DefectGateSettings
 from cascade_defect.hashing import sha256_bytes
 from cascade_defect.settings import AnnotationSettings
-from tests.test_box_verifiers import BACKGROUND_PROPOSALS, SIZE, constructed_proposals, striped_images
+from tests.test_box_verifiers import (
+    BACKGROUND_PROPOSALS,
+    SIZE,
+    constructed_proposals,
+    striped_images,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -150,7 +150,7 @@ def test_the_detector_gate_answers_and_its_figures(load_script) -> None:
     classes = ["crack", "no_defect", "blow hole"]
     probabilities = np.array([[0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.3, 0.6, 0.1], [0.05, 0.9, 0.05]])
     scores = np.array([0.4, 0.02, 0.1, 0.3])
-    gated = bench.gated_answers(probabilities, classes, scores, 0.1)
+    gated = bench.score_gated_answers(probabilities, classes, scores, 0.1)
     # The annotator's no_defect never wins once the detector finds a box; the tie 0.05/0.05
     # goes to the first defect class.
     assert list(gated) == ["crack", "no_defect", "crack", "crack"]

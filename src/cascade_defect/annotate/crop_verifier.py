@@ -221,7 +221,17 @@ class CropVerifier:
         self.calibration: dict[str, Any] = {}
 
     def _features(self, path: str, boxes: Sequence[Box]) -> np.ndarray:
-        crops = crop_arrays(path, boxes, self.settings.crop_imgsz, self.settings.context)
+        return self.crop_features([(path, boxes)])
+
+    def crop_features(self, images: Sequence[tuple[str, Sequence[Sequence[float]]]]) -> np.ndarray:
+        """The backbone descriptors of every box's crop, image after image (``images``: path and
+        boxes), in one batch."""
+        crops = [
+            crop
+            for path, boxes in images
+            if len(boxes)
+            for crop in crop_arrays(path, boxes, self.settings.crop_imgsz, self.settings.context)
+        ]
         return self.extractor.extract_arrays(crops)
 
     def seed_samples(
@@ -357,19 +367,10 @@ class CropVerifier:
             for start in range(0, len(todo), chunk):
                 part = todo[start : start + chunk]
                 found = {image_id: list(proposals.get(image_id, [])) for image_id, _ in part}
-                crops = [
-                    crop
-                    for image_id, path in part
-                    if found[image_id]
-                    for crop in crop_arrays(
-                        path,
-                        [p.box for p in found[image_id]],
-                        self.settings.crop_imgsz,
-                        self.settings.context,
-                    )
-                ]
+                features = self.crop_features(
+                    [(path, [p.box for p in found[image_id]]) for image_id, path in part]
+                )
                 names = [image_classes[i] for i, _ in part for _ in found[i]]
-                features = self.extractor.extract_arrays(crops)
                 values = iter(class_scores(self.model, features, names, self.settings.rule))
                 for image_id, _ in part:
                     name = image_classes[image_id]

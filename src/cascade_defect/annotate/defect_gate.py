@@ -39,7 +39,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cascade_defect.annotate.boxes import Proposal, SeedDetector
-from cascade_defect.annotate.crop_verifier import BACKGROUND, CropVerifier, crop_arrays
+from cascade_defect.annotate.crop_verifier import BACKGROUND, CropVerifier
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.box_settings import CropVerifierSettings, DefectGateSettings
 from cascade_defect.progress import progress_disabled
@@ -86,7 +86,6 @@ def crop_evidence(
     names = list(class_names)
     known = list(verifier.model.classes_)
     columns = [known.index(c) if c in known else None for c in names]
-    settings = verifier.settings
     rows = [(str(r.image_id), str(r.path)) for r in pool.itertuples(index=False)]
     p_defect = np.zeros(len(rows))
     type_proba = np.full((len(rows), len(names)), 1.0 / max(len(names), 1))
@@ -100,20 +99,18 @@ def crop_evidence(
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
             found = [list(proposals.get(image_id, []))[:top_proposals] for image_id, _ in part]
-            crops = [
-                crop
-                for (_, path), boxes in zip(part, found, strict=True)
-                if boxes
-                for crop in crop_arrays(
-                    path, [p.box for p in boxes], settings.crop_imgsz, settings.context
-                )
-            ]
+            features = verifier.crop_features(
+                [
+                    (path, [p.box for p in boxes])
+                    for (_, path), boxes in zip(part, found, strict=True)
+                ]
+            )
             probabilities = (
-                verifier.model.predict_proba(verifier.extractor.extract_arrays(crops))
-                if crops
+                verifier.model.predict_proba(features)
+                if len(features)
                 else np.zeros((0, len(known)))
             )
-            n_crops += len(crops)
+            n_crops += len(features)
             offset = 0
             for i, boxes in enumerate(found):
                 if not boxes:
