@@ -244,3 +244,25 @@ def test_a_defective_answer_without_a_box_gets_no_label_file_and_leaves_training
     )
     assert set(left_out["image_id"]) == set(boxless)
     assert set(left_out["reason"]) == {"no_boxes"}
+
+
+def test_a_strategy_that_found_no_box_still_writes_its_background_files(
+    production_split: SplitLayout, tmp_path: Path
+) -> None:
+    """A requested strategy with no box anywhere (a one-epoch detector, or every answer
+    ``no_defect``) still gets its folder: the defect-free answers as background files."""
+    labels, boxes = pseudo_tables(production_split)
+    free_ids = labels.loc[labels["defect_class"] == NO_DEFECT, "image_id"].tolist()
+    outputs = AnnotationOutputs(tmp_path / "03_annotation")
+    written = write_pseudo_labels(
+        outputs,
+        labels,
+        boxes.iloc[:0],
+        production_split.class_names(),
+        no_defect_as_background=True,
+        strategies=["seed_detector"],
+    )
+    folder = outputs.yolo_labels_dir("seed_detector")
+    assert written == {"seed_detector": len(free_ids)} and free_ids
+    assert sorted(p.stem for p in folder.glob("*.txt")) == sorted(free_ids)
+    assert all((folder / f"{image_id}.txt").read_text() == "" for image_id in free_ids)

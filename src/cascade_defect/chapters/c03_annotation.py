@@ -34,7 +34,7 @@ from cascade_defect.annotate.options import AnnotatorOptions
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.seeds import seed_examples
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.annotate.strategies import DetectorRecipe
+from cascade_defect.annotate.strategies import DetectorRecipe, runnable_strategies
 from cascade_defect.box_settings import whole_image_fallback
 from cascade_defect.data.split import SplitLayout, read_labelled_listing, read_pool_listing
 from cascade_defect.data.yolo_txt import write_label_file
@@ -136,7 +136,12 @@ def run_annotation(
     labels = image_labels_from_store(store, pool)
     with run.timed("write"):
         written = write_pseudo_labels(
-            outputs, labels, boxes, class_names, no_defect_as_background=layout.has_no_defect()
+            outputs,
+            labels,
+            boxes,
+            class_names,
+            no_defect_as_background=layout.has_no_defect(),
+            strategies=runnable_strategies(resolved.box_strategies, chosen),
         )
     records = store.records()
     failures = pd.DataFrame(
@@ -315,7 +320,7 @@ def _pseudo_boxes(
     resolved ``annotation.whole_image_fallback``; ``gated``: the defect gate's seed detector,
     reused instead of trained again."""
     from cascade_defect.annotate.boxes import predictions_from_store, pseudo_boxes
-    from cascade_defect.annotate.strategies import runnable_strategies, strategy_proposals
+    from cascade_defect.annotate.strategies import strategy_proposals
 
     predictions = predictions_from_store(store, pool)
     strategies = runnable_strategies(options.box_strategies, options.annotator)
@@ -388,8 +393,10 @@ def write_pseudo_labels(
     class_names: Sequence[str],
     *,
     no_defect_as_background: bool = False,
+    strategies: Sequence[str] = (),
 ) -> dict[str, int]:
-    """Write both tables and one YOLO label folder per box strategy; returns files per strategy.
+    """Write both tables and one YOLO label folder per box strategy (each of ``strategies``,
+    even one that found no box, and any other in ``boxes``); returns files per strategy.
 
     With ``no_defect_as_background`` (a dataset with defect-free images) a ``no_defect`` answer
     gets an empty label file, YOLO's background image; otherwise it gets none. A defective
@@ -407,8 +414,10 @@ def write_pseudo_labels(
     labelled = labels.loc[(labels["status"] == "ok") & answered, "image_id"]
     background = set(labels.loc[labels["defect_class"] == NO_DEFECT, "image_id"])
     written: dict[str, int] = {}
-    for strategy, group in boxes.groupby("strategy"):
-        folder = outputs.yolo_labels_dir(str(strategy))
+    named = {*map(str, strategies), *boxes["strategy"].dropna().astype(str)}
+    for strategy in sorted(named):
+        group = boxes[boxes["strategy"] == strategy]
+        folder = outputs.yolo_labels_dir(strategy)
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
@@ -421,7 +430,7 @@ def write_pseudo_labels(
             lines = [] if rows is None else yolo_lines(rows, index)
             write_label_file(folder / f"{image_id}.txt", lines)
             n_files += 1
-        written[str(strategy)] = n_files
+        written[strategy] = n_files
     return written
 
 
