@@ -32,14 +32,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cascade_defect.annotate.boxes import Proposal
+from cascade_defect.annotate.boxes import Proposal, SeedDetector
 from cascade_defect.annotate.offline.features import YoloFeatureExtractor, grey_array
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.box_settings import CropVerifierSettings
@@ -121,6 +121,21 @@ def background_boxes(
         if not len(truth) or _iou([cand], truth).max() < 0.1:
             out.append(cand)
     return out
+
+
+def low_score_proposer(
+    detector: SeedDetector, settings: CropVerifierSettings, *, progress: bool = True
+) -> SeedDetector:
+    """The trained ``detector``'s weights proposing at the verifier's low score and box count: the
+    crops the verifier (and the defect gate) judge."""
+    if detector.trained is None:
+        raise RuntimeError("train the seed detector before proposing crops to verify")
+    return SeedDetector.from_trained(
+        detector.trained.weights,
+        replace(detector.settings, conf=settings.conf, max_det=settings.max_det),
+        config_dir=detector.config_dir,
+        progress=progress,
+    )
 
 
 # --------------------------------------------------------------------------- verifier

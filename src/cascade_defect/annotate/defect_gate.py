@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,7 +39,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cascade_defect.annotate.boxes import Proposal, SeedDetector
-from cascade_defect.annotate.crop_verifier import BACKGROUND, CropVerifier
+from cascade_defect.annotate.crop_verifier import BACKGROUND, CropVerifier, low_score_proposer
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.box_settings import CropVerifierSettings, DefectGateSettings
 from cascade_defect.progress import progress_disabled
@@ -138,10 +138,6 @@ class GatedAnswers:
     params: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
 
-    def probability_vector(self, image_id: str, classes: Sequence[str]) -> np.ndarray:
-        row = self.probabilities.loc[self.probabilities["image_id"] == image_id, list(classes)]
-        return row.to_numpy(dtype=float)[0]
-
 
 def gated_answers(
     annotator_proba: pd.DataFrame,
@@ -195,16 +191,9 @@ def gate_with_detector(
 ) -> GatedAnswers:
     """Fit ``verifier`` on the seeds with the trained ``detector``'s low-score proposals, judge
     the pool's best crops and join them with the annotator's probabilities."""
-    if detector.trained is None:
-        raise RuntimeError("train the seed detector before the defect gate")
     start = time.perf_counter()
     crop_settings: CropVerifierSettings = verifier.settings
-    low = SeedDetector.from_trained(
-        detector.trained.weights,
-        replace(detector.settings, conf=crop_settings.conf, max_det=crop_settings.max_det),
-        config_dir=detector.config_dir,
-        progress=detector.progress,
-    )
+    low = low_score_proposer(detector, crop_settings, progress=detector.progress)
     verifier.fit(seeds, seed_boxes, low.propose(seeds))
     fitted = time.perf_counter() - start
     defect_names = [c for c in class_names if c != NO_DEFECT]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,16 +244,9 @@ def _crop_verified(
     options: AnnotatorOptions,
 ) -> tuple[dict[str, list[Proposal]], dict[str, Any]]:
     """The trained seed detector re-proposes at the verifier's low score, seeds and pool alike."""
-    from cascade_defect.annotate.crop_verifier import crop_verify
+    from cascade_defect.annotate.crop_verifier import crop_verify, low_score_proposer
 
-    settings = recipe.crop_verifier
-    assert detector.trained is not None
-    low = SeedDetector.from_trained(
-        detector.trained.weights,
-        replace(detector.settings, conf=settings.conf, max_det=settings.max_det),
-        config_dir=recipe.config_dir,
-        progress=options.progress,
-    )
+    low = low_score_proposer(detector, recipe.crop_verifier, progress=options.progress)
     result = crop_verify(
         verifier=crop_verifier_for(recipe),
         seeds=seeds,
