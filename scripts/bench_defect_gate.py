@@ -12,6 +12,9 @@ defect-free images, the rest the pool):
 - the annotator alone against chapter 03's defect gate (:mod:`cascade_defect.annotate.defect_gate`:
   the detector's best crops judged by the few-shot crop classifier, ``P(defect)`` the mean of
   theirs and the annotator's, the type from the crops), with the ECE of each;
+- the same gate with a recall target (``--target-recalls``, default 0.85): the boundary its own
+  probabilities expect to find that share of the defects, against the recall measured; each for
+  the linear pool (chapter 03's default) and the logarithmic one, pooled from the same crops;
 - and against a plain *score gate*: an image is defective when the detector's best box scores at
   least a threshold, and then gets the annotator's most probable defect class.
 
@@ -38,7 +41,12 @@ from bench_offline_annotator import draw_seeds
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from cascade_defect.annotate.boxes import SeedDetector, SeedDetectorSettings
-from cascade_defect.annotate.defect_gate import gate_offline_answers
+from cascade_defect.annotate.defect_gate import (
+    answers_at,
+    defect_threshold,
+    gate_offline_answers,
+    gated_answers,
+)
 from cascade_defect.annotate.offline import OfflineAnnotator
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.strategies import DetectorRecipe, synthetic_plan
@@ -49,6 +57,8 @@ from cascade_defect.plots.book import manifest_path
 from cascade_defect.settings import StudyConfig, load_config
 
 THRESHOLDS = (0.05, 0.1, 0.15, 0.25)
+TARGET_RECALLS = (0.85,)
+POOLINGS = ("linear", "logarithmic")
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,6 +69,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--draw-seed", type=int, default=20240, help="first draw's random seed")
     parser.add_argument("--per-class", type=int, default=3)
     parser.add_argument("--thresholds", type=float, nargs="+", default=list(THRESHOLDS))
+    parser.add_argument(
+        "--target-recalls",
+        type=float,
+        nargs="*",
+        default=list(TARGET_RECALLS),
+        help="the defect gate's recall targets, one row each",
+    )
     parser.add_argument("--scratch", type=Path, required=True, help="detectors and caches")
     parser.add_argument("--csv", type=Path, required=True)
     args = parser.parse_args()
@@ -85,11 +102,55 @@ def answer_figures(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]
         "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
         "macro_f1": float(f1_score(truth, predicted, labels=sorted(set(truth)), average="macro")),
         "defect_recall": float((predicted[~clean] != NO_DEFECT).mean()),
+        "flagged_share": float((predicted != NO_DEFECT).mean()),
         "false_alarm_rate": float((predicted[clean] != NO_DEFECT).mean()),
         "type_accuracy_on_found": float(
             (predicted[~clean] == truth[~clean])[predicted[~clean] != NO_DEFECT].mean()
         ),
     }
+
+
+def answered_confidence(probabilities: pd.DataFrame, answers: np.ndarray) -> np.ndarray:
+    """The probability each row gives its answered class (the ECE's confidence)."""
+    columns = list(probabilities.columns)
+    rows = np.arange(len(answers))
+    return probabilities.to_numpy()[rows, [columns.index(a) for a in answers]]
+
+
+def gate_rows(
+    common: dict[str, object],
+    probabilities: pd.DataFrame,
+    answer_of: dict[str, str],
+    pool: pd.DataFrame,
+    truth: np.ndarray,
+    label: str,
+    target_recalls: Sequence[float],
+) -> list[dict[str, object]]:
+    """The gate's rows for one pooling (``label``): its answers from 0.5, then from each recall target's
+    boundary; with the ROC AUC of its ``P(defect)`` and the ECE of the answered confidence."""
+    values = probabilities.set_index("image_id").loc[pool["image_id"].astype(str)]
+    p_defect = 1.0 - values[NO_DEFECT].to_numpy(dtype=float)
+    auc = float(roc_auc_score(truth != NO_DEFECT, p_defect))
+    rows = []
+    for target in (None, *target_recalls):
+        boundary = defect_threshold(p_defect, target)
+        at = answer_of if target is None else answers_at(values.reset_index(), boundary.threshold)
+        answers = np.array([at[str(i)] for i in pool["image_id"]], dtype=object)
+        rows.append(
+            {
+                **common,
+                "answer": f"defect gate ({label})"
+                + ("" if target is None else f", recall target {target}"),
+                "auc_gate": auc,
+                **answer_figures(truth, answers),
+                "defect_threshold": boundary.threshold,
+                "expected_defect_recall": boundary.expected_recall,
+                "ece": expected_calibration_error(
+                    answered_confidence(values, answers), answers == truth
+                ),
+            }
+        )
+    return rows
 
 
 def best_box_scores(detector: SeedDetector, pool: pd.DataFrame) -> np.ndarray:
@@ -173,18 +234,17 @@ def run_draw(
             "ece": expected_calibration_error(probabilities.max(axis=1), own == truth),
         }
     ]
-    answers = np.array([gated.gate.answers[str(i)] for i in pool["image_id"]], dtype=object)
-    values = gated.gate.probabilities.set_index("image_id").loc[pool["image_id"].astype(str)]
-    columns = list(values.columns)
-    confidence = values.to_numpy()[np.arange(len(answers)), [columns.index(a) for a in answers]]
-    rows.append(
-        {
-            **common,
-            "answer": "defect gate (chapter 03)",
-            **answer_figures(truth, answers),
-            "ece": expected_calibration_error(confidence, answers == truth),
-        }
-    )
+    settings = profile.annotation.defect_gate
+    for pooling in POOLINGS:
+        if pooling == settings.pooling:
+            table, answer_of = gated.gate.probabilities, gated.gate.answers
+        else:
+            assert gated.gate.evidence is not None
+            table, answer_of = gated_answers(
+                frame, gated.gate.evidence, settings.defect_type, None, pooling
+            )
+        label = "chapter 03" if pooling == settings.pooling else f"{pooling} pool"
+        rows.extend(gate_rows(common, table, answer_of, pool, truth, label, args.target_recalls))
     for threshold in args.thresholds:
         gated = score_gated_answers(probabilities, annotator.answer_classes, scores, threshold)
         rows.append(
@@ -206,13 +266,15 @@ def main() -> None:
     rows = []
     for draw in range(args.draws):
         rows.extend(run_draw(args, draw, dataset, config))
-        for row in rows[-len(args.thresholds) - 2 :]:
+        per_draw = 1 + len(args.thresholds) + len(POOLINGS) * (1 + len(args.target_recalls))
+        for row in rows[-per_draw:]:
             print(
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             )
     table = pd.DataFrame(rows)
-    figures = ["auc_annotator", "auc_detector", "balanced_accuracy", "defect_recall"]
-    figures += ["false_alarm_rate", "type_accuracy_on_found", "ece"]
+    figures = ["auc_annotator", "auc_detector", "auc_gate", "balanced_accuracy", "defect_recall"]
+    figures += ["false_alarm_rate", "flagged_share", "expected_defect_recall"]
+    figures += ["type_accuracy_on_found", "ece"]
     print("\nMean over draws:")
     print(table.groupby("answer", sort=False)[figures].mean().round(3).to_string())
     args.csv.parent.mkdir(parents=True, exist_ok=True)
@@ -225,6 +287,8 @@ def main() -> None:
             "draw_seeds": [args.draw_seed, args.draw_seed + args.draws - 1],
             "per_class": args.per_class,
             "thresholds": args.thresholds,
+            "target_recalls": args.target_recalls,
+            "poolings": list(POOLINGS),
             "seed_detector": config.profile.annotation.model_dump(
                 include={"seed_detector_epochs", "seed_detector_imgsz", "seed_detector_conf"}
             ),

@@ -152,6 +152,8 @@ def test_help_explains_every_option() -> None:
         "--images-per-request",
         "--max-attempts",
         "--no-progress",
+        "--no-defect-gate",
+        "--defect-recall",
     ):
         assert option in result.stdout
 
@@ -166,6 +168,12 @@ def test_an_invalid_option_is_named(tmp_path: Path, unlabelled: Path) -> None:
     assert not (tmp_path / "o").exists()  # refused before anything was written
     wrong_choice = annotate(*common, "--box-strategy", "polygons")
     assert wrong_choice.returncode == 2 and "--box-strategy" in wrong_choice.stderr
+    for recall in ("1.5", "0"):
+        wrong_recall = annotate(*common, "--defect-recall", recall)
+        assert wrong_recall.returncode == 2 and "--defect-recall" in wrong_recall.stderr
+    no_gate = annotate(*common, "--defect-recall", "0.85", "--no-defect-gate")
+    assert no_gate.returncode == 2 and "--no-defect-gate" in no_gate.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_every_annotate_flag_defaults_to_the_options_model() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,14 @@ from PIL import Image
 from cascade_defect.annotate.boxes import Proposal
 from cascade_defect.annotate.crop_verifier import CropVerifier
 from cascade_defect.annotate.defect_gate import (
+    DEFECT_AT,
     CropEvidence,
+    answers_at,
     crop_evidence,
+    defect_threshold,
     gate_applies,
     gated_answers,
+    pooled_defect_probability,
 )
 from cascade_defect.box_settings import CropVerifierSettings, DefectGateSettings
 from cascade_defect.hashing import sha256_bytes
@@ -87,6 +92,69 @@ def test_gated_answers_by_hand() -> None:
         gated_answers(annotator.drop(columns="no_defect"), evidence)
     with pytest.raises(ValueError, match="defect_type"):
         gated_answers(annotator, evidence, "detector")
+
+
+def test_a_recall_target_lowers_the_boundary_by_the_probabilities_alone() -> None:
+    """P(defect) 0.9, 0.6, 0.3, 0.1, 0.1: 2.0 defects expected. Flagging from 0.5 finds
+    1.5 of them (0.75); from 0.3, 1.8 (0.9), the first boundary to reach 0.8 or 0.85; from 0.1
+    all of them."""
+    p = np.array([0.1, 0.9, 0.3, 0.6, 0.1])  # any order
+    default = defect_threshold(p)
+    assert (default.threshold, default.expected_recall, default.flagged) == (DEFECT_AT, 0.75, 0.4)
+    for target in (0.8, 0.85, 0.9):
+        assert astuple(defect_threshold(p, target)) == pytest.approx((0.3, 0.9, 0.6))
+    assert astuple(defect_threshold(p, 0.95)) == pytest.approx((0.1, 1.0, 1.0))
+    # A floor, not a cap: a target the default already meets keeps 0.5.
+    assert defect_threshold(p, 0.5).threshold == DEFECT_AT
+    # Nothing expected to be defective: the default boundary, nothing flagged.
+    assert astuple(defect_threshold(np.zeros(3), 0.85)) == (DEFECT_AT, 0.0, 0.0)
+    for wrong in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="target_recall"):
+            defect_threshold(p, wrong)
+    with pytest.raises(ValueError, match="target_recall"):
+        DefectGateSettings(target_recall=1.0)
+
+
+def test_the_two_pools_answer_the_same_images_and_rank_them_differently() -> None:
+    """Crops 0.9 and annotator 0.3: linear 0.6, logarithmic odds sqrt(9 * 3/7) = 1.96 -> 0.66.
+    Crops 0.6 and annotator 0.6: 0.6 both ways. So the linear pool ties them and the
+    logarithmic one does not; both call c + a >= 1 defective (0.2 and 0.7: 0.45 and 0.43)."""
+    crop, annotator = np.array([0.9, 0.6, 0.2, 0.0]), np.array([0.3, 0.6, 0.7, 0.99])
+    linear = pooled_defect_probability(crop, annotator)
+    log_pool = pooled_defect_probability(crop, annotator, "logarithmic")
+    np.testing.assert_allclose(linear, [0.6, 0.6, 0.45, 0.495])
+    odds = np.sqrt([9 * 3 / 7, 1.5 * 1.5, 0.25 * 7 / 3])
+    np.testing.assert_allclose(log_pool[:3], odds / (1 + odds))
+    assert ((linear >= 0.5) == (log_pool >= 0.5)).all()
+    assert log_pool[3] < 0.1 < linear[3]  # nothing proposed: the clipped crop odds weigh in
+    with pytest.raises(ValueError, match="pooling"):
+        pooled_defect_probability(crop, annotator, "max")
+
+
+def test_gated_answers_with_a_recall_target() -> None:
+    """P(defect) a 0.8, b 0.3, c 0.5 (as by hand above): from 0.5, a and c are defective (1.3
+    of 1.6 expected defects, 0.81); a 0.9 target lowers the boundary to b's 0.3, and b shows
+    its crops' type."""
+    annotator = pd.DataFrame(
+        {
+            "image_id": ["a", "b", "c"],
+            "crack": [0.6, 0.3, 0.2],
+            "scratches": [0.1, 0.1, 0.8],
+            "no_defect": [0.3, 0.6, 0.0],
+        }
+    )
+    evidence = CropEvidence(
+        ["a", "b", "c"],
+        np.array([0.9, 0.2, 0.0]),
+        np.array([[0.25, 0.75], [0.8, 0.2], [0.5, 0.5]]),
+        ["crack", "scratches"],
+    )
+    probabilities, default = gated_answers(annotator, evidence)
+    assert default == {"a": "scratches", "b": "no_defect", "c": "crack"}
+    assert answers_at(probabilities) == default
+    _, recalled = gated_answers(annotator, evidence, target_recall=0.9)
+    assert recalled == {"a": "scratches", "b": "crack", "c": "crack"}
+    assert answers_at(probabilities, 0.3) == recalled
 
 
 def clean_images(folder: Path, n: int, start: int = 0) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -159,6 +160,33 @@ def test_the_detector_gate_answers_and_its_figures(load_script) -> None:
     assert figures["accuracy"] == 0.25
     assert figures["defect_recall"] == 0.5
     assert figures["false_alarm_rate"] == 1.0
+    assert figures["flagged_share"] == 0.75
     assert figures["type_accuracy_on_found"] == 1.0
     # Balanced accuracy: recall crack 1, blow hole 0, no_defect 0.
     assert abs(figures["balanced_accuracy"] - 1 / 3) < 1e-12
+
+
+def test_the_gate_rows_score_each_boundary_against_the_truth(load_script) -> None:
+    """P(defect) 0.8, 0.6, 0.3, 0.2 on two defective and two defect-free images: from 0.5 the
+    first two are flagged (recall 1/2, one false alarm of two); the first three hold 1.7 of the
+    1.9 expected defects (0.89), so a 0.95 recall target lowers the boundary to 0.2."""
+    bench = load_script("bench_defect_gate")
+    probabilities = pd.DataFrame(
+        {
+            "image_id": ["1", "2", "3", "4"],
+            "crack": [0.8, 0.6, 0.3, 0.2],
+            "no_defect": [0.2, 0.4, 0.7, 0.8],
+        }
+    )
+    pool = pd.DataFrame({"image_id": [4, 3, 2, 1]})  # ids read as numbers are matched as text
+    truth = np.array(["crack", "no_defect", "no_defect", "crack"])
+    answer_of = {"1": "crack", "2": "crack", "3": "no_defect", "4": "no_defect"}
+    rows = bench.gate_rows({"draw": 0}, probabilities, answer_of, pool, truth, "x", [0.95])
+    assert [r["answer"] for r in rows] == ["defect gate (x)", "defect gate (x), recall target 0.95"]
+    default, recalled = rows
+    assert default["auc_gate"] == 0.5  # 0.8 > 0.6 but 0.3 > 0.2: two of four pairs ordered
+    assert (default["defect_recall"], default["false_alarm_rate"]) == (0.5, 0.5)
+    assert default["defect_threshold"] == 0.5
+    assert recalled["defect_threshold"] == pytest.approx(0.2) and recalled["flagged_share"] == 1.0
+    assert (recalled["defect_recall"], recalled["false_alarm_rate"]) == (1.0, 1.0)
+    assert recalled["expected_defect_recall"] == 1.0

@@ -219,6 +219,9 @@ def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
     assert sum(gate["answers"].values()) == summary["n_pool"]
     assert gate["settings"] == config.profile.annotation.defect_gate.model_dump()
     assert gate["crops_judged"] <= summary["n_pool"] * gate["settings"]["top_proposals"]
+    assert gate["defect_threshold"] == 0.5  # no recall target: each model's own boundary
+    flagged = sum(n for answer, n in gate["answers"].items() if answer != "no_defect")
+    assert gate["flagged_share"] == round(flagged / summary["n_pool"], 4)
     records = AnnotationStore(config.paths.annotation_dir / "predictions.jsonl").records()
     assert len(records) == summary["n_pool"]
     assert all(r.params["defect_gate"]["settings"] == gate["settings"] for r in records)

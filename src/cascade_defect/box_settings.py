@@ -246,3 +246,22 @@ class DefectGateSettings(BaseModel):
             "the judged crops, the annotator's, or their product"
         ),
     )
+    pooling: Literal["linear", "logarithmic"] = Field(
+        "linear",
+        description=(
+            "how P(defect) pools the crops' and the annotator's: their mean, or the mean of their "
+            "log-odds; both answer the same images defective from 0.5, the logarithmic pool ranks "
+            "and sharpens differently (scripts/bench_defect_gate.py measures both)"
+        ),
+    )
+    target_recall: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description=(
+            "None: an image is defective from P(defect) 0.5 (each model's own boundary). A share "
+            "such as 0.85: lower that boundary until the gate's own probabilities expect this "
+            "share of the pool's defects found (sum of P(defect) above it over the sum of all), "
+            "for a line where a missed defect costs more than a second look; never above 0.5"
+        ),
+    )

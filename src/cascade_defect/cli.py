@@ -220,7 +220,19 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     from cascade_defect.box_settings import DefectGateSettings
 
     weights = args.weights or EnvironmentSettings().yolo_weights
-    gate = None if args.defect_gate else DefectGateSettings(mode="off")
+    if not args.defect_gate and args.defect_recall is not None:
+        print(
+            "error: --defect-recall needs the defect gate; drop --no-defect-gate", file=sys.stderr
+        )
+        return 2
+    try:
+        gate = DefectGateSettings(
+            mode="auto" if args.defect_gate else "off", target_recall=args.defect_recall
+        )
+    except ValidationError as error:
+        reason = error.errors()[0]["msg"]
+        print(f"error: argument --defect-recall: {reason}", file=sys.stderr)
+        return 2
     try:
         result = annotate_folder(
             Path(args.images),
@@ -401,6 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "let the offline annotator decide defect or not alone (by default, where the seeds "
             "include defect-free images, the seed detector's crops join its answer)"
+        ),
+    )
+    annotate.add_argument(
+        "--defect-recall",
+        type=float,
+        metavar="SHARE",
+        help=(
+            "with the defect gate, flag images until its own probabilities expect this share of "
+            "the defects found (e.g. 0.85; default: P(defect) 0.5); the summary says how many "
+            "images that flags"
         ),
     )
     annotate.set_defaults(func=cmd_annotate)

@@ -12,14 +12,23 @@ every pool image:
 1. the detector proposes at the crop verifier's low score and its ``top_proposals`` best crops
    are judged; the image's *crop evidence* is the highest ``1 - P(background)`` among them, and
    its defect type the per-class highest probability among them;
-2. ``P(defect)`` is the mean of that evidence and the annotator's own ``1 - P(no_defect)``, a
-   linear opinion pool of two calibrated-by-construction probabilities (the crop classifier's
-   logistic output and the annotator's temperature-scaled one), so neither overrules the other
-   and no threshold is tuned on any dataset's truth;
+2. ``P(defect)`` pools that evidence with the annotator's own ``1 - P(no_defect)``, two
+   calibrated-by-construction probabilities (the crop classifier's logistic output and the
+   annotator's temperature-scaled one), so neither overrules the other and no threshold is tuned
+   on any dataset's truth. ``pooling``: ``linear``, their mean, or ``logarithmic``, the mean of
+   their log-odds (a geometric pool). Both call an image defective on exactly the same images
+   (``c + a >= 1`` either way, up to :data:`POOL_CLIP`); they differ in how they rank and how sharp they are: a mean of
+   calibrated probabilities is pulled towards 0.5 (Ranjan and Gneiting, 2010), which matters
+   once a recall target moves the boundary;
 3. the image is defective when ``P(defect) >= 0.5``, and then shows its most probable type
    (``defect_type``: from the crops, the annotator, or their product). The record keeps the
    probabilities ``P(defect) * P(type)`` and ``1 - P(defect)``, and its confidence is the
    answered class's.
+
+Where a missed defect costs more than a second look, ``target_recall`` lowers the boundary
+until the gate's own probabilities expect that share of the pool's defects found
+(:func:`defect_threshold`); no label is read, and the share of images flagged says what it
+costs in review.
 
 It applies only where the seeds include defect-free images (``no_defect``); on an all-defective
 dataset such as NEU-DET the annotator answers alone. ``scripts/bench_defect_gate.py`` measures
@@ -48,6 +57,25 @@ log = logging.getLogger(__name__)
 
 DEFECT_AT = 0.5
 """``P(defect)`` from which an image is answered defective."""
+
+POOL_CLIP = 1e-4
+"""The logarithmic pool clips both probabilities to ``[POOL_CLIP, 1 - POOL_CLIP]``: a crop
+probability of 0 (nothing proposed) would otherwise veto the annotator outright."""
+
+
+def pooled_defect_probability(
+    crop: np.ndarray, annotator: np.ndarray, pooling: str = "linear"
+) -> np.ndarray:
+    """``P(defect)`` from the crops' and the annotator's (see the module docstring)."""
+    crop, annotator = np.asarray(crop, dtype=float), np.asarray(annotator, dtype=float)
+    if pooling == "linear":
+        return np.clip(0.5 * (crop + annotator), 0.0, 1.0)
+    if pooling == "logarithmic":
+        from scipy.special import expit, logit
+
+        a, b = (np.clip(v, POOL_CLIP, 1.0 - POOL_CLIP) for v in (crop, annotator))
+        return expit(0.5 * (logit(a) + logit(b)))
+    raise ValueError(f"pooling is linear or logarithmic, not {pooling!r}")
 
 
 def gate_applies(settings: DefectGateSettings, annotator: str, seed_classes: Sequence[str]) -> bool:
@@ -127,6 +155,51 @@ def crop_evidence(
     return CropEvidence([i for i, _ in rows], p_defect, type_proba, names, n_crops)
 
 
+@dataclass(frozen=True)
+class DefectThreshold:
+    """The ``P(defect)`` from which an image is answered defective, the share of the pool's
+    defects the probabilities expect above it, and the share of images it flags."""
+
+    threshold: float
+    expected_recall: float
+    flagged: float
+
+
+def defect_threshold(p_defect: np.ndarray, target_recall: float | None = None) -> DefectThreshold:
+    """The boundary for a recall target, from the probabilities alone.
+
+    If ``P(defect)`` is calibrated, the pool holds ``sum(p)`` defects in expectation and flagging
+    every image with ``p >= t`` finds ``sum(p[p >= t])`` of them. The boundary is the highest
+    ``t`` whose expected recall reaches ``target_recall``, never above :data:`DEFECT_AT` (the
+    target is a floor, not a cap); ``None`` keeps :data:`DEFECT_AT`.
+    """
+    p = np.asarray(p_defect, dtype=float)
+    if target_recall is not None and not 0.0 < target_recall < 1.0:
+        raise ValueError(f"target_recall is a share between 0 and 1, not {target_recall}")
+    total = float(p.sum())
+    threshold = DEFECT_AT
+    if target_recall is not None and total > 0:
+        ordered = np.sort(p)[::-1]
+        found = np.cumsum(ordered) / total
+        reach = int(np.searchsorted(found, target_recall - 1e-12))
+        threshold = min(DEFECT_AT, float(ordered[min(reach, len(ordered) - 1)]))
+    flagged = p >= threshold
+    expected = float(p[flagged].sum() / total) if total > 0 else 0.0
+    return DefectThreshold(threshold, expected, float(flagged.mean()) if len(p) else 0.0)
+
+
+def answers_at(probabilities: pd.DataFrame, threshold: float = DEFECT_AT) -> dict[str, str]:
+    """Each image's answer from the gate's probabilities (``image_id``, the defect classes,
+    ``no_defect``): its most probable defect where ``P(defect) >= threshold``, else
+    ``no_defect``."""
+    names = [c for c in probabilities.columns if c not in ("image_id", NO_DEFECT)]
+    p_defect = 1.0 - probabilities[NO_DEFECT].to_numpy(dtype=float)
+    best = np.asarray(names, dtype=object)[probabilities[names].to_numpy(float).argmax(axis=1)]
+    answer = np.where(p_defect >= threshold - 1e-12, best, NO_DEFECT)
+    ids = probabilities["image_id"].astype(str)
+    return dict(zip(ids, (str(a) for a in answer), strict=True))
+
+
 @dataclass
 class GatedAnswers:
     """The gate's probabilities (``image_id`` plus one column per class, ``no_defect`` last), the
@@ -137,12 +210,16 @@ class GatedAnswers:
     answers: dict[str, str]
     params: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
+    evidence: CropEvidence | None = None
+    """The crops' evidence the answers were pooled from (benchmarks pool it again)."""
 
 
 def gated_answers(
     annotator_proba: pd.DataFrame,
     evidence: CropEvidence,
     defect_type: str = "crops",
+    target_recall: float | None = None,
+    pooling: str = "linear",
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """Join the annotator's probabilities (``image_id``, its classes and ``no_defect``) with the
     crop evidence; see the module docstring for the rule."""
@@ -156,7 +233,7 @@ def gated_answers(
         absent = frame.index[frame[names].isna().any(axis=1)][:5].tolist()
         raise ValueError(f"no annotator answer for pool images {absent}")
     annotator_defect = 1.0 - frame[NO_DEFECT].to_numpy(dtype=float)
-    p_defect = np.clip(0.5 * (evidence.p_defect + annotator_defect), 0.0, 1.0)
+    p_defect = pooled_defect_probability(evidence.p_defect, annotator_defect, pooling)
     own = frame[names].to_numpy(dtype=float)
     own = own / np.clip(own.sum(axis=1, keepdims=True), 1e-12, None)
     if defect_type == "crops":
@@ -173,9 +250,7 @@ def gated_answers(
     values = np.hstack([p_defect[:, None] * types, 1.0 - p_defect[:, None]])
     out = pd.DataFrame(values, columns=[*names, NO_DEFECT])
     out.insert(0, "image_id", evidence.image_ids)
-    best_type = np.asarray(names, dtype=object)[types.argmax(axis=1)]
-    answer = np.where(p_defect >= DEFECT_AT, best_type, NO_DEFECT)
-    return out, dict(zip(evidence.image_ids, (str(a) for a in answer), strict=True))
+    return out, answers_at(out, defect_threshold(p_defect, target_recall).threshold)
 
 
 def gate_with_detector(
@@ -200,7 +275,10 @@ def gate_with_detector(
     evidence = crop_evidence(
         verifier, pool, low.propose(pool), defect_names, settings.top_proposals
     )
-    probabilities, answers = gated_answers(annotator_proba, evidence, settings.defect_type)
+    probabilities, answers = gated_answers(
+        annotator_proba, evidence, settings.defect_type, settings.target_recall, settings.pooling
+    )
+    boundary = defect_threshold(1.0 - probabilities[NO_DEFECT].to_numpy(), settings.target_recall)
     counts = pd.Series(list(answers.values())).value_counts().sort_index()
     params = {
         "settings": settings.model_dump(),
@@ -212,12 +290,15 @@ def gate_with_detector(
         "samples": verifier.calibration.get("samples", {}),
         "crops_judged": evidence.n_crops,
         "images_without_proposal": int((evidence.p_defect == 0).sum()),
+        "defect_threshold": round(boundary.threshold, 4),
+        "expected_defect_recall": round(boundary.expected_recall, 4),
+        "flagged_share": round(boundary.flagged, 4),
         "answers": {str(k): int(v) for k, v in counts.items()},
         "fit_seconds": round(fitted, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("defect gate: %s", details)
-    return GatedAnswers(probabilities, answers, params, details)
+    return GatedAnswers(probabilities, answers, params, details, evidence)
 
 
 @dataclass
