@@ -115,3 +115,24 @@ def benchmark_header(name: str, profile: str, table: Path) -> dict[str, Any]:
         "git": git_state(Path(__file__).resolve().parent, run_dirs=outputs),
         "environment": environment(),
     }
+
+
+def add_profile_changes(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable): profile settings a benchmark changes."""
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help=help_text
+    )
+
+
+def profile_changes(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """``["annotation.synthetic_defects=100"]`` -> ``{"annotation": {"synthetic_defects": 100}}``;
+    a key without a section is refused by name."""
+    from cascade_defect.settings import key_value_arguments
+
+    changes: dict[str, dict[str, Any]] = {}
+    for dotted, value in key_value_arguments(pairs).items():
+        section, dot, key = dotted.partition(".")
+        if not dot or not key:
+            raise SystemExit(f"--set {dotted}: expected SECTION.KEY=VALUE")
+        changes.setdefault(section, {})[key] = value
+    return changes

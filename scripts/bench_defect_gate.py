@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _bench_cli import benchmark_header
+from _bench_cli import add_profile_changes, benchmark_header, profile_changes
 from bench_offline_annotator import draw_seeds
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
@@ -78,6 +78,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--scratch", type=Path, required=True, help="detectors and caches")
     parser.add_argument("--csv", type=Path, required=True)
+    add_profile_changes(
+        parser,
+        "profile setting changed for every draw (repeatable), e.g. "
+        "annotation.seed_detector_freeze=10; value parsed as YAML",
+    )
     args = parser.parse_args()
     if args.data_dir is None:
         parser.error("give --data-dir or set CASCADE_MT_DATA_DIR")
@@ -259,7 +264,8 @@ def main() -> None:
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
     started = time.perf_counter()
     args.scratch.mkdir(parents=True, exist_ok=True)
-    config = load_config(args.profile, work_dir=args.scratch / "work")
+    changes = profile_changes(args.set)
+    config = load_config(args.profile, work_dir=args.scratch / "work", overrides=changes)
     dataset = load_dataset(args.data_dir, class_names=None, progress=False)
     if not any(r.class_name == NO_DEFECT for r in dataset.images):
         raise SystemExit(f"{args.data_dir}: no defect-free class found")
@@ -289,8 +295,14 @@ def main() -> None:
             "thresholds": args.thresholds,
             "target_recalls": args.target_recalls,
             "poolings": list(POOLINGS),
+            "profile_changes": changes,
             "seed_detector": config.profile.annotation.model_dump(
-                include={"seed_detector_epochs", "seed_detector_imgsz", "seed_detector_conf"}
+                include={
+                    "seed_detector_epochs",
+                    "seed_detector_imgsz",
+                    "seed_detector_conf",
+                    "seed_detector_freeze",
+                }
             ),
             "synthetic_defects": config.profile.annotation.synthetic_defects.model_dump(),
             "defect_gate": config.profile.annotation.defect_gate.model_dump(),

@@ -32,7 +32,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _bench_cli import benchmark_header, config_for_run, parser_with_common_options, report
+from _bench_cli import (
+    add_profile_changes,
+    benchmark_header,
+    config_for_run,
+    parser_with_common_options,
+    profile_changes,
+    report,
+)
 
 from cascade_defect.chapters.c01_data import run_data_strategy
 from cascade_defect.chapters.c02_split import run_split
@@ -60,7 +67,7 @@ from cascade_defect.metrics.box_quality import box_quality, normalise_gt_boxes
 from cascade_defect.metrics.detection import detection_metrics, match_detections
 from cascade_defect.plots.book import manifest_path
 from cascade_defect.plots.seed_draws import CSV_COLUMNS
-from cascade_defect.settings import StudyConfig, key_value_arguments, load_config
+from cascade_defect.settings import StudyConfig, load_config
 from cascade_defect.train.predict import validate_on_test
 from cascade_defect.train.sources import HUMAN, PSEUDO
 
@@ -83,29 +90,12 @@ def parse_arguments() -> Any:
         help="also run the record's own seeds again (with --set: the recipe on the same seeds)",
     )
     parser.add_argument("--csv", type=Path, required=True, help="the table, read back to resume")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help=(
-            "profile setting changed for the redrawn draws (repeatable), e.g. "
-            "annotation.synthetic_defects=100; value parsed as YAML. The record keeps its own"
-        ),
+    add_profile_changes(
+        parser,
+        "profile setting changed for the redrawn draws (repeatable), e.g. "
+        "annotation.synthetic_defects=100; value parsed as YAML. The record keeps its own",
     )
     return parser.parse_args()
-
-
-def profile_changes(pairs: list[str]) -> dict[str, dict[str, Any]]:
-    """``["annotation.synthetic_defects=100"]`` -> ``{"annotation": {"synthetic_defects": 100}}``;
-    a key without a section is refused by name."""
-    changes: dict[str, dict[str, Any]] = {}
-    for dotted, value in key_value_arguments(pairs).items():
-        section, dot, key = dotted.partition(".")
-        if not dot or not key:
-            raise SystemExit(f"--set {dotted}: expected SECTION.KEY=VALUE")
-        changes.setdefault(section, {})[key] = value
-    return changes
 
 
 def draw_config(

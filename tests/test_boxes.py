@@ -221,7 +221,12 @@ def test_settings_follow_the_profile() -> None:
         assert settings.imgsz == profile.annotation.seed_detector_imgsz
         assert settings.conf == profile.annotation.seed_detector_conf
         assert (settings.device, settings.seed) == (profile.training.device, profile.training.seed)
+        assert settings.freeze == profile.annotation.seed_detector_freeze
     assert SeedDetectorSettings.for_profile(load_config("quick").profile, epochs=3).epochs == 3
+    frozen = load_config("quick", overrides={"annotation": {"seed_detector_freeze": 4}}).profile
+    assert SeedDetectorSettings.for_profile(frozen).describe()["freeze"] == 4
+    with pytest.raises(ValueError, match="seed_detector_freeze"):
+        load_config("quick", overrides={"annotation": {"seed_detector_freeze": 23}})
 
 
 @pytest.mark.slow
@@ -260,4 +265,36 @@ def test_seed_detector_trains_offline_and_proposes(
     reloaded = SeedDetector.from_trained(training.weights, detector.settings, progress=False)
     assert reloaded.propose(images.iloc[:2]).keys() == {"img_0", "img_1"}
     assert reloaded.describe()["weights_sha256"] == detector.describe()["weights_sha256"]
+    assert network_attempts == []
+
+
+def _layer_weights(weights: Path) -> dict[int, np.ndarray]:
+    """Each layer's first convolution kernel of a checkpoint."""
+    import torch
+
+    model = torch.load(weights, map_location="cpu", weights_only=False)["model"].float()
+    return {
+        i: layer.conv.weight.detach().numpy().copy()
+        for i, layer in enumerate(model.model)
+        if hasattr(layer, "conv")
+    }
+
+
+@pytest.mark.slow
+def test_a_frozen_backbone_keeps_the_coco_kernels(
+    yolo_weights: Path, tmp_path: Path, network_attempts: list[str]
+) -> None:
+    images, boxes = write_boxed_images(tmp_path / "img", 6)
+    detector = SeedDetector(
+        yolo_weights,
+        tmp_path / "work",
+        SeedDetectorSettings(epochs=2, imgsz=64, batch=6, conf=0.001, freeze=4),
+        progress=False,
+    )
+    training = detector.train(images, boxes, CLASSES)
+    assert yaml.safe_load((training.run_dir / "args.yaml").read_text())["freeze"] == 4
+    base, tuned = _layer_weights(yolo_weights), _layer_weights(training.weights)
+    assert all(np.array_equal(base[i], tuned[i]) for i in (0, 1, 3))  # frozen: layers 0-3
+    assert not np.array_equal(base[5], tuned[5])  # layer 5 (a convolution) learnt
+    assert detector.describe()["freeze"] == 4
     assert network_attempts == []

@@ -142,6 +142,19 @@ def test_a_recipe_is_tried_on_redrawn_draws_only(tmp_path: Path, load_script) ->
         bench.draw_config(record, 0, tmp_path / "draws", {"anotation": {"x": 1}})
 
 
+def test_the_defect_gate_benchmark_takes_a_recipe(monkeypatch, load_script) -> None:
+    """``--set`` on the defect-gate benchmark reaches its settings the same way."""
+    bench = load_script("bench_defect_gate")
+    argv = ["bench", "--data-dir", "d", "--scratch", "s", "--csv", "t.csv"]
+    monkeypatch.setattr("sys.argv", [*argv, "--set", "annotation.seed_detector_freeze=10"])
+    args = bench.parse_args()
+    changes = bench.profile_changes(args.set)
+    assert changes == {"annotation": {"seed_detector_freeze": 10}}
+    assert load_config("quick", overrides=changes).profile.annotation.seed_detector_freeze == 10
+    monkeypatch.setattr("sys.argv", argv)
+    assert bench.profile_changes(bench.parse_args().set) == {}
+
+
 def test_the_detector_gate_answers_and_its_figures(load_script) -> None:
     """The defect-gate benchmark's answers and figures on four images computed by hand."""
     import numpy as np

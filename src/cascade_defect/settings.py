@@ -192,6 +192,15 @@ class AnnotationSettings(BaseModel):
 
     seed_detector_epochs: int = Field(30, ge=1)
     seed_detector_imgsz: int = Field(224, ge=32)
+    seed_detector_freeze: int = Field(
+        0,
+        ge=0,
+        le=22,
+        description=(
+            "Layers of the COCO detector kept frozen while the seed detector fine-tunes on the "
+            "seeds: 10 keeps the whole backbone, 0 trains every layer."
+        ),
+    )
     seed_detector_conf: float = Field(
         0.25,
         gt=0,
