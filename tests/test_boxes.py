@@ -15,6 +15,7 @@ from cascade_defect.annotate.boxes import (
     Proposal,
     SeedDetector,
     SeedDetectorSettings,
+    SeedDetectorTraining,
     predictions_from_store,
     proposals_from_json,
     proposals_to_json,
@@ -225,22 +226,28 @@ def test_settings_follow_the_profile() -> None:
     assert SeedDetectorSettings.for_profile(load_config("quick").profile, epochs=3).epochs == 3
     frozen = load_config("quick", overrides={"annotation": {"seed_detector_freeze": 4}}).profile
     assert SeedDetectorSettings.for_profile(frozen).describe()["freeze"] == 4
+    unfrozen = load_config("quick", overrides={"annotation": {"seed_detector_freeze": 0}}).profile
+    assert "freeze" not in SeedDetectorSettings.for_profile(unfrozen).describe()
     with pytest.raises(ValueError, match="seed_detector_freeze"):
         load_config("quick", overrides={"annotation": {"seed_detector_freeze": 23}})
+
+
+def _train_on_boxed_images(
+    yolo_weights: Path, tmp_path: Path, settings: SeedDetectorSettings
+) -> tuple[pd.DataFrame, SeedDetector, SeedDetectorTraining]:
+    """A seed detector trained on six generated images with one known box each."""
+    images, boxes = write_boxed_images(tmp_path / "img", 6)
+    detector = SeedDetector(yolo_weights, tmp_path / "work", settings, progress=False)
+    return images, detector, detector.train(images, boxes, CLASSES)
 
 
 @pytest.mark.slow
 def test_seed_detector_trains_offline_and_proposes(
     yolo_weights: Path, tmp_path: Path, network_attempts: list[str]
 ) -> None:
-    images, boxes = write_boxed_images(tmp_path / "img", 6)
-    detector = SeedDetector(
-        yolo_weights,
-        tmp_path / "work",
-        SeedDetectorSettings(epochs=1, imgsz=64, batch=6, conf=0.001),
-        progress=False,
+    images, detector, training = _train_on_boxed_images(
+        yolo_weights, tmp_path, SeedDetectorSettings(epochs=1, imgsz=64, batch=6, conf=0.001)
     )
-    training = detector.train(images, boxes, CLASSES)
     assert training.weights.exists() and training.n_boxes == 6
     assert training.weights.is_relative_to(tmp_path / "work")  # nothing written elsewhere
     assert training.seconds > 0
@@ -284,14 +291,11 @@ def _layer_weights(weights: Path) -> dict[int, np.ndarray]:
 def test_a_frozen_backbone_keeps_the_coco_kernels(
     yolo_weights: Path, tmp_path: Path, network_attempts: list[str]
 ) -> None:
-    images, boxes = write_boxed_images(tmp_path / "img", 6)
-    detector = SeedDetector(
+    _, detector, training = _train_on_boxed_images(
         yolo_weights,
-        tmp_path / "work",
+        tmp_path,
         SeedDetectorSettings(epochs=2, imgsz=64, batch=6, conf=0.001, freeze=4),
-        progress=False,
     )
-    training = detector.train(images, boxes, CLASSES)
     assert yaml.safe_load((training.run_dir / "args.yaml").read_text())["freeze"] == 4
     base, tuned = _layer_weights(yolo_weights), _layer_weights(training.weights)
     assert all(np.array_equal(base[i], tuned[i]) for i in (0, 1, 3))  # frozen: layers 0-3

@@ -146,11 +146,11 @@ def test_the_defect_gate_benchmark_takes_a_recipe(monkeypatch, load_script) -> N
     """``--set`` on the defect-gate benchmark reaches its settings the same way."""
     bench = load_script("bench_defect_gate")
     argv = ["bench", "--data-dir", "d", "--scratch", "s", "--csv", "t.csv"]
-    monkeypatch.setattr("sys.argv", [*argv, "--set", "annotation.seed_detector_freeze=10"])
+    monkeypatch.setattr("sys.argv", [*argv, "--set", "annotation.seed_detector_freeze=0"])
     args = bench.parse_args()
     changes = bench.profile_changes(args.set)
-    assert changes == {"annotation": {"seed_detector_freeze": 10}}
-    assert load_config("quick", overrides=changes).profile.annotation.seed_detector_freeze == 10
+    assert changes == {"annotation": {"seed_detector_freeze": 0}}
+    assert load_config("quick", overrides=changes).profile.annotation.seed_detector_freeze == 0
     monkeypatch.setattr("sys.argv", argv)
     assert bench.profile_changes(bench.parse_args().set) == {}
 

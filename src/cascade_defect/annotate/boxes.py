@@ -209,9 +209,9 @@ class SeedDetectorSettings:
     max_det: int = 10
     class_aware: bool = False
     """Train one class per defect class (a self-training teacher) instead of "a defect"."""
-    freeze: int = 0
+    freeze: int = 10
     """The COCO detector's first layers kept as they are while fine-tuning on the seeds (10: the
-    whole backbone); 0 fine-tunes every layer."""
+    whole backbone, which a handful of images would only blur); 0 fine-tunes every layer."""
     extra_train_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

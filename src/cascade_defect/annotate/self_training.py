@@ -209,6 +209,7 @@ def self_train(
                     seed=seed,
                     max_det=30,
                     class_aware=True,
+                    freeze=0,  # hundreds of pool images: the whole teacher learns
                 ),
                 config_dir=config_dir,
                 threads=threads,
