@@ -15,7 +15,8 @@ bootstrap of the images), against the ``human`` model:
 It prints one row per draw (box quality of the pool boxes, image-class accuracy of the annotator,
 mAP50 [95% interval], the ratio to human [interval], training wall seconds), then the mean and
 range of the ratio, and writes the rows to ``--csv`` with a manifest beside it (chapter 06 shows
-the table). A draw whose row is in the CSV with the same fingerprint is not run again.
+the table). A chapter whose manifest is already in the draw's folder under ``--scratch`` is not
+run again, so draws trained elsewhere (on a GPU, with ``--set training.device=0``) are scored here.
 ``--set SECTION.KEY=VALUE`` changes a profile setting for the redrawn draws only, so a recipe can
 be tried on the record's own seeds (``--draws 0``) against the record.
 
@@ -149,7 +150,19 @@ def run_draw(config: StudyConfig, strategy: str, sources: list[str]) -> dict[str
         started = time.perf_counter()
         run_training(config, sources=missing, reuse=True)
         timings["chapter_05_seconds"] = round(time.perf_counter() - started, 1)
+    for name, folder in (("03", config.paths.annotation_dir), ("05", config.paths.training_dir)):
+        timings.setdefault(f"chapter_{name}_seconds", recorded_seconds(folder))
     return timings
+
+
+def recorded_seconds(chapter_dir: Path) -> float | None:
+    """A chapter's wall time as its manifest recorded it (``timings_s.total``), for a chapter that
+    ran before this invocation (an interrupted benchmark, or a draw trained on another machine)."""
+    manifest = chapter_dir / "manifest.json"
+    if not manifest.exists():
+        return None
+    total = json.loads(manifest.read_text()).get("timings_s", {}).get("total")
+    return None if total is None else round(float(total), 1)
 
 
 def score(

@@ -69,6 +69,17 @@ def test_every_draw_above_the_bar_is_said_so(tmp_path: Path) -> None:
     config = load_config("smoke", work_dir=tmp_path / "work")
     draws = read_seed_draws(str(write_table(tmp_path, [0.75, 0.9])), config)
     assert "Every draw reached 70%." in seed_draw_summary(draws).data
+    assert "redrawn draws ran with" not in seed_draw_summary(draws).data
+
+
+def test_settings_the_redrawn_draws_changed_are_named(tmp_path: Path) -> None:
+    """Draws trained with another device or recipe than the record say so beside the ratio."""
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    path = write_table(tmp_path, [0.6, 0.62])
+    changes = {"training": {"device": "0", "workers": 8}}
+    manifest_path(path).write_text(json.dumps({"parameters": {"profile_changes": changes}}))
+    text = seed_draw_summary(read_seed_draws(str(path), config)).data
+    assert "ran with `training.device=0`, `training.workers=8` (the record's profile" in text
 
 
 def test_a_missing_table_says_which_file_and_how_to_make_it(tmp_path: Path) -> None:
@@ -140,6 +151,26 @@ def test_a_recipe_is_tried_on_redrawn_draws_only(tmp_path: Path, load_script) ->
         bench.profile_changes(["synthetic_defects=100"])
     with pytest.raises(SystemExit, match="'anotation'"):
         bench.draw_config(record, 0, tmp_path / "draws", {"anotation": {"x": 1}})
+
+
+def test_a_draw_run_elsewhere_keeps_its_chapter_times(tmp_path: Path, load_script) -> None:
+    """A draw whose chapters ran before (another machine, an interrupted run) is not run again,
+    and its chapter times come from the chapters' manifests rather than going missing."""
+    bench = load_script("bench_seed_draws")
+    config = bench.draw_config(load_config("smoke", work_dir=tmp_path / "r"), 1, tmp_path / "d")
+    for folder, total in (
+        (config.paths.data_card_dir, 1.0),
+        (config.paths.split_dir, 1.0),
+        (config.paths.annotation_dir, 66.159),
+    ):
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text(json.dumps({"timings_s": {"total": total}}))
+    training = config.paths.training_dir
+    training.mkdir(parents=True)
+    (training / "manifest.json").write_text(json.dumps({"timings_s": {"train_pseudo": 47.0}}))
+    timings = bench.run_draw(config, "seed_detector", [])  # every chapter there: none runs
+    assert timings == {"chapter_03_seconds": 66.2, "chapter_05_seconds": None}  # 05: no total
+    assert bench.recorded_seconds(tmp_path / "nowhere") is None
 
 
 def test_the_defect_gate_benchmark_takes_a_recipe(monkeypatch, load_script) -> None:

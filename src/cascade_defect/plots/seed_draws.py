@@ -88,12 +88,22 @@ def seed_draw_summary(draws: SeedDraws, target: float = 0.70) -> Markdown:
     human = parameters.get("human", "the record's model for every draw")
     below = table[table["ratio"] < target]
     commit = str(draws.manifest.get("git", {}).get("commit") or "")[:10]
+    changed = [
+        f"`{section}.{key}={value}`"
+        for section, values in (parameters.get("profile_changes") or {}).items()
+        for key, value in values.items()
+    ]
     return Markdown(
         f"Over {len(table)} draws of the seeds (the golden test set unchanged; `{draws.path}`"
         + (f", code at commit `{commit}`" if commit else "")
         + f"), the pseudo detector reached on average **{table['ratio'].mean():.1%}** of the "
         f"human detector's test mAP50, from {table['ratio'].min():.1%} to "
         f"{table['ratio'].max():.1%}. Human reference: {human}. "
+        + (
+            f"The redrawn draws ran with {', '.join(changed)} (the record's profile otherwise). "
+            if changed
+            else ""
+        )
         + (
             f"Every draw reached {target:.0%}."
             if below.empty
