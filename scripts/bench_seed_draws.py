@@ -155,6 +155,17 @@ def run_draw(config: StudyConfig, strategy: str, sources: list[str]) -> dict[str
     return timings
 
 
+def training_machine(config: StudyConfig) -> dict[str, Any]:
+    """Where a draw's models trained (device, packages, CPU), from its chapter 05 manifest: the
+    draws need not have trained on the machine that scores them."""
+    manifest = config.paths.training_dir / "manifest.json"
+    recorded = json.loads(manifest.read_text()) if manifest.exists() else {}
+    return {
+        "device": recorded.get("config", {}).get("training.device"),
+        **recorded.get("environment", {}),
+    }
+
+
 def recorded_seconds(chapter_dir: Path) -> float | None:
     """A chapter's wall time as its manifest recorded it (``timings_s.total``), for a chapter that
     ran before this invocation (an interrupted benchmark, or a draw trained on another machine)."""
@@ -296,6 +307,7 @@ def main() -> None:
             "box_strategy": strategy,
             "profile_changes": profile_changes(args.set),
             "human": "per draw" if args.human_per_draw else "the record's model for every draw",
+            "trained_on": {label: training_machine(config) for label, config, _ in draws},
             "schedule": {
                 k: record.profile.training.model_dump()[k] for k in ("epochs", "imgsz", "batch")
             },

@@ -167,7 +167,16 @@ def test_a_draw_run_elsewhere_keeps_its_chapter_times(tmp_path: Path, load_scrip
         (folder / "manifest.json").write_text(json.dumps({"timings_s": {"total": total}}))
     training = config.paths.training_dir
     training.mkdir(parents=True)
-    (training / "manifest.json").write_text(json.dumps({"timings_s": {"train_pseudo": 47.0}}))
+    (training / "manifest.json").write_text(
+        json.dumps(
+            {
+                "timings_s": {"train_pseudo": 47.0},
+                "config": {"training.device": "0"},
+                "environment": {"cpu": "Xeon"},
+            }
+        )
+    )
+    assert bench.training_machine(config) == {"device": "0", "cpu": "Xeon"}
     timings = bench.run_draw(config, "seed_detector", [])  # every chapter there: none runs
     assert timings == {"chapter_03_seconds": 66.2, "chapter_05_seconds": None}  # 05: no total
     assert bench.recorded_seconds(tmp_path / "nowhere") is None
