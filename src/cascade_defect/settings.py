@@ -343,7 +343,7 @@ PROFILES: dict[str, ProfileSettings] = {
         # them scores test mAP50 0.344 against 0.283 in the record made with 0.25 and the old
         # nominal batch of 64 (chapters 03-06). Its COCO backbone stays frozen (the
         # AnnotationSettings default): on the record's seeds the pseudo detector went from 44% to
-        # 61% of human, 41% -> 60% over three seed draws (scripts/bench_seed_draws.py).
+        # 61% of human, 41% -> 59% over three seed draws (scripts/bench_seed_draws.py).
         # YOLOv8n-cls at 128 px: ~11 s per epoch, 99% test accuracy after 10 epochs.
         annotation=AnnotationSettings(
             seed_detector_epochs=100, seed_detector_imgsz=224, seed_detector_conf=0.05
