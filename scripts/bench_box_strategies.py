@@ -152,7 +152,15 @@ def main() -> None:
     table = pd.DataFrame(rows)
     report({"run_dir": str(args.run_dir), "rows": table.to_dict("records")}, args)
     overall = table[table["class_name"] == "all"]
-    columns = ["strategy", "n_pred", "recall_aware", "precision_aware", "mean_best_iou", "seconds"]
+    columns = [
+        "strategy",
+        "n_pred",
+        "recall_aware",
+        "precision_aware",
+        "mean_best_iou",
+        "matched_iou_aware",
+        "seconds",
+    ]
     print(f"run {run_dir}: {len(predictions)} annotated pool images, {len(gt_norm)} truth boxes")
     print(overall[columns].round(3).to_string(index=False))
     for value, title in (

@@ -317,6 +317,30 @@ def test_precision_and_recall_at_half_iou_on_a_small_case() -> None:
     assert table.loc["y", "recall_aware"] == 0.0 and table.loc["y", "recall_agnostic"] == 1.0
     assert table.loc["y", "mean_best_iou_same_class"] == 0.0
     assert table.loc["x", "precision_aware"] == 0.5  # one of the two x predictions matches an x box
+    # the hits' IoU: the x box found exactly; the y box has no class-aware hit, so no value
+    assert overall["matched_iou_aware"] == 1.0 and math.isnan(table.loc["y", "matched_iou_aware"])
+
+
+def test_the_hits_iou_measures_tightness_apart_from_recall() -> None:
+    """Two strategies with the same recall: the one whose hits sit looser shows it."""
+    gt, _ = gt_and_predictions()
+    columns = ["image_id", "strategy", "class_name", "x1", "y1", "x2", "y2", "confidence"]
+    boxes = pd.DataFrame(
+        [
+            ("img", "tight", "x", 0, 0, 0.5, 0.5, 0.9),  # IoU 1
+            ("img", "tight", "y", 0.5, 0.5, 1.0, 1.0, 0.9),  # IoU 1
+            ("img", "loose", "x", 0, 0, 0.5, 0.4, 0.9),  # IoU 0.8
+            ("img", "loose", "y", 0.5, 0.5, 1.0, 0.8, 0.9),  # IoU 0.6
+        ],
+        columns=columns,
+    )
+    table = box_quality(gt, boxes, ["img"], ["x", "y"]).set_index(["strategy", "class_name"])
+    assert (
+        table.loc[("tight", "all"), "recall_aware"] == table.loc[("loose", "all"), "recall_aware"]
+    )
+    assert table.loc[("tight", "all"), "matched_iou_aware"] == pytest.approx(1.0)
+    assert table.loc[("loose", "all"), "matched_iou_aware"] == pytest.approx(0.7)
+    assert table.loc[("loose", "y"), "matched_iou_aware"] == pytest.approx(0.6)
 
 
 def test_images_without_predictions_or_without_ground_truth() -> None:

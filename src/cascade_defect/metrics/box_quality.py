@@ -106,7 +106,7 @@ def match_strategy(
         agnostic = match_boxes(hit, iou)
         aware = match_boxes(hit & same_class, iou)
         gt_agnostic = {g for g, _ in agnostic}
-        gt_aware = {g for g, _ in aware}
+        gt_aware = {g: float(iou[g, q]) for g, q in aware}
         pr_agnostic = {p for _, p in agnostic}
         pr_aware = {p for _, p in aware}
         best = iou.max(axis=1) if iou.shape[1] else np.zeros(len(gt))
@@ -122,6 +122,7 @@ def match_strategy(
                     "best_iou_same_class": float(best_same[i]),
                     "matched_agnostic": i in gt_agnostic,
                     "matched_aware": i in gt_aware,
+                    "matched_iou_aware": gt_aware.get(i, np.nan),
                 }
             )
         for j, name in enumerate(pr["class_name"]):
@@ -140,6 +141,7 @@ def match_strategy(
         "best_iou_same_class",
         "matched_agnostic",
         "matched_aware",
+        "matched_iou_aware",
     ]
     pred_columns = ["image_id", "class_name", "matched_agnostic", "matched_aware"]
     return BoxMatches(
@@ -152,7 +154,10 @@ def summarise_matches(matches: BoxMatches, class_names: Sequence[str]) -> pd.Dat
     """Per class and overall (``all``): mean best IoU, recall and precision at the IoU threshold.
 
     Class-aware counts need the predicted box's class to equal the ground truth's; class-agnostic
-    counts only need the overlap. Per class, recall is over that class's ground-truth boxes and
+    counts only need the overlap. ``matched_iou_aware`` is the mean IoU of the class-aware hits
+    alone: how tightly the found boxes sit, which costs a detector trained on them more than
+    missed or false boxes do (chapter 06's box-noise map), and which mean best IoU mixes with
+    recall. Per class, recall is over that class's ground-truth boxes and
     precision over the boxes predicted as that class. An undefined ratio (no boxes) is NaN.
     """
     rows = []
@@ -174,6 +179,7 @@ def summarise_matches(matches: BoxMatches, class_names: Sequence[str]) -> pd.Dat
                 "precision_aware": _mean_or_nan(pr["matched_aware"]),
                 "recall_agnostic": _mean_or_nan(gt["matched_agnostic"]),
                 "precision_agnostic": _mean_or_nan(pr["matched_agnostic"]),
+                "matched_iou_aware": _mean_or_nan(gt["matched_iou_aware"].dropna()),
             }
         )
     return pd.DataFrame(rows)

@@ -25,6 +25,7 @@ _BOX_METRICS = {
     "precision_aware": "precision@0.5 (class)",
     "recall_agnostic": "recall@0.5 (any class)",
     "precision_agnostic": "precision@0.5 (any class)",
+    "matched_iou_aware": "IoU of class hits",
 }
 
 
