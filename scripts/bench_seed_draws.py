@@ -59,6 +59,7 @@ from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_
 from cascade_defect.data.tables import read_table
 from cascade_defect.hashing import sha256_bytes, tree_sha256
 from cascade_defect.locations import portable_path
+from cascade_defect.manifest import MissingInputError, read_manifest
 from cascade_defect.metrics.bootstrap import (
     bootstrap_indices,
     bootstrap_map50,
@@ -158,8 +159,7 @@ def run_draw(config: StudyConfig, strategy: str, sources: list[str]) -> dict[str
 def training_machine(config: StudyConfig) -> dict[str, Any]:
     """Where a draw's models trained (device, packages, CPU), from its chapter 05 manifest: the
     draws need not have trained on the machine that scores them."""
-    manifest = config.paths.training_dir / "manifest.json"
-    recorded = json.loads(manifest.read_text()) if manifest.exists() else {}
+    recorded = chapter_manifest(config.paths.training_dir)
     return {
         "device": recorded.get("config", {}).get("training.device"),
         **recorded.get("environment", {}),
@@ -169,11 +169,16 @@ def training_machine(config: StudyConfig) -> dict[str, Any]:
 def recorded_seconds(chapter_dir: Path) -> float | None:
     """A chapter's wall time as its manifest recorded it (``timings_s.total``), for a chapter that
     ran before this invocation (an interrupted benchmark, or a draw trained on another machine)."""
-    manifest = chapter_dir / "manifest.json"
-    if not manifest.exists():
-        return None
-    total = json.loads(manifest.read_text()).get("timings_s", {}).get("total")
+    total = chapter_manifest(chapter_dir).get("timings_s", {}).get("total")
     return None if total is None else round(float(total), 1)
+
+
+def chapter_manifest(chapter_dir: Path) -> dict[str, Any]:
+    """The chapter's manifest, or nothing when the chapter has not run there."""
+    try:
+        return read_manifest(chapter_dir)
+    except MissingInputError:
+        return {}
 
 
 def score(

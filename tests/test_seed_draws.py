@@ -190,6 +190,9 @@ def test_the_defect_gate_benchmark_takes_a_recipe(monkeypatch, load_script) -> N
     args = bench.parse_args()
     changes = bench.profile_changes(args.set)
     assert changes == {"annotation": {"seed_detector_freeze": 0}}
+    # a GPU index read as a number by YAML still names a device
+    device = load_config("quick", overrides=bench.profile_changes(["training.device=0"]))
+    assert device.profile.training.device == "0"
     assert load_config("quick", overrides=changes).profile.annotation.seed_detector_freeze == 0
     monkeypatch.setattr("sys.argv", argv)
     assert bench.profile_changes(bench.parse_args().set) == {}

@@ -136,7 +136,7 @@ class TrainingSettings(BaseModel):
     imgsz: int = Field(224, ge=32)
     batch: int = Field(16, ge=1)
     workers: int = Field(2, ge=0)
-    device: str = "cpu"
+    device: str = Field("cpu", coerce_numbers_to_str=True)  # --set training.device=0 reads 0
     patience: int = Field(50, ge=0)
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     noise_levels: list[float] = Field(default_factory=lambda: [0.1, 0.3])
