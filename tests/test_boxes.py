@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from cascade_defect.annotate.schema import (
     prediction_model_for,
 )
 from cascade_defect.annotate.store import AnnotationStore
+from cascade_defect.box_settings import FragmentMergeSettings
 from cascade_defect.hashing import sha256_bytes
 from cascade_defect.settings import load_config
 
@@ -271,6 +273,14 @@ def test_seed_detector_trains_offline_and_proposes(
 
     reloaded = SeedDetector.from_trained(training.weights, detector.settings, progress=False)
     assert reloaded.propose(images.iloc[:2]).keys() == {"img_0", "img_1"}
+    joining = SeedDetector.from_trained(
+        training.weights,
+        replace(detector.settings, fragment_merge=FragmentMergeSettings()),
+        progress=False,
+    )
+    joined = joining.propose(images)  # each image's own pixel size decides what is elongated
+    assert joined.keys() == proposals.keys()
+    assert all(len(joined[i]) <= len(proposals[i]) for i in proposals)
     assert reloaded.describe()["weights_sha256"] == detector.describe()["weights_sha256"]
     assert network_attempts == []
 

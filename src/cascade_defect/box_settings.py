@@ -82,6 +82,24 @@ class CropVerifierSettings(BaseModel):
     )
 
 
+class FragmentMergeSettings(BaseModel):
+    """The seed detector's fragments of one elongated defect (a scratch, a crack) merged into the
+    box around them before any strategy uses its proposals (``annotate/fragments.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="merge the fragments (off: proposals as they are)")
+    min_aspect: float = Field(
+        3.0, ge=1.0, description="long side over short side (in pixels) of an elongated box"
+    )
+    min_cross_overlap: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="overlap across the width, as a share of the thinner box, to count as one line",
+    )
+
+
 class CamBoxSettings(BaseModel):
     """Chapter 03's ``classifier_cam`` box strategy (``annotate/cam_boxes.py``): boxes around the
     class-activation map of a YOLOv8n-cls trained on the image labels."""

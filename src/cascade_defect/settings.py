@@ -21,6 +21,7 @@ from cascade_defect.box_settings import (
     CamBoxSettings,
     CropVerifierSettings,
     DefectGateSettings,
+    FragmentMergeSettings,
     SelfTrainingSettings,
     SyntheticDefectSettings,
     WholeImageFallback,
@@ -225,6 +226,13 @@ class AnnotationSettings(BaseModel):
     def _tiles_alone(cls, value: Any) -> Any:
         return {"tiles": value} if isinstance(value, int | str) else value
 
+    fragment_merge: FragmentMergeSettings = Field(
+        default_factory=FragmentMergeSettings,
+        description=(
+            "The seed detector's boxes along one elongated defect (a scratch longer than any "
+            "seed) joined into the box around them, before any box strategy uses them."
+        ),
+    )
     whole_image_fallback: WholeImageFallback = Field(
         "auto",
         description=(

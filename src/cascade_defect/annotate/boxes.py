@@ -40,9 +40,10 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cascade_defect.annotate.fragments import merge_fragments
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.box_settings import BoxStrategy
+from cascade_defect.box_settings import BoxStrategy, FragmentMergeSettings
 from cascade_defect.data.yolo_txt import write_data_yaml, write_label_file, yolo_line
 from cascade_defect.hashing import sha256_file
 from cascade_defect.progress import progress_disabled
@@ -212,6 +213,8 @@ class SeedDetectorSettings:
     freeze: int = 10
     """The COCO detector's first layers kept as they are while fine-tuning on the seeds (10: the
     whole backbone, which a handful of images would only blur); 0 fine-tunes every layer."""
+    fragment_merge: FragmentMergeSettings | None = None
+    """Join the fragments of an elongated defect into one box (:mod:`.fragments`); None: off."""
     extra_train_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -226,6 +229,9 @@ class SeedDetectorSettings:
             "device": str(profile.training.device),
             "seed": int(profile.training.seed),
             "freeze": int(profile.annotation.seed_detector_freeze),
+            "fragment_merge": profile.annotation.fragment_merge
+            if profile.annotation.fragment_merge.enabled
+            else None,
         }
         values.update(overrides)
         return cls(**values)
@@ -241,6 +247,7 @@ class SeedDetectorSettings:
             "max_det": self.max_det,
             **({"class_aware": True} if self.class_aware else {}),
             **({"freeze": self.freeze} if self.freeze else {}),
+            **({"fragment_merge": self.fragment_merge.model_dump()} if self.fragment_merge else {}),
             **{f"train.{k}": v for k, v in sorted(self.extra_train_args.items())},
         }
 
@@ -470,6 +477,9 @@ class SeedDetector:
                     name = result.names[int(label)] if settings.class_aware else None
                     if x1 < x2 and y1 < y2:
                         found.append(Proposal((x1, y1, x2, y2), float(score), name))
+            if settings.fragment_merge is not None:
+                height, width = result.orig_shape
+                found = merge_fragments(found, width, height, settings.fragment_merge)
             out.append(found)
         return out
 

@@ -127,12 +127,15 @@ def low_score_proposer(
     detector: SeedDetector, settings: CropVerifierSettings, *, progress: bool = True
 ) -> SeedDetector:
     """The trained ``detector``'s weights proposing at the verifier's low score and box count: the
-    crops the verifier (and the defect gate) judge."""
+    crops the verifier (and the defect gate) judge, each as the detector saw it (fragments of a
+    long defect are not joined: each crop is judged on its own)."""
     if detector.trained is None:
         raise RuntimeError("train the seed detector before proposing crops to verify")
     return SeedDetector.from_trained(
         detector.trained.weights,
-        replace(detector.settings, conf=settings.conf, max_det=settings.max_det),
+        replace(
+            detector.settings, conf=settings.conf, max_det=settings.max_det, fragment_merge=None
+        ),
         config_dir=detector.config_dir,
         progress=progress,
     )

@@ -268,7 +268,7 @@ def folder_recipe(
     synthetic tiles on the synthetic schedule where the seeds include defect-free images."""
     from cascade_defect.annotate.boxes import SeedDetectorSettings
     from cascade_defect.annotate.strategies import DetectorRecipe, synthetic_plan
-    from cascade_defect.box_settings import SelfTrainingSettings
+    from cascade_defect.box_settings import FragmentMergeSettings, SelfTrainingSettings
 
     synthetic, schedule = synthetic_plan(
         synthetic_defects or SyntheticDefectSettings(), seed_images
@@ -276,7 +276,7 @@ def folder_recipe(
     return DetectorRecipe(
         weights=weights,
         work_dir=out_dir,
-        seed_detector=SeedDetectorSettings(**schedule),
+        seed_detector=SeedDetectorSettings(**schedule, fragment_merge=FragmentMergeSettings()),
         self_training=SelfTrainingSettings(),
         config_dir=out_dir / ".ultralytics",
         synthetic_defects=synthetic,

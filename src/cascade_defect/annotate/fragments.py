@@ -1,0 +1,73 @@
+"""One box for one elongated defect: a detector's fragments along it merged into the box around them.
+
+A detector fine-tuned on a handful of seeds learns their lengths. A scratch or crack longer than
+any seed then comes back as several shorter boxes along it, each of which misses the long truth
+box at IoU 0.5; a pseudo detector trained on such fragments answers with fragments itself. Two
+boxes are taken for pieces of one defect when both are elongated the same way (the long side at
+least ``min_aspect`` times the short one, measured in pixels, so a non-square image does not
+stretch a square box into a line), they overlap across their width by at least
+``min_cross_overlap`` of the thinner one, and they touch or overlap along their length. Every
+connected group (scipy's ``connected_components`` over that relation) becomes the box enclosing
+it, with the group's best score. Compact boxes, and elongated boxes side by side or crossing,
+are left as they are.
+
+No library merges boxes this way: non-maximum suppression and weighted boxes fusion
+(``torchvision.ops``, ``ensemble-boxes``) keep or average overlapping boxes of one object, while
+fragments of a line barely overlap and must be joined end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.sparse.csgraph import connected_components
+
+from cascade_defect.box_settings import FragmentMergeSettings
+
+if TYPE_CHECKING:
+    from cascade_defect.annotate.boxes import Proposal
+
+
+def merge_fragments(
+    proposals: Sequence[Proposal],
+    width: float,
+    height: float,
+    settings: FragmentMergeSettings,
+) -> list[Proposal]:
+    """``proposals`` of one image (normalised corners) with elongated fragments merged, best
+    score first. ``width`` and ``height`` are the image's size in pixels."""
+    if len(proposals) < 2:
+        return list(proposals)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width} x {height}")
+    corners = np.array([p.box for p in proposals], dtype=float) * [width, height, width, height]
+    sides = corners[:, 2:] - corners[:, :2]  # pixel width, height
+    tall = sides[:, 1] >= settings.min_aspect * sides[:, 0]
+    wide = sides[:, 0] >= settings.min_aspect * sides[:, 1]
+    joined = np.zeros((len(proposals), len(proposals)), dtype=bool)
+    # axis 0: vertical lines (width across, y along); axis 1: horizontal lines.
+    for elongated, across, along in ((tall, 0, 1), (wide, 1, 0)):
+        both = elongated[:, None] & elongated[None, :]
+        lo, hi = corners[:, across], corners[:, across + 2]
+        overlap = np.minimum(hi[:, None], hi[None, :]) - np.maximum(lo[:, None], lo[None, :])
+        thinner = np.minimum(sides[:, across][:, None], sides[:, across][None, :])
+        start, stop = corners[:, along], corners[:, along + 2]
+        gap = np.maximum(start[:, None], start[None, :]) - np.minimum(stop[:, None], stop[None, :])
+        same_class = np.array(
+            [[a.class_name == b.class_name for b in proposals] for a in proposals], dtype=bool
+        )
+        joined |= both & same_class & (overlap >= settings.min_cross_overlap * thinner) & (gap <= 0)
+    n_groups, group = connected_components(joined, directed=False)
+    if n_groups == len(proposals):
+        return sorted(proposals, key=lambda p: -p.score)
+    merged = []
+    for index in range(n_groups):
+        members = [p for p, g in zip(proposals, group, strict=True) if g == index]
+        boxes = np.array([p.box for p in members], dtype=float)
+        best = max(members, key=lambda p: p.score)
+        box = (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))
+        merged.append(replace(best, box=tuple(float(v) for v in box)))
+    return sorted(merged, key=lambda p: -p.score)
