@@ -166,6 +166,13 @@ def training_machine(config: StudyConfig) -> dict[str, Any]:
     }
 
 
+def annotation_settings(config: StudyConfig) -> dict[str, Any]:
+    """The ``annotation.*`` settings a draw's chapter 03 ran with, from its manifest: a draw made
+    by an earlier version of the code may have labelled its pool another way than the record."""
+    recorded = chapter_manifest(config.paths.annotation_dir).get("config", {})
+    return {key: value for key, value in recorded.items() if key.startswith("annotation.")}
+
+
 def recorded_seconds(chapter_dir: Path) -> float | None:
     """A chapter's wall time as its manifest recorded it (``timings_s.total``), for a chapter that
     ran before this invocation (an interrupted benchmark, or a draw trained on another machine)."""
@@ -313,6 +320,9 @@ def main() -> None:
             "profile_changes": profile_changes(args.set),
             "human": "per draw" if args.human_per_draw else "the record's model for every draw",
             "trained_on": {label: training_machine(config) for label, config, _ in draws},
+            "annotation_settings": {
+                label: annotation_settings(config) for label, config, _ in draws
+            },
             "schedule": {
                 k: record.profile.training.model_dump()[k] for k in ("epochs", "imgsz", "batch")
             },

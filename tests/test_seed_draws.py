@@ -82,6 +82,23 @@ def test_settings_the_redrawn_draws_changed_are_named(tmp_path: Path) -> None:
     assert "ran with `training.device=0`, `training.workers=8` (the record's profile" in text
 
 
+def test_draws_labelled_with_other_annotation_settings_are_named(tmp_path: Path) -> None:
+    """A table whose redrawn draws ran an earlier chapter 03 (a setting absent or different)
+    says which draws and which settings, so a mixed table is not read as one recipe."""
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    path = write_table(tmp_path, [0.65, 0.58, 0.57])
+    record = {"annotation.seed_detector_freeze": 10, "annotation.fragment_merge": {"enabled": True}}
+    older = {"annotation.seed_detector_freeze": 10}
+    settings = {"record": record, "1": older, "2": dict(older)}
+    manifest_path(path).write_text(json.dumps({"parameters": {"annotation_settings": settings}}))
+    text = seed_draw_summary(read_seed_draws(str(path), config)).data
+    assert "Draws 1, 2 labelled the pool with other settings" in text
+    assert "(`annotation.fragment_merge`)" in text and "they do not repeat" in text
+    settings = {"record": record, "1": dict(record), "2": dict(record)}
+    manifest_path(path).write_text(json.dumps({"parameters": {"annotation_settings": settings}}))
+    assert "other settings" not in seed_draw_summary(read_seed_draws(str(path), config)).data
+
+
 def test_a_missing_table_says_which_file_and_how_to_make_it(tmp_path: Path) -> None:
     config = load_config("smoke", work_dir=tmp_path / "work")
     draws = read_seed_draws(str(tmp_path / "absent.csv"), config)
@@ -164,7 +181,11 @@ def test_a_draw_run_elsewhere_keeps_its_chapter_times(tmp_path: Path, load_scrip
         (config.paths.annotation_dir, 66.159),
     ):
         folder.mkdir(parents=True)
-        (folder / "manifest.json").write_text(json.dumps({"timings_s": {"total": total}}))
+        recorded = {"split.seed_draw": 1, "annotation.seed_detector_conf": 0.05}
+        manifest = {"timings_s": {"total": total}, "config": recorded}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    # what labelled the draw's pool, for the summary to compare with the record's
+    assert bench.annotation_settings(config) == {"annotation.seed_detector_conf": 0.05}
     training = config.paths.training_dir
     training.mkdir(parents=True)
     (training / "manifest.json").write_text(

@@ -104,9 +104,31 @@ def seed_draw_summary(draws: SeedDraws, target: float = 0.70) -> Markdown:
             if changed
             else ""
         )
+        + _labelled_otherwise(parameters.get("annotation_settings") or {})
         + (
             f"Every draw reached {target:.0%}."
             if below.empty
             else f"{len(below)} of {len(table)} draws stayed below {target:.0%}."
         )
+    )
+
+
+def _labelled_otherwise(settings: dict[str, dict[str, object]]) -> str:
+    """A sentence naming the draws whose chapter 03 ran with other ``annotation.*`` settings than
+    the record's (a table made partly by an earlier version of the code), or nothing."""
+    record = settings.get("record")
+    if not record:
+        return ""
+    differing = {}
+    for label, values in settings.items():
+        keys = sorted(k for k in {*record, *values} if record.get(k) != values.get(k))
+        if label != "record" and keys:
+            differing[label] = keys
+    if not differing:
+        return ""
+    keys = sorted({k for found in differing.values() for k in found})
+    return (
+        f"Draw{'s' if len(differing) > 1 else ''} {', '.join(differing)} labelled the pool with "
+        f"other settings than the record's ({', '.join(f'`{k}`' for k in keys)}), so "
+        f"{'they do' if len(differing) > 1 else 'it does'} not repeat the record's recipe exactly. "
     )
