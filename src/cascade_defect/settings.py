@@ -207,10 +207,7 @@ class AnnotationSettings(BaseModel):
         0.25,
         gt=0,
         lt=1,
-        description=(
-            "Score below which the seed detector's proposals are dropped: lower finds more of the "
-            "true boxes (recall) and adds more false ones (precision)."
-        ),
+        description="Proposals scoring below it are dropped: lower finds more true and more false boxes.",
     )
     synthetic_defects: SyntheticDefectSettings = Field(
         default_factory=SyntheticDefectSettings,
@@ -228,10 +225,7 @@ class AnnotationSettings(BaseModel):
 
     fragment_merge: FragmentMergeSettings = Field(
         default_factory=FragmentMergeSettings,
-        description=(
-            "The seed detector's boxes along one elongated defect (a scratch longer than any "
-            "seed) joined into the box around them, before any box strategy uses them."
-        ),
+        description="The seed detector's pieces of one long defect joined into one box.",
     )
     whole_image_fallback: WholeImageFallback = Field(
         "auto",

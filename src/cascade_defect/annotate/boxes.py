@@ -40,7 +40,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cascade_defect.annotate.fragments import merge_fragments
+from cascade_defect.annotate.fragments import fuse_views, merge_fragments
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.box_settings import BoxStrategy, FragmentMergeSettings
@@ -504,35 +504,6 @@ def _flipped(path: str, view: str) -> Image.Image:
     )
     # ultralytics reads PIL images as RGB and converts them itself.
     return image.transpose(flip)
-
-
-def fuse_views(views: Sequence[Sequence[Proposal]], iou: float = 0.55) -> list[Proposal]:
-    """Weighted boxes fusion of the same image seen in several views (``ensemble-boxes``).
-
-    A fused box's score is the mean over views, so a box one view missed is down-weighted
-    (ensemble-boxes' default ``conf_type="avg"`` scales by the share of views that saw it).
-    Classes fuse separately; a class-agnostic detector's boxes share one.
-    """
-    from ensemble_boxes import weighted_boxes_fusion
-
-    names = sorted({p.class_name or "" for found in views for p in found})
-    if not names:
-        return []
-    index = {name: i for i, name in enumerate(names)}
-    boxes = [[list(p.box) for p in found] for found in views]
-    scores = [[p.score for p in found] for found in views]
-    labels = [[index[p.class_name or ""] for p in found] for found in views]
-    fused_boxes, fused_scores, fused_labels = weighted_boxes_fusion(
-        boxes, scores, labels, iou_thr=iou, skip_box_thr=0.0
-    )
-    return [
-        Proposal(
-            tuple(float(v) for v in box),  # type: ignore[arg-type]
-            float(score),
-            names[int(label)] or None,
-        )
-        for box, score, label in zip(fused_boxes, fused_scores, fused_labels, strict=True)
-    ]
 
 
 def write_detector_dataset(

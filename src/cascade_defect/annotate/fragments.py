@@ -1,4 +1,5 @@
-"""One box for one elongated defect: a detector's fragments along it merged into the box around them.
+"""Boxes of one thing made one: a detector's fragments of an elongated defect joined end to end
+(:func:`merge_fragments`), and the views of one image fused (:func:`fuse_views`).
 
 A detector fine-tuned on a handful of seeds learns their lengths. A scratch or crack longer than
 any seed then comes back as several shorter boxes along it, each of which misses the long truth
@@ -71,3 +72,34 @@ def merge_fragments(
         box = (*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0))
         merged.append(replace(best, box=tuple(float(v) for v in box)))
     return sorted(merged, key=lambda p: -p.score)
+
+
+def fuse_views(views: Sequence[Sequence[Proposal]], iou: float = 0.55) -> list[Proposal]:
+    """Weighted boxes fusion of the same image seen in several views (``ensemble-boxes``).
+
+    A fused box's score is the mean over views, so a box one view missed is down-weighted
+    (ensemble-boxes' default ``conf_type="avg"`` scales by the share of views that saw it).
+    Classes fuse separately; a class-agnostic detector's boxes share one.
+    """
+    from ensemble_boxes import weighted_boxes_fusion
+
+    from cascade_defect.annotate.boxes import Proposal  # boxes imports this module
+
+    names = sorted({p.class_name or "" for found in views for p in found})
+    if not names:
+        return []
+    index = {name: i for i, name in enumerate(names)}
+    boxes = [[list(p.box) for p in found] for found in views]
+    scores = [[p.score for p in found] for found in views]
+    labels = [[index[p.class_name or ""] for p in found] for found in views]
+    fused_boxes, fused_scores, fused_labels = weighted_boxes_fusion(
+        boxes, scores, labels, iou_thr=iou, skip_box_thr=0.0
+    )
+    return [
+        Proposal(
+            tuple(float(v) for v in box),  # type: ignore[arg-type]
+            float(score),
+            names[int(label)] or None,
+        )
+        for box, score, label in zip(fused_boxes, fused_scores, fused_labels, strict=True)
+    ]

@@ -12,7 +12,7 @@ than any box, so it constrains which boxes an image may carry. Each round:
 2. **Teach**: a class-aware YOLOv8n is trained on the seeds (their human boxes) plus the selected
    pool boxes.
 3. **Re-propose**: the teacher predicts every pool image, also flipped (test-time augmentation),
-   and the views are fused with weighted boxes fusion (:func:`~cascade_defect.annotate.boxes.fuse_views`).
+   and the views are fused with weighted boxes fusion (:func:`~cascade_defect.annotate.fragments.fuse_views`).
 
 The last round's proposals go through the same selection and become the ``self_training``
 strategy's boxes (:func:`~cascade_defect.annotate.boxes.pseudo_boxes`).
