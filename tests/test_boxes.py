@@ -23,6 +23,7 @@ from cascade_defect.annotate.boxes import (
     pseudo_boxes,
     write_detector_dataset,
 )
+from cascade_defect.annotate.fragments import merge_fragments
 from cascade_defect.annotate.schema import (
     NO_DEFECT,
     AnnotationRecord,
@@ -280,7 +281,11 @@ def test_seed_detector_trains_offline_and_proposes(
     )
     joined = joining.propose(images)  # each image's own pixel size decides what is elongated
     assert joined.keys() == proposals.keys()
-    assert all(len(joined[i]) <= len(proposals[i]) for i in proposals)
+    for image_id, path in zip(images["image_id"], images["path"], strict=True):
+        with Image.open(path) as opened:
+            width, height = opened.size
+        expected = merge_fragments(proposals[image_id], width, height, FragmentMergeSettings())
+        assert joined[image_id] == expected
     assert reloaded.describe()["weights_sha256"] == detector.describe()["weights_sha256"]
     assert network_attempts == []
 

@@ -48,6 +48,8 @@ def merge_fragments(
     sides = corners[:, 2:] - corners[:, :2]  # pixel width, height
     tall = sides[:, 1] >= settings.min_aspect * sides[:, 0]
     wide = sides[:, 0] >= settings.min_aspect * sides[:, 1]
+    names = np.array([p.class_name or "" for p in proposals], dtype=object)
+    same_class = names[:, None] == names[None, :]
     joined = np.zeros((len(proposals), len(proposals)), dtype=bool)
     # axis 0: vertical lines (width across, y along); axis 1: horizontal lines.
     for elongated, across, along in ((tall, 0, 1), (wide, 1, 0)):
@@ -57,9 +59,6 @@ def merge_fragments(
         thinner = np.minimum(sides[:, across][:, None], sides[:, across][None, :])
         start, stop = corners[:, along], corners[:, along + 2]
         gap = np.maximum(start[:, None], start[None, :]) - np.minimum(stop[:, None], stop[None, :])
-        same_class = np.array(
-            [[a.class_name == b.class_name for b in proposals] for a in proposals], dtype=bool
-        )
         joined |= both & same_class & (overlap >= settings.min_cross_overlap * thinner) & (gap <= 0)
     n_groups, group = connected_components(joined, directed=False)
     if n_groups == len(proposals):
