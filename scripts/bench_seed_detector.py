@@ -18,13 +18,21 @@ Run chapters 01-03 first, then for example:
 Synthetic tiles (the seeds' defects pasted onto the defect-free seeds) follow the profile's
 ``annotation.synthetic_defects`` as chapter 03 does (``auto``: 300 tiles at 20 epochs where the
 seeds include defect-free images); ``--synthetic-defects N`` asks for N, and 0 for the seeds
-alone on the profile's ``seed_detector_epochs``.
+alone on the profile's ``seed_detector_epochs``. Test-time flips follow the profile's
+``annotation.seed_detector_flips`` (``--set annotation.seed_detector_flips=[horizontal,vertical]``);
+with them, a higher threshold filters the boxes fused at the lowest one.
 """
 
 from __future__ import annotations
 
 import pandas as pd
-from _bench_cli import parser_with_common_options, report, scratch_folder
+from _bench_cli import (
+    add_profile_changes,
+    parser_with_common_options,
+    profile_changes,
+    report,
+    scratch_folder,
+)
 
 from cascade_defect.annotate.boxes import (
     SeedDetector,
@@ -60,8 +68,12 @@ def main() -> None:
             "annotation.synthetic_defects, 'auto': 300 where the seeds include defect-free ones)"
         ),
     )
+    add_profile_changes(
+        parser,
+        "profile settings to change, e.g. annotation.seed_detector_flips=[horizontal,vertical]",
+    )
     args = parser.parse_args()
-    config = load_config(args.profile)
+    config = load_config(args.profile, overrides=profile_changes(args.set))
     layout = SplitLayout(config.paths.split_dir)
     annotation = AnnotationOutputs(config.paths.annotation_dir)
     if not annotation.predictions.exists():
@@ -101,7 +113,7 @@ def main() -> None:
         config.profile.annotation.whole_image_fallback, has_no_defect=layout.has_no_defect()
     )
     pool = read_pool_listing(layout)
-    proposals = detector.propose(pool)
+    proposals = detector.propose(pool, flips=settings.flips)
     predictions = predictions_from_store(AnnotationStore(annotation.predictions), pool)
     _, gt_pixel = read_pool_ground_truth(layout)
     gt_norm = normalise_gt_boxes(gt_pixel, pool)

@@ -233,6 +233,78 @@ def test_settings_follow_the_profile() -> None:
     assert "freeze" not in SeedDetectorSettings.for_profile(unfrozen).describe()
     with pytest.raises(ValueError, match="seed_detector_freeze"):
         load_config("quick", overrides={"annotation": {"seed_detector_freeze": 23}})
+    assert "flips" not in SeedDetectorSettings.for_profile(load_config("quick").profile).describe()
+    both = {"annotation": {"seed_detector_flips": ["horizontal", "vertical"]}}
+    flipping = SeedDetectorSettings.for_profile(load_config("quick", overrides=both).profile)
+    assert flipping.flips == ("horizontal", "vertical")
+    assert flipping.describe()["flips"] == ["horizontal", "vertical"]
+    with pytest.raises(ValueError, match="seed_detector_flips"):
+        load_config("quick", overrides={"annotation": {"seed_detector_flips": ["diagonal"]}})
+
+
+def test_flipped_views_fuse_and_keep_boxes_whose_mean_score_reaches_conf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weighted boxes fusion averages a box's score over the three views (a view that missed it
+    counts as zero), so a box seen once at 0.1 falls below conf 0.05 and one seen twice at 0.12
+    keeps 0.08."""
+    detector = SeedDetector.from_trained(
+        tmp_path / "unused.pt", SeedDetectorSettings(conf=0.05), progress=False
+    )
+    everywhere, twice, once = (0.1, 0.1, 0.4, 0.4), (0.6, 0.6, 0.9, 0.9), (0.5, 0.1, 0.6, 0.2)
+    views = {
+        "none": [Proposal(everywhere, 0.3), Proposal(twice, 0.12), Proposal(once, 0.1)],
+        "horizontal": [Proposal(everywhere, 0.3), Proposal(twice, 0.12)],
+        "vertical": [Proposal(everywhere, 0.3)],
+    }
+    seen: list[str] = []
+
+    def predict(paths: pd.Series, view: str) -> list[list[Proposal]]:
+        seen.append(view)
+        return [list(views[view]) for _ in paths]
+
+    monkeypatch.setattr(detector, "_predict", predict)
+    images = pd.DataFrame({"image_id": ["0042"], "path": ["never-read.png"]})
+    fused = detector.propose(images, flips=("horizontal", "vertical"))["0042"]
+    assert seen == ["none", "horizontal", "vertical"]
+    assert [p.box for p in fused] == [pytest.approx(everywhere), pytest.approx(twice)]
+    assert [p.score for p in fused] == pytest.approx([0.3, 0.08])
+    seen.clear()
+    assert detector.propose(images)["0042"] == views["none"]  # one view: as predicted
+    assert seen == ["none"]
+
+
+def test_the_seed_detector_strategy_proposes_with_the_settings_flips(tmp_path: Path) -> None:
+    from cascade_defect.annotate.options import AnnotatorOptions
+    from cascade_defect.annotate.strategies import DetectorRecipe, strategy_proposals
+    from cascade_defect.box_settings import SelfTrainingSettings
+
+    settings = SeedDetectorSettings(flips=("vertical",))
+    calls: list[tuple[str, ...]] = []
+
+    class Recorded:
+        def __init__(self) -> None:
+            self.settings = settings
+
+        def propose(self, images: pd.DataFrame, *, flips: tuple[str, ...] = ()) -> dict:
+            calls.append(tuple(flips))
+            return {str(i): [Proposal((0.1, 0.1, 0.5, 0.5), 0.9)] for i in images["image_id"]}
+
+    pool = pd.DataFrame({"image_id": ["7", "8"], "path": ["a.png", "b.png"]})
+    found, _ = strategy_proposals(
+        ["seed_detector"],
+        seeds=pool.iloc[:0],
+        seed_boxes=pd.DataFrame(),
+        pool=pool,
+        predictions=predictions(("7", "crazing", 0.9, []), ("8", "crazing", 0.9, [])),
+        class_names=CLASSES,
+        recipe=DetectorRecipe("unused.pt", tmp_path, settings, SelfTrainingSettings()),
+        options=AnnotatorOptions(progress=False),
+        detector=Recorded(),  # type: ignore[arg-type]
+        trained_details={},
+    )
+    assert calls == [("vertical",)]
+    assert set(found["seed_detector"]) == {"7", "8"}
 
 
 def _train_on_boxed_images(

@@ -19,6 +19,10 @@ BoxStrategy = Literal[
 lists them in order and says where each lives); the pseudo source may train on any of them."""
 
 
+Flip = Literal["horizontal", "vertical"]
+"""A test-time view of an image: proposals on the flipped image, mapped back and fused with the
+plain view's (:meth:`cascade_defect.annotate.boxes.SeedDetector.propose`)."""
+
 WholeImageFallback = Literal["auto", "always", "never"]
 """``annotation.whole_image_fallback``: see :func:`whole_image_fallback`."""
 

@@ -21,6 +21,7 @@ from cascade_defect.box_settings import (
     CamBoxSettings,
     CropVerifierSettings,
     DefectGateSettings,
+    Flip,
     FragmentMergeSettings,
     SelfTrainingSettings,
     SyntheticDefectSettings,
@@ -168,10 +169,7 @@ class TrainingSettings(BaseModel):
     torch_threads: int | None = Field(
         None,
         ge=1,
-        description=(
-            "CPU threads for training; None uses every available core (ultralytics alone would "
-            "leave one idle)."
-        ),
+        description="CPU threads for training; None uses every core (ultralytics leaves one idle).",
     )
     ultralytics_args: dict[str, float | int | str | bool] = Field(
         default_factory=dict,
@@ -197,17 +195,17 @@ class AnnotationSettings(BaseModel):
         10,
         ge=0,
         le=22,
-        description=(
-            "Layers of the COCO detector kept frozen while the seed detector fine-tunes on the "
-            "seeds: 10 keeps the whole backbone (18 images are too few to retrain it), 0 trains "
-            "every layer."
-        ),
+        description="COCO layers kept frozen on the seeds: 10 is the backbone (18 images would only "
+        "blur it), 0 trains every layer.",
     )
     seed_detector_conf: float = Field(
         0.25,
         gt=0,
         lt=1,
         description="Proposals scoring below it are dropped: lower finds more true and more false boxes.",
+    )
+    seed_detector_flips: tuple[Flip, ...] = Field(
+        (), description="Test-time flips of the pool images, fused with the plain view's proposals."
     )
     synthetic_defects: SyntheticDefectSettings = Field(
         default_factory=SyntheticDefectSettings,

@@ -215,6 +215,8 @@ class SeedDetectorSettings:
     whole backbone, which a handful of images would only blur); 0 fine-tunes every layer."""
     fragment_merge: FragmentMergeSettings | None = None
     """Join the fragments of an elongated defect into one box (:mod:`.fragments`); None: off."""
+    flips: tuple[str, ...] = ()
+    """Test-time flips the ``seed_detector`` strategy proposes the pool with (:meth:`propose`)."""
     extra_train_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -232,6 +234,7 @@ class SeedDetectorSettings:
             "fragment_merge": profile.annotation.fragment_merge
             if profile.annotation.fragment_merge.enabled
             else None,
+            "flips": tuple(profile.annotation.seed_detector_flips),
         }
         values.update(overrides)
         return cls(**values)
@@ -248,6 +251,7 @@ class SeedDetectorSettings:
             **({"class_aware": True} if self.class_aware else {}),
             **({"freeze": self.freeze} if self.freeze else {}),
             **({"fragment_merge": self.fragment_merge.model_dump()} if self.fragment_merge else {}),
+            **({"flips": list(self.flips)} if self.flips else {}),
             **{f"train.{k}": v for k, v in sorted(self.extra_train_args.items())},
         }
 
@@ -413,7 +417,8 @@ class SeedDetector:
         ``flips`` (``"horizontal"``, ``"vertical"``) adds test-time augmentation: the image is
         also predicted flipped, the boxes are flipped back, and all views are fused with
         weighted boxes fusion (``ensemble-boxes``), so a box seen in several views gains score
-        and a box seen in one loses it.
+        and a box seen in one loses it. A fused box is kept if its mean score over the views
+        reaches the settings' ``conf``, as a single view's must.
         """
         if self.trained is None:
             raise RuntimeError("train() the seed detector first (or use SeedDetector.from_trained)")
@@ -435,7 +440,8 @@ class SeedDetector:
                 for i, image_id in enumerate(chunk["image_id"]):
                     found = [view_boxes[i] for view_boxes in per_view]
                     merged = found[0] if len(found) == 1 else fuse_views(found)
-                    out[str(image_id)] = sorted(merged, key=lambda p: -p.score)
+                    kept = [p for p in merged if p.score >= self.settings.conf]
+                    out[str(image_id)] = sorted(kept, key=lambda p: -p.score)
                 bar.update(len(chunk))
         return out
 

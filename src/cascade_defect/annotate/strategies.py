@@ -170,7 +170,7 @@ def strategy_proposals(
             )
         elif trained_details is not None:
             details["seed_detector"] = trained_details
-        proposed = detector.propose(pool)
+        proposed = detector.propose(pool, flips=detector.settings.flips)
     image_classes = dict(zip(predictions["image_id"], predictions["defect_class"], strict=True))
     out: dict[str, dict[str, list[Proposal]]] = {}
     for strategy in wanted:
