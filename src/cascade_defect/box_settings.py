@@ -157,7 +157,7 @@ class SelfTrainingSettings(BaseModel):
     imgsz: int = Field(256, ge=32)
     batch: int = Field(16, ge=1)
     conf: float = Field(0.01, ge=0.0, le=1.0, description="lowest teacher score proposed")
-    flips: tuple[str, ...] = Field(
+    flips: tuple[Flip, ...] = Field(
         ("horizontal", "vertical"), description="test-time flips fused with the plain view"
     )
     folds: int = Field(
@@ -186,14 +186,6 @@ class SelfTrainingSettings(BaseModel):
             "same class (1.0: the same density as the seeds)"
         ),
     )
-
-    @field_validator("flips")
-    @classmethod
-    def _known_flips(cls, flips: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(flips) - {"horizontal", "vertical"})
-        if unknown:
-            raise ValueError(f"flips are 'horizontal' and/or 'vertical', got {unknown}")
-        return flips
 
 
 class SyntheticDefectSettings(BaseModel):

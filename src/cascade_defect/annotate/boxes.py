@@ -34,7 +34,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pandas as pd
 from PIL import Image
@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from cascade_defect.annotate.fragments import fuse_views, merge_fragments
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.box_settings import BoxStrategy, FragmentMergeSettings
+from cascade_defect.box_settings import BoxStrategy, Flip, FragmentMergeSettings
 from cascade_defect.data.yolo_txt import write_data_yaml, write_label_file, yolo_line
 from cascade_defect.hashing import sha256_file
 from cascade_defect.progress import progress_disabled
@@ -215,7 +215,7 @@ class SeedDetectorSettings:
     whole backbone, which a handful of images would only blur); 0 fine-tunes every layer."""
     fragment_merge: FragmentMergeSettings | None = None
     """Join the fragments of an elongated defect into one box (:mod:`.fragments`); None: off."""
-    flips: tuple[str, ...] = ()
+    flips: tuple[Flip, ...] = ()
     """Test-time flips the ``seed_detector`` strategy proposes the pool with (:meth:`propose`)."""
     extra_train_args: dict[str, Any] = field(default_factory=dict)
 
@@ -499,7 +499,8 @@ class SeedDetector:
         return self._model
 
 
-FLIPS: tuple[str, ...] = ("horizontal", "vertical")
+FLIPS: tuple[str, ...] = get_args(Flip)
+"""The views :meth:`SeedDetector.propose` can add (``box_settings.Flip``, which settings validate)."""
 
 
 def _flipped(path: str, view: str) -> Image.Image:
