@@ -99,6 +99,29 @@ def test_draws_labelled_with_other_annotation_settings_are_named(tmp_path: Path)
     assert "other settings" not in seed_draw_summary(read_seed_draws(str(path), config)).data
 
 
+@pytest.mark.parametrize(
+    ("record_extra", "named"),
+    [
+        ({"annotation.seed_detector_flips": []}, False),
+        ({"annotation.fragment_merge": {"enabled": False, "min_aspect": 3.0}}, False),
+        ({"annotation.seed_detector_flips": ["horizontal"]}, True),
+        ({"annotation.fragment_merge": {"enabled": True}}, True),
+    ],
+)
+def test_a_setting_the_older_draws_lacked_counts_as_off(
+    tmp_path: Path, record_extra: dict[str, object], named: bool
+) -> None:
+    """A draw made before a setting existed ran without it: the same recipe as a record that
+    has it switched off, another one where the record switches it on."""
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    path = write_table(tmp_path, [0.65, 0.6])
+    older = {"annotation.seed_detector_freeze": 10}
+    settings = {"record": {**older, **record_extra}, "1": older}
+    manifest_path(path).write_text(json.dumps({"parameters": {"annotation_settings": settings}}))
+    text = seed_draw_summary(read_seed_draws(str(path), config)).data
+    assert ("Draw 1 labelled the pool with other settings" in text) is named
+
+
 def test_a_missing_table_says_which_file_and_how_to_make_it(tmp_path: Path) -> None:
     config = load_config("smoke", work_dir=tmp_path / "work")
     draws = read_seed_draws(str(tmp_path / "absent.csv"), config)
