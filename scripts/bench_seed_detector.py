@@ -20,7 +20,9 @@ Synthetic tiles (the seeds' defects pasted onto the defect-free seeds) follow th
 seeds include defect-free images); ``--synthetic-defects N`` asks for N, and 0 for the seeds
 alone on the profile's ``seed_detector_epochs``. Test-time flips follow the profile's
 ``annotation.seed_detector_flips`` (``--set annotation.seed_detector_flips=[horizontal,vertical]``);
-with them, a higher threshold filters the boxes fused at the lowest one.
+with them, a higher threshold filters the boxes fused at the lowest one. An ensemble follows
+``annotation.seed_detector_ensemble`` (``--set 'annotation.seed_detector_ensemble={members: 3}'``):
+its other members train too, and the lowest threshold keeps the fused boxes as chapter 03 does.
 """
 
 from __future__ import annotations
@@ -35,13 +37,17 @@ from _bench_cli import (
 )
 
 from cascade_defect.annotate.boxes import (
-    SeedDetector,
     SeedDetectorSettings,
     predictions_from_store,
     pseudo_boxes,
 )
 from cascade_defect.annotate.store import AnnotationStore
-from cascade_defect.annotate.strategies import seed_training_set, synthetic_plan
+from cascade_defect.annotate.strategies import (
+    DetectorRecipe,
+    ensemble_proposals,
+    synthetic_plan,
+    train_seed_detector,
+)
 from cascade_defect.box_settings import whole_image_fallback
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, seeds_with_mask_paths
 from cascade_defect.data.split import (
@@ -98,22 +104,32 @@ def main() -> None:
         conf=thresholds[0],
         extra_train_args=key_value_arguments(args.arg),
     )
-    detector = SeedDetector(
-        config.yolo_weights,
-        scratch_folder(args, "bench_seed_detector_"),
-        settings,
+    recipe = DetectorRecipe(
+        weights=config.yolo_weights,
+        work_dir=scratch_folder(args, "bench_seed_detector_"),
+        seed_detector=settings,
+        self_training=config.profile.annotation.self_training,
+        seed=config.profile.training.seed,
         config_dir=config.work_dir / ".ultralytics",
         threads=config.profile.training.torch_threads,
+        synthetic_defects=synthetic,
+        ensemble=config.profile.annotation.seed_detector_ensemble,
     )
-    training = seed_training_set(
-        seeds, seed_boxes, synthetic, detector.work_dir, config.profile.training.seed
-    )
-    trained = detector.train(*training, layout.class_names())
+    detector, _ = train_seed_detector(recipe, seeds, seed_boxes, layout.class_names())
+    trained = detector.trained
+    assert trained is not None
     fallback = whole_image_fallback(
         config.profile.annotation.whole_image_fallback, has_no_defect=layout.has_no_defect()
     )
     pool = read_pool_listing(layout)
-    proposals = detector.propose(pool, flips=settings.flips)
+    if recipe.ensemble is None:
+        proposals = detector.propose(pool, flips=settings.flips)
+        members: list = []
+    else:
+        proposals, ensemble = ensemble_proposals(
+            detector, recipe, seeds, seed_boxes, pool, layout.class_names()
+        )
+        members = ensemble["members"]
     predictions = predictions_from_store(AnnotationStore(annotation.predictions), pool)
     _, gt_pixel = read_pool_ground_truth(layout)
     gt_norm = normalise_gt_boxes(gt_pixel, pool)
@@ -140,13 +156,27 @@ def main() -> None:
                 },
             }
         )
-    described = {**settings.describe(), "synthetic_defects": synthetic}
+    described = {
+        **settings.describe(),
+        "synthetic_defects": synthetic,
+        **({"ensemble": recipe.ensemble.model_dump()} if recipe.ensemble else {}),
+    }
+    for member in members:
+        print(f"ensemble member (seed {member['settings']['seed']}): {member['train_seconds']} s")
     print(
         f"seed detector {described}: trained in {trained.seconds:.1f} s on "
         f"{trained.n_images} images ({trained.n_boxes} boxes)"
     )
     print(pd.DataFrame(rows).drop(columns="recall_by_class").to_string(index=False))
-    report({"settings": described, "train_seconds": trained.seconds, "rows": rows}, args)
+    report(
+        {
+            "settings": described,
+            "train_seconds": trained.seconds,
+            "member_train_seconds": [member["train_seconds"] for member in members],
+            "rows": rows,
+        },
+        args,
+    )
 
 
 if __name__ == "__main__":

@@ -135,6 +135,16 @@ def test_the_box_and_schedule_benchmarks_run_on_the_chapters_outputs(smoke_run: 
     low, high = boxes["rows"]
     assert low["boxes"] >= high["boxes"]  # a lower threshold keeps every box a higher one keeps
     assert all(0 <= row[k] <= 1 for row in boxes["rows"] for k in ("recall", "precision"))
+    ensemble = _run_script(
+        "bench_seed_detector.py",
+        smoke_run.config,
+        "--conf",
+        "0.01",
+        "--set",
+        "annotation.seed_detector_ensemble={members: 2}",
+    )
+    assert ensemble["settings"]["ensemble"] == {"members": 2, "member_conf": 0.01}
+    assert len(ensemble["member_train_seconds"]) == 1  # the second member trained as well
 
     schedule = _run_script(
         "bench_training_schedule.py",

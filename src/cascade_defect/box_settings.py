@@ -104,6 +104,24 @@ class FragmentMergeSettings(BaseModel):
     )
 
 
+class SeedEnsembleSettings(BaseModel):
+    """More than one seed detector for the ``seed_detector`` strategy: the same seeds, other
+    random seeds, their pool proposals fused (``annotate/strategies.py``, :func:`ensemble_proposals`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    members: int = Field(
+        3, ge=2, le=10, description="detectors trained (random seeds seed, seed+1, ...)"
+    )
+    member_conf: float = Field(
+        0.01,
+        gt=0.0,
+        lt=1.0,
+        description="lowest score each member proposes; the fused boxes are kept from "
+        "seed_detector_conf, so a member's weak vote still counts",
+    )
+
+
 class CamBoxSettings(BaseModel):
     """Chapter 03's ``classifier_cam`` box strategy (``annotate/cam_boxes.py``): boxes around the
     class-activation map of a YOLOv8n-cls trained on the image labels."""

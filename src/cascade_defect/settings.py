@@ -23,6 +23,7 @@ from cascade_defect.box_settings import (
     DefectGateSettings,
     Flip,
     FragmentMergeSettings,
+    SeedEnsembleSettings,
     SelfTrainingSettings,
     SyntheticDefectSettings,
     WholeImageFallback,
@@ -199,13 +200,14 @@ class AnnotationSettings(BaseModel):
         "blur it), 0 trains every layer.",
     )
     seed_detector_conf: float = Field(
-        0.25,
-        gt=0,
-        lt=1,
-        description="Proposals scoring below it are dropped: lower finds more true and more false boxes.",
-    )
+        0.25, gt=0, lt=1, description="Proposals scoring below it are dropped: lower finds more "
+        "true and more false boxes.",
+    )  # fmt: skip
     seed_detector_flips: tuple[Flip, ...] = Field(
         (), description="Test-time flips of the pool images, fused with the plain view's proposals."
+    )
+    seed_detector_ensemble: SeedEnsembleSettings | None = Field(
+        None, description="Several seed detectors whose pool proposals are fused; None: one."
     )
     synthetic_defects: SyntheticDefectSettings = Field(
         default_factory=SyntheticDefectSettings,

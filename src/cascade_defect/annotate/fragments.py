@@ -88,7 +88,8 @@ def fuse_views(views: Sequence[Sequence[Proposal]], iou: float = 0.55) -> list[P
     if not names:
         return []
     index = {name: i for i, name in enumerate(names)}
-    boxes = [[list(p.box) for p in found] for found in views]
+    # Flipped-back or fused corners may stray past 1 by a rounding error; WBF warns and clips.
+    boxes = [[[min(max(v, 0.0), 1.0) for v in p.box] for p in found] for found in views]
     scores = [[p.score for p in found] for found in views]
     labels = [[index[p.class_name or ""] for p in found] for found in views]
     fused_boxes, fused_scores, fused_labels = weighted_boxes_fusion(

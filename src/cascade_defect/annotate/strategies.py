@@ -3,7 +3,8 @@
 ``whole_image`` and ``annotator`` boxes come straight from the annotator's answers. The other
 strategies start from the seed detector's proposals, trained once and shared:
 
-- ``seed_detector``: the proposals as they are;
+- ``seed_detector``: the proposals as they are, or, with ``annotation.seed_detector_ensemble``,
+  the fused proposals of several seed detectors (:func:`ensemble_proposals`);
 - ``self_training``: cross-fitted class-aware teachers taught by them
   (:mod:`cascade_defect.annotate.self_training`);
 - ``mllm_verified``: each image's proposals drawn as numbered boxes and checked by the MLLM in
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.box_settings import (
     CamBoxSettings,
     CropVerifierSettings,
+    SeedEnsembleSettings,
     SelfTrainingSettings,
     SyntheticDefectSettings,
 )
@@ -66,6 +68,8 @@ class DetectorRecipe:
     classifier_cam: CamBoxSettings = field(default_factory=CamBoxSettings)
     synthetic_defects: int = 0
     """Synthetic tiles (seed defects on defect-free seeds) added to the seed detector's training."""
+    ensemble: SeedEnsembleSettings | None = None
+    """Several seed detectors for the ``seed_detector`` strategy; None: one."""
 
 
 def seed_training_set(
@@ -105,23 +109,27 @@ def train_seed_detector(
     class_names: Sequence[str],
     *,
     progress: bool = True,
+    member: int = 0,
 ) -> tuple[SeedDetector, dict[str, Any]]:
     """The seed detector of ``recipe`` trained on the seeds (and its synthetic tiles), and what
-    chapter 03's summary records of it."""
+    chapter 03's summary records of it. ``member`` > 0: another member of an ensemble, whose
+    random seeds (training and synthetic tiles) are the recipe's plus ``member``."""
+    settings = replace(recipe.seed_detector, seed=recipe.seed_detector.seed + member)
+    work_dir = recipe.work_dir / "seed_detector"
     detector = SeedDetector(
         recipe.weights,
-        recipe.work_dir / "seed_detector",
-        recipe.seed_detector,
+        work_dir / f"member_{member}" if member else work_dir,
+        settings,
         config_dir=recipe.config_dir,
         threads=recipe.threads,
         progress=progress,
     )
     training = seed_training_set(
-        seeds, seed_boxes, recipe.synthetic_defects, detector.work_dir, recipe.seed
+        seeds, seed_boxes, recipe.synthetic_defects, detector.work_dir, recipe.seed + member
     )
     trained = detector.train(*training, class_names)
     return detector, {
-        "settings": recipe.seed_detector.describe(),
+        "settings": settings.describe(),
         "synthetic_tiles": recipe.synthetic_defects,
         "n_images": trained.n_images,
         "n_boxes": trained.n_boxes,
@@ -170,7 +178,12 @@ def strategy_proposals(
             )
         elif trained_details is not None:
             details["seed_detector"] = trained_details
-        proposed = detector.propose(pool, flips=detector.settings.flips)
+        if recipe.ensemble is None:
+            proposed = detector.propose(pool, flips=detector.settings.flips)
+        else:
+            proposed, details["seed_ensemble"] = ensemble_proposals(
+                detector, recipe, seeds, seed_boxes, pool, class_names, progress=options.progress
+            )
     image_classes = dict(zip(predictions["image_id"], predictions["defect_class"], strict=True))
     out: dict[str, dict[str, list[Proposal]]] = {}
     for strategy in wanted:
@@ -213,6 +226,63 @@ def strategy_proposals(
                 seeds, seed_boxes, pool, predictions, image_classes, class_names, recipe, options
             )
     return out, details
+
+
+def ensemble_proposals(
+    first: SeedDetector,
+    recipe: DetectorRecipe,
+    seeds: pd.DataFrame,
+    seed_boxes: pd.DataFrame,
+    pool: pd.DataFrame,
+    class_names: Sequence[str],
+    *,
+    progress: bool = True,
+) -> tuple[dict[str, list[Proposal]], dict[str, Any]]:
+    """The pool proposals of ``recipe.ensemble.members`` seed detectors, fused: ``first`` (trained)
+    and the others trained here from the same seeds with the next random seeds.
+
+    Fine-tuned on a handful of images, a detector lands wherever its random seed (augmentation,
+    mosaic, batch order) takes it, and members miss or mis-draw different boxes. Each proposes
+    from ``member_conf`` (with the settings' flips); weighted boxes fusion (``ensemble-boxes``,
+    :func:`~cascade_defect.annotate.fragments.fuse_views`) averages the corners of the boxes they
+    share and divides a box's score by the number of members, so a box only one member saw is
+    kept only if its score reaches ``seed_detector_conf`` times the members. Fused boxes are kept
+    from ``seed_detector_conf``, as one detector's are.
+    """
+    from cascade_defect.annotate.fragments import fuse_views
+
+    ensemble = recipe.ensemble
+    if ensemble is None:
+        raise ValueError(
+            "the recipe has no seed detector ensemble (annotation.seed_detector_ensemble)"
+        )
+    if first.trained is None:
+        raise RuntimeError("train() the first seed detector before its ensemble")
+    members = [first.trained.weights]
+    trained = []
+    for member in range(1, ensemble.members):
+        detector, record = train_seed_detector(
+            recipe, seeds, seed_boxes, class_names, progress=progress, member=member
+        )
+        assert detector.trained is not None
+        members.append(detector.trained.weights)
+        trained.append(record)
+    low = replace(first.settings, conf=ensemble.member_conf)
+    per_member = [
+        SeedDetector.from_trained(
+            weights, low, config_dir=recipe.config_dir, progress=progress
+        ).propose(pool, flips=low.flips)
+        for weights in members
+    ]
+    keep = first.settings.conf
+    fused = {
+        image_id: sorted(
+            (p for p in fuse_views([found[image_id] for found in per_member]) if p.score >= keep),
+            key=lambda p: -p.score,
+        )
+        for image_id in per_member[0]
+    }
+    return fused, {"settings": ensemble.model_dump(), "members": trained}
 
 
 def crop_verifier_for(recipe: DetectorRecipe, threshold: float | None = None) -> CropVerifier:

@@ -291,6 +291,7 @@ def detector_recipe(
         weights=config.yolo_weights,
         work_dir=config.paths.annotation_dir,
         seed_detector=SeedDetectorSettings.for_profile(profile, **schedule),
+        ensemble=profile.annotation.seed_detector_ensemble,
         self_training=profile.annotation.self_training,
         crop_verifier=profile.annotation.crop_verifier,
         classifier_cam=profile.annotation.classifier_cam,
