@@ -10,7 +10,7 @@ import pytest
 
 from cascade_defect.annotate.boxes import Proposal, SeedDetector, SeedDetectorSettings
 from cascade_defect.annotate.crop_verifier import low_score_proposer
-from cascade_defect.annotate.fragments import merge_fragments
+from cascade_defect.annotate.fragments import fuse_views, merge_fragments
 from cascade_defect.box_settings import FragmentMergeSettings
 from cascade_defect.metrics.box_quality import box_quality
 from cascade_defect.settings import load_config
@@ -142,3 +142,20 @@ def test_the_profile_turns_it_on_for_proposals_and_off_for_crops(tmp_path: Path)
     detector = SeedDetector.from_trained(weights, settings, progress=False)
     low = low_score_proposer(detector, profile.annotation.crop_verifier, progress=False)
     assert low.settings.fragment_merge is None and detector.settings.fragment_merge == ON
+
+
+def test_fused_views_come_best_first_and_keep_from_the_minimum_score() -> None:
+    """Two views: a box both saw (0.2 and 0.4, mean 0.3), a box one saw at 0.5 (0.25 over two
+    views), a box one saw at 0.08 (0.04, under 0.05); corners a rounding error put past 1 are
+    clipped before fusion."""
+    both, strong, weak = (0.1, 0.1, 0.3, 0.3), (0.6, 0.6, 1.0000001, 0.9), (0.4, 0.0, 0.5, 0.1)
+    views = [
+        [Proposal(weak, 0.08), Proposal(both, 0.2), Proposal(strong, 0.5)],
+        [Proposal(both, 0.4)],
+    ]
+    fused = fuse_views(views, min_score=0.05)
+    assert [p.score for p in fused] == pytest.approx([0.3, 0.25])
+    assert fused[0].box == pytest.approx(both) and fused[1].box == pytest.approx(
+        (0.6, 0.6, 1.0, 0.9)
+    )
+    assert [p.score for p in fuse_views(views)] == pytest.approx([0.3, 0.25, 0.04])

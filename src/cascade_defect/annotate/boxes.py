@@ -439,9 +439,11 @@ class SeedDetector:
                 per_view = [self._predict(chunk["path"], view) for view in views]
                 for i, image_id in enumerate(chunk["image_id"]):
                     found = [view_boxes[i] for view_boxes in per_view]
-                    merged = found[0] if len(found) == 1 else fuse_views(found)
-                    kept = [p for p in merged if p.score >= self.settings.conf]
-                    out[str(image_id)] = sorted(kept, key=lambda p: -p.score)
+                    out[str(image_id)] = (
+                        sorted(found[0], key=lambda p: -p.score)
+                        if len(found) == 1
+                        else fuse_views(found, min_score=self.settings.conf)
+                    )
                 bar.update(len(chunk))
         return out
 

@@ -73,11 +73,15 @@ def merge_fragments(
     return sorted(merged, key=lambda p: -p.score)
 
 
-def fuse_views(views: Sequence[Sequence[Proposal]], iou: float = 0.55) -> list[Proposal]:
-    """Weighted boxes fusion of the same image seen in several views (``ensemble-boxes``).
+def fuse_views(
+    views: Sequence[Sequence[Proposal]], iou: float = 0.55, *, min_score: float = 0.0
+) -> list[Proposal]:
+    """Weighted boxes fusion of the same image seen in several views, or by several detectors
+    (``ensemble-boxes``), best score first.
 
     A fused box's score is the mean over views, so a box one view missed is down-weighted
-    (ensemble-boxes' default ``conf_type="avg"`` scales by the share of views that saw it).
+    (ensemble-boxes' default ``conf_type="avg"`` scales by the share of views that saw it), and
+    fused boxes below ``min_score`` are dropped, as a single view's are below its threshold.
     Classes fuse separately; a class-agnostic detector's boxes share one.
     """
     from ensemble_boxes import weighted_boxes_fusion
@@ -95,11 +99,13 @@ def fuse_views(views: Sequence[Sequence[Proposal]], iou: float = 0.55) -> list[P
     fused_boxes, fused_scores, fused_labels = weighted_boxes_fusion(
         boxes, scores, labels, iou_thr=iou, skip_box_thr=0.0
     )
-    return [
+    fused = [
         Proposal(
             tuple(float(v) for v in box),  # type: ignore[arg-type]
             float(score),
             names[int(label)] or None,
         )
         for box, score, label in zip(fused_boxes, fused_scores, fused_labels, strict=True)
+        if score >= min_score
     ]
+    return sorted(fused, key=lambda p: -p.score)

@@ -274,11 +274,9 @@ def ensemble_proposals(
         ).propose(pool, flips=low.flips)
         for weights in members
     ]
-    keep = first.settings.conf
     fused = {
-        image_id: sorted(
-            (p for p in fuse_views([found[image_id] for found in per_member]) if p.score >= keep),
-            key=lambda p: -p.score,
+        image_id: fuse_views(
+            [found[image_id] for found in per_member], min_score=first.settings.conf
         )
         for image_id in per_member[0]
     }
