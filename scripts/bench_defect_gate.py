@@ -241,14 +241,14 @@ def run_draw(
     ]
     settings = profile.annotation.defect_gate
     for pooling in POOLINGS:
-        if pooling == settings.pooling:
+        if pooling == settings.pooling_rule:
             table, answer_of = gated.gate.probabilities, gated.gate.answers
         else:
             assert gated.gate.evidence is not None
             table, answer_of = gated_answers(
                 frame, gated.gate.evidence, settings.defect_type, None, pooling
             )
-        label = "chapter 03" if pooling == settings.pooling else f"{pooling} pool"
+        label = f"{pooling} pool"
         rows.extend(gate_rows(common, table, answer_of, pool, truth, label, args.target_recalls))
     for threshold in args.thresholds:
         gated = score_gated_answers(probabilities, annotator.answer_classes, scores, threshold)
@@ -295,6 +295,7 @@ def main() -> None:
             "thresholds": args.thresholds,
             "target_recalls": args.target_recalls,
             "poolings": list(POOLINGS),
+            "chapter_03_pooling": config.profile.annotation.defect_gate.pooling,
             "profile_changes": changes,
             "seed_detector": config.profile.annotation.model_dump(
                 include={

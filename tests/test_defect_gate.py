@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from cascade_defect.annotate.boxes import Proposal
 from cascade_defect.annotate.crop_verifier import CropVerifier
@@ -129,6 +130,20 @@ def test_the_two_pools_answer_the_same_images_and_rank_them_differently() -> Non
     assert log_pool[3] < 0.1 < linear[3]  # nothing proposed: the clipped crop odds weigh in
     with pytest.raises(ValueError, match="pooling"):
         pooled_defect_probability(crop, annotator, "max")
+
+
+def test_auto_pooling_is_logarithmic_unless_a_recall_target_asks_for_linear() -> None:
+    """The default pools log-odds (calibrated confidences); a recall target switches it to the
+    linear pool (the expected recall it reaches); an explicit choice always stands."""
+    assert DefectGateSettings().pooling == "auto"
+    assert DefectGateSettings().pooling_rule == "logarithmic"
+    assert DefectGateSettings(target_recall=0.85).pooling_rule == "linear"
+    assert DefectGateSettings(pooling="linear").pooling_rule == "linear"
+    assert DefectGateSettings(pooling="logarithmic", target_recall=0.85).pooling_rule == (
+        "logarithmic"
+    )
+    with pytest.raises(ValidationError):
+        DefectGateSettings(pooling="max")
 
 
 def test_gated_answers_with_a_recall_target() -> None:

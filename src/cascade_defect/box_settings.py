@@ -278,12 +278,13 @@ class DefectGateSettings(BaseModel):
             "the judged crops, the annotator's, or their product"
         ),
     )
-    pooling: Literal["linear", "logarithmic"] = Field(
-        "linear",
+    pooling: Literal["auto", "linear", "logarithmic"] = Field(
+        "auto",
         description=(
             "how P(defect) pools the crops' and the annotator's: their mean, or the mean of their "
-            "log-odds; both answer the same images defective from 0.5, the logarithmic pool ranks "
-            "and sharpens differently (scripts/bench_defect_gate.py measures both)"
+            "log-odds; both answer the same images defective from 0.5. auto: logarithmic, whose "
+            "confidences are calibrated where the annotator's are flat, or linear with a "
+            "target_recall, whose expected recall is the one measured (scripts/bench_defect_gate.py)"
         ),
     )
     target_recall: float | None = Field(
@@ -297,3 +298,12 @@ class DefectGateSettings(BaseModel):
             "for a line where a missed defect costs more than a second look; never above 0.5"
         ),
     )
+
+    @property
+    def pooling_rule(self) -> Literal["linear", "logarithmic"]:
+        """The pool ``auto`` stands for: on five Magnetic-tile draws the logarithmic pool's
+        answers are as right and its confidences calibrated on a pool the annotator rates flatly,
+        while the linear pool's expected recall is the one a recall target then reaches."""
+        if self.pooling != "auto":
+            return self.pooling
+        return "linear" if self.target_recall is not None else "logarithmic"

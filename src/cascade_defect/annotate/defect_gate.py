@@ -18,8 +18,12 @@ every pool image:
    on any dataset's truth. ``pooling``: ``linear``, their mean, or ``logarithmic``, the mean of
    their log-odds (a geometric pool). Both call an image defective on exactly the same images
    (``c + a >= 1`` either way, up to :data:`POOL_CLIP`); they differ in how they rank and how sharp they are: a mean of
-   calibrated probabilities is pulled towards 0.5 (Ranjan and Gneiting, 2010), which matters
-   once a recall target moves the boundary;
+   calibrated probabilities is pulled towards 0.5 (Ranjan and Gneiting, 2010). ``auto`` (the
+   default) takes the logarithmic pool: where the seeds cannot tell the defect types apart, the
+   annotator's temperature flattens its answer and its ``1 - P(no_defect)`` sits near 0.8 on
+   every tile, which the mean turns into ~0.6 confidence on clean tiles that are right ~85% of
+   the time (Magnetic-tile record: ECE 0.20 linear, 0.06 logarithmic, the same answers). With
+   a recall target it takes the linear pool, whose expected recall is the one reached;
 3. the image is defective when ``P(defect) >= 0.5``, and then shows its most probable type
    (``defect_type``: from the crops, the annotator, or their product). The record keeps the
    probabilities ``P(defect) * P(type)`` and ``1 - P(defect)``, and its confidence is the
@@ -276,12 +280,16 @@ def gate_with_detector(
         verifier, pool, low.propose(pool), defect_names, settings.top_proposals
     )
     probabilities, answers = gated_answers(
-        annotator_proba, evidence, settings.defect_type, settings.target_recall, settings.pooling
+        annotator_proba,
+        evidence,
+        settings.defect_type,
+        settings.target_recall,
+        settings.pooling_rule,
     )
     boundary = defect_threshold(1.0 - probabilities[NO_DEFECT].to_numpy(), settings.target_recall)
     counts = pd.Series(list(answers.values())).value_counts().sort_index()
     params = {
-        "settings": settings.model_dump(),
+        "settings": {**settings.model_dump(), "pooling_rule": settings.pooling_rule},
         "crop_verifier": crop_settings.model_dump(),
         "detector": detector.describe(),
     }
