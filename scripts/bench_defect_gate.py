@@ -10,11 +10,13 @@ defect-free images, the rest the pool):
 - how well each separates defective from defect-free pool images (ROC AUC of the annotator's
   ``1 - P(no_defect)`` and of the detector's best box score on the image);
 - the annotator alone against chapter 03's defect gate (:mod:`cascade_defect.annotate.defect_gate`:
-  the detector's best crops judged by the few-shot crop classifier, ``P(defect)`` the mean of
-  theirs and the annotator's, the type from the crops), with the ECE of each;
+  the detector's best crops judged by the few-shot crop classifier, ``P(defect)`` theirs and the
+  annotator's pooled by the profile's ``defect_gate.pooling`` rule, the type from the crops), with
+  the ECE of each;
 - the same gate with a recall target (``--target-recalls``, default 0.85): the boundary its own
   probabilities expect to find that share of the defects, against the recall measured; each for
-  the linear pool (chapter 03's default) and the logarithmic one, pooled from the same crops;
+  the linear pool and the logarithmic one, pooled from the same crops (the rule chapter 03
+  resolves to is the row named after it);
 - and against a plain *score gate*: an image is defective when the detector's best box scores at
   least a threshold, and then gets the annotator's most probable defect class.
 
