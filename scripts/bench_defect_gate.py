@@ -17,6 +17,8 @@ defect-free images, the rest the pool):
   probabilities expect to find that share of the defects, against the recall measured; each for
   the linear pool and the logarithmic one, pooled from the same crops (the rule chapter 03
   resolves to is the row named after it);
+- with ``--defect-types``, the same gates with the defect's type taken from the crops, the
+  annotator or their product (``defect_gate.defect_type``), one set of rows each;
 - and against a plain *score gate*: an image is defective when the detector's best box scores at
   least a threshold, and then gets the annotator's most probable defect class.
 
@@ -61,6 +63,7 @@ from cascade_defect.settings import StudyConfig, load_config
 THRESHOLDS = (0.05, 0.1, 0.15, 0.25)
 TARGET_RECALLS = (0.85,)
 POOLINGS = ("linear", "logarithmic")
+DEFECT_TYPES = ("crops", "annotator", "annotator_x_crops")
 
 
 def parse_args() -> argparse.Namespace:
@@ -77,6 +80,14 @@ def parse_args() -> argparse.Namespace:
         nargs="*",
         default=list(TARGET_RECALLS),
         help="the defect gate's recall targets, one row each",
+    )
+    parser.add_argument(
+        "--defect-types",
+        nargs="+",
+        choices=DEFECT_TYPES,
+        default=None,
+        help="where the gate's defect type comes from, one set of gate rows each "
+        "(default: the profile's defect_gate.defect_type)",
     )
     parser.add_argument("--scratch", type=Path, required=True, help="detectors and caches")
     parser.add_argument("--csv", type=Path, required=True)
@@ -242,16 +253,21 @@ def run_draw(
         }
     ]
     settings = profile.annotation.defect_gate
-    for pooling in POOLINGS:
-        if pooling == settings.pooling_rule:
-            table, answer_of = gated.gate.probabilities, gated.gate.answers
-        else:
-            assert gated.gate.evidence is not None
-            table, answer_of = gated_answers(
-                frame, gated.gate.evidence, settings.defect_type, None, pooling
+    for defect_type in args.defect_types or [settings.defect_type]:
+        for pooling in POOLINGS:
+            if pooling == settings.pooling_rule and defect_type == settings.defect_type:
+                table, answer_of = gated.gate.probabilities, gated.gate.answers
+            else:
+                assert gated.gate.evidence is not None
+                table, answer_of = gated_answers(
+                    frame, gated.gate.evidence, defect_type, None, pooling
+                )
+            label = f"{pooling} pool" + (
+                "" if defect_type == settings.defect_type else f", type from {defect_type}"
             )
-        label = f"{pooling} pool"
-        rows.extend(gate_rows(common, table, answer_of, pool, truth, label, args.target_recalls))
+            rows.extend(
+                gate_rows(common, table, answer_of, pool, truth, label, args.target_recalls)
+            )
     for threshold in args.thresholds:
         gated = score_gated_answers(probabilities, annotator.answer_classes, scores, threshold)
         rows.append(
@@ -274,7 +290,10 @@ def main() -> None:
     rows = []
     for draw in range(args.draws):
         rows.extend(run_draw(args, draw, dataset, config))
-        per_draw = 1 + len(args.thresholds) + len(POOLINGS) * (1 + len(args.target_recalls))
+        n_types = len(args.defect_types or [None])
+        per_draw = (
+            1 + len(args.thresholds) + n_types * len(POOLINGS) * (1 + len(args.target_recalls))
+        )
         for row in rows[-per_draw:]:
             print(
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
@@ -298,6 +317,8 @@ def main() -> None:
             "target_recalls": args.target_recalls,
             "poolings": list(POOLINGS),
             "chapter_03_pooling": config.profile.annotation.defect_gate.pooling,
+            "defect_types": args.defect_types
+            or [config.profile.annotation.defect_gate.defect_type],
             "profile_changes": changes,
             "seed_detector": config.profile.annotation.model_dump(
                 include={

@@ -240,6 +240,12 @@ def test_the_defect_gate_benchmark_takes_a_recipe(monkeypatch, load_script) -> N
     assert load_config("quick", overrides=changes).profile.annotation.seed_detector_freeze == 0
     monkeypatch.setattr("sys.argv", argv)
     assert bench.profile_changes(bench.parse_args().set) == {}
+    assert bench.parse_args().defect_types is None  # the profile's defect_type alone
+    monkeypatch.setattr("sys.argv", [*argv, "--defect-types", "crops", "annotator_x_crops"])
+    assert bench.parse_args().defect_types == ["crops", "annotator_x_crops"]
+    monkeypatch.setattr("sys.argv", [*argv, "--defect-types", "pixels"])
+    with pytest.raises(SystemExit):
+        bench.parse_args()
 
 
 def test_the_detector_gate_answers_and_its_figures(load_script) -> None:
