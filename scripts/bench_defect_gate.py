@@ -37,6 +37,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from cascade_defect.annotate.boxes import SeedDetector, SeedDetectorSettings
 from cascade_defect.annotate.defect_gate import (
+    GatedAnswers,
     answers_at,
     defect_threshold,
     gate_offline_answers,
@@ -54,6 +56,7 @@ from cascade_defect.annotate.defect_gate import (
 from cascade_defect.annotate.offline import OfflineAnnotator
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.strategies import DetectorRecipe, synthetic_plan
+from cascade_defect.box_settings import DefectGateSettings
 from cascade_defect.data.ingest import load_dataset
 from cascade_defect.data.records import Dataset
 from cascade_defect.metrics.calibration import expected_calibration_error
@@ -63,7 +66,7 @@ from cascade_defect.settings import StudyConfig, load_config
 THRESHOLDS = (0.05, 0.1, 0.15, 0.25)
 TARGET_RECALLS = (0.85,)
 POOLINGS = ("linear", "logarithmic")
-DEFECT_TYPES = ("crops", "annotator", "annotator_x_crops")
+DEFECT_TYPES = get_args(DefectGateSettings.model_fields["defect_type"].annotation)
 
 
 def parse_args() -> argparse.Namespace:
@@ -171,6 +174,36 @@ def gate_rows(
     return rows
 
 
+def defect_gate_rows(
+    common: dict[str, object],
+    annotator_proba: pd.DataFrame,
+    gate: GatedAnswers,
+    settings: DefectGateSettings,
+    defect_types: Sequence[str] | None,
+    pool: pd.DataFrame,
+    truth: np.ndarray,
+    target_recalls: Sequence[float],
+) -> list[dict[str, object]]:
+    """The gate's rows for every pooling and defect-type source, pooled again from the crops'
+    evidence chapter 03's gate kept; its own answers where the rule and source are chapter 03's."""
+    rows: list[dict[str, object]] = []
+    for defect_type in defect_types or [settings.defect_type]:
+        for pooling in POOLINGS:
+            if pooling == settings.pooling_rule and defect_type == settings.defect_type:
+                table, answer_of = gate.probabilities, gate.answers
+            else:
+                if gate.evidence is None:
+                    raise ValueError("the gate kept no crop evidence to pool again")
+                table, answer_of = gated_answers(
+                    annotator_proba, gate.evidence, defect_type, None, pooling
+                )
+            label = f"{pooling} pool" + (
+                "" if defect_type == settings.defect_type else f", type from {defect_type}"
+            )
+            rows.extend(gate_rows(common, table, answer_of, pool, truth, label, target_recalls))
+    return rows
+
+
 def best_box_scores(detector: SeedDetector, pool: pd.DataFrame) -> np.ndarray:
     """Each pool image's best proposal score (0 where the detector proposes nothing)."""
     proposals = detector.propose(pool)
@@ -252,22 +285,18 @@ def run_draw(
             "ece": expected_calibration_error(probabilities.max(axis=1), own == truth),
         }
     ]
-    settings = profile.annotation.defect_gate
-    for defect_type in args.defect_types or [settings.defect_type]:
-        for pooling in POOLINGS:
-            if pooling == settings.pooling_rule and defect_type == settings.defect_type:
-                table, answer_of = gated.gate.probabilities, gated.gate.answers
-            else:
-                assert gated.gate.evidence is not None
-                table, answer_of = gated_answers(
-                    frame, gated.gate.evidence, defect_type, None, pooling
-                )
-            label = f"{pooling} pool" + (
-                "" if defect_type == settings.defect_type else f", type from {defect_type}"
-            )
-            rows.extend(
-                gate_rows(common, table, answer_of, pool, truth, label, args.target_recalls)
-            )
+    rows.extend(
+        defect_gate_rows(
+            common,
+            frame,
+            gated.gate,
+            profile.annotation.defect_gate,
+            args.defect_types,
+            pool,
+            truth,
+            args.target_recalls,
+        )
+    )
     for threshold in args.thresholds:
         gated = score_gated_answers(probabilities, annotator.answer_classes, scores, threshold)
         rows.append(

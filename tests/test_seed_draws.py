@@ -296,3 +296,52 @@ def test_the_gate_rows_score_each_boundary_against_the_truth(load_script) -> Non
     assert recalled["defect_threshold"] == pytest.approx(0.2) and recalled["flagged_share"] == 1.0
     assert (recalled["defect_recall"], recalled["false_alarm_rate"]) == (1.0, 1.0)
     assert recalled["expected_defect_recall"] == 1.0
+
+
+def test_the_gate_rows_take_the_defect_type_from_each_source(load_script) -> None:
+    """Two defective images whose crops name the right type and whose annotator names the wrong
+    one, two clean ones: every source flags the same images, only the type's source differs."""
+    from cascade_defect.annotate.defect_gate import CropEvidence, GatedAnswers, gated_answers
+    from cascade_defect.box_settings import DefectGateSettings
+
+    bench = load_script("bench_defect_gate")
+    annotator = pd.DataFrame(
+        {
+            "image_id": ["1", "2", "3", "4"],
+            "crack": [0.1, 0.5, 0.1, 0.1],
+            "hole": [0.5, 0.1, 0.1, 0.1],
+            "no_defect": [0.4, 0.4, 0.8, 0.8],
+        }
+    )
+    evidence = CropEvidence(
+        image_ids=["1", "2", "3", "4"],
+        p_defect=np.array([0.9, 0.9, 0.1, 0.1]),
+        type_proba=np.array([[0.8, 0.2], [0.2, 0.8], [0.5, 0.5], [0.5, 0.5]]),
+        class_names=["crack", "hole"],
+    )
+    settings = DefectGateSettings()  # crops' type, log-odds pool without a recall target
+    probabilities, answers = gated_answers(annotator, evidence, "crops", None, "logarithmic")
+    gate = GatedAnswers(probabilities, answers, params={}, evidence=evidence)
+    pool = pd.DataFrame({"image_id": [1, 2, 3, 4]})
+    truth = np.array(["crack", "hole", "no_defect", "no_defect"])
+    rows = bench.defect_gate_rows(
+        {"draw": 0}, annotator, gate, settings, list(bench.DEFECT_TYPES), pool, truth, []
+    )
+    by_label = {r["answer"]: r for r in rows}
+    assert list(by_label) == [
+        "defect gate (linear pool)",
+        "defect gate (logarithmic pool)",
+        "defect gate (linear pool, type from annotator)",
+        "defect gate (logarithmic pool, type from annotator)",
+        "defect gate (linear pool, type from annotator_x_crops)",
+        "defect gate (logarithmic pool, type from annotator_x_crops)",
+    ]
+    for row in rows:  # 0.9 with 0.6 is defective, 0.1 with 0.2 is not, whichever pool
+        assert (row["defect_recall"], row["false_alarm_rate"]) == (1.0, 0.0)
+    assert by_label["defect gate (logarithmic pool)"]["type_accuracy_on_found"] == 1.0
+    assert by_label["defect gate (linear pool, type from annotator)"]["type_accuracy_on_found"] == 0
+    # crack: 0.1/0.6 x 0.8 = 0.133 < hole: 0.5/0.6 x 0.2 = 0.167, so the product says hole
+    product = by_label["defect gate (linear pool, type from annotator_x_crops)"]
+    assert product["type_accuracy_on_found"] == 0.0
+    # without --defect-types only the profile's source
+    assert len(bench.defect_gate_rows({}, annotator, gate, settings, None, pool, truth, [])) == 2
