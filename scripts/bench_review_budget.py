@@ -162,10 +162,18 @@ def planned(orders: list[str], budgets: list[int], n_pool: int) -> tuple[list[st
     return sources, left_out
 
 
-def class_errors(labels: pd.DataFrame, image_classes: pd.Series, class_names: list[str]) -> set:
-    """Pool images whose pseudo-label names a class other than the truth's (answered ones)."""
-    truth = {str(i): class_names[int(c)] for i, c in image_classes.items()}
-    answered = labels[labels["status"].eq("ok") & labels["defect_class"].ne(NO_DEFECT)]
+def class_errors(labels: pd.DataFrame, image_classes: pd.Series, label_names: list[str]) -> set:
+    """Pool images whose pseudo-label names a class other than the truth's (answered ones).
+
+    ``label_names`` are the image labels (``SplitInputs.label_names``: the defect classes, then
+    ``no_defect`` on a line with defect-free images), so a missed defect and a false alarm count
+    as errors there; where the dataset has no defect-free class, a ``no_defect`` answer leaves
+    the image out of training and is not counted.
+    """
+    truth = {str(i): label_names[int(c)] for i, c in image_classes.items()}
+    answered = labels[labels["status"].eq("ok")]
+    if NO_DEFECT not in label_names:
+        answered = answered[answered["defect_class"].ne(NO_DEFECT)]
     return {
         str(i)
         for i, c in zip(answered["image_id"], answered["defect_class"], strict=True)
@@ -469,7 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     seed = settings.seed if args.seed is None else args.seed
     pool_ids = list(split.pool["image_id"])
     sources, left_out = planned(args.orders, args.budgets, len(pool_ids))
-    wrong = class_errors(pseudo[0], truth.image_classes, split.class_names)
+    wrong = class_errors(pseudo[0], truth.image_classes, split.label_names)
     schedule = training_schedule(settings, args.epochs or settings.epochs)
     scratch = args.scratch or args.csv.parent / f"{args.csv.stem}_runs"
     print(f"run {config.paths.run_dir} (profile {config.profile.name}), scratch {scratch}")

@@ -437,6 +437,19 @@ def test_bench_pieces_plan_count_and_read_off() -> None:
         }
     )
     assert bench.class_errors(labels, pd.Series({"a": 0, "b": 0, "c": 1}), ["x", "y"]) == {"b"}
+    # On a line the image labels end with no_defect (index 2): a missed defect ("d", answered
+    # no_defect) and a false alarm ("e", a defect-free tile answered "x") are errors too.
+    line = pd.DataFrame(
+        {
+            "image_id": ["a", "d", "e", "f"],
+            "status": ["ok", "ok", "ok", "ok"],
+            "defect_class": ["x", "no_defect", "x", "no_defect"],
+        }
+    )
+    truth = pd.Series({"a": 0, "d": 1, "e": 2, "f": 2})
+    assert bench.class_errors(line, truth, ["x", "y", "no_defect"]) == {"d", "e"}
+    # Without a defect-free class a no_defect answer is left out of training, not an error.
+    assert bench.class_errors(line.iloc[:2], truth.iloc[:2], ["x", "y"]) == set()
     samples = {"human": np.array([0.5, 0.6, 0.7]), "f1": np.array([0.5, 0.6, 0.7])}
     samples["f2"] = samples["human"] / 2
     table = pd.DataFrame(
