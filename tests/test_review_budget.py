@@ -48,7 +48,7 @@ from cascade_defect.train.sources import (
     uses_pool_ground_truth,
     validate_source,
 )
-from tests.synthetic import make_neu_like
+from tests.synthetic import make_neu_like, make_production_like
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL_KEY = ["image_id", "class_id", "cx", "cy"]
@@ -522,6 +522,58 @@ def test_the_dry_run_builds_every_dataset_and_trains_nothing(budget_config, tmp_
     assert counts["review_audit_0"]["same_as"] == "pseudo"
     assert counts["review_audit_3"]["errors_fixed"] == 3
     assert (tmp_path / "budget_runs" / "datasets" / "review_random_3" / "data.yaml").exists()
+
+
+def test_the_dry_run_on_a_line_counts_missed_defects_and_false_alarms(tmp_path: Path) -> None:
+    """On a line with defect-free tiles (the pool truth's class index includes no_defect) the
+    script builds every dataset and counts a missed defect and a false alarm as class errors."""
+    data = make_production_like(tmp_path / "line", n_free=12)
+    config = load_config("smoke", data_dir=data, work_dir=tmp_path / "work")
+    run_data_strategy(config)
+    run_split(config)
+    layout = SplitLayout(config.paths.split_dir)
+    truth, gt_pixels = read_pool_ground_truth(layout)
+    gt = normalise_gt_boxes(gt_pixels, read_pool_listing(layout))
+    truth = truth.sort_values("image_id").reset_index(drop=True)
+    free = truth["class_name"].eq("no_defect")
+    missed = truth.loc[~free, "image_id"].iloc[0]
+    alarm = truth.loc[free, "image_id"].iloc[0]
+    defect = str(truth.loc[~free, "class_name"].iloc[0])
+    labels, boxes = [], []
+    for row in truth.itertuples(index=False):
+        answer = {missed: "no_defect", alarm: defect}.get(row.image_id, row.class_name)
+        labels.append(
+            {"image_id": row.image_id, "status": "ok", "defect_class": answer, "confidence": 0.8}
+        )
+        if answer == "no_defect":
+            continue
+        found = gt[gt["image_id"] == row.image_id]
+        corners = [(b.x1, b.y1, b.x2, b.y2) for b in found.itertuples(index=False)]
+        for strategy in ("seed_detector", "self_training"):
+            for box in corners or [(0.4, 0.4, 0.5, 0.5)]:
+                boxes.append((row.image_id, strategy, answer, *box, 0.5))
+    outputs = AnnotationOutputs(config.paths.annotation_dir)
+    outputs.root.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(labels).to_csv(outputs.labels, index=False)
+    columns = ["image_id", "strategy", "class_name", "x1", "y1", "x2", "y2", "confidence"]
+    pd.DataFrame(boxes, columns=columns).to_csv(outputs.boxes, index=False)
+    done = _script(
+        "--run-dir",
+        str(config.paths.run_dir),
+        "--orders",
+        "random",
+        "confidence",
+        "disagreement",
+        "--budgets",
+        "0",
+        "2",
+        "--csv",
+        str(tmp_path / "budget.csv"),
+        "--dry-run",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"pool {len(truth)} images, 2 with a wrong pseudo class" in done.stdout
+    assert "nothing trained" in done.stdout
 
 
 def test_the_sweep_trains_each_distinct_dataset_once_scores_and_resumes(
