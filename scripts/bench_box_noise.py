@@ -2,7 +2,8 @@
 
 Pseudo-boxes miss defects, add false ones, cover only part of a defect, sit loosely or wrap
 several defects in one box. This script spoils the pool's human boxes in one of these ways at a
-time (``cascade_defect.train.box_noise``: drop, false_boxes, fragments, jitter, merge), trains
+time (``cascade_defect.train.box_noise``: drop, miss, false_boxes, fragments, replace, jitter,
+merge; ``miss`` drops boxes like ``drop`` but leaves out an image left without one), trains
 YOLOv8n on each spoiled source exactly as chapter 05 trains its sources (same seeds, same
 hold-out images, same schedule), and scores it on the golden test set exactly as chapter 06
 does. The clean ``human`` source is trained on the same schedule as the anchor. It prints one

@@ -657,6 +657,41 @@ def test_clean_boxes_give_the_human_source_and_noise_spoils_only_the_pool(
     assert yolo_labels(truth_boxes, pool, ["crazing"])["class_id"].eq(0).all()
 
 
+def test_miss_leaves_out_the_images_it_empties_where_drop_trains_them_as_background(
+    split_config,
+) -> None:
+    layout = SplitLayout(split_config.paths.split_dir)
+    split = read_split_inputs(layout)
+    holdout = holdout_ids(split.pool["image_id"], 0.2, 0)
+    pool = read_pool_listing(layout)
+    _, truth_boxes = read_pool_ground_truth(layout)
+    ids = sorted(truth_boxes["image_id"].astype(str).unique())
+    free_id, twice = ids[0], ids[1:9]  # a defect-free image; images with a second box
+    boxes = truth_boxes[truth_boxes["image_id"].astype(str) != free_id]
+    boxes = pd.concat([boxes, boxes[boxes["image_id"].astype(str).isin(twice)]], ignore_index=True)
+
+    missed, degraded = box_noise_source(
+        BoxNoise(kind="miss", level=0.5), split, boxes, pool, holdout=holdout
+    )
+    dropped, dropped_boxes = box_noise_source(
+        BoxNoise(kind="drop", level=0.5), split, boxes, pool, holdout=holdout
+    )
+    pd.testing.assert_frame_equal(degraded, dropped_boxes)  # the same boxes go
+    left = degraded["image_id"].astype(str).value_counts()
+    emptied = set(boxes["image_id"].astype(str)) - set(left.index)
+    partly = {image_id for image_id in twice if left.get(image_id, 0) == 1}
+    assert emptied and partly
+    assert missed.source == "box_miss_0.5"
+    assert set(missed.excluded["image_id"]) == emptied
+    assert missed.excluded["reason"].eq("no_boxes").all()
+    assert set(missed.images["image_id"]) == set(dropped.images["image_id"]) - emptied
+    assert partly <= set(missed.images["image_id"])  # one box left: the image stays
+    assert free_id in set(missed.images["image_id"])  # no box to lose: still background
+    assert dropped.excluded.empty and emptied <= set(dropped.images["image_id"])
+    assert missed.labels.equals(dropped.labels[~dropped.labels["image_id"].isin(emptied)])
+    assert "left out" in BoxNoise(kind="miss", level=0.5).describe()
+
+
 def _script(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_box_noise.py"), *arguments],

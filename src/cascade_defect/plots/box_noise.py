@@ -55,6 +55,7 @@ _CLOSE_QUALITY = 0.1
 _KIND_COLOURS = {
     "drop": "#4c72b0",
     "merge": "#8172b3",
+    "miss": "#64b5cd",
     "false_boxes": "#55a868",
     "fragments": "#937860",
     "jitter": "#c44e52",
@@ -177,7 +178,7 @@ def box_noise_map(
 ) -> Figure:
     """mAP50 as a share of the anchor's against box quality, one panel per quality axis.
 
-    Box recall carries ``drop`` and ``merge``, box precision ``false_boxes``, mean best IoU
+    Box recall carries ``drop``, ``miss`` and ``merge``, box precision ``false_boxes``, mean best IoU
     ``jitter`` (``fragments`` and ``replace`` too, on precision and recall); a mix of several
     kinds is a diamond on every panel at its own quality; each line runs from the anchor (clean
     boxes, share 1) through the levels tried,

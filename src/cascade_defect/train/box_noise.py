@@ -5,11 +5,14 @@ Pseudo-boxes miss defects, add boxes where there is none, sit loosely on the def
 or wrap a cluster of texture defects in one big box. Training YOLOv8n on the human boxes spoiled
 in exactly one of these ways, at a known level, prices each failure in test mAP50, so a box
 strategy's audit figures (chapter 04: box recall, precision, mean best IoU) can be read as the
-detector they will give. Six kinds, each with one level (:class:`BoxNoise`), and mixes of
+detector they will give. Seven kinds, each with one level (:class:`BoxNoise`), and mixes of
 several (:class:`BoxNoiseMix`, how a real box source errs):
 
 * ``drop``: that share of boxes removed (missed defects); an image may be left without boxes,
-  and then trains as background, as a missed image would;
+  and then trains as background, as an image wrongly answered defect-free would;
+* ``miss``: the same boxes removed, but an image left without boxes is left out of training,
+  as chapter 05 leaves out an image called defective that its box strategy gave no box (on a
+  line, where most defective images carry one box, the two price a missed box very differently);
 * ``false_boxes``: a Poisson number of false boxes per image with that mean, copied from a table
   of *real* false positives (the seed detector's proposals that match no truth box, so they
   look like what a detector mistakes for a defect), or, only when none are given, random boxes
@@ -60,13 +63,14 @@ from cascade_defect.train.sources import (
     compose_source,
 )
 
-BoxNoiseKind = Literal["drop", "false_boxes", "fragments", "jitter", "merge", "replace"]
+BoxNoiseKind = Literal["drop", "false_boxes", "fragments", "jitter", "merge", "miss", "replace"]
 BOX_NOISE_KINDS: tuple[str, ...] = (
     "drop",
     "false_boxes",
     "fragments",
     "jitter",
     "merge",
+    "miss",
     "replace",
 )
 
@@ -92,6 +96,7 @@ _LEVEL_RANGES: dict[str, tuple[float, float, bool]] = {
     "fragments": (0.0, 100.0, True),
     "jitter": (0.0, 1.0, False),
     "merge": (0.0, 1.0, True),
+    "miss": (0.0, 1.0, True),
     "replace": (0.0, 1.0, True),
 }
 
@@ -103,6 +108,7 @@ QUALITY_AXIS: dict[str, str] = {
     "fragments": "box_precision",
     "jitter": "mean_iou",
     "merge": "box_recall",
+    "miss": "box_recall",
     "replace": "box_recall",
 }
 
@@ -114,7 +120,7 @@ _FALSE_BOX_ATTEMPTS = 10
 class BoxNoise(BaseModel):
     """One controlled way of spoiling boxes at one level; ``seed`` makes it repeat exactly.
 
-    ``level`` means: ``drop`` the share of boxes removed (0-1); ``false_boxes`` the mean number
+    ``level`` means: ``drop`` and ``miss`` the share of boxes removed (0-1); ``false_boxes`` the mean number
     of false boxes added per image (0-100); ``fragments`` the mean number of partial boxes added
     per truth box (0-100); ``jitter`` the IoU every moved box keeps with its original (above 0, at
     most 1); ``merge`` the largest gap, as a fraction of the image's width (horizontally) or
@@ -153,6 +159,8 @@ class BoxNoise(BaseModel):
         """One line for tables and logs."""
         if self.kind == "drop":
             return f"{self.level:.0%} of boxes dropped"
+        if self.kind == "miss":
+            return f"{self.level:.0%} of boxes dropped, images left without one left out"
         if self.kind == "false_boxes":
             return f"{self.level:g} false boxes per image on average (Poisson)"
         if self.kind == "fragments":
@@ -308,7 +316,7 @@ def _spoil(
 ) -> pd.DataFrame:
     """One kind on a clipped, sorted table; adding kinds append their boxes after its rows."""
     rng = np.random.default_rng(noise.seed)
-    if noise.kind == "drop":
+    if noise.kind in ("drop", "miss"):
         return _drop(frame, noise.level, rng)
     if noise.kind == "false_boxes":
         return _add_false_boxes(frame, noise.level, rng, sizes, pools["false_boxes"])
@@ -554,7 +562,8 @@ def box_noise_source(
     """The ``human`` source with its pool boxes spoiled by ``noise``, and the spoiled pool boxes.
 
     Like the ``noise_<rate>`` sources, only the pool is spoiled: every pool image stays (one
-    that lost all its boxes trains as background), the seeds keep their true boxes and the
+    that lost all its boxes trains as background; under ``miss`` it is left out, listed in the
+    dataset's ``excluded`` as ``no_boxes``), the seeds keep their true boxes and the
     hold-out images are the ones every source uses. ``truth_boxes`` is the pool's box table
     (``read_pool_ground_truth``), ``image_sizes`` the pool listing's ``width, height``.
     """
@@ -571,7 +580,18 @@ def box_noise_source(
         image_sizes=sizes,
     )
     labels = yolo_labels(degraded, sizes, split.class_names)
+    steps = noise.steps if isinstance(noise, BoxNoiseMix) else (noise,)
+    excluded = None
+    if any(step.kind == "miss" for step in steps):
+        emptied = set(truth["image_id"].astype(str)) - set(labels["image_id"].astype(str))
+        excluded = pd.DataFrame({"image_id": sorted(emptied), "reason": "no_boxes"})
+        pool_ids = [image_id for image_id in pool_ids if image_id not in emptied]
     dataset = compose_source(
-        noise.source, split, pool_ids=pool_ids, pool_labels=labels, holdout=holdout
+        noise.source,
+        split,
+        pool_ids=pool_ids,
+        pool_labels=labels,
+        holdout=holdout,
+        excluded=excluded,
     )
     return dataset, degraded
