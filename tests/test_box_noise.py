@@ -39,6 +39,7 @@ from cascade_defect.train.box_noise import (
 )
 from cascade_defect.train.sources import (
     HUMAN,
+    SplitInputs,
     build_source,
     holdout_ids,
     read_pool_truth,
@@ -617,14 +618,21 @@ def split_config(tmp_path_factory: pytest.TempPathFactory):
     return config
 
 
+def split_pieces(
+    config,
+) -> tuple[SplitLayout, SplitInputs, frozenset[str], pd.DataFrame, pd.DataFrame]:
+    """What box_noise_source takes from a split: layout, inputs, hold-out, pool listing, boxes."""
+    layout = SplitLayout(config.paths.split_dir)
+    split = read_split_inputs(layout)
+    holdout = holdout_ids(split.pool["image_id"], 0.2, 0)
+    _, truth_boxes = read_pool_ground_truth(layout)
+    return layout, split, holdout, read_pool_listing(layout), truth_boxes
+
+
 def test_clean_boxes_give_the_human_source_and_noise_spoils_only_the_pool(
     split_config, tmp_path: Path
 ) -> None:
-    layout = SplitLayout(split_config.paths.split_dir)
-    split = read_split_inputs(layout)
-    holdout = holdout_ids(split.pool["image_id"], 0.2, 0)
-    pool = read_pool_listing(layout)
-    _, truth_boxes = read_pool_ground_truth(layout)
+    layout, split, holdout, pool, truth_boxes = split_pieces(split_config)
     human = build_source(
         HUMAN, split, holdout=holdout, truth=read_pool_truth(layout, split.class_names)
     )
@@ -660,11 +668,7 @@ def test_clean_boxes_give_the_human_source_and_noise_spoils_only_the_pool(
 def test_miss_leaves_out_the_images_it_empties_where_drop_trains_them_as_background(
     split_config,
 ) -> None:
-    layout = SplitLayout(split_config.paths.split_dir)
-    split = read_split_inputs(layout)
-    holdout = holdout_ids(split.pool["image_id"], 0.2, 0)
-    pool = read_pool_listing(layout)
-    _, truth_boxes = read_pool_ground_truth(layout)
+    _, split, holdout, pool, truth_boxes = split_pieces(split_config)
     ids = sorted(truth_boxes["image_id"].astype(str).unique())
     free_id, twice = ids[0], ids[1:9]  # a defect-free image; images with a second box
     boxes = truth_boxes[truth_boxes["image_id"].astype(str) != free_id]
