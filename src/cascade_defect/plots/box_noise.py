@@ -178,10 +178,10 @@ def box_noise_map(
 ) -> Figure:
     """mAP50 as a share of the anchor's against box quality, one panel per quality axis.
 
-    Box recall carries ``drop``, ``miss`` and ``merge``, box precision ``false_boxes``, mean best IoU
-    ``jitter`` (``fragments`` and ``replace`` too, on precision and recall); a mix of several
-    kinds is a diamond on every panel at its own quality; each line runs from the anchor (clean
-    boxes, share 1) through the levels tried,
+    Box recall carries ``drop``, ``miss`` and ``merge``, box precision ``false_boxes``, mean
+    best IoU ``jitter`` (``fragments`` and ``replace`` too, on precision and recall); a mix of
+    several kinds is a diamond on every panel at its own quality; each line runs from the anchor
+    (clean boxes, share 1) through the levels tried,
     each point labelled with its level, and a cross marks where it falls below a target. The
     pseudo source's own quality is a vertical line on every panel with a star at its achieved
     share (a triangle on the axis when no share is known).

@@ -120,12 +120,12 @@ _FALSE_BOX_ATTEMPTS = 10
 class BoxNoise(BaseModel):
     """One controlled way of spoiling boxes at one level; ``seed`` makes it repeat exactly.
 
-    ``level`` means: ``drop`` and ``miss`` the share of boxes removed (0-1); ``false_boxes`` the mean number
-    of false boxes added per image (0-100); ``fragments`` the mean number of partial boxes added
-    per truth box (0-100); ``jitter`` the IoU every moved box keeps with its original (above 0, at
-    most 1); ``merge`` the largest gap, as a fraction of the image's width (horizontally) or
-    height (vertically), between two boxes that get merged (0-1); ``replace`` the share of boxes
-    that become a fragment of themselves (0-1).
+    ``level`` means: ``drop`` and ``miss`` the share of boxes removed (0-1); ``false_boxes``
+    the mean number of false boxes added per image (0-100); ``fragments`` the mean number of
+    partial boxes added per truth box (0-100); ``jitter`` the IoU every moved box keeps with its
+    original (above 0, at most 1); ``merge`` the largest gap, as a fraction of the image's width
+    (horizontally) or height (vertically), between two boxes that get merged (0-1); ``replace``
+    the share of boxes that become a fragment of themselves (0-1).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
