@@ -233,9 +233,16 @@ def test_settings_follow_the_profile() -> None:
     assert "freeze" not in SeedDetectorSettings.for_profile(unfrozen).describe()
     with pytest.raises(ValueError, match="seed_detector_freeze"):
         load_config("quick", overrides={"annotation": {"seed_detector_freeze": 23}})
-    assert "flips" not in SeedDetectorSettings.for_profile(load_config("quick").profile).describe()
-    both = {"annotation": {"seed_detector_flips": ["horizontal", "vertical"]}}
-    flipping = SeedDetectorSettings.for_profile(load_config("quick", overrides=both).profile)
+    assert "flips" not in SeedDetectorSettings.for_profile(load_config("smoke").profile).describe()
+    plain = {"annotation": {"seed_detector_flips": []}}
+    assert "flips" not in SeedDetectorSettings.for_profile(
+        load_config("quick", overrides=plain).profile
+    ).describe()
+    one = {"annotation": {"seed_detector_flips": ["vertical"]}}
+    assert SeedDetectorSettings.for_profile(load_config("smoke", overrides=one).profile).flips == (
+        "vertical",
+    )
+    flipping = SeedDetectorSettings.for_profile(load_config("quick").profile)
     assert flipping.flips == ("horizontal", "vertical")
     assert flipping.describe()["flips"] == ["horizontal", "vertical"]
     with pytest.raises(ValueError, match="seed_detector_flips"):
