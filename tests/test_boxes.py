@@ -235,9 +235,8 @@ def test_settings_follow_the_profile() -> None:
         load_config("quick", overrides={"annotation": {"seed_detector_freeze": 23}})
     assert "flips" not in SeedDetectorSettings.for_profile(load_config("smoke").profile).describe()
     plain = {"annotation": {"seed_detector_flips": []}}
-    assert "flips" not in SeedDetectorSettings.for_profile(
-        load_config("quick", overrides=plain).profile
-    ).describe()
+    unflipped = SeedDetectorSettings.for_profile(load_config("quick", overrides=plain).profile)
+    assert "flips" not in unflipped.describe()
     one = {"annotation": {"seed_detector_flips": ["vertical"]}}
     assert SeedDetectorSettings.for_profile(load_config("smoke", overrides=one).profile).flips == (
         "vertical",
