@@ -315,11 +315,8 @@ class ProfileSettings(BaseModel):
     classification: ClassificationSettings = Field(default_factory=ClassificationSettings)
 
 
-# Quick and full seed detectors: proposals from score 0.05 (pool box recall 0.65 at precision 0.22,
-# 0.34/0.44 at 0.25); COCO backbone frozen (pseudo 44% -> 61% of human); three detectors fused
-# (NEU-DET 65.1% -> 71.1%, +2 to +6 points per seed draw, level on Magnetic-tile); five of them,
-# each also proposing on the flipped pool images (NEU-DET mean over three seed draws 66.0% -> 68.1%,
-# level on Magnetic-tile; README).
+# Quick and full seed detectors (README): score from 0.05, COCO backbone frozen, five fused, each also on flipped
+# images (NEU-DET pseudo detector 44% -> 73% of human on the record's seeds; level on Magnetic-tile).
 _FULL_DATASET_BOXES = AnnotationSettings(
     seed_detector_epochs=100,
     seed_detector_imgsz=224,
