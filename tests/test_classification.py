@@ -204,7 +204,7 @@ def test_epochs_for_reads_each_tracks_own_settings() -> None:
 def test_backbone_comes_from_the_detection_checkpoint(yolo_weights: Path, tmp_path: Path) -> None:
     import torch
 
-    model, origin = base_classifier(str(yolo_weights), None, tmp_path / "cfg")
+    model, origin = base_classifier(str(yolo_weights), None, tmp_path / "cfg", seed=0)
     assert "backbone" in origin
     detection = torch.load(yolo_weights, weights_only=False)["model"].float().state_dict()
     weights = model.model.state_dict()
@@ -212,7 +212,29 @@ def test_backbone_comes_from_the_detection_checkpoint(yolo_weights: Path, tmp_pa
     assert len(shared) > 100
     assert all(torch.equal(weights[k].float(), detection[k]) for k in shared)
     with pytest.raises(FileNotFoundError, match="CASCADE_YOLO_CLS_WEIGHTS"):
-        base_classifier(str(yolo_weights), str(tmp_path / "nope.pt"), tmp_path)
+        base_classifier(str(yolo_weights), str(tmp_path / "nope.pt"), tmp_path, seed=0)
+
+
+def test_the_head_depends_on_the_seed_not_on_what_ran_before(
+    yolo_weights: Path, tmp_path: Path
+) -> None:
+    """The head layers the detection checkpoint lacks start from ``seed``, so a classifier
+    trained after another one (which drew random numbers) starts where it would alone."""
+    import torch
+
+    def build(seed: int) -> dict[str, torch.Tensor]:
+        model, _ = base_classifier(str(yolo_weights), None, tmp_path / "cfg", seed=seed)
+        return model.model.state_dict()
+
+    first = build(0)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    again = build(0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's draws are left alone
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    other = build(1)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
 
 
 @pytest.mark.slow

@@ -262,7 +262,7 @@ def train_cam_classifier(
     )
     config_dir = config_dir or work_dir / ".ultralytics"
     data_dir = write_classification_dataset(dataset, labels, work_dir / "dataset", class_names)
-    model, _ = base_classifier(str(weights), None, config_dir)
+    model, _ = base_classifier(str(weights), None, config_dir, seed=seed)
     return train_yolo(
         data_dir,
         weights=str(weights),

@@ -478,14 +478,19 @@ def train_classifier_source(
     fingerprint = training_fingerprint(
         data_dir,
         config.yolo_weights,
-        {**schedule, "task": "classify", "cls_weights": _checkpoint_identity(config)},
+        {
+            **schedule,
+            "task": "classify",
+            "cls_weights": _checkpoint_identity(config),
+            "head_init": "seeded",
+        },
     )
     config_dir = config.work_dir / ".ultralytics"
     initial: dict[str, str] = {}
 
     def train() -> TrainingResult:
         model, initial["initial_weights"] = base_classifier(
-            config.yolo_weights, config.yolo_cls_weights, config_dir
+            config.yolo_weights, config.yolo_cls_weights, config_dir, seed=training.seed
         )
         return train_yolo(
             data_dir,

@@ -123,10 +123,15 @@ def write_classification_dataset(
 
 
 def base_classifier(
-    detection_weights: str, cls_weights: str | None, config_dir: Path
+    detection_weights: str, cls_weights: str | None, config_dir: Path, *, seed: int
 ) -> tuple[Any, str]:
-    """YOLOv8n-cls ready to fine-tune, and a line saying where its weights came from."""
+    """YOLOv8n-cls ready to fine-tune, and a line saying where its weights came from.
+
+    The layers the detection checkpoint lacks (the classification head) are initialised from
+    ``seed``: ultralytics seeds only once training starts, so without it the head would depend
+    on whatever drew random numbers earlier in the process (the classifier trained before it)."""
     import_ultralytics(config_dir)
+    import torch
     from ultralytics import YOLO
 
     if cls_weights:
@@ -141,7 +146,8 @@ def base_classifier(
             f"YOLO weights {detection_weights!r} not found; set CASCADE_YOLO_WEIGHTS to a local "
             "yolov8n.pt (this project never downloads weights)"
         )
-    with quiet_ultralytics():
+    with quiet_ultralytics(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         model = YOLO("yolov8n-cls.yaml")
         model.load(str(detection_weights))
     return model, f"yolov8n-cls.yaml with the backbone of {Path(detection_weights).name}"
