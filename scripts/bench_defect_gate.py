@@ -11,8 +11,9 @@ defect-free images, the rest the pool):
   ``1 - P(no_defect)`` and of the detector's best box score on the image);
 - the annotator alone against chapter 03's defect gate (:mod:`cascade_defect.annotate.defect_gate`:
   the detector's best crops judged by the few-shot crop classifier, ``P(defect)`` theirs and the
-  annotator's pooled by the profile's ``defect_gate.pooling`` rule, the type from the crops), with
-  the ECE of each;
+  annotator's pooled by the profile's ``defect_gate.pooling`` rule, the type from the crops, and
+  with ``defect_gate.class_aware_detector`` a class-aware seed detector's evidence joined to the
+  crops'; the same rows from the crops alone are labelled ``crops alone``), with the ECE of each;
 - the same gate with a recall target (``--target-recalls``, default 0.85): the boundary its own
   probabilities expect to find that share of the defects, against the recall measured; each for
   the linear pool and the logarithmic one, pooled from the same crops (the rule chapter 03
@@ -184,23 +185,30 @@ def defect_gate_rows(
     truth: np.ndarray,
     target_recalls: Sequence[float],
 ) -> list[dict[str, object]]:
-    """The gate's rows for every pooling and defect-type source, pooled again from the crops'
-    evidence chapter 03's gate kept; its own answers where the rule and source are chapter 03's."""
+    """The gate's rows for every pooling and defect-type source, pooled again from the evidence
+    chapter 03's gate kept; its own answers where the rule and source are chapter 03's. Where a
+    class-aware detector joined the crops, the same rows again from the crops' evidence alone
+    (labelled ``crops alone``)."""
     rows: list[dict[str, object]] = []
-    for defect_type in defect_types or [settings.defect_type]:
-        for pooling in POOLINGS:
-            if pooling == settings.pooling_rule and defect_type == settings.defect_type:
-                table, answer_of = gate.probabilities, gate.answers
-            else:
-                if gate.evidence is None:
-                    raise ValueError("the gate kept no crop evidence to pool again")
-                table, answer_of = gated_answers(
-                    annotator_proba, gate.evidence, defect_type, None, pooling
+    sources = [("", gate.evidence)]
+    if gate.crops_alone is not None:
+        sources.append(("crops alone, ", gate.crops_alone))
+    for prefix, evidence in sources:
+        for defect_type in defect_types or [settings.defect_type]:
+            for pooling in POOLINGS:
+                own = not prefix and defect_type == settings.defect_type
+                if own and pooling == settings.pooling_rule:
+                    table, answer_of = gate.probabilities, gate.answers
+                else:
+                    if evidence is None:
+                        raise ValueError("the gate kept no crop evidence to pool again")
+                    table, answer_of = gated_answers(
+                        annotator_proba, evidence, defect_type, None, pooling
+                    )
+                label = f"{prefix}{pooling} pool" + (
+                    "" if defect_type == settings.defect_type else f", type from {defect_type}"
                 )
-            label = f"{pooling} pool" + (
-                "" if defect_type == settings.defect_type else f", type from {defect_type}"
-            )
-            rows.extend(gate_rows(common, table, answer_of, pool, truth, label, target_recalls))
+                rows.extend(gate_rows(common, table, answer_of, pool, truth, label, target_recalls))
     return rows
 
 
@@ -259,7 +267,11 @@ def run_draw(
         settings=profile.annotation.defect_gate,
         progress=False,
     )
-    gate_seconds = time.perf_counter() - start - gated.detector_details["train_seconds"]
+    class_trained = gated.class_detector_details or {}
+    trained_seconds = gated.detector_details["train_seconds"] + class_trained.get(
+        "train_seconds", 0
+    )
+    gate_seconds = time.perf_counter() - start - trained_seconds
     detector = gated.detector
     scores = best_box_scores(detector, pool)
 
@@ -274,6 +286,7 @@ def run_draw(
         "auc_detector": float(roc_auc_score(~clean, scores)),
         "annotator_seconds": round(annotator_seconds, 1),
         "detector_train_seconds": gated.detector_details["train_seconds"],
+        "class_detector_train_seconds": class_trained.get("train_seconds"),
         "gate_seconds": round(gate_seconds, 1),
     }
     own = np.asarray(annotator.answer_classes, dtype=object)[probabilities.argmax(axis=1)]
@@ -318,12 +331,9 @@ def main() -> None:
         raise SystemExit(f"{args.data_dir}: no defect-free class found")
     rows = []
     for draw in range(args.draws):
-        rows.extend(run_draw(args, draw, dataset, config))
-        n_types = len(args.defect_types or [None])
-        per_draw = (
-            1 + len(args.thresholds) + n_types * len(POOLINGS) * (1 + len(args.target_recalls))
-        )
-        for row in rows[-per_draw:]:
+        draw_rows = run_draw(args, draw, dataset, config)
+        rows.extend(draw_rows)
+        for row in draw_rows:
             print(
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             )

@@ -19,9 +19,11 @@ from cascade_defect.annotate.defect_gate import (
     answers_at,
     crop_evidence,
     defect_threshold,
+    detector_evidence,
     gate_applies,
     gated_answers,
     pooled_defect_probability,
+    with_detector_evidence,
 )
 from cascade_defect.box_settings import CropVerifierSettings, DefectGateSettings
 from cascade_defect.hashing import sha256_bytes
@@ -132,18 +134,59 @@ def test_the_two_pools_answer_the_same_images_and_rank_them_differently() -> Non
         pooled_defect_probability(crop, annotator, "max")
 
 
-def test_auto_pooling_is_logarithmic_unless_a_recall_target_asks_for_linear() -> None:
-    """The default pools log-odds (calibrated confidences); a recall target switches it to the
-    linear pool (the expected recall it reaches); an explicit choice always stands."""
+def test_auto_pooling_is_logarithmic_unless_the_crops_alone_have_a_recall_target() -> None:
+    """The default pools log-odds (calibrated confidences); a recall target on the crops' evidence
+    alone switches it to the linear pool (the expected recall it reaches); with the class-aware
+    detector's evidence the log-odds pool stays; an explicit choice always stands."""
     assert DefectGateSettings().pooling == "auto"
+    assert DefectGateSettings().class_aware_detector
     assert DefectGateSettings().pooling_rule == "logarithmic"
-    assert DefectGateSettings(target_recall=0.85).pooling_rule == "linear"
+    assert DefectGateSettings(target_recall=0.85).pooling_rule == "logarithmic"
+    crops_alone = DefectGateSettings(target_recall=0.85, class_aware_detector=False)
+    assert crops_alone.pooling_rule == "linear"
+    assert DefectGateSettings(class_aware_detector=False).pooling_rule == "logarithmic"
     assert DefectGateSettings(pooling="linear").pooling_rule == "linear"
     assert DefectGateSettings(pooling="logarithmic", target_recall=0.85).pooling_rule == (
         "logarithmic"
     )
     with pytest.raises(ValidationError):
         DefectGateSettings(pooling="max")
+
+
+def test_a_class_aware_detector_joins_the_crops_evidence_by_hand() -> None:
+    """Crops: a 0.6 (crack 0.2, scratches 0.8), b 0.4 (0.5, 0.5), c 0.0 (uniform).
+    Detector: a crack 0.9 and scratches 0.3 -> best 0.9, P(defect) (0.6 + 0.9) / 2 = 0.75,
+    type 0.2 * 0.9 : 0.8 * 0.3 = 0.18 : 0.24 -> (3/7, 4/7); b nothing -> 0.2 and the crops' type;
+    c crack 0.4 twice (the best counts once) -> 0.2 and crack alone (the crops were uniform)."""
+    crops = CropEvidence(
+        ["a", "b", "c"],
+        np.array([0.6, 0.4, 0.0]),
+        np.array([[0.2, 0.8], [0.5, 0.5], [0.5, 0.5]]),
+        ["crack", "scratches"],
+        n_crops=7,
+    )
+    proposals = {
+        "a": [
+            Proposal((0.1, 0.1, 0.3, 0.3), 0.9, "crack"),
+            Proposal((0.5, 0.5, 0.9, 0.9), 0.3, "scratches"),
+            Proposal((0.5, 0.5, 0.8, 0.8), 0.1, "crack"),
+        ],
+        "c": [Proposal((0.1, 0.1, 0.2, 0.2), 0.4, "crack")] * 2,
+    }
+    best, per_class = detector_evidence(proposals, crops.image_ids, crops.class_names)
+    np.testing.assert_allclose(best, [0.9, 0.0, 0.4])
+    np.testing.assert_allclose(per_class, [[0.9, 0.3], [0.0, 0.0], [0.4, 0.0]])
+    joined = with_detector_evidence(crops, proposals)
+    np.testing.assert_allclose(joined.p_defect, [0.75, 0.2, 0.2])
+    np.testing.assert_allclose(joined.type_proba, [[3 / 7, 4 / 7], [0.5, 0.5], [1.0, 0.0]])
+    assert (joined.image_ids, joined.class_names, joined.n_crops) == (
+        crops.image_ids,
+        crops.class_names,
+        7,
+    )
+    np.testing.assert_allclose(crops.p_defect, [0.6, 0.4, 0.0])  # the crops' own is kept
+    with pytest.raises(ValueError, match=r"'a'.*None.*class-aware"):
+        detector_evidence({"a": [Proposal((0.1, 0.1, 0.3, 0.3), 0.9, None)]}, ["a"], ["crack"])
 
 
 def test_gated_answers_with_a_recall_target() -> None:

@@ -345,3 +345,21 @@ def test_the_gate_rows_take_the_defect_type_from_each_source(load_script) -> Non
     assert product["type_accuracy_on_found"] == 0.0
     # without --defect-types only the profile's source
     assert len(bench.defect_gate_rows({}, annotator, gate, settings, None, pool, truth, [])) == 2
+    # a class-aware detector joined the crops: the crops' own evidence gives a second set of rows
+    crops_alone = CropEvidence(
+        image_ids=evidence.image_ids,
+        p_defect=np.array([0.9, 0.1, 0.1, 0.1]),  # the crops alone miss image 2
+        type_proba=evidence.type_proba,
+        class_names=evidence.class_names,
+    )
+    joined = GatedAnswers(
+        probabilities, answers, params={}, evidence=evidence, crops_alone=crops_alone
+    )
+    rows = bench.defect_gate_rows({}, annotator, joined, settings, None, pool, truth, [])
+    assert [r["answer"] for r in rows] == [
+        "defect gate (linear pool)",
+        "defect gate (logarithmic pool)",
+        "defect gate (crops alone, linear pool)",
+        "defect gate (crops alone, logarithmic pool)",
+    ]
+    assert [r["defect_recall"] for r in rows] == [1.0, 1.0, 0.5, 0.5]

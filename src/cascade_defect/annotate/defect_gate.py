@@ -29,6 +29,13 @@ every pool image:
    probabilities ``P(defect) * P(type)`` and ``1 - P(defect)``, and its confidence is the
    answered class's.
 
+With ``class_aware_detector`` (the default), a second seed detector trains on the same seeds and
+tiles with one class per defect type. Its proposals add two pieces of evidence the crops lack:
+the image's best box score, averaged with the crops' ``P(defect)`` before the pooling, and the
+best score per class, multiplied into the crops' type (where it proposes nothing, the crops'
+evidence stands alone). The crops see each box at one small size; the detector sees the defect in
+its tile, at its own size and place, and the two err on different images.
+
 Where a missed defect costs more than a second look, ``target_recall`` lowers the boundary
 until the gate's own probabilities expect that share of the pool's defects found
 (:func:`defect_threshold`); no label is read, and the share of images flagged says what it
@@ -44,7 +51,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -159,6 +166,48 @@ def crop_evidence(
     return CropEvidence([i for i, _ in rows], p_defect, type_proba, names, n_crops)
 
 
+def detector_evidence(
+    proposals: Mapping[str, Sequence[Proposal]],
+    image_ids: Sequence[str],
+    class_names: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """A class-aware detector's evidence per image: its best box score (0 where it proposed
+    nothing) and its best score of each class (0 for a class it did not propose)."""
+    index = {name: j for j, name in enumerate(class_names)}
+    best = np.zeros(len(image_ids))
+    per_class = np.zeros((len(image_ids), len(index)))
+    for row, image_id in enumerate(image_ids):
+        for proposal in proposals.get(str(image_id), []):
+            column = index.get(str(proposal.class_name))
+            if column is None:
+                raise ValueError(
+                    f"image {image_id!r}: a proposal of class {proposal.class_name!r}, which is "
+                    f"not among the defect classes {list(index)} (is the detector class-aware?)"
+                )
+            best[row] = max(best[row], proposal.score)
+            per_class[row, column] = max(per_class[row, column], proposal.score)
+    return best, per_class
+
+
+def with_detector_evidence(
+    crops: CropEvidence, proposals: Mapping[str, Sequence[Proposal]]
+) -> CropEvidence:
+    """The crops' evidence joined by a class-aware detector's (see the module docstring):
+    ``P(defect)`` the mean of the two, the type their normalised product; an image the
+    detector proposed nothing on keeps its crops' type."""
+    best, per_class = detector_evidence(proposals, crops.image_ids, crops.class_names)
+    product = crops.type_proba * per_class
+    total = product.sum(axis=1, keepdims=True)
+    types = np.where(total > 0, product / np.clip(total, 1e-300, None), crops.type_proba)
+    return CropEvidence(
+        list(crops.image_ids),
+        0.5 * (crops.p_defect + best),
+        types,
+        list(crops.class_names),
+        crops.n_crops,
+    )
+
+
 @dataclass(frozen=True)
 class DefectThreshold:
     """The ``P(defect)`` from which an image is answered defective, the share of the pool's
@@ -215,7 +264,9 @@ class GatedAnswers:
     params: dict[str, Any]
     details: dict[str, Any] = field(default_factory=dict)
     evidence: CropEvidence | None = None
-    """The crops' evidence the answers were pooled from (benchmarks pool it again)."""
+    """The evidence the answers were pooled from (benchmarks pool it again)."""
+    crops_alone: CropEvidence | None = None
+    """The crops' evidence before a class-aware detector's joined it (None: it did not)."""
 
 
 def gated_answers(
@@ -267,18 +318,22 @@ def gate_with_detector(
     pool: pd.DataFrame,
     class_names: Sequence[str],
     settings: DefectGateSettings,
+    class_detector: SeedDetector | None = None,
 ) -> GatedAnswers:
     """Fit ``verifier`` on the seeds with the trained ``detector``'s low-score proposals, judge
-    the pool's best crops and join them with the annotator's probabilities."""
+    the pool's best crops and join them with the annotator's probabilities; a trained
+    ``class_detector`` (class-aware) adds its evidence to the crops' first."""
     start = time.perf_counter()
     crop_settings: CropVerifierSettings = verifier.settings
     low = low_score_proposer(detector, crop_settings, progress=detector.progress)
     verifier.fit(seeds, seed_boxes, low.propose(seeds))
     fitted = time.perf_counter() - start
     defect_names = [c for c in class_names if c != NO_DEFECT]
-    evidence = crop_evidence(
+    evidence = crops = crop_evidence(
         verifier, pool, low.propose(pool), defect_names, settings.top_proposals
     )
+    if class_detector is not None:
+        evidence = with_detector_evidence(crops, class_detector.propose(pool))
     probabilities, answers = gated_answers(
         annotator_proba,
         evidence,
@@ -292,12 +347,13 @@ def gate_with_detector(
         "settings": {**settings.model_dump(), "pooling_rule": settings.pooling_rule},
         "crop_verifier": crop_settings.model_dump(),
         "detector": detector.describe(),
+        **({"class_aware_detector": class_detector.describe()} if class_detector else {}),
     }
     details = {
         **params,
         "samples": verifier.calibration.get("samples", {}),
         "crops_judged": evidence.n_crops,
-        "images_without_proposal": int((evidence.p_defect == 0).sum()),
+        "images_without_proposal": int((crops.p_defect == 0).sum()),
         "defect_threshold": round(boundary.threshold, 4),
         "expected_defect_recall": round(boundary.expected_recall, 4),
         "flagged_share": round(boundary.flagged, 4),
@@ -306,17 +362,21 @@ def gate_with_detector(
         "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("defect gate: %s", details)
-    return GatedAnswers(probabilities, answers, params, details, evidence)
+    return GatedAnswers(
+        probabilities, answers, params, details, evidence, crops if class_detector else None
+    )
 
 
 @dataclass
 class GatedOffline:
     """The gate's answers and the seed detector it trained (the box strategies reuse it), with
-    :func:`~cascade_defect.annotate.strategies.train_seed_detector`'s record of that training."""
+    :func:`~cascade_defect.annotate.strategies.train_seed_detector`'s record of that training
+    (and of the class-aware detector's, where the gate trained one)."""
 
     gate: GatedAnswers
     detector: SeedDetector
     detector_details: dict[str, Any]
+    class_detector_details: dict[str, Any] | None = None
 
 
 def gate_offline_answers(
@@ -337,6 +397,15 @@ def gate_offline_answers(
     detector, trained = train_seed_detector(
         recipe, seeds, seed_boxes, class_names, progress=progress
     )
+    class_detector, class_trained = None, None
+    if settings.class_aware_detector:
+        class_detector, class_trained = train_seed_detector(
+            class_aware_recipe(recipe),
+            seeds,
+            seed_boxes,
+            [c for c in class_names if c != NO_DEFECT],
+            progress=progress,
+        )
     gate = gate_with_detector(
         annotator_proba=annotator.predict_proba(pool),
         detector=detector,
@@ -346,5 +415,21 @@ def gate_offline_answers(
         pool=pool,
         class_names=class_names,
         settings=settings,
+        class_detector=class_detector,
     )
-    return GatedOffline(gate, detector, trained)
+    if class_trained is not None:
+        gate.details["class_aware_detector_training"] = class_trained
+    return GatedOffline(gate, detector, trained, class_trained)
+
+
+def class_aware_recipe(recipe: Any) -> Any:
+    """``recipe`` for the gate's class-aware detector: the same seeds, tiles and schedule, one
+    class per defect type, proposing at the crop verifier's low score and box count, in its own
+    folder."""
+    settings = replace(
+        recipe.seed_detector,
+        class_aware=True,
+        conf=recipe.crop_verifier.conf,
+        max_det=recipe.crop_verifier.max_det,
+    )
+    return replace(recipe, seed_detector=settings, work_dir=recipe.work_dir / "class_aware")
