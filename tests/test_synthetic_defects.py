@@ -196,12 +196,16 @@ def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
     train = SeedDetector.train
 
     def counted(self: SeedDetector, *args: object, **kwargs: object) -> object:
-        trainings.append(self.work_dir)
+        trainings.append((self.work_dir, self.settings.class_aware, args[0]["image_id"].tolist()))
         return train(self, *args, **kwargs)
 
     monkeypatch.setattr(SeedDetector, "train", counted)
     run_annotation(config, annotator="offline", box_strategies=("seed_detector",), progress=False)
-    assert len(trainings) == 1
+    # One seed detector for the gate and the box strategies, and the gate's class-aware one,
+    # trained on the same seeds and synthetic tiles.
+    assert [aware for _, aware, _ in trainings] == [False, True]
+    assert trainings[0][2] == trainings[1][2]
+    assert trainings[1][0] == config.paths.annotation_dir / "class_aware" / "seed_detector"
 
     detector_dir = config.paths.annotation_dir / "seed_detector"
     tiles = sorted((detector_dir / "synthetic").glob("synthetic_*.png"))
@@ -217,6 +221,8 @@ def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
 
     gate = summary["defect_gate"]
     assert sum(gate["answers"].values()) == summary["n_pool"]
+    assert gate["class_aware_detector"]["class_aware"] is True
+    assert gate["class_aware_detector_training"]["n_images"] == len(seeds) + 6
     gate_settings = config.profile.annotation.defect_gate
     assert gate["settings"] == {**gate_settings.model_dump(), "pooling_rule": "logarithmic"}
     assert gate["crops_judged"] <= summary["n_pool"] * gate["settings"]["top_proposals"]
