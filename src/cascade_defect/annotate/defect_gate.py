@@ -23,7 +23,8 @@ every pool image:
    annotator's temperature flattens its answer and its ``1 - P(no_defect)`` sits near 0.8 on
    every tile, which the mean turns into ~0.6 confidence on clean tiles that are right ~85% of
    the time (Magnetic-tile record: ECE 0.20 linear, 0.06 logarithmic, the same answers). With
-   a recall target it takes the linear pool, whose expected recall is the one reached;
+   a recall target and the crops' evidence alone it takes the linear pool, whose expected recall
+   is then the one reached (with the class-aware detector below, the logarithmic one's is);
 3. the image is defective when ``P(defect) >= 0.5``, and then shows its most probable type
    (``defect_type``: from the crops, the annotator, or their product). The record keeps the
    probabilities ``P(defect) * P(type)`` and ``1 - P(defect)``, and its confidence is the
