@@ -153,6 +153,7 @@ def test_help_explains_every_option() -> None:
         "--max-attempts",
         "--no-progress",
         "--no-defect-gate",
+        "--no-class-aware-detector",
         "--defect-recall",
     ):
         assert option in result.stdout
@@ -173,7 +174,43 @@ def test_an_invalid_option_is_named(tmp_path: Path, unlabelled: Path) -> None:
         assert wrong_recall.returncode == 2 and "--defect-recall" in wrong_recall.stderr
     no_gate = annotate(*common, "--defect-recall", "0.85", "--no-defect-gate")
     assert no_gate.returncode == 2 and "--no-defect-gate" in no_gate.stderr
+    crops_without_gate = annotate(*common, "--no-class-aware-detector", "--no-defect-gate")
+    assert crops_without_gate.returncode == 2
+    assert "--no-class-aware-detector needs the defect gate" in crops_without_gate.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ((), {"mode": "auto", "class_aware_detector": True, "target_recall": None}),
+        (
+            ("--no-class-aware-detector", "--defect-recall", "0.9"),
+            {"mode": "auto", "class_aware_detector": False, "target_recall": 0.9},
+        ),
+        (("--no-defect-gate",), {"mode": "off", "class_aware_detector": True}),
+    ],
+)
+def test_the_gate_flags_reach_the_folder_annotator(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flags: tuple[str, ...], expected: dict
+) -> None:
+    """What the command hands ``annotate_folder``: the defect gate's settings from its flags."""
+    from cascade_defect import cli
+    from cascade_defect.annotate import folder
+
+    handed = {}
+
+    def capture(*args: object, defect_gate: object, **kwargs: object) -> object:
+        handed["gate"] = defect_gate
+        raise folder.InputError("stopped after the settings were handed over")
+
+    monkeypatch.setattr(folder, "annotate_folder", capture)
+    status = cli.main(
+        ["annotate", "--images", str(tmp_path), "--seeds", str(tmp_path), "--out", "o", *flags]
+    )
+    assert status == 2
+    gate = handed["gate"].model_dump()
+    assert {key: gate[key] for key in expected} == expected
 
 
 def test_every_annotate_flag_defaults_to_the_options_model() -> None:

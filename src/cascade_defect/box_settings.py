@@ -283,8 +283,9 @@ class DefectGateSettings(BaseModel):
         description=(
             "how P(defect) pools the crops' and the annotator's: their mean, or the mean of their "
             "log-odds; both answer the same images defective from 0.5. auto: logarithmic, whose "
-            "confidences are calibrated where the annotator's are flat, or linear with a "
-            "target_recall, whose expected recall is the one measured (scripts/bench_defect_gate.py)"
+            "confidences are calibrated where the annotator's are flat, except linear with a "
+            "target_recall and the crops alone (no class_aware_detector): the rule whose expected "
+            "recall is the one measured in each case (scripts/bench_defect_gate.py)"
         ),
     )
     class_aware_detector: bool = Field(

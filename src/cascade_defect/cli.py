@@ -220,14 +220,20 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     from cascade_defect.box_settings import DefectGateSettings
 
     weights = args.weights or EnvironmentSettings().yolo_weights
-    if not args.defect_gate and args.defect_recall is not None:
-        print(
-            "error: --defect-recall needs the defect gate; drop --no-defect-gate", file=sys.stderr
-        )
-        return 2
+    for needs_gate, given in (
+        ("--defect-recall", args.defect_recall is not None),
+        ("--no-class-aware-detector", not args.class_aware_detector),
+    ):
+        if given and not args.defect_gate:
+            print(
+                f"error: {needs_gate} needs the defect gate; drop --no-defect-gate", file=sys.stderr
+            )
+            return 2
     try:
         gate = DefectGateSettings(
-            mode="auto" if args.defect_gate else "off", target_recall=args.defect_recall
+            mode="auto" if args.defect_gate else "off",
+            target_recall=args.defect_recall,
+            class_aware_detector=args.class_aware_detector,
         )
     except ValidationError as error:
         reason = error.errors()[0]["msg"]
@@ -413,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "let the offline annotator decide defect or not alone (by default, where the seeds "
             "include defect-free images, the seed detector's crops join its answer)"
+        ),
+    )
+    annotate.add_argument(
+        "--no-class-aware-detector",
+        dest="class_aware_detector",
+        action="store_false",
+        help=(
+            "with the defect gate, judge the seed detector's crops alone (by default a second, "
+            "class-aware seed detector trains on the same seeds and joins them)"
         ),
     )
     annotate.add_argument(
