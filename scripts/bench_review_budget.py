@@ -323,7 +323,8 @@ class Bench:
             self.samples[fingerprint] = np.load(store)
 
     def run(self, dataset: SourceDataset, stats: dict[str, int]) -> dict[str, Any]:
-        """Train and score one source unless its row, a twin's row or its weights exist."""
+        """Train and score one source unless its row or a twin's (with their bootstrap samples)
+        or its weights exist."""
         name = dataset.source
         folder = self.scratch / "datasets" / name
         data_yaml = write_source_dataset(dataset, folder, self.layout.class_names())
@@ -341,6 +342,15 @@ class Bench:
         twin = next((r for r in self.rows.values() if r.get("fingerprint") == fingerprint), None)
         if twin is not None:
             self.load_samples(fingerprint)
+            if fingerprint not in self.samples:
+                # A row made with another scratch folder: without its bootstrap samples the
+                # paired interval of every ratio (human's are the anchor) cannot be drawn.
+                print(
+                    f"{name}: its row's bootstrap samples are not in {self.scratch}; "
+                    "scored again for the paired intervals"
+                )
+                twin = None
+        if twin is not None:
             same = "" if twin["source"] == name else twin["source"]
             print(
                 f"{name}: {'its row' if not same else same + ' has'} the same labels and "

@@ -6,6 +6,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -642,6 +643,15 @@ def test_the_sweep_trains_each_distinct_dataset_once_scores_and_resumes(
     trained.clear()
     bench.main(arguments)
     assert trained == []
+    pd.testing.assert_frame_equal(
+        pd.read_csv(csv, dtype={"same_as": str}, keep_default_na=False), table
+    )
+    # The table kept, its bootstrap samples gone (made with another scratch folder): every row
+    # is scored again from its weights, so the paired ratio intervals stay.
+    shutil.rmtree(tmp_path / "sweep_runs" / "bootstrap")
+    bench.main(arguments)
+    assert trained == []
+    assert "scored again for the paired intervals" in capsys.readouterr().out
     pd.testing.assert_frame_equal(
         pd.read_csv(csv, dtype={"same_as": str}, keep_default_na=False), table
     )
