@@ -210,3 +210,49 @@ def review_cost_table(costs: pd.DataFrame) -> pd.DataFrame:
             ],
         }
     ).set_index("option")
+
+
+def review_cost_reading(costs: pd.DataFrame) -> Markdown:
+    """Chapter 07's reading of the review prices, from this run's table: what the largest
+    partial budget costs and buys, and the cheapest option that reached each target."""
+    if costs.empty:
+        return Markdown("**Reading the prices.** No review-budget table to read.")
+    ends = costs[costs["order"] == "-"].set_index("option")
+    pseudo = ends.loc["pseudo only"] if "pseudo only" in ends.index else None
+    drawn = next((o for o in ends.index if o.startswith("all human")), None)
+    partial = costs[(costs["order"] != "-") & costs["ratio"].notna()]
+    parts = ["**Reading the prices.**"]
+    if pseudo is not None and not partial.empty:
+        k = int(partial["k"].max())
+        at_k = partial[partial["k"] == k]
+        low, high = at_k["ratio"].min(), at_k["ratio"].max()
+        bought = f"{low:.0%}" if round(low, 2) == round(high, 2) else f"{low:.0%}-{high:.0%}"
+        parts.append(
+            f"The largest partial review measured, {k} images, adds about "
+            f"${at_k['labour_usd'].iloc[0]:,.0f} of a person's time to the annotator's "
+            f"${pseudo['annotator_usd']:,.0f} and takes the detector from {pseudo['ratio']:.0%} to "
+            f"{bought} of the human one ({len(at_k)} review order{'s' if len(at_k) > 1 else ''})."
+        )
+    for target in TARGETS:
+        reached = costs[costs["ratio"] >= target - 1e-9]
+        if reached.empty:
+            parts.append(f"No option measured reaches {target:.0%} of the human model's score.")
+            continue
+        cheapest = reached.loc[reached["total_usd"].idxmin()]
+        parts.append(
+            f"The cheapest option measured to reach {target:.0%} of it is *{cheapest['option']}*: "
+            f"about ${cheapest['total_usd']:,.0f}"
+            + (
+                f", against about ${ends.at[drawn, 'total_usd']:,.0f} for drawing every box."
+                if drawn is not None and cheapest["option"] != drawn
+                else "."
+            )
+        )
+    parts.append(
+        "One training moves these shares by several points (chapter 6's intervals), so a single "
+        "budget that passes a target is a hint rather than a guarantee. The prices rest on the "
+        "correction time, a figure derived from a study of natural-image boxes (see Sources), and "
+        "on a reviewer who corrects every box to the drawn boxes' quality; both are assumptions, "
+        "not measurements of this study."
+    )
+    return Markdown(" ".join(parts))
