@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 
 from cascade_defect.costs.review import ReviewPricing, review_budget_costs
+from cascade_defect.hashing import sha256_file
 from cascade_defect.plots.review_budget import (
     read_review_budget,
     review_budget_curve,
+    review_budget_reading,
     review_budget_summary,
     review_cost_figure,
     review_cost_reading,
@@ -138,3 +140,45 @@ def test_without_a_table_each_figure_still_draws_one_image(tmp_path: Path) -> No
     budget = read_review_budget(None, config)
     for figure in (review_budget_curve(budget), review_cost_figure(pd.DataFrame())):
         assert figure.axes and "bench_review_budget.py" in figure.axes[0].texts[0].get_text()
+
+
+def test_the_curve_is_read_from_the_table_and_its_labels(tmp_path: Path) -> None:
+    """Chapter 06's reading comes from the table: shares at the largest partial budget, the
+    straight line, the orders that clear random, and whether the labels are this run's."""
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    path = budget_csv(tmp_path)
+    table = pd.read_csv(path)
+    extra = table[table["source"] == "review_random_10"].assign(
+        source="review_confidence_10", order="confidence", ratio=0.55
+    )
+    table = pd.concat([table, extra]).assign(errors_fixed=0, n_boxes=300)
+    table.loc[table["source"] == "human", ["errors_fixed", "n_boxes"]] = [12, 150]
+    table.loc[table["source"] == "review_confidence_10", "errors_fixed"] = 7
+    table.to_csv(path, index=False)
+    labels = config.paths.annotation_dir / "pseudo_labels.csv"
+    labels.parent.mkdir(parents=True)
+    labels.write_text("image_id,defect_class\n1,scratch\n")
+    manifest = {"inputs": {"pseudo_labels": {"path": "x", "sha256": sha256_file(labels)}}}
+    path.with_name("review_budget.manifest.json").write_text(json.dumps(manifest))
+
+    text = review_budget_reading(read_review_budget(str(path), config), config).data
+    assert (
+        "With no review the pseudo-labels keep 50% of the human model's mAP50 on this schedule. "
+        "At 40 reviewed images (40% of the pool): box strategies disagree first 98% [93%, 103%]; "
+        "random 90% [85%, 95%]; the straight line from pseudo-labels only to every image "
+        "reviewed gives 70% there." in text
+    )
+    # Disagreement at 10 (low 87%) clears random's high 65%; at 40 (93% against 95%) it does not.
+    assert (
+        "wholly above random's at the same budget for box strategies disagree first at 10." in text
+    )
+    assert "fixes 7 of the pool's 12 wrong image classes within 10 images" in text
+    assert "of the 100 pool images 90% about 80 and 97% about 94 would need a review" in text
+    assert "trains on 300 boxes where the truth has 150" in text
+    assert "other pseudo-labels" not in text
+
+    labels.write_text("image_id,defect_class\n1,dent\n")  # the run annotated again since
+    text = review_budget_reading(read_review_budget(str(path), config), config).data
+    assert "made on other pseudo-labels than this run's" in text
+    empty = review_budget_reading(read_review_budget(None, config), config).data
+    assert "No review-budget table" in empty

@@ -9,7 +9,9 @@ review`) against the ratio it bought.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,6 +20,7 @@ from IPython.display import Markdown
 from matplotlib.figure import Figure
 
 from cascade_defect.annotate.review_budget import REVIEW_ORDERS, smallest_budget
+from cascade_defect.hashing import sha256_file
 from cascade_defect.locations import PathAnchors
 from cascade_defect.plots.book import BenchmarkTable, benchmark_files, message_figure
 
@@ -147,6 +150,92 @@ def review_budget_summary(budget: ReviewBudget) -> Markdown:
         "A reviewed image gets its true class and boxes (simulated from the pool's ground truth); "
         "every other image keeps its pseudo-label."
     )
+    return Markdown(" ".join(parts))
+
+
+def labelled_by_this_run(budget: ReviewBudget, where: PathAnchors) -> bool | None:
+    """Whether the table was made on this run's pseudo-labels (its manifest's hash of chapter
+    03's ``pseudo_labels.csv`` against the file's now); None when it cannot be told."""
+    annotation_dir = getattr(getattr(where, "paths", None), "annotation_dir", None)
+    entry = (budget.manifest.get("inputs") or {}).get("pseudo_labels")
+    if annotation_dir is None or not isinstance(entry, Mapping) or "sha256" not in entry:
+        return None
+    current = Path(annotation_dir) / "pseudo_labels.csv"
+    return entry["sha256"] == sha256_file(current) if current.is_file() else None
+
+
+def review_budget_reading(budget: ReviewBudget, where: PathAnchors) -> Markdown:
+    """Chapter 06's reading of the review-budget curve, from this run's table: the orders at the
+    largest partial budget against the straight line from pseudo-labels only to every image
+    reviewed, which order's interval clears random's, and what the line needs per target."""
+    rows = budget.budgets
+    if rows.empty or budget.table is None:
+        return Markdown("**Reading the curve.** No review-budget table to read.")
+    sources = budget.table.set_index("source")
+    n_pool = int(budget.table["n_pool"].max())
+    pseudo = float(sources.at["pseudo", "ratio"]) if "pseudo" in sources.index else np.nan
+    partial = rows[(rows["k"] > 0) & (rows["k"] < n_pool)]
+    if partial.empty or not np.isfinite(pseudo):
+        return Markdown("**Reading the curve.** The table holds no partial review to read.")
+    k = int(partial["k"].max())
+    at_k = partial[partial["k"] == k]
+    line = pseudo + (1.0 - pseudo) * k / n_pool
+    shares = "; ".join(
+        f"{ORDER_LABELS.get(r.order, r.order)} {r.ratio:.0%} [{r.ratio_low:.0%}, {r.ratio_high:.0%}]"
+        for r in at_k.itertuples(index=False)
+    )
+    parts = [
+        f"**Reading the curve.** With no review the pseudo-labels keep {pseudo:.0%} of the human "
+        f"model's mAP50 on this schedule. At {k} reviewed images ({k / n_pool:.0%} of the pool): "
+        f"{shares}; the straight line from pseudo-labels only to every image reviewed gives "
+        f"{line:.0%} there."
+    ]
+    random = partial[partial["order"] == "random"].set_index("k")
+    clears = [
+        f"{ORDER_LABELS.get(r.order, r.order)} at {int(r.k)}"
+        for r in partial[partial["order"] != "random"].itertuples(index=False)
+        if int(r.k) in random.index and r.ratio_low > random.at[int(r.k), "ratio_high"]
+    ]
+    parts.append(
+        "An order's interval lies wholly above random's at the same budget for "
+        + ", ".join(clears)
+        + "."
+        if clears
+        else "No order's interval lies wholly above random's at any budget measured."
+    )
+    least = partial[partial["order"] == "confidence"].sort_values("k")
+    known = "errors_fixed" in sources and "human" in sources.index
+    total = int(sources.at["human", "errors_fixed"]) if known else 0
+    if len(least) and total:
+        first = least.iloc[0]
+        parts.append(
+            f"Least confident first fixes {int(first['errors_fixed'])} of the pool's {total} "
+            f"wrong image classes within {int(first['k'])} images."
+        )
+    if pseudo < 1.0:
+        needed = [
+            f"{target:.0%} about {n_pool * (target - pseudo) / (1.0 - pseudo):,.0f}"
+            for target in TARGETS
+            if target > pseudo
+        ]
+        if needed:
+            parts.append(
+                f"On the straight line, of the {n_pool:,} pool images "
+                + " and ".join(needed)
+                + " would need a review."
+            )
+    if {"human", "pseudo"} <= set(sources.index) and "n_boxes" in sources:
+        parts.append(
+            f"The pseudo source trains on {int(sources.at['pseudo', 'n_boxes']):,} boxes where the "
+            f"truth has {int(sources.at['human', 'n_boxes']):,}."
+        )
+    same = labelled_by_this_run(budget, where)
+    if same is False:
+        parts.append(
+            "The table was made on other pseudo-labels than this run's (its manifest's hash of "
+            "`pseudo_labels.csv` differs), so read the curve for its slope, not its start."
+        )
+    parts.append("Chapter 7 prices each point.")
     return Markdown(" ".join(parts))
 
 
