@@ -154,6 +154,8 @@ def test_the_curve_is_read_from_the_table_and_its_labels(tmp_path: Path) -> None
     table = pd.concat([table, extra]).assign(errors_fixed=0, n_boxes=300)
     table.loc[table["source"] == "human", ["errors_fixed", "n_boxes"]] = [12, 150]
     table.loc[table["source"] == "review_confidence_10", "errors_fixed"] = 7
+    # Two rows with the same training data (a fingerprint) were trained once.
+    table["fingerprint"] = table["source"].replace({"review_confidence_10": "review_random_10"})
     table.to_csv(path, index=False)
     labels = config.paths.annotation_dir / "pseudo_labels.csv"
     labels.parent.mkdir(parents=True)
@@ -176,6 +178,8 @@ def test_the_curve_is_read_from_the_table_and_its_labels(tmp_path: Path) -> None
     assert "of the 100 pool images 90% about 80 and 97% about 94 would need a review" in text
     assert "trains on 300 boxes where the truth has 150" in text
     assert "other pseudo-labels" not in text
+    summary = review_budget_summary(read_review_budget(str(path), config)).data
+    assert "trained 6 models for its 7 rows" in summary
 
     labels.write_text("image_id,defect_class\n1,dent\n")  # the run annotated again since
     text = review_budget_reading(read_review_budget(str(path), config), config).data

@@ -133,10 +133,12 @@ def review_budget_summary(budget: ReviewBudget) -> Markdown:
     epochs = int(table["epochs"].dropna().iloc[0]) if table["epochs"].notna().any() else None
     imgsz = int(table["imgsz"].dropna().iloc[0]) if table["imgsz"].notna().any() else None
     commit = str(budget.manifest.get("git", {}).get("commit") or "")[:10]
+    # Sources with identical training data (k = 0 is pseudo, the whole pool human) train once.
+    trained = table["fingerprint"].nunique() if "fingerprint" in table else len(table)
     parts = [
         f"The benchmark (`{budget.path}`"
         + (f", code at commit `{commit}`" if commit else "")
-        + f") trained {len(table)} models"
+        + f") trained {trained} models for its {len(table)} rows"
         + (f", each for {epochs} epochs at image size {imgsz}" if epochs else "")
         + ", the `human` and `pseudo` anchors on the same schedule."
     ]
