@@ -455,3 +455,46 @@ def test_a_sweep_made_on_another_test_set_is_not_drawn_against_this_run(tmp_path
     figure = box_noise_map(benchmark.table, benchmark.pseudo)
     assert len(figure.axes) == 1  # the message figure
     plt.close(figure)
+
+
+def test_a_sweep_made_on_other_pseudo_labels_is_drawn_with_a_note(tmp_path: Path) -> None:
+    """The same golden test set, other pseudo-labels (the run annotated again since): the rows
+    stay, and the summary says which inputs differ and what that changes."""
+    from cascade_defect.data.split import SplitLayout
+    from cascade_defect.hashing import sha256_file
+
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    listing = SplitLayout(config.paths.split_dir).test_listing
+    listing.parent.mkdir(parents=True)
+    listing.write_text("image_id,class_name\nx,crazing\n")
+    labels = config.paths.annotation_dir / "pseudo_labels.csv"
+    boxes = labels.with_name("pseudo_boxes.csv")
+    labels.parent.mkdir(parents=True)
+    labels.write_text("image_id,defect_class\nx,crazing\n")
+    boxes.write_text("image_id,strategy\nx,seed_detector\n")
+    run = "$CASCADE_WORK_DIR/runs/smoke"
+    inputs = {
+        "test": {"path": f"{run}/02_split/test.csv", "sha256": sha256_file(listing)},
+        "pseudo_labels": {"path": f"{run}/03_annotation/pseudo_labels.csv", "sha256": "3" * 64},
+        "pseudo_boxes": {
+            "path": f"{run}/03_annotation/pseudo_boxes.csv",
+            "sha256": sha256_file(boxes),
+        },
+    }
+    table = tmp_path / "box_noise.csv"
+    sweep_table().to_csv(table, index=False)
+    manifest_path(table).write_text(json.dumps({"inputs": inputs}))
+    benchmark = read_box_noise_benchmark(str(table), config)
+    assert benchmark.table is not None and benchmark.other_test_set is None
+    assert benchmark.other_pseudo_labels == (
+        "it was made on other pseudo-labels than this run's "
+        "(its `03_annotation/pseudo_labels.csv` differs from this run's)"
+    )
+    assert (
+        "false boxes and fragments come from that annotation's" in box_noise_summary(benchmark).data
+    )
+    inputs["pseudo_labels"]["sha256"] = sha256_file(labels)  # the labels the run has now
+    manifest_path(table).write_text(json.dumps({"inputs": inputs}))
+    again = read_box_noise_benchmark(str(table), config)
+    assert again.other_pseudo_labels is None
+    assert "other pseudo-labels" not in box_noise_summary(again).data

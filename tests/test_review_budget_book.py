@@ -160,10 +160,11 @@ def test_the_curve_is_read_from_the_table_and_its_labels(tmp_path: Path) -> None
     labels = config.paths.annotation_dir / "pseudo_labels.csv"
     labels.parent.mkdir(parents=True)
     labels.write_text("image_id,defect_class\n1,scratch\n")
-    manifest = {"inputs": {"pseudo_labels": {"path": "x", "sha256": sha256_file(labels)}}}
+    named = "$CASCADE_WORK_DIR/runs/smoke/03_annotation/pseudo_labels.csv"
+    manifest = {"inputs": {"pseudo_labels": {"path": named, "sha256": sha256_file(labels)}}}
     path.with_name("review_budget.manifest.json").write_text(json.dumps(manifest))
 
-    text = review_budget_reading(read_review_budget(str(path), config), config).data
+    text = review_budget_reading(read_review_budget(str(path), config)).data
     assert (
         "With no review the pseudo-labels keep 50% of the human model's mAP50 on this schedule. "
         "At 40 reviewed images (40% of the pool): box strategies disagree first 98% [93%, 103%]; "
@@ -182,7 +183,7 @@ def test_the_curve_is_read_from_the_table_and_its_labels(tmp_path: Path) -> None
     assert "trained 6 models for its 7 rows" in summary
 
     labels.write_text("image_id,defect_class\n1,dent\n")  # the run annotated again since
-    text = review_budget_reading(read_review_budget(str(path), config), config).data
+    text = review_budget_reading(read_review_budget(str(path), config)).data
     assert "made on other pseudo-labels than this run's" in text
-    empty = review_budget_reading(read_review_budget(None, config), config).data
+    empty = review_budget_reading(read_review_budget(None, config)).data
     assert "No review-budget table" in empty

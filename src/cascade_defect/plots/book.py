@@ -151,6 +151,10 @@ class BenchmarkTable:
     table: pd.DataFrame | None
     manifest: dict[str, Any] = field(default_factory=dict)
     other_test_set: str | None = None
+    other_pseudo_labels: str | None = None
+    """Why the table's pseudo-labels are not this run's (its manifest's hash of chapter 03's
+    ``pseudo_labels.csv`` or ``pseudo_boxes.csv`` differs from the file's now), or None: the
+    rows are still shown, but a share measured on other labels is not this run's."""
 
     def absent_words(self, what: str, script: str) -> str:
         """Why there is no table to show, in one sentence that names the file and the script."""
@@ -163,6 +167,24 @@ class BenchmarkTable:
         return f"No {what} benchmark in this run{where}: `{script}` makes it."
 
 
+def _changed_input(manifest: Mapping[str, Any], current: Path) -> str | None:
+    """The manifest's input naming ``current`` (by file and folder name, as records of other
+    work folders write other roots), as ``folder/file``, when its hash differs from the file's
+    now; None when it matches or cannot be told (no such input, no file here)."""
+    if not current.is_file():
+        return None
+    for entry in (manifest.get("inputs") or {}).values():
+        if not isinstance(entry, Mapping) or "sha256" not in entry:
+            continue
+        named = Path(str(entry.get("path", "")))
+        if (named.name, named.parent.name) != (current.name, current.parent.name):
+            continue
+        return (
+            f"{named.parent.name}/{named.name}" if entry["sha256"] != sha256_file(current) else None
+        )
+    return None
+
+
 def other_test_set(manifest: Mapping[str, Any], where: PathAnchors) -> str | None:
     """Why a benchmark's manifest belongs to another golden test set, or None when it is this
     run's (or cannot be told: no manifest, no test listing among its inputs, no split here).
@@ -173,22 +195,30 @@ def other_test_set(manifest: Mapping[str, Any], where: PathAnchors) -> str | Non
     split_dir = getattr(getattr(where, "paths", None), "split_dir", None)
     if split_dir is None:
         return None
-    listing = SplitLayout(Path(split_dir)).test_listing
-    if not listing.is_file():
+    changed = _changed_input(manifest, SplitLayout(Path(split_dir)).test_listing)
+    if changed is None:
         return None
-    for entry in (manifest.get("inputs") or {}).values():
-        if not isinstance(entry, Mapping) or "sha256" not in entry:
-            continue
-        named = Path(str(entry.get("path", "")))
-        if (named.name, named.parent.name) != (listing.name, listing.parent.name):
-            continue
-        if entry["sha256"] != sha256_file(listing):
-            return (
-                f"it was made on another golden test set (its `{named.parent.name}/"
-                f"{named.name}` differs from this run's)"
-            )
+    return f"it was made on another golden test set (its `{changed}` differs from this run's)"
+
+
+def other_pseudo_labels(manifest: Mapping[str, Any], where: PathAnchors) -> str | None:
+    """Why a benchmark's manifest names other pseudo-labels than this run's chapter 03 wrote
+    (a table made before the run annotated again), or None when they match or cannot be told."""
+    annotation_dir = getattr(getattr(where, "paths", None), "annotation_dir", None)
+    if annotation_dir is None:
         return None
-    return None
+    changed = [
+        found
+        for name in ("pseudo_labels.csv", "pseudo_boxes.csv")
+        if (found := _changed_input(manifest, Path(annotation_dir) / name)) is not None
+    ]
+    if not changed:
+        return None
+    files = " and ".join(f"`{c}`" for c in changed)
+    verb = "differs" if len(changed) == 1 else "differ"
+    return (
+        f"it was made on other pseudo-labels than this run's (its {files} {verb} from this run's)"
+    )
 
 
 def benchmark_files(
@@ -208,7 +238,12 @@ def benchmark_files(
     foreign = other_test_set(manifest, where)
     if foreign:
         return BenchmarkTable(shown, None, manifest, other_test_set=foreign)
-    return BenchmarkTable(shown, read_table(found, **read_options), manifest)
+    return BenchmarkTable(
+        shown,
+        read_table(found, **read_options),
+        manifest,
+        other_pseudo_labels=other_pseudo_labels(manifest, where),
+    )
 
 
 def message_figure(message: str) -> Figure:

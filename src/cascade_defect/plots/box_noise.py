@@ -116,7 +116,12 @@ def read_box_noise_benchmark(
     )
     found = benchmark_files(table, where)
     return BoxNoiseBenchmark(
-        found.path, found.table, found.manifest, found.other_test_set, pseudo=pseudo
+        found.path,
+        found.table,
+        found.manifest,
+        found.other_test_set,
+        found.other_pseudo_labels,
+        pseudo=pseudo,
     )
 
 
@@ -426,6 +431,12 @@ def box_noise_summary(benchmark: BoxNoiseBenchmark, targets: Sequence[float] = T
         lines.append(f"Rows of earlier runs on another schedule are left out ({left_out}).")
     if benchmark.manifest.get("complete") is False:
         lines.append("The manifest says the sweep was not complete when the table was written.")
+    if benchmark.other_pseudo_labels:
+        lines.append(
+            f"Note: {benchmark.other_pseudo_labels}: its false boxes and fragments come from that "
+            "annotation's seed-detector proposals rather than this run's (the other kinds spoil "
+            "the human boxes alone)."
+        )
     schedule_epochs = anchor.get("epochs")
     if benchmark.pseudo and benchmark.pseudo.epochs and schedule_epochs != benchmark.pseudo.epochs:
         lines.append(

@@ -9,9 +9,7 @@ review`) against the ratio it bought.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,7 +18,6 @@ from IPython.display import Markdown
 from matplotlib.figure import Figure
 
 from cascade_defect.annotate.review_budget import REVIEW_ORDERS, smallest_budget
-from cascade_defect.hashing import sha256_file
 from cascade_defect.locations import PathAnchors
 from cascade_defect.plots.book import BenchmarkTable, benchmark_files, message_figure
 
@@ -67,7 +64,9 @@ def read_review_budget(table: str | None, where: PathAnchors) -> ReviewBudget:
     found = benchmark_files(table, where, dtype={"order": str, "same_as": str})
     if found.table is not None:
         found.table["order"] = found.table["order"].fillna("")
-    return ReviewBudget(found.path, found.table, found.manifest, found.other_test_set)
+    return ReviewBudget(
+        found.path, found.table, found.manifest, found.other_test_set, found.other_pseudo_labels
+    )
 
 
 def review_budget_curve(budget: ReviewBudget) -> Figure:
@@ -155,18 +154,7 @@ def review_budget_summary(budget: ReviewBudget) -> Markdown:
     return Markdown(" ".join(parts))
 
 
-def labelled_by_this_run(budget: ReviewBudget, where: PathAnchors) -> bool | None:
-    """Whether the table was made on this run's pseudo-labels (its manifest's hash of chapter
-    03's ``pseudo_labels.csv`` against the file's now); None when it cannot be told."""
-    annotation_dir = getattr(getattr(where, "paths", None), "annotation_dir", None)
-    entry = (budget.manifest.get("inputs") or {}).get("pseudo_labels")
-    if annotation_dir is None or not isinstance(entry, Mapping) or "sha256" not in entry:
-        return None
-    current = Path(annotation_dir) / "pseudo_labels.csv"
-    return entry["sha256"] == sha256_file(current) if current.is_file() else None
-
-
-def review_budget_reading(budget: ReviewBudget, where: PathAnchors) -> Markdown:
+def review_budget_reading(budget: ReviewBudget) -> Markdown:
     """Chapter 06's reading of the review-budget curve, from this run's table: the orders at the
     largest partial budget against the straight line from pseudo-labels only to every image
     reviewed, which order's interval clears random's, and what the line needs per target."""
@@ -231,11 +219,9 @@ def review_budget_reading(budget: ReviewBudget, where: PathAnchors) -> Markdown:
             f"The pseudo source trains on {int(sources.at['pseudo', 'n_boxes']):,} boxes where the "
             f"truth has {int(sources.at['human', 'n_boxes']):,}."
         )
-    same = labelled_by_this_run(budget, where)
-    if same is False:
+    if budget.other_pseudo_labels:
         parts.append(
-            "The table was made on other pseudo-labels than this run's (its manifest's hash of "
-            "`pseudo_labels.csv` differs), so read the curve for its slope, not its start."
+            f"Note: {budget.other_pseudo_labels}, so read the curve for its slope, not its start."
         )
     parts.append("Chapter 7 prices each point.")
     return Markdown(" ".join(parts))
