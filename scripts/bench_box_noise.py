@@ -17,6 +17,12 @@ fragments from those that overlap one only partly (IoU 0.05 to 0.5), placed on e
 they sat on theirs (the mistakes a detector really makes); without chapter 03, random ones are
 used.
 
+With ``--pseudo`` it also trains chapter 05's ``pseudo`` source (chapter 03's labels and boxes,
+assembled exactly as chapter 05 assembles them) on the sweep's schedule, row kind ``pseudo``: the
+pseudo-label detector's share of the anchor on the same schedule as every spoiled variant, its
+box quality measured on what it trained on, as the spoiled rows' are. Chapter 06 places the
+pseudo source on the map at that share.
+
 The sweep resumes: a variant whose row in ``--csv`` has the same fingerprint (labels, weights,
 schedule) is skipped, and one whose weights from an identical run are in the scratch folder
 (``--scratch``, by default ``<csv stem>_runs/`` next to the CSV) is only scored. The book's own
@@ -57,12 +63,17 @@ from _bench_cli import (
 )
 
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseudo_labels
+from cascade_defect.chapters.c05_training import assemble_source
 from cascade_defect.chapters.c06_comparison import golden_test_dataset, golden_test_truth
 from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_pool_listing
 from cascade_defect.hashing import tree_sha256
 from cascade_defect.locations import portable_path, portable_text, portable_values
 from cascade_defect.manifest import require_inputs
-from cascade_defect.metrics.box_quality import normalise_gt_boxes, pixel_box_quality
+from cascade_defect.metrics.box_quality import (
+    label_box_quality,
+    normalise_gt_boxes,
+    pixel_box_quality,
+)
 from cascade_defect.metrics.detection import detection_metrics, match_detections
 from cascade_defect.plots.book import manifest_path
 from cascade_defect.plots.box_noise import TARGETS, quality_needed
@@ -80,6 +91,7 @@ from cascade_defect.train.box_noise import (
 from cascade_defect.train.predict import validate_on_test
 from cascade_defect.train.sources import (
     HUMAN,
+    PSEUDO,
     SourceDataset,
     build_source,
     holdout_ids,
@@ -118,6 +130,12 @@ CSV_COLUMNS = [
     "fingerprint",
 ]
 
+#: What an unspoiled row trained on, as the progress line says it.
+_UNSPOILED = {
+    HUMAN: "clean human boxes",
+    PSEUDO: "chapter 03's pseudo-labels, assembled as chapter 05 does",
+}
+
 _AXIS_NAMES = {"box_recall": "box recall", "box_precision": "precision", "mean_iou": "mean IoU"}
 
 
@@ -147,6 +165,11 @@ def parse_arguments() -> argparse.Namespace:
         default="seed_detector",
         help="where false boxes and fragments come from (default: chapter 03's seed-detector "
         "proposals)",
+    )
+    parser.add_argument(
+        "--pseudo",
+        action="store_true",
+        help="also train chapter 05's pseudo source on the sweep's schedule (needs chapter 03)",
     )
     parser.add_argument("--device", default=None, help="default: the profile's")
     parser.add_argument("--csv", type=Path, required=True, help="the table, read back to resume")
@@ -322,9 +345,11 @@ class Sweep:
         dataset: SourceDataset,
         quality: dict[str, float],
         noise: BoxNoise | BoxNoiseMix | None,
+        kind: str = HUMAN,
     ) -> dict[str, Any] | None:
         """Train and score one variant unless its row or its weights are already there (None:
-        ``--manifest-only`` and no current row)."""
+        ``--manifest-only`` and no current row). ``kind`` names an unspoiled source: the
+        anchor, or chapter 05's pseudo source."""
         name = dataset.source
         data_yaml = write_source_dataset(
             dataset, self.scratch / "datasets" / name, self.layout.class_names()
@@ -346,7 +371,7 @@ class Sweep:
             print(f"{name}: weights of an identical run found in {best.parent}; scoring only")
             wall = float(saved["wall_seconds"])
         else:
-            print(f"{name}: training ({noise.describe() if noise else 'clean human boxes'})")
+            print(f"{name}: training ({noise.describe() if noise else _UNSPOILED[kind]})")
             result = train_yolo(
                 data_yaml,
                 weights=weights,
@@ -363,7 +388,7 @@ class Sweep:
             )
         row = {
             "source": name,
-            "kind": noise.kind if noise else HUMAN,
+            "kind": noise.kind if noise else kind,
             "level": noise.level if noise else math.nan,
             "noise_seed": noise.seed if noise else math.nan,
             "epochs": self.schedule["epochs"],
@@ -472,8 +497,8 @@ def main() -> None:
             "val_fraction": settings.val_fraction,
             "targets": list(TARGETS),
         },
-        inputs=sweep_inputs(config, layout, false_positives is not None),
-        requested=[HUMAN, *noises],
+        inputs=sweep_inputs(config, layout, false_positives is not None or args.pseudo),
+        requested=[HUMAN, *noises, *([PSEUDO] if args.pseudo else [])],
         counts={
             "n_pool_images": len(pool),
             "n_pool_boxes": len(truth_boxes),
@@ -499,10 +524,15 @@ def main() -> None:
             fragment_pool=fragments,
         )
         sweep.run(dataset, pixel_box_quality(truth_boxes, degraded), noise)
+    if args.pseudo:
+        dataset, _, _ = assemble_source(config, PSEUDO)
+        trained = dataset.images.loc[dataset.images["origin"] == "pool", "image_id"].astype(str)
+        labels = dataset.labels[dataset.labels["image_id"].astype(str).isin(set(trained))]
+        sweep.run(dataset, label_box_quality(truth_boxes, labels, pool), None, kind=PSEUDO)
 
     table = sweep.table()
     manifest = sweep.manifest.write(table, sweep.current)
-    chosen = table[table["source"].isin([HUMAN, *noises])]
+    chosen = table[table["source"].isin([HUMAN, *noises, *([PSEUDO] if args.pseudo else [])])]
     shown = chosen[
         [
             "kind",

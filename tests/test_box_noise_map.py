@@ -34,6 +34,7 @@ from cascade_defect.plots.box_noise import (
     pseudo_box_quality,
     quality_needed,
     read_box_noise_benchmark,
+    sweep_pseudo_ratio,
     sweep_rows,
 )
 from cascade_defect.settings import load_config
@@ -160,6 +161,83 @@ def test_a_present_benchmark_is_read_with_its_manifest(tmp_path: Path) -> None:
     assert "49% of the human model's test mAP50" in text
     assert "box recall for `drop` (needs 0.78, has 0.62)" in text
     assert "On box precision the pseudo-boxes lie below every level tried" in text
+
+
+def _with_pseudo_row(epochs: int = 5) -> pd.DataFrame:
+    """The sweep's table with the pseudo source trained on a schedule (``--pseudo``)."""
+    row = pd.DataFrame(
+        [("pseudo", "pseudo", math.nan, 0.66, 0.33, 0.58, 0.492, 0.82)], columns=_COLUMNS
+    ).assign(epochs=epochs, imgsz=256, train_wall_seconds=100.0)
+    return pd.concat([sweep_table(), row], ignore_index=True)
+
+
+def test_the_sweeps_own_pseudo_row_is_the_share_the_map_compares(tmp_path: Path) -> None:
+    """Trained on the sweep's schedule, the pseudo source's share is the filled star and the one a
+    mix is compared with; chapter 5's share stays, hollow; it is not a spoiled version."""
+    table = tmp_path / "data" / "benchmarks" / "box_noise.csv"
+    table.parent.mkdir(parents=True)
+    _with_pseudo_row().to_csv(table, index=False)
+    manifest_path(table).write_text(json.dumps({"complete": True}))
+    metrics = tmp_path / "box_metrics.csv"
+    box_metrics_table().to_csv(metrics, index=False)
+    benchmark = read_box_noise_benchmark(
+        "data/benchmarks/box_noise.csv", tmp_path, metrics, "seed_detector", COMPARISON, 10
+    )
+    pseudo = benchmark.pseudo
+    assert pseudo is not None and pseudo.ratio == 0.49
+    assert pseudo.sweep_ratio == pytest.approx(0.82) and pseudo.ratio_on_map == pytest.approx(0.82)
+    text = box_noise_summary(benchmark).data
+    assert "7 spoiled versions" in text
+    assert "49% of the human model's test mAP50 after 10 epochs" in text
+    assert "it kept 82% of the anchor" in text
+    figure = box_noise_map(benchmark.table, pseudo)
+    stars = _pseudo_markers(figure, "*")
+    filled = [tuple(s.get_xydata()[0]) for s in stars if s.get_markerfacecolor() != "none"]
+    hollow = [tuple(s.get_xydata()[0]) for s in stars if s.get_markerfacecolor() == "none"]
+    assert filled == [(0.62, 0.82), (0.21, 0.82), (0.53, 0.82)]
+    assert hollow == [(0.62, 0.49), (0.21, 0.49), (0.53, 0.49)]
+    plt.close(figure)
+
+    assert sweep_pseudo_ratio(_with_pseudo_row(epochs=10)) is None  # not the anchor's schedule
+    assert sweep_pseudo_ratio(sweep_table()) is None
+    without = read_box_noise_benchmark(
+        "data/benchmarks/box_noise.csv", tmp_path, None, None, COMPARISON, 10
+    )
+    assert without.pseudo is None and "7 spoiled versions" in box_noise_summary(without).data
+
+
+def test_label_box_quality_judges_what_a_source_trained_on() -> None:
+    """YOLO labels back in pixels against the truth, over the listed images only (text ids)."""
+    from cascade_defect.metrics.box_quality import label_box_quality
+
+    sizes = pd.DataFrame({"image_id": [7, 8, 9], "width": 100, "height": 50})
+    truth = pd.DataFrame(
+        {
+            "image_id": ["7", "8", "9", "11"],
+            "class_name": "crazing",
+            "xmin": [10.0, 0.0, 0.0, 0.0],
+            "ymin": [10.0, 0.0, 0.0, 0.0],
+            "xmax": [30.0, 50.0, 20.0, 10.0],
+            "ymax": [30.0, 50.0, 20.0, 10.0],
+        }
+    )
+    labels = pd.DataFrame(
+        {
+            "image_id": ["7", "8", "8", "10"],
+            "class_id": [0, 0, 1, 0],
+            "cx": [0.2, 0.25, 0.8, 0.5],
+            "cy": [0.4, 0.4, 0.1, 0.5],
+            "w": [0.2, 0.5, 0.2, 0.2],
+            "h": [0.4, 0.8, 0.2, 0.2],
+        }
+    )
+    # 7: exact; 8: [0, 0, 50, 40] on [0, 0, 50, 50] (IoU 0.8) and a false box; 9: missed;
+    # 10 and 11 are not listed.
+    quality = label_box_quality(truth, labels, sizes)
+    assert quality["n_truth"] == 3 and quality["n_boxes"] == 3
+    assert quality["box_recall"] == pytest.approx(2 / 3)
+    assert quality["box_precision"] == pytest.approx(2 / 3)
+    assert quality["mean_iou"] == pytest.approx((1.0 + 0.8 + 0.0) / 3)
 
 
 # --------------------------------------------------------------------------- needed quality
@@ -498,3 +576,65 @@ def test_a_sweep_made_on_other_pseudo_labels_is_drawn_with_a_note(tmp_path: Path
     again = read_box_noise_benchmark(str(table), config)
     assert again.other_pseudo_labels is None
     assert "other pseudo-labels" not in box_noise_summary(again).data
+
+
+@pytest.mark.slow
+def test_the_sweep_trains_the_pseudo_source_on_its_own_schedule(
+    tmp_path: Path, yolo_weights: Path
+) -> None:
+    """``--pseudo``: chapter 05's pseudo source, assembled from chapter 03's files, trained on the
+    sweep's schedule beside the anchor, judged on the labels it trained on; a rerun reuses it."""
+    from cascade_defect.chapters.c01_data import run_data_strategy
+    from cascade_defect.chapters.c02_split import run_split
+    from cascade_defect.chapters.c03_annotation import run_annotation
+    from cascade_defect.chapters.c05_training import assemble_source
+    from cascade_defect.data.split import SplitLayout, read_pool_ground_truth
+    from tests.synthetic import make_neu_like
+
+    data = make_neu_like(tmp_path / "neu", per_class=4, size=48)
+    config = load_config(
+        "smoke", data_dir=data, work_dir=tmp_path / "work", yolo_weights=str(yolo_weights)
+    )
+    run_data_strategy(config)
+    run_split(config)
+    run_annotation(config, annotator="offline", box_strategies=("seed_detector",), progress=False)
+    csv = tmp_path / "bench" / "sweep.csv"
+    command = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_box_noise.py"),
+        "--run-dir",
+        str(config.paths.run_dir),
+        "--noise",
+        "drop=0.5",
+        "--pseudo",
+        "--epochs",
+        "1",
+        "--imgsz",
+        "64",
+        "--csv",
+        str(csv),
+    ]
+    environment = {**os.environ, "CASCADE_YOLO_WEIGHTS": str(yolo_weights), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, env=environment, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "pseudo: training (chapter 03's pseudo-labels" in done.stdout
+    table = pd.read_csv(csv)
+    assert list(table["kind"]) == ["human", "drop", "pseudo"]
+    row = table[table["kind"] == "pseudo"].iloc[0]
+    dataset, _, _ = assemble_source(config, "pseudo")
+    from_pool = dataset.images.loc[dataset.images["origin"] == "pool", "image_id"].astype(str)
+    _, truth = read_pool_ground_truth(SplitLayout(config.paths.split_dir))
+    assert row["n_truth"] == len(truth)
+    assert row["n_boxes"] == dataset.labels["image_id"].astype(str).isin(set(from_pool)).sum()
+    assert row["epochs"] == 1 and row["imgsz"] == 64 and math.isfinite(row["map50"])
+    manifest = json.loads(manifest_path(csv).read_text())
+    assert manifest["sources"]["requested"] == ["human", "box_drop_0.5", "pseudo"]
+    assert {"pseudo_labels", "pseudo_boxes"} <= set(manifest["inputs"])
+
+    again = subprocess.run(
+        command, capture_output=True, text=True, cwd=ROOT, env=environment, timeout=900
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "pseudo: its row in" in again.stdout and "training" not in again.stdout

@@ -247,3 +247,32 @@ def pixel_box_quality(
         "box_precision": float(overall["precision_agnostic"]),
         "mean_iou": float(overall["mean_best_iou"]),
     }
+
+
+def label_box_quality(
+    truth: pd.DataFrame,
+    labels: pd.DataFrame,
+    image_sizes: pd.DataFrame,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+) -> dict[str, float]:
+    """:func:`pixel_box_quality` of a detector's training labels (YOLO ``image_id, class_id, cx,
+    cy, w, h``, normalised) against pixel ``truth`` boxes, over the images ``image_sizes`` lists
+    (``image_id, width, height``): what a source really trained on, after its exclusions, is
+    judged the way the box-noise sweep judges its spoiled boxes. Labels of other images are
+    ignored."""
+    sizes = image_sizes[["image_id", "width", "height"]].assign(
+        image_id=image_sizes["image_id"].astype(str)
+    )
+    placed = labels.assign(image_id=labels["image_id"].astype(str)).merge(sizes, on="image_id")
+    boxes = pd.DataFrame(
+        {
+            "image_id": placed["image_id"],
+            "class_name": placed["class_id"].astype(str),
+            "xmin": (placed["cx"] - placed["w"] / 2) * placed["width"],
+            "ymin": (placed["cy"] - placed["h"] / 2) * placed["height"],
+            "xmax": (placed["cx"] + placed["w"] / 2) * placed["width"],
+            "ymax": (placed["cy"] + placed["h"] / 2) * placed["height"],
+        }
+    )
+    in_images = truth[truth["image_id"].astype(str).isin(set(sizes["image_id"]))]
+    return pixel_box_quality(in_images, boxes, iou_threshold)

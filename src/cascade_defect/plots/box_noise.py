@@ -69,7 +69,10 @@ class PseudoBoxes(BaseModel):
     """The pseudo source's own boxes on the sweep's axes, and the mAP50 share it reached.
 
     ``ratio`` is pseudo mAP50 / human mAP50 on the golden test set (chapter 06), ``epochs`` the
-    schedule both trained on (chapter 05), which may differ from the sweep's.
+    schedule both trained on (chapter 05), which may differ from the sweep's. ``sweep_ratio`` is
+    the same share on the sweep's own schedule, when the sweep trained the pseudo source too
+    (``bench_box_noise.py --pseudo``, a current row of kind ``pseudo``): the one comparable with
+    the spoiled rows.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -80,6 +83,12 @@ class PseudoBoxes(BaseModel):
     mean_iou: float
     ratio: float | None = None
     epochs: int | None = None
+    sweep_ratio: float | None = None
+
+    @property
+    def ratio_on_map(self) -> float | None:
+        """The share the map compares with the spoiled rows: the sweep's when it has one."""
+        return self.sweep_ratio if self.sweep_ratio is not None else self.ratio
 
     def on(self, axis: str) -> float:
         """Its quality on one of :data:`AXIS_LABELS`' axes."""
@@ -115,6 +124,8 @@ def read_box_noise_benchmark(
         else None
     )
     found = benchmark_files(table, where)
+    if pseudo is not None and found.table is not None and not found.other_pseudo_labels:
+        pseudo = pseudo.model_copy(update={"sweep_ratio": sweep_pseudo_ratio(found.table)})
     return BoxNoiseBenchmark(
         found.path,
         found.table,
@@ -160,6 +171,14 @@ def pseudo_box_quality(
     )
 
 
+def sweep_pseudo_ratio(table: pd.DataFrame) -> float | None:
+    """The pseudo source's share of the anchor on the sweep's schedule (its ``pseudo`` row), or
+    None when the sweep did not train it on the anchor's schedule."""
+    rows, _ = sweep_rows(table)
+    ratios = rows.loc[rows["kind"] == PSEUDO, "ratio"].dropna()
+    return float(ratios.iloc[0]) if len(ratios) else None
+
+
 def sweep_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """The anchor and the variants trained on the anchor's schedule, and how many were left out.
 
@@ -189,7 +208,8 @@ def box_noise_map(
     (clean boxes, share 1) through the levels tried,
     each point labelled with its level, and a cross marks where it falls below a target. The
     pseudo source's own quality is a vertical line on every panel with a star at its achieved
-    share (a triangle on the axis when no share is known).
+    share (a triangle on the axis when no share is known): filled at its share on the sweep's
+    schedule when the sweep trained it, hollow at chapter 5's.
     """
     if table is None:
         return message_figure("no box-noise benchmark: run scripts/bench_box_noise.py")
@@ -201,8 +221,8 @@ def box_noise_map(
     needed = quality_needed(rows, targets)
     fig, axes = plt.subplots(1, len(AXIS_LABELS), figsize=(12, 3.9), sharey=True)
     shares = [*rows["ratio"].dropna()]
-    if pseudo is not None and pseudo.ratio is not None:
-        shares.append(pseudo.ratio)
+    if pseudo is not None:
+        shares.extend(r for r in (pseudo.ratio, pseudo.sweep_ratio) if r is not None)
     low, high = min([*shares, *targets]) - 0.05, max([*shares, 1.0]) + 0.04
     for ax, (axis, label) in zip(axes, AXIS_LABELS.items(), strict=True):
         kinds = [k for k, a in QUALITY_AXIS.items() if a == axis and (rows["kind"] == k).any()]
@@ -243,9 +263,15 @@ def box_noise_map(
             value = pseudo.on(axis)
             ax.axvline(value, color=_PSEUDO_COLOUR, ls="-.", lw=1)
             name = f"pseudo ({pseudo.strategy}): {value:.2f}"
+            if pseudo.sweep_ratio is not None:
+                ax.plot([value], [pseudo.sweep_ratio], "*", color=_PSEUDO_COLOUR, ms=13, label=name)
             if pseudo.ratio is not None:
-                ax.plot([value], [pseudo.ratio], "*", color=_PSEUDO_COLOUR, ms=13, label=name)
-            else:
+                ax.plot(
+                    [value], [pseudo.ratio], "*", color=_PSEUDO_COLOUR, ms=13,
+                    mfc="none" if pseudo.sweep_ratio is not None else _PSEUDO_COLOUR,
+                    label=f"{name} (chapter 5)" if pseudo.sweep_ratio is not None else name,
+                )  # fmt: skip
+            if pseudo.ratio is None and pseudo.sweep_ratio is None:
                 on_axis = ax.get_xaxis_transform()  # x in data, y in axes: on the x axis
                 ax.plot(
                     [value],
@@ -372,6 +398,12 @@ def _pseudo_words(pseudo: PseudoBoxes | None) -> str:
     if pseudo.ratio is not None:
         words += f" Its detector reached {pseudo.ratio:.0%} of the human model's test mAP50"
         words += f" after {pseudo.epochs} epochs (chapter 5)." if pseudo.epochs else "."
+    if pseudo.sweep_ratio is not None:
+        words += (
+            f" Trained on the sweep's schedule like every spoiled version (the same pseudo-labels"
+            f", `--pseudo`), it kept {pseudo.sweep_ratio:.0%} of the anchor: the star the map "
+            "compares with the spoiled rows."
+        )
     return words
 
 
@@ -388,11 +420,12 @@ def _mix_words(variants: pd.DataFrame, pseudo: PseudoBoxes | None) -> list[str]:
             f"{mix.mean_iou:.2f}, and its detector kept {mix.ratio:.0%} of the anchor's mAP50."
         )
         gaps = [abs(getattr(mix, axis) - pseudo.on(axis)) for axis in AXIS_LABELS] if pseudo else []
-        if pseudo and pseudo.ratio is not None and gaps and max(gaps) <= _CLOSE_QUALITY:
-            verb = "more" if pseudo.ratio < mix.ratio else "no more"
+        kept = pseudo.ratio_on_map if pseudo else None
+        if kept is not None and gaps and max(gaps) <= _CLOSE_QUALITY:
+            verb = "more" if kept < mix.ratio else "no more"
             words.append(
                 f"Its boxes are within {_CLOSE_QUALITY:.2f} of the pseudo-boxes' own quality on "
-                f"every axis, yet the pseudo-label detector kept {pseudo.ratio:.0%}: the "
+                f"every axis, yet the pseudo-label detector kept {kept:.0%}: the "
                 f"pseudo-boxes' errors cost {verb} than the same amount of random spoiling, so "
                 "which boxes go wrong matters as well as how many."
             )
@@ -418,7 +451,7 @@ def box_noise_summary(benchmark: BoxNoiseBenchmark, targets: Sequence[float] = T
     if rows.empty:
         return Markdown(f"**The box-noise table `{benchmark.path}` has no clean anchor row.**")
     anchor = rows[rows["kind"] == HUMAN].iloc[0]
-    variants = rows[rows["kind"] != HUMAN]
+    variants = rows[~rows["kind"].isin([HUMAN, PSEUDO])]
     git = benchmark.manifest.get("git", {})
     lines = [
         f"The sweep (`{benchmark.path}`) trained YOLOv8n on {len(variants)} spoiled versions of "
