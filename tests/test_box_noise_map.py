@@ -352,7 +352,12 @@ def test_a_mix_is_a_diamond_at_its_own_quality_on_every_panel_and_a_sentence() -
     text = box_noise_summary(
         BoxNoiseBenchmark(table=close, manifest={}, path="b.csv", pseudo=PSEUDO)
     ).data
-    assert "the pseudo-label detector kept 49%: the pseudo-boxes' errors cost more than" in text
+    assert "yet the pseudo-label detector kept 49%: the pseudo-boxes' errors cost more than" in text
+    on_schedule = PSEUDO.model_copy(update={"sweep_ratio": 0.8})  # trained with --pseudo
+    text = box_noise_summary(
+        BoxNoiseBenchmark(table=close, manifest={}, path="b.csv", pseudo=on_schedule)
+    ).data
+    assert "and the pseudo-label detector kept 80%: the pseudo-boxes' errors cost no more" in text
 
 
 # --------------------------------------------------------------------------- the notebook section

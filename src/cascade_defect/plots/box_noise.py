@@ -422,12 +422,13 @@ def _mix_words(variants: pd.DataFrame, pseudo: PseudoBoxes | None) -> list[str]:
         gaps = [abs(getattr(mix, axis) - pseudo.on(axis)) for axis in AXIS_LABELS] if pseudo else []
         kept = pseudo.ratio_on_map if pseudo else None
         if kept is not None and gaps and max(gaps) <= _CLOSE_QUALITY:
-            verb = "more" if kept < mix.ratio else "no more"
+            worse = kept < mix.ratio
             words.append(
                 f"Its boxes are within {_CLOSE_QUALITY:.2f} of the pseudo-boxes' own quality on "
-                f"every axis, yet the pseudo-label detector kept {kept:.0%}: the "
-                f"pseudo-boxes' errors cost {verb} than the same amount of random spoiling, so "
-                "which boxes go wrong matters as well as how many."
+                f"every axis, {'yet' if worse else 'and'} the pseudo-label detector kept "
+                f"{kept:.0%}: the pseudo-boxes' errors cost {'more' if worse else 'no more'} than "
+                "the same amount of random spoiling, so which boxes go wrong matters as well as "
+                "how many."
             )
     return words
 
