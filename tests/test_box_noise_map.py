@@ -467,6 +467,16 @@ def test_the_sweeps_manifest_holds_only_portable_paths(
     assert done["complete"] is True
 
 
+def _sweep_command(run_dir: Path, csv: Path, *extra: str) -> list[str]:
+    """The sweep on a run folder: one drop level, one epoch at 64 px."""
+    return [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_box_noise.py"),
+        *("--run-dir", str(run_dir), "--noise", "drop=0.5", "--epochs", "1", "--imgsz", "64"),
+        *("--csv", str(csv), *extra),
+    ]
+
+
 @pytest.fixture
 def split_run(tmp_path: Path):
     """Chapters 01-02 on a small generated dataset: what the sweep reads."""
@@ -486,21 +496,7 @@ def test_manifest_only_writes_the_manifest_and_trains_nothing(
 ) -> None:
     csv = tmp_path / "bench" / "sweep.csv"
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "bench_box_noise.py"),
-            "--run-dir",
-            str(split_run.paths.run_dir),
-            "--noise",
-            "drop=0.5",
-            "--epochs",
-            "1",
-            "--imgsz",
-            "64",
-            "--csv",
-            str(csv),
-            "--manifest-only",
-        ],
+        _sweep_command(split_run.paths.run_dir, csv, "--manifest-only"),
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -604,21 +600,7 @@ def test_the_sweep_trains_the_pseudo_source_on_its_own_schedule(
     run_split(config)
     run_annotation(config, annotator="offline", box_strategies=("seed_detector",), progress=False)
     csv = tmp_path / "bench" / "sweep.csv"
-    command = [
-        sys.executable,
-        str(ROOT / "scripts" / "bench_box_noise.py"),
-        "--run-dir",
-        str(config.paths.run_dir),
-        "--noise",
-        "drop=0.5",
-        "--pseudo",
-        "--epochs",
-        "1",
-        "--imgsz",
-        "64",
-        "--csv",
-        str(csv),
-    ]
+    command = _sweep_command(config.paths.run_dir, csv, "--pseudo")
     environment = {**os.environ, "CASCADE_YOLO_WEIGHTS": str(yolo_weights), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         command, capture_output=True, text=True, cwd=ROOT, env=environment, timeout=900
