@@ -285,7 +285,7 @@ def box_noise_map(
                 )
         ax.set_xlabel(label)
         ax.set_xlim(right=1.02)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=7, loc="best", framealpha=0.5)  # the stars show through
     axes[0].set_ylabel("test mAP50 / anchor's")
     axes[0].set_ylim(low, high)
     epochs = anchor["epochs"].iloc[0] if "epochs" in anchor else math.nan
