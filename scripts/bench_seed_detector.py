@@ -45,6 +45,7 @@ from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.annotate.strategies import (
     DetectorRecipe,
     ensemble_proposals,
+    quarter_turn_views,
     synthetic_plan,
     train_seed_detector,
 )
@@ -123,10 +124,10 @@ def main() -> None:
     )
     pool = read_pool_listing(layout)
     if recipe.ensemble is None:
-        proposals = detector.propose(pool, flips=settings.flips)
+        proposals, _ = quarter_turn_views([detector], pool, recipe)
         members: list = []
     else:
-        proposals, ensemble = ensemble_proposals(
+        proposals, ensemble, _ = ensemble_proposals(
             detector, recipe, seeds, seed_boxes, pool, layout.class_names()
         )
         members = ensemble["members"]

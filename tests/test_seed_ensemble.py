@@ -121,9 +121,10 @@ def test_an_ensemble_trains_its_members_offline_with_the_next_seeds(
         ensemble=SeedEnsembleSettings(members=2, member_conf=0.0005),
     )
     first, _ = strategies.train_seed_detector(recipe, images, boxes, CLASSES, progress=False)
-    fused, details = strategies.ensemble_proposals(
+    fused, details, turned = strategies.ensemble_proposals(
         first, recipe, images, boxes, images, CLASSES, progress=False
     )
+    assert turned is None  # no turn_ratio: the plain view only
     [member] = details["members"]
     assert member["settings"]["seed"] == 4 and member["n_boxes"] == 6
     member_run = tmp_path / "work" / "seed_detector" / "member_1" / "seed_detector" / "train"

@@ -206,6 +206,10 @@ class AnnotationSettings(BaseModel):
     seed_detector_flips: tuple[Flip, ...] = Field(
         (), description="Test-time flips of the pool images, fused with the plain view's proposals."
     )
+    seed_detector_turn_ratio: float | None = Field(
+        None, ge=1.0, description="The pool also seen turned 90 degrees: an image takes that "
+        "view's boxes where its best scores this many times the plain one's. None: plain only.",
+    )  # fmt: skip
     seed_detector_ensemble: SeedEnsembleSettings | None = Field(
         None, description="Several seed detectors whose pool proposals are fused; None: one."
     )
@@ -228,15 +232,10 @@ class AnnotationSettings(BaseModel):
         description="The seed detector's pieces of one long defect joined into one box.",
     )
     whole_image_fallback: WholeImageFallback = Field(
-        "auto",
-        description=(
-            "What an image the annotator calls defective gets when its box strategy finds no box: "
-            "a whole-image box ('always'), nothing, leaving it out of detector training "
-            "('never'), or 'auto': 'never' on a dataset with defect-free images, where finding "
-            "nothing is evidence against the defect and a whole-tile box around a small defect "
-            "teaches a false one, else 'always'."
-        ),
-    )
+        "auto", description="What a defective image its box strategy gives no box gets: the "
+        "whole-image box ('always'), none, leaving it out of detector training ('never'), or "
+        "'auto': 'never' where some images are defect-free (box_settings.whole_image_fallback).",
+    )  # fmt: skip
     self_training: SelfTrainingSettings = Field(
         default_factory=SelfTrainingSettings,
         description="The self_training box strategy: teachers trained on the seed detector's boxes.",
@@ -315,13 +314,14 @@ class ProfileSettings(BaseModel):
     classification: ClassificationSettings = Field(default_factory=ClassificationSettings)
 
 
-# Quick and full seed detectors (README): score from 0.05, COCO backbone frozen, five fused, each also on flipped
-# images (NEU-DET pseudo detector 44% -> 73% of human on the record's seeds; level on Magnetic-tile).
+# Quick and full seed detectors (README has the measurements): score from 0.05, COCO backbone frozen, five fused,
+# each also on flipped images and on the pool turned a quarter where that view scores twice the plain one.
 _FULL_DATASET_BOXES = AnnotationSettings(
     seed_detector_epochs=100,
     seed_detector_imgsz=224,
     seed_detector_conf=0.05,
     seed_detector_flips=("horizontal", "vertical"),
+    seed_detector_turn_ratio=2.0,
     seed_detector_ensemble=SeedEnsembleSettings(members=5),
 )
 

@@ -217,6 +217,8 @@ class SeedDetectorSettings:
     """Join the fragments of an elongated defect into one box (:mod:`.fragments`); None: off."""
     flips: tuple[Flip, ...] = ()
     """Test-time flips the ``seed_detector`` strategy proposes the pool with (:meth:`propose`)."""
+    turn_ratio: float | None = None
+    """The pool also seen turned a quarter (:mod:`.orientation`); None: as it is only."""
     extra_train_args: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -235,6 +237,7 @@ class SeedDetectorSettings:
             if profile.annotation.fragment_merge.enabled
             else None,
             "flips": tuple(profile.annotation.seed_detector_flips),
+            "turn_ratio": profile.annotation.seed_detector_turn_ratio,
         }
         values.update(overrides)
         return cls(**values)
@@ -252,6 +255,7 @@ class SeedDetectorSettings:
             **({"freeze": self.freeze} if self.freeze else {}),
             **({"fragment_merge": self.fragment_merge.model_dump()} if self.fragment_merge else {}),
             **({"flips": list(self.flips)} if self.flips else {}),
+            **({"turn_ratio": self.turn_ratio} if self.turn_ratio is not None else {}),
             **{f"train.{k}": v for k, v in sorted(self.extra_train_args.items())},
         }
 

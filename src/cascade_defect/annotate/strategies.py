@@ -179,11 +179,15 @@ def strategy_proposals(
         elif trained_details is not None:
             details["seed_detector"] = trained_details
         if recipe.ensemble is None:
-            proposed = detector.propose(pool, flips=detector.settings.flips)
+            proposed, turned = quarter_turn_views(
+                [detector], pool, recipe, progress=options.progress
+            )
         else:
-            proposed, details["seed_ensemble"] = ensemble_proposals(
+            proposed, details["seed_ensemble"], turned = ensemble_proposals(
                 detector, recipe, seeds, seed_boxes, pool, class_names, progress=options.progress
             )
+        if turned is not None:
+            details["quarter_turn"] = turned
     image_classes = dict(zip(predictions["image_id"], predictions["defect_class"], strict=True))
     out: dict[str, dict[str, list[Proposal]]] = {}
     for strategy in wanted:
@@ -237,9 +241,10 @@ def ensemble_proposals(
     class_names: Sequence[str],
     *,
     progress: bool = True,
-) -> tuple[dict[str, list[Proposal]], dict[str, Any]]:
+) -> tuple[dict[str, list[Proposal]], dict[str, Any], dict[str, Any] | None]:
     """The pool proposals of ``recipe.ensemble.members`` seed detectors, fused: ``first`` (trained)
-    and the others trained here from the same seeds with the next random seeds.
+    and the others trained here from the same seeds with the next random seeds; what the
+    ensemble did; and what :func:`quarter_turn_views` did (None: off).
 
     Fine-tuned on a handful of images, a detector lands wherever its random seed (augmentation,
     mosaic, batch order) takes it, and members miss or mis-draw different boxes. Each proposes
@@ -249,7 +254,6 @@ def ensemble_proposals(
     kept only if its score reaches ``seed_detector_conf`` times the members. Fused boxes are kept
     from ``seed_detector_conf``, as one detector's are.
     """
-    from cascade_defect.annotate.fragments import fuse_views
 
     ensemble = recipe.ensemble
     if ensemble is None:
@@ -268,19 +272,53 @@ def ensemble_proposals(
         members.append(detector.trained.weights)
         trained.append(record)
     low = replace(first.settings, conf=ensemble.member_conf)
-    per_member = [
-        SeedDetector.from_trained(
-            weights, low, config_dir=recipe.config_dir, progress=progress
-        ).propose(pool, flips=low.flips)
+    detectors = [
+        SeedDetector.from_trained(weights, low, config_dir=recipe.config_dir, progress=progress)
         for weights in members
     ]
-    fused = {
-        image_id: fuse_views(
-            [found[image_id] for found in per_member], min_score=first.settings.conf
-        )
-        for image_id in per_member[0]
+    fused, turned = quarter_turn_views(
+        detectors, pool, recipe, min_score=first.settings.conf, progress=progress
+    )
+    return fused, {"settings": ensemble.model_dump(), "members": trained}, turned
+
+
+def quarter_turn_views(
+    detectors: Sequence[SeedDetector],
+    pool: pd.DataFrame,
+    recipe: DetectorRecipe,
+    *,
+    min_score: float | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, list[Proposal]], dict[str, Any] | None]:
+    """The pool proposals of ``detectors`` (each with its settings' flips; several are fused with
+    weighted boxes fusion, kept from ``min_score``) and, where the recipe's ``turn_ratio`` is
+    set, the same on the pool turned a quarter, each image keeping the view
+    :func:`~cascade_defect.annotate.orientation.choose_orientation` picks; with what it did."""
+    from cascade_defect.annotate.fragments import fuse_views
+    from cascade_defect.annotate.orientation import (
+        choose_orientation,
+        turned_back,
+        turned_copies,
+    )
+
+    def fused(images: pd.DataFrame) -> dict[str, list[Proposal]]:
+        found = [d.propose(images, flips=d.settings.flips) for d in detectors]
+        if len(found) == 1:
+            return found[0]
+        floor = detectors[0].settings.conf if min_score is None else min_score
+        return {i: fuse_views([f[i] for f in found], min_score=floor) for i in found[0]}
+
+    plain = fused(pool)
+    ratio = recipe.seed_detector.turn_ratio
+    if ratio is None:
+        return plain, None
+    turned_pool = turned_copies(pool, recipe.work_dir / "quarter_turned", progress=progress)
+    turned = {
+        image_id: [turned_back(p) for p in found] for image_id, found in fused(turned_pool).items()
     }
-    return fused, {"settings": ensemble.model_dump(), "members": trained}
+    chosen, took = choose_orientation(plain, turned, ratio)
+    log.info("quarter turn: %d of %d pool images took the turned view", len(took), len(chosen))
+    return chosen, {"turn_ratio": ratio, "images_turned": len(took), "images": len(chosen)}
 
 
 def crop_verifier_for(recipe: DetectorRecipe, threshold: float | None = None) -> CropVerifier:
