@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -133,5 +134,16 @@ def test_an_ensemble_trains_its_members_offline_with_the_next_seeds(
     for found in fused.values():
         assert [p.score for p in found] == sorted((p.score for p in found), reverse=True)
         assert all(p.score >= settings.conf for p in found)
+        assert all(0 <= p.box[0] < p.box[2] <= 1 and 0 <= p.box[1] < p.box[3] <= 1 for p in found)
+    # With a turn ratio the same members also propose on the pool turned a quarter (real files, real
+    # predictions); every image keeps one view, and the turned copies lie in the recipe's folder.
+    turning = replace(recipe, seed_detector=replace(settings, turn_ratio=1.0))
+    fused_turning, _, turned = strategies.ensemble_proposals(
+        first, turning, images, boxes, images, CLASSES, progress=False
+    )
+    assert turned is not None and turned["images"] == len(images) == len(fused_turning)
+    assert 0 <= turned["images_turned"] <= len(images)
+    assert len(list((tmp_path / "work" / "quarter_turned").glob("*.png"))) == len(images)
+    for found in fused_turning.values():
         assert all(0 <= p.box[0] < p.box[2] <= 1 and 0 <= p.box[1] < p.box[3] <= 1 for p in found)
     assert network_attempts == []
