@@ -34,7 +34,7 @@ from cascade_defect.progress import progress_disabled
 def turned_copies(images: pd.DataFrame, out_dir: Path, *, progress: bool = True) -> pd.DataFrame:
     """``images`` (``image_id, path``) with each path replaced by a copy turned 90 degrees
     anticlockwise, written losslessly under ``out_dir`` (numbered files, so any image id will
-    do; an existing copy of the same source and size is kept)."""
+    do; a copy already there is rewritten only when its pixels differ from the source turned)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     turned = images[["image_id", "path"]].copy().reset_index(drop=True)
     paths = []
