@@ -147,7 +147,7 @@ def _thresholds(
 ) -> dict[str, float]:
     if settings.selection == "count":
         return count_calibrated_thresholds(proposals, image_classes, targets)
-    return {name: settings.min_score for name in set(image_classes.values())}
+    return {name: settings.min_score for name in sorted(set(image_classes.values()))}
 
 
 def fold_of(image_id: str, folds: int) -> int:
@@ -241,5 +241,7 @@ def self_train(
         proposals = proposed
     thresholds = _thresholds(proposals, image_classes, targets, settings)
     final = select_boxes(proposals, image_classes, thresholds)
-    rows.append({"round": "final", "thresholds": {k: round(v, 4) for k, v in thresholds.items()}})
+    rows.append(
+        {"round": "final", "thresholds": {k: round(v, 4) for k, v in sorted(thresholds.items())}}
+    )
     return SelfTrainingResult(boxes=final, proposals=dict(proposals), teachers=rows)
