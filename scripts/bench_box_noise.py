@@ -21,7 +21,10 @@ With ``--pseudo`` it also trains chapter 05's ``pseudo`` source (chapter 03's la
 assembled exactly as chapter 05 assembles them) on the sweep's schedule, row kind ``pseudo``: the
 pseudo-label detector's share of the anchor on the same schedule as every spoiled variant, its
 box quality measured on what it trained on, as the spoiled rows' are. Chapter 06 places the
-pseudo source on the map at that share.
+pseudo source on the map at that share. ``--noise`` with nothing after it trains the anchor (and
+``--pseudo``) alone, and ``--training-seed`` trains every row with another ultralytics seed, the
+hold-out images unchanged: ``--noise --pseudo --training-seed 1`` on chapter 05's schedule is one
+more training of chapter 05's ``human`` and ``pseudo`` sources, the spread a single training has.
 
 The sweep resumes: a variant whose row in ``--csv`` has the same fingerprint (labels, weights,
 schedule) is skipped, and one whose weights from an identical run are in the scratch folder
@@ -150,11 +153,19 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument(
         "--noise",
-        nargs="+",
+        nargs="*",
         default=list(DEFAULT_NOISE),
         metavar="KIND=LEVEL",
         help=f"noise settings, kinds {sorted(QUALITY_AXIS)}; several kinds at once joined by + "
-        f"(drop=0.4+jitter=0.7) (default: {' '.join(DEFAULT_NOISE)})",
+        f"(drop=0.4+jitter=0.7); none after --noise trains the anchor (and --pseudo) alone "
+        f"(default: {' '.join(DEFAULT_NOISE)})",
+    )
+    parser.add_argument(
+        "--training-seed",
+        type=int,
+        default=None,
+        help="ultralytics' training seed for every variant, the anchor included (default: the "
+        "profile's); the hold-out images and the noise stay as the profile's seed draws them",
     )
     parser.add_argument(
         "--noise-seed", type=int, default=None, help="default: the profile's training seed"
@@ -466,6 +477,8 @@ def main() -> None:
         )
     }
     schedule = training_schedule(settings, args.epochs or settings.epochs)
+    if args.training_seed is not None:
+        schedule["seed"] = args.training_seed  # another training of the same labels
     scratch = args.scratch or args.csv.parent / f"{args.csv.stem}_runs"
     sweep = Sweep(config, args, schedule, scratch, read_rows(args.csv))
 
@@ -480,6 +493,7 @@ def main() -> None:
     print(
         f"schedule of every variant, the human anchor included: epochs {schedule['epochs']}, "
         f"imgsz {schedule['imgsz']}, batch {schedule['batch']}, device {schedule['device']}, "
+        f"training seed {schedule['seed']}, "
         f"extra {schedule['ultralytics_args'] or {}}"
     )
     print(f"false boxes and fragments: {origin}")

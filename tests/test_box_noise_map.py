@@ -516,6 +516,32 @@ def test_manifest_only_writes_the_manifest_and_trains_nothing(
     assert not absolute_paths_in_file(manifest_path(csv))
 
 
+def test_another_training_seed_of_the_anchor_alone(
+    split_run, yolo_weights: Path, tmp_path: Path
+) -> None:
+    """``--noise`` with nothing after it asks for the anchor alone; ``--training-seed`` changes
+    the schedule's seed (so the fingerprint) and nothing else."""
+    csv = tmp_path / "bench" / "seed3.csv"
+    command = _sweep_command(split_run.paths.run_dir, csv, "--manifest-only")
+    command[command.index("drop=0.5")] = "--training-seed"
+    command.insert(command.index("--training-seed") + 1, "3")
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CASCADE_YOLO_WEIGHTS": str(yolo_weights), "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "training seed 3" in done.stdout
+    manifest = json.loads(manifest_path(csv).read_text())
+    assert manifest["sources"]["requested"] == ["human"]
+    assert manifest["parameters"]["noise"] == []
+    assert manifest["parameters"]["schedule"]["seed"] == 3
+    assert manifest["parameters"]["val_fraction"] == split_run.profile.training.val_fraction
+
+
 def test_a_sweep_made_on_another_test_set_is_not_drawn_against_this_run(tmp_path: Path) -> None:
     from cascade_defect.data.split import SplitLayout
 
