@@ -493,7 +493,7 @@ def main() -> None:
     print(
         f"schedule of every variant, the human anchor included: epochs {schedule['epochs']}, "
         f"imgsz {schedule['imgsz']}, batch {schedule['batch']}, device {schedule['device']}, "
-        f"training seed {schedule['seed']}, "
+        f"ultralytics seed {schedule['seed']}, "
         f"extra {schedule['ultralytics_args'] or {}}"
     )
     print(f"false boxes and fragments: {origin}")

@@ -477,6 +477,22 @@ def _sweep_command(run_dir: Path, csv: Path, *extra: str) -> list[str]:
     ]
 
 
+def _run_sweep(
+    command: list[str], weights: Path, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
+    """The sweep's command in the project root, which must succeed; its output for the checks."""
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CASCADE_YOLO_WEIGHTS": str(weights), "OMP_NUM_THREADS": "1"},
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 @pytest.fixture
 def split_run(tmp_path: Path):
     """Chapters 01-02 on a small generated dataset: what the sweep reads."""
@@ -495,15 +511,7 @@ def test_manifest_only_writes_the_manifest_and_trains_nothing(
     split_run, yolo_weights: Path, tmp_path: Path
 ) -> None:
     csv = tmp_path / "bench" / "sweep.csv"
-    done = subprocess.run(
-        _sweep_command(split_run.paths.run_dir, csv, "--manifest-only"),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "CASCADE_YOLO_WEIGHTS": str(yolo_weights), "OMP_NUM_THREADS": "1"},
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = _run_sweep(_sweep_command(split_run.paths.run_dir, csv, "--manifest-only"), yolo_weights)
     assert done.stdout.count("--manifest-only trains nothing") == 2
     assert not csv.exists() and not (csv.parent / "sweep_runs" / "runs").exists()
     manifest = json.loads(manifest_path(csv).read_text())
@@ -525,16 +533,8 @@ def test_another_training_seed_of_the_anchor_alone(
     command = _sweep_command(split_run.paths.run_dir, csv, "--manifest-only")
     command[command.index("drop=0.5")] = "--training-seed"
     command.insert(command.index("--training-seed") + 1, "3")
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "CASCADE_YOLO_WEIGHTS": str(yolo_weights), "OMP_NUM_THREADS": "1"},
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "training seed 3" in done.stdout
+    done = _run_sweep(command, yolo_weights)
+    assert "ultralytics seed 3," in done.stdout
     manifest = json.loads(manifest_path(csv).read_text())
     assert manifest["sources"]["requested"] == ["human"]
     assert manifest["parameters"]["noise"] == []
@@ -627,11 +627,7 @@ def test_the_sweep_trains_the_pseudo_source_on_its_own_schedule(
     run_annotation(config, annotator="offline", box_strategies=("seed_detector",), progress=False)
     csv = tmp_path / "bench" / "sweep.csv"
     command = _sweep_command(config.paths.run_dir, csv, "--pseudo")
-    environment = {**os.environ, "CASCADE_YOLO_WEIGHTS": str(yolo_weights), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        command, capture_output=True, text=True, cwd=ROOT, env=environment, timeout=900
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = _run_sweep(command, yolo_weights, timeout=900)
     assert "pseudo: training (chapter 03's pseudo-labels" in done.stdout
     table = pd.read_csv(csv)
     assert list(table["kind"]) == ["human", "drop", "pseudo"]
@@ -646,8 +642,5 @@ def test_the_sweep_trains_the_pseudo_source_on_its_own_schedule(
     assert manifest["sources"]["requested"] == ["human", "box_drop_0.5", "pseudo"]
     assert {"pseudo_labels", "pseudo_boxes"} <= set(manifest["inputs"])
 
-    again = subprocess.run(
-        command, capture_output=True, text=True, cwd=ROOT, env=environment, timeout=900
-    )
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    again = _run_sweep(command, yolo_weights, timeout=900)
     assert "pseudo: its row in" in again.stdout and "training" not in again.stdout
