@@ -28,6 +28,15 @@ class will do) and writes one row per draw x answer to ``--csv`` with a manifest
 
     CASCADE_YOLO_WEIGHTS=/path/to/yolov8n.pt .venv/bin/python scripts/bench_defect_gate.py \\
         --data-dir /path/to/Magnetic-tile --csv data/magnetic-tile/benchmarks/defect_gate.csv
+
+A draw trains two seed detectors and judges every pool tile's crops (minutes each); the table's
+rows are then only ways of pooling that evidence. ``--evidence-dir`` keeps each draw's evidence
+(``draw_N.csv``: per pool image its truth, the annotator's probabilities, the detector's best box
+score, the crops' and the joined ``P(defect)`` and types; ``draw_N.json``: the settings it was
+made with and the draw's figures and timings). A later run with the same folder and the same
+evidence settings pools it again without training (a change of pooling, defect type or recall
+target is not an evidence setting); a draw made with other settings is made again, and its files
+replaced, saying which settings differ.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
@@ -48,6 +58,7 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
 from cascade_defect.annotate.boxes import SeedDetector, SeedDetectorSettings
 from cascade_defect.annotate.defect_gate import (
+    CropEvidence,
     GatedAnswers,
     answers_at,
     defect_threshold,
@@ -60,6 +71,7 @@ from cascade_defect.annotate.strategies import DetectorRecipe, synthetic_plan
 from cascade_defect.box_settings import DefectGateSettings
 from cascade_defect.data.ingest import load_dataset
 from cascade_defect.data.records import Dataset
+from cascade_defect.locations import portable_path
 from cascade_defect.metrics.calibration import expected_calibration_error
 from cascade_defect.plots.book import manifest_path
 from cascade_defect.settings import StudyConfig, load_config
@@ -95,6 +107,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--scratch", type=Path, required=True, help="detectors and caches")
     parser.add_argument("--csv", type=Path, required=True)
+    parser.add_argument(
+        "--evidence-dir",
+        type=Path,
+        default=None,
+        help="keep each draw's gate evidence here, and pool it again instead of training where "
+        "a draw's evidence was made with the same settings",
+    )
     add_profile_changes(
         parser,
         "profile setting changed for every draw (repeatable), e.g. "
@@ -220,10 +239,147 @@ def best_box_scores(detector: SeedDetector, pool: pd.DataFrame) -> np.ndarray:
     )
 
 
-def run_draw(
+EVIDENCE_VERSION = 1
+"""Bumped whenever what a draw's evidence files hold changes, so old files are made again."""
+
+REPOOLED = ("defect_type", "pooling", "target_recall")
+"""Gate settings the rows are pooled with, not the evidence is made with."""
+
+
+def evidence_settings(
+    args: argparse.Namespace, draw: int, config: StudyConfig
+) -> dict[str, object]:
+    """What a draw's evidence depends on: the data, the draw, and every annotation setting but
+    the gate's pooling ones (compared after a JSON round trip, as they are read back)."""
+    annotation = config.profile.annotation.model_dump(mode="json")
+    annotation["defect_gate"] = {
+        k: v for k, v in annotation["defect_gate"].items() if k not in REPOOLED
+    }
+    settings = {
+        "version": EVIDENCE_VERSION,
+        "dataset": Path(args.data_dir).name,
+        "draw_seed": args.draw_seed + draw,
+        "per_class": args.per_class,
+        "profile": config.profile.name,
+        "training_seed": config.profile.training.seed,
+        "annotation": annotation,
+    }
+    return json.loads(json.dumps(settings))
+
+
+@dataclass
+class DrawEvidence:
+    """One draw's evidence: everything the table's rows are pooled from."""
+
+    common: dict[str, object]
+    annotator_proba: pd.DataFrame
+    """``image_id`` and the annotator's probability of each answer class, pool order."""
+    gate: GatedAnswers
+    best_scores: np.ndarray
+    """The class-agnostic seed detector's best box score per pool image (the score gates)."""
+    truth: np.ndarray
+
+
+def _block(prefix: str, evidence: CropEvidence) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        evidence.type_proba, columns=[f"{prefix}:{c}" for c in evidence.class_names]
+    )
+    frame.insert(0, f"{prefix}:p_defect", evidence.p_defect)
+    return frame
+
+
+def write_draw_evidence(
+    folder: Path, draw: int, settings: dict[str, object], found: DrawEvidence
+) -> None:
+    """``draw_N.csv`` and ``draw_N.json`` (written last, so a draw interrupted half-way has no
+    JSON and is made again); each file written whole, then moved into place."""
+    gate = found.gate
+    if gate.evidence is None:
+        raise ValueError(f"draw {draw}: the gate kept no evidence to write")
+    blocks = [
+        found.annotator_proba.rename(
+            columns={c: f"annotator:{c}" for c in found.annotator_proba.columns if c != "image_id"}
+        ).reset_index(drop=True),
+        pd.DataFrame({"truth": found.truth, "best_box_score": found.best_scores}),
+        _block("joined" if gate.crops_alone is not None else "crops", gate.evidence),
+    ]
+    if gate.crops_alone is not None:
+        blocks.append(_block("crops", gate.crops_alone))
+    table = pd.concat(blocks, axis=1)
+    if (table["image_id"].astype(str).to_numpy() != np.asarray(gate.evidence.image_ids)).any():
+        raise ValueError(f"draw {draw}: the annotator's and the gate's images differ in order")
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "settings": settings,
+        "common": found.common,
+        "class_names": gate.evidence.class_names,
+        "n_crops": gate.evidence.n_crops,
+        "gate_params": gate.params,
+    }
+    for name, text in (
+        (f"draw_{draw}.csv", table.to_csv(index=False)),
+        (f"draw_{draw}.json", json.dumps(record, indent=1, default=str) + "\n"),
+    ):
+        partial = folder / f".{name}.partial"
+        partial.write_text(text)
+        os.replace(partial, folder / name)
+
+
+def read_draw_evidence(
+    folder: Path, draw: int, settings: dict[str, object], gate_settings: DefectGateSettings
+) -> DrawEvidence | None:
+    """A draw's kept evidence, pooled again by ``gate_settings``; None (and why, printed) where
+    there is none or it was made with other settings."""
+    meta_path, table_path = folder / f"draw_{draw}.json", folder / f"draw_{draw}.csv"
+    if not meta_path.exists() or not table_path.exists():
+        return None
+    record = json.loads(meta_path.read_text())
+    if record.get("settings") != settings:
+        kept = record.get("settings") or {}
+        differ = sorted(k for k in {*kept, *settings} if kept.get(k) != settings.get(k))
+        print(f"draw {draw}: {meta_path} was made with other {', '.join(differ)}; made again")
+        return None
+    table = pd.read_csv(table_path, dtype={"image_id": str, "truth": str})
+    names = list(record["class_names"])
+
+    def evidence(prefix: str) -> CropEvidence:
+        return CropEvidence(
+            table["image_id"].tolist(),
+            table[f"{prefix}:p_defect"].to_numpy(float),
+            table[[f"{prefix}:{c}" for c in names]].to_numpy(float),
+            names,
+            int(record["n_crops"]),
+        )
+
+    joined = "joined:p_defect" in table.columns
+    crops = evidence("crops")
+    final = evidence("joined") if joined else crops
+    annotator = table[["image_id", *(c for c in table.columns if c.startswith("annotator:"))]]
+    annotator = annotator.rename(columns=lambda c: c.removeprefix("annotator:"))
+    probabilities, answers = gated_answers(
+        annotator,
+        final,
+        gate_settings.defect_type,
+        gate_settings.target_recall,
+        gate_settings.pooling_rule,
+    )
+    gate = GatedAnswers(
+        probabilities, answers, record["gate_params"], {}, final, crops if joined else None
+    )
+    return DrawEvidence(
+        record["common"],
+        annotator,
+        gate,
+        table["best_box_score"].to_numpy(float),
+        table["truth"].to_numpy(dtype=object),
+    )
+
+
+def make_draw_evidence(
     args: argparse.Namespace, draw: int, dataset: Dataset, config: StudyConfig
-) -> list[dict[str, object]]:
-    """One seed draw: the annotator's answers and the gated ones, one row each."""
+) -> DrawEvidence:
+    """One seed draw's evidence: the annotator fitted on the seeds, the gate's two detectors
+    trained and the pool's crops judged."""
     images = dataset.images_frame().rename(columns={"image_path": "path"})
     boxes = dataset.boxes_frame().drop(columns=["image_class"])
     class_names, weights, profile = list(dataset.class_names), config.yolo_weights, config.profile
@@ -272,8 +428,7 @@ def run_draw(
         "train_seconds", 0
     )
     gate_seconds = time.perf_counter() - start - trained_seconds
-    detector = gated.detector
-    scores = best_box_scores(detector, pool)
+    scores = best_box_scores(gated.detector, pool)
 
     clean = truth == NO_DEFECT
     no_defect_column = annotator.answer_classes.index(NO_DEFECT)
@@ -289,7 +444,20 @@ def run_draw(
         "class_detector_train_seconds": class_trained.get("train_seconds"),
         "gate_seconds": round(gate_seconds, 1),
     }
-    own = np.asarray(annotator.answer_classes, dtype=object)[probabilities.argmax(axis=1)]
+    return DrawEvidence(
+        common, frame[["image_id", *annotator.answer_classes]], gated.gate, scores, truth
+    )
+
+
+def draw_rows(
+    found: DrawEvidence, args: argparse.Namespace, settings: DefectGateSettings
+) -> list[dict[str, object]]:
+    """The annotator's, the gate's and the score gates' rows of one draw's evidence."""
+    common, truth = found.common, found.truth
+    classes = [c for c in found.annotator_proba.columns if c != "image_id"]
+    probabilities = found.annotator_proba[classes].to_numpy(float)
+    pool = found.annotator_proba[["image_id"]]
+    own = np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
     rows = [
         {
             **common,
@@ -301,9 +469,9 @@ def run_draw(
     rows.extend(
         defect_gate_rows(
             common,
-            frame,
-            gated.gate,
-            profile.annotation.defect_gate,
+            found.annotator_proba,
+            found.gate,
+            settings,
             args.defect_types,
             pool,
             truth,
@@ -311,11 +479,29 @@ def run_draw(
         )
     )
     for threshold in args.thresholds:
-        gated = score_gated_answers(probabilities, annotator.answer_classes, scores, threshold)
+        gated = score_gated_answers(probabilities, classes, found.best_scores, threshold)
         rows.append(
             {**common, "answer": f"detector gate >= {threshold}", **answer_figures(truth, gated)}
         )
     return rows
+
+
+def run_draw(
+    args: argparse.Namespace, draw: int, dataset: Dataset, config: StudyConfig
+) -> list[dict[str, object]]:
+    """One seed draw's rows, from its kept evidence where ``--evidence-dir`` holds it."""
+    gate_settings = config.profile.annotation.defect_gate
+    settings = evidence_settings(args, draw, config)
+    found = None
+    if args.evidence_dir is not None:
+        found = read_draw_evidence(args.evidence_dir, draw, settings, gate_settings)
+        if found is not None:
+            print(f"draw {draw}: pooled again from {args.evidence_dir / f'draw_{draw}.csv'}")
+    if found is None:
+        found = make_draw_evidence(args, draw, dataset, config)
+        if args.evidence_dir is not None:
+            write_draw_evidence(args.evidence_dir, draw, settings, found)
+    return draw_rows(found, args, gate_settings)
 
 
 def main() -> None:
@@ -359,6 +545,9 @@ def main() -> None:
             "defect_types": args.defect_types
             or [config.profile.annotation.defect_gate.defect_type],
             "profile_changes": changes,
+            "evidence_dir": None
+            if args.evidence_dir is None
+            else portable_path(args.evidence_dir, config),
             "seed_detector": config.profile.annotation.model_dump(
                 include={
                     "seed_detector_epochs",
