@@ -71,6 +71,7 @@ from cascade_defect.annotate.strategies import DetectorRecipe, synthetic_plan
 from cascade_defect.box_settings import DefectGateSettings
 from cascade_defect.data.ingest import load_dataset
 from cascade_defect.data.records import Dataset
+from cascade_defect.hashing import sha256_bytes
 from cascade_defect.locations import portable_path
 from cascade_defect.metrics.calibration import expected_calibration_error
 from cascade_defect.plots.book import manifest_path
@@ -246,11 +247,24 @@ REPOOLED = ("defect_type", "pooling", "target_recall")
 """Gate settings the rows are pooled with, not the evidence is made with."""
 
 
+def labels_digest(dataset: Dataset) -> str:
+    """A digest of the dataset's images, classes, sizes and boxes, in any order: evidence kept
+    for a folder whose labels were fixed in place since is not reused."""
+    images = dataset.images_frame()[["image_id", "class_name", "width", "height"]]
+    boxes = dataset.boxes_frame()
+    text = "".join(
+        frame.astype({"image_id": str}).sort_values(list(frame.columns)).to_csv(index=False)
+        for frame in (images, boxes)
+    )
+    return sha256_bytes(text.encode())
+
+
 def evidence_settings(
-    args: argparse.Namespace, draw: int, config: StudyConfig
+    args: argparse.Namespace, draw: int, config: StudyConfig, labels: str
 ) -> dict[str, object]:
-    """What a draw's evidence depends on: the data, the draw, and every annotation setting but
-    the gate's pooling ones (compared after a JSON round trip, as they are read back)."""
+    """What a draw's evidence depends on: the data (``labels``, :func:`labels_digest`), the
+    draw, and every annotation setting but the gate's pooling ones (compared after a JSON round
+    trip, as they are read back)."""
     annotation = config.profile.annotation.model_dump(mode="json")
     annotation["defect_gate"] = {
         k: v for k, v in annotation["defect_gate"].items() if k not in REPOOLED
@@ -258,6 +272,7 @@ def evidence_settings(
     settings = {
         "version": EVIDENCE_VERSION,
         "dataset": Path(args.data_dir).name,
+        "labels_sha256": labels,
         "draw_seed": args.draw_seed + draw,
         "per_class": args.per_class,
         "profile": config.profile.name,
@@ -491,7 +506,7 @@ def run_draw(
 ) -> list[dict[str, object]]:
     """One seed draw's rows, from its kept evidence where ``--evidence-dir`` holds it."""
     gate_settings = config.profile.annotation.defect_gate
-    settings = evidence_settings(args, draw, config)
+    settings = evidence_settings(args, draw, config, labels_digest(dataset))
     found = None
     if args.evidence_dir is not None:
         found = read_draw_evidence(args.evidence_dir, draw, settings, gate_settings)

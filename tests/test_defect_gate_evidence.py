@@ -73,7 +73,7 @@ def test_a_draw_pooled_again_from_its_files_gives_the_live_rows(
     settings = DefectGateSettings()
     args = bench_args(tmp_path)
     live = draw_evidence(bench, settings)
-    key = bench.evidence_settings(args, 0, load_config("quick"))
+    key = bench.evidence_settings(args, 0, load_config("quick"), "L")
     bench.write_draw_evidence(args.evidence_dir, 0, key, live)
     assert sorted(p.name for p in args.evidence_dir.iterdir()) == ["draw_0.csv", "draw_0.json"]
 
@@ -120,10 +120,10 @@ def test_evidence_made_otherwise_or_half_written_is_made_again(
     settings = DefectGateSettings()
     args = bench_args(tmp_path)
     config = load_config("quick")
-    key = bench.evidence_settings(args, 0, config)
+    key = bench.evidence_settings(args, 0, config, "L")
     bench.write_draw_evidence(args.evidence_dir, 0, key, draw_evidence(bench, settings))
 
-    other = bench.evidence_settings(bench_args(tmp_path, per_class=5), 0, config)
+    other = bench.evidence_settings(bench_args(tmp_path, per_class=5), 0, config, "L")
     assert bench.read_draw_evidence(args.evidence_dir, 0, other, settings) is None
     assert "made with other per_class; made again" in capsys.readouterr().out
     assert bench.read_draw_evidence(args.evidence_dir, 1, key, settings) is None  # no draw 1
@@ -139,13 +139,14 @@ def test_pooling_settings_are_not_evidence_settings(tmp_path: Path, load_script)
 
     def key(**gate):
         config = load_config("quick", overrides={"annotation": {"defect_gate": gate}})
-        return bench.evidence_settings(args, 0, config)
+        return bench.evidence_settings(args, 0, config, "L")
 
     plain = key()
     assert key(target_recall=0.85, pooling="linear", defect_type="annotator") == plain
     assert key(top_proposals=3) != plain
     assert key(class_aware_detector=False) != plain
-    assert bench.evidence_settings(args, 1, load_config("quick")) != plain  # another draw
+    assert bench.evidence_settings(args, 1, load_config("quick"), "L") != plain  # another draw
+    assert bench.evidence_settings(args, 0, load_config("quick"), "M") != plain  # other labels
 
 
 def test_a_kept_draw_is_not_trained_again(tmp_path: Path, load_script, monkeypatch) -> None:
@@ -160,6 +161,7 @@ def test_a_kept_draw_is_not_trained_again(tmp_path: Path, load_script, monkeypat
         return draw_evidence(bench, settings)
 
     monkeypatch.setattr(bench, "make_draw_evidence", make)
+    monkeypatch.setattr(bench, "labels_digest", lambda dataset: "L")
     first = bench.run_draw(args, 0, None, config)
     second = bench.run_draw(args, 0, None, config)
     assert made == [0]
@@ -181,6 +183,38 @@ def test_the_evidence_folder_is_an_option(monkeypatch, load_script) -> None:
 def test_the_evidence_names_its_draw(tmp_path: Path, load_script, draw: int) -> None:
     bench = load_script("bench_defect_gate")
     args = bench_args(tmp_path)
-    key = bench.evidence_settings(args, draw, load_config("quick"))
+    key = bench.evidence_settings(args, draw, load_config("quick"), "L")
     assert key["draw_seed"] == 20240 + draw and key["dataset"] == "Magnetic-tile"
     assert key["version"] == bench.EVIDENCE_VERSION
+
+
+def test_the_labels_digest_follows_labels_not_order(load_script) -> None:
+    """Fixing one box in place, or a class, changes the digest; listing the same images in
+    another order does not."""
+    from types import SimpleNamespace
+
+    bench = load_script("bench_defect_gate")
+    images = pd.DataFrame(
+        {
+            "image_id": ["001", "2"],
+            "class_name": ["crack", "no_defect"],
+            "image_path": ["a.png", "b.png"],
+            "width": [100, 700],
+            "height": [300, 120],
+        }
+    )
+    boxes = pd.DataFrame(
+        {"image_id": ["001"], "image_class": ["crack"], "class_name": ["crack"]}
+        | {k: [v] for k, v in zip(["xmin", "ymin", "xmax", "ymax"], [1, 2, 30, 40], strict=True)}
+    )
+
+    def digest(images: pd.DataFrame, boxes: pd.DataFrame) -> str:
+        return bench.labels_digest(
+            SimpleNamespace(images_frame=lambda: images, boxes_frame=lambda: boxes)
+        )
+
+    plain = digest(images, boxes)
+    assert digest(images.iloc[::-1], boxes) == plain
+    assert digest(images, boxes.assign(xmax=31)) != plain
+    assert digest(images.assign(class_name=["crack", "crack"]), boxes) != plain
+    assert digest(images.assign(image_id=["1", "2"]), boxes) != plain  # "001" is not "1"
