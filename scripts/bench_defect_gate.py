@@ -66,6 +66,7 @@ from cascade_defect.annotate.defect_gate import (
     gated_answers,
 )
 from cascade_defect.annotate.offline import OfflineAnnotator
+from cascade_defect.annotate.reviewed import write_atomically
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.annotate.strategies import DetectorRecipe, synthetic_plan
 from cascade_defect.box_settings import DefectGateSettings
@@ -306,8 +307,9 @@ def _block(prefix: str, evidence: CropEvidence) -> pd.DataFrame:
 def write_draw_evidence(
     folder: Path, draw: int, settings: dict[str, object], found: DrawEvidence
 ) -> None:
-    """``draw_N.csv`` and ``draw_N.json`` (written last, so a draw interrupted half-way has no
-    JSON and is made again); each file written whole, then moved into place."""
+    """``draw_N.csv`` and ``draw_N.json``, both written whole before either is moved into place
+    (the JSON last), so a draw interrupted half-way keeps its old files or has no JSON and is
+    made again."""
     gate = found.gate
     if gate.evidence is None:
         raise ValueError(f"draw {draw}: the gate kept no evidence to write")
@@ -323,7 +325,6 @@ def write_draw_evidence(
     table = pd.concat(blocks, axis=1)
     if (table["image_id"].astype(str).to_numpy() != np.asarray(gate.evidence.image_ids)).any():
         raise ValueError(f"draw {draw}: the annotator's and the gate's images differ in order")
-    folder.mkdir(parents=True, exist_ok=True)
     record = {
         "settings": settings,
         "common": found.common,
@@ -331,13 +332,12 @@ def write_draw_evidence(
         "n_crops": gate.evidence.n_crops,
         "gate_params": gate.params,
     }
-    for name, text in (
-        (f"draw_{draw}.csv", table.to_csv(index=False)),
-        (f"draw_{draw}.json", json.dumps(record, indent=1, default=str) + "\n"),
-    ):
-        partial = folder / f".{name}.partial"
-        partial.write_text(text)
-        os.replace(partial, folder / name)
+    write_atomically(
+        {
+            folder / f"draw_{draw}.csv": table.to_csv(index=False),
+            folder / f"draw_{draw}.json": json.dumps(record, indent=1, default=str) + "\n",
+        }
+    )
 
 
 def read_draw_evidence(
