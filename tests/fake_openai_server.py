@@ -570,9 +570,12 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _read_body(self) -> bytes:
+        def _read_body(self) -> bytes | None:
+            """The request body, or None when the client went away before sending all of it
+            (a killed client's request never arrived, as for a real server)."""
             length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
+            raw = self.rfile.read(length) if length else b""
+            return raw if len(raw) == length else None
 
         def _authorised(self) -> bool:
             if server.expected_api_key is None:
@@ -587,6 +590,9 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             path = url.path
             raw = self._read_body() if method == "POST" else b""
+            if raw is None:
+                self.close_connection = True
+                return
             body: dict[str, Any] | None = None
             content_type = self.headers.get("Content-Type", "")
             if raw and content_type.startswith("application/json"):

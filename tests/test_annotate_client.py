@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -109,6 +110,25 @@ def test_adaptive_concurrency_halves_once_per_burst_and_recovers() -> None:
 
 
 # -- full runs over HTTP --------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_request_whose_body_never_fully_arrives_is_not_a_request(
+    server: FakeOpenAIServer,
+) -> None:
+    """A client killed between its headers and its body (what a SIGKILL mid-run does) sent
+    no request: the loopback server must not log one, like a real endpoint, or a test that
+    counts requests after a kill fails by chance."""
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    for body in (b"", b'{"model": "gpt-4o", "mess'):
+        with socket.create_connection(("127.0.0.1", server.port)) as client:
+            client.sendall(head.encode() + body)
+            client.shutdown(socket.SHUT_WR)
+            assert client.recv(1024) == b"", "nothing is answered to a request cut short"
+    assert server.chat_requests() == []
 
 
 @pytest.mark.integration
