@@ -363,3 +363,35 @@ def test_the_gate_rows_take_the_defect_type_from_each_source(load_script) -> Non
         "defect gate (crops alone, logarithmic pool)",
     ]
     assert [r["defect_recall"] for r in rows] == [1.0, 1.0, 0.5, 0.5]
+
+
+def test_a_table_made_against_an_earlier_record_says_its_record_row_is_not_this_ones(
+    tmp_path: Path,
+) -> None:
+    """The record trained again after the table was made: the rows are still shown, and the
+    summary says the record row is an earlier training's (the manifest's hash of chapter 05's
+    results decides; without the file or the input nothing is said)."""
+    from cascade_defect.hashing import sha256_file
+
+    config = load_config("smoke", work_dir=tmp_path / "work")
+    path = write_table(tmp_path, [0.5, 0.4])
+    results = config.paths.training_dir / "training_results.json"
+
+    def manifest_naming(sha: str) -> None:
+        entry = {"path": "data/runs/quick/05_training/training_results.json", "sha256": sha}
+        manifest_path(path).write_text(json.dumps({"inputs": {"record_training_results": entry}}))
+
+    manifest_naming("2" * 64)
+    assert read_seed_draws(str(path), config).other_record is None  # no results here to compare
+    results.parent.mkdir(parents=True)
+    results.write_text('{"human": {"map50": 0.7}}')
+    draws = read_seed_draws(str(path), config)
+    assert draws.table is not None and len(seed_draw_table(draws)) == 2
+    assert "`05_training/training_results.json` differs" in draws.other_record
+    text = seed_draw_summary(draws).data
+    assert "its `record` row is an earlier record's" in text
+    assert "scripts/bench_seed_draws.py" in text
+    manifest_naming(sha256_file(results))
+    draws = read_seed_draws(str(path), config)
+    assert draws.other_record is None
+    assert "earlier record" not in seed_draw_summary(draws).data

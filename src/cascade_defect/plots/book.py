@@ -155,6 +155,11 @@ class BenchmarkTable:
     """Why the table's pseudo-labels are not this run's (its manifest's hash of chapter 03's
     ``pseudo_labels.csv`` or ``pseudo_boxes.csv`` differs from the file's now), or None: the
     rows are still shown, but a share measured on other labels is not this run's."""
+    other_record: str | None = None
+    """Why the table's ``record`` row is not this run's (its manifest's hash of chapter 05's
+    ``training_results.json`` differs from the file's now: the record was trained again after
+    the table was made), or None: the rows are shown, the record row's numbers are another
+    training's."""
 
     def absent_words(self, what: str, script: str) -> str:
         """Why there is no table to show, in one sentence that names the file and the script."""
@@ -221,6 +226,19 @@ def other_pseudo_labels(manifest: Mapping[str, Any], where: PathAnchors) -> str 
     )
 
 
+def other_record(manifest: Mapping[str, Any], where: PathAnchors) -> str | None:
+    """Why a benchmark made against this run's models (its manifest names chapter 05's
+    ``training_results.json``) was made against another training of them, or None when they
+    match or cannot be told."""
+    training_dir = getattr(getattr(where, "paths", None), "training_dir", None)
+    if training_dir is None:
+        return None
+    changed = _changed_input(manifest, Path(training_dir) / "training_results.json")
+    if changed is None:
+        return None
+    return f"it was made against another training of this run's models (its `{changed}` differs)"
+
+
 def benchmark_files(
     table: str | None, where: PathAnchors, **read_options: object
 ) -> BenchmarkTable:
@@ -243,6 +261,7 @@ def benchmark_files(
         read_table(found, **read_options),
         manifest,
         other_pseudo_labels=other_pseudo_labels(manifest, where),
+        other_record=other_record(manifest, where),
     )
 
 

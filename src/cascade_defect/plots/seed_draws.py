@@ -106,6 +106,13 @@ def seed_draw_summary(draws: SeedDraws, target: float = 0.70) -> Markdown:
         )
         + _labelled_otherwise(parameters.get("annotation_settings") or {})
         + (
+            f"Note: {draws.other_record}, so its `record` row is an earlier record's, not the "
+            "chapters' above; `scripts/bench_seed_draws.py` makes the table again against this "
+            "record (draws whose runs are kept are only scored again). "
+            if draws.other_record
+            else ""
+        )
+        + (
             f"Every draw reached {target:.0%}."
             if below.empty
             else f"{len(below)} of {len(table)} draws stayed below {target:.0%}."
