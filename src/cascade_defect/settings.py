@@ -314,9 +314,8 @@ class ProfileSettings(BaseModel):
     classification: ClassificationSettings = Field(default_factory=ClassificationSettings)
 
 
-# Quick and full seed detectors (box_recipe.qmd has the measurements): score from 0.05, COCO backbone
-# frozen, five fused, each also on flipped images and on the pool turned a quarter where that view scores
-# twice the plain one.
+# Quick and full seed detectors (measured in box_recipe.qmd): score from 0.05, COCO backbone frozen, five
+# fused, each also on flipped images and on the pool turned a quarter where it scores twice the plain one.
 _FULL_DATASET_BOXES = AnnotationSettings(
     seed_detector_epochs=100,
     seed_detector_imgsz=224,
