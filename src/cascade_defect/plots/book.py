@@ -8,7 +8,7 @@ These helpers keep that frame identical across chapters and out of the notebook 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,22 @@ def _changed_input(manifest: Mapping[str, Any], current: Path) -> str | None:
     return None
 
 
+def _changed_run_files(
+    manifest: Mapping[str, Any], where: PathAnchors, folder: str, names: Sequence[str]
+) -> list[str]:
+    """The files ``names`` of this run's chapter ``folder`` (a :class:`StudyPaths` attribute)
+    whose hash the manifest's inputs give otherwise (:func:`_changed_input`); none when the
+    run has no such folder here. The one check behind every ``other_*`` reason below."""
+    run_folder = getattr(getattr(where, "paths", None), folder, None)
+    if run_folder is None:
+        return []
+    return [
+        found
+        for name in names
+        if (found := _changed_input(manifest, Path(run_folder) / name)) is not None
+    ]
+
+
 def other_test_set(manifest: Mapping[str, Any], where: PathAnchors) -> str | None:
     """Why a benchmark's manifest belongs to another golden test set, or None when it is this
     run's (or cannot be told: no manifest, no test listing among its inputs, no split here).
@@ -197,26 +213,19 @@ def other_test_set(manifest: Mapping[str, Any], where: PathAnchors) -> str | Non
     Every benchmark scores on the golden test set, so its listing's hash ties the numbers to a
     dataset and split; a record of another dataset must not show them as its own.
     """
-    split_dir = getattr(getattr(where, "paths", None), "split_dir", None)
-    if split_dir is None:
+    listing = SplitLayout(Path(".")).test_listing.name
+    changed = _changed_run_files(manifest, where, "split_dir", [listing])
+    if not changed:
         return None
-    changed = _changed_input(manifest, SplitLayout(Path(split_dir)).test_listing)
-    if changed is None:
-        return None
-    return f"it was made on another golden test set (its `{changed}` differs from this run's)"
+    return f"it was made on another golden test set (its `{changed[0]}` differs from this run's)"
 
 
 def other_pseudo_labels(manifest: Mapping[str, Any], where: PathAnchors) -> str | None:
     """Why a benchmark's manifest names other pseudo-labels than this run's chapter 03 wrote
     (a table made before the run annotated again), or None when they match or cannot be told."""
-    annotation_dir = getattr(getattr(where, "paths", None), "annotation_dir", None)
-    if annotation_dir is None:
-        return None
-    changed = [
-        found
-        for name in ("pseudo_labels.csv", "pseudo_boxes.csv")
-        if (found := _changed_input(manifest, Path(annotation_dir) / name)) is not None
-    ]
+    changed = _changed_run_files(
+        manifest, where, "annotation_dir", ["pseudo_labels.csv", "pseudo_boxes.csv"]
+    )
     if not changed:
         return None
     files = " and ".join(f"`{c}`" for c in changed)
@@ -230,13 +239,10 @@ def other_record(manifest: Mapping[str, Any], where: PathAnchors) -> str | None:
     """Why a benchmark made against this run's models (its manifest names chapter 05's
     ``training_results.json``) was made against another training of them, or None when they
     match or cannot be told."""
-    training_dir = getattr(getattr(where, "paths", None), "training_dir", None)
-    if training_dir is None:
+    changed = _changed_run_files(manifest, where, "training_dir", ["training_results.json"])
+    if not changed:
         return None
-    changed = _changed_input(manifest, Path(training_dir) / "training_results.json")
-    if changed is None:
-        return None
-    return f"it was made against another training of this run's models (its `{changed}` differs)"
+    return f"it was made against another training of this run's models (its `{changed[0]}` differs)"
 
 
 def benchmark_files(
