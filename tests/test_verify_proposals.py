@@ -202,6 +202,39 @@ def test_complete_run_keeps_exactly_the_candidates_judged_defects(
 
 
 @pytest.mark.integration
+def test_a_server_without_structured_outputs_is_asked_in_json_mode(
+    world: AnnotateWorld, proposals: dict[str, list[Proposal]], tmp_path: Path
+) -> None:
+    """vLLM or Ollama refuse ``response_format`` with a JSON schema: the verifier switches once
+    to JSON mode, the schema in the instructions, and checks the answers as strictly."""
+    first, second, third = (image.image_id for image in world.pool)
+    with FakeOpenAIServer(answer_fn=odd_candidates_are_scratches, reject_json_schema=True) as fake:
+        fake.script_image(
+            drawn_sha(world, 0, proposals),
+            [answer(verdict(1), verdict(1, "patches")), answer(verdict(1, "patches"))],
+        )
+        verifier = make_verifier(
+            world, tmp_path / "verify.jsonl", fake, concurrency=1, max_attempts=2
+        )
+        result = verify_proposals(verifier, world.pool, proposals)
+        requests = fake.chat_requests()
+
+    summary = result.summary
+    assert summary.structured_output_mode == "json_object_fallback"
+    assert (summary.ok, summary.failed) == (1, 1)
+    # Candidate 1 twice, then too few candidates: both answers are checked against what was sent.
+    assert summary.failed_attempts_by_kind == {"schema_violation": 2}
+    assert result.unverified == {first: proposals[first]}
+    q1, _ = proposals[second]
+    assert result.verified == {second: [Proposal(q1.box, q1.score, "scratches")], third: []}
+    assert [r.status for r in requests] == [400, 200, 200, 200]  # the refusal is no attempt
+    for request in requests[1:]:
+        assert request.body is not None
+        assert request.body["response_format"] == {"type": "json_object"}
+        assert "JSON schema" in request.body["messages"][-1]["content"][-1]["text"]
+
+
+@pytest.mark.integration
 def test_class_constraints_keep_only_the_images_class(
     world: AnnotateWorld,
     server: FakeOpenAIServer,

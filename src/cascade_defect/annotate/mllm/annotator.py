@@ -34,7 +34,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +47,19 @@ from cascade_defect.annotate.mllm.estimate import (
     estimate_request_tokens,
     request_cost_upper_bound,
 )
-from cascade_defect.annotate.mllm.packing import RequestPlan, StructuredOutputMode, plan_request
+from cascade_defect.annotate.mllm.packing import RequestPlan, plan_request
 from cascade_defect.annotate.mllm.prompt import FewShotPrompt, SeedExample, build_prompt
 from cascade_defect.annotate.mllm.providers import ClientConfig, make_client
-from cascade_defect.annotate.mllm.run_loop import AnnotationRun, Pack, WorkItem
+from cascade_defect.annotate.mllm.requests import AttemptResult
+from cascade_defect.annotate.mllm.run_loop import Pack, RequestRun, RunTally, WorkItem
 from cascade_defect.annotate.mllm.throttle import BudgetGuard, RetryPolicy
 from cascade_defect.annotate.options import AnnotatorOptions
-from cascade_defect.annotate.schema import Usage, annotation_key, prediction_model_for
+from cascade_defect.annotate.schema import (
+    AnnotationRecord,
+    Usage,
+    annotation_key,
+    prediction_model_for,
+)
 from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.costs import pricing
 from cascade_defect.hashing import sha256_bytes
@@ -74,40 +80,20 @@ class PoolImage:
 
 
 @dataclass
-class RunSummary:
-    """What a run did; ``failed`` counts images, ``failed_attempts_by_kind`` attempts.
+class RunSummary(RunTally):
+    """What an annotation run did (:class:`RunTally`'s counts, which count images), and how it
+    packed its requests."""
 
-    ``structured_output_mode`` says how answers were constrained: ``json_schema`` (structured
-    outputs) or ``json_object_fallback`` (the server refused the schema, so the run switched
-    once to JSON mode with the schema in the instructions).
-    """
-
-    requested: int = 0
     unique_images: int = 0
-    skipped_cached: int = 0
-    ok: int = 0
-    failed: int = 0
-    not_sent: int = 0
-    http_requests: int = 0
-    rate_limited: int = 0
-    failed_attempts_by_kind: dict[str, int] = field(default_factory=dict)
-    cost_usd: float = 0.0
-    budget_usd: float | None = None
-    elapsed_s: float = 0.0
-    stopped_by_budget: bool = False
-    stop_reason: str | None = None
     estimated_request_usd: float = 0.0
     images_per_request: int = 1
-    structured_output_mode: StructuredOutputMode = "json_schema"
-    keys_by_image: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def images_per_minute(self) -> float:
         return 60.0 * self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("keys_by_image")
+        data = super().as_dict()
         data["images_per_minute"] = round(self.images_per_minute, 2)
         return data
 
@@ -129,6 +115,8 @@ def client_from_options(
 
 class MLLMAnnotator:
     """Few-shot annotator over any OpenAI-compatible chat endpoint."""
+
+    progress_label = "annotate"
 
     def __init__(
         self,
@@ -269,12 +257,16 @@ class MLLMAnnotator:
             )
         return self._reservations[cache_key]
 
-    def request_params_for(self, n_images: int) -> dict[str, Any]:
-        """Request parameters of a request for ``n_images``: the answer cap is per image, so a
+    def reservation_for_items(self, items: Sequence[WorkItem]) -> float:
+        """Worst-case dollars of one request for ``items`` (the run loop's question)."""
+        return self.reservation_for_pack([item.image_bytes for item in items])
+
+    def request_params_for(self, items: Sequence[WorkItem]) -> dict[str, Any]:
+        """Request parameters of a request for ``items``: the answer cap is per image, so a
         packed request may use it once per image."""
-        if n_images == 1:
+        if len(items) == 1:
             return self.request_params
-        cap = self.max_completion_tokens * n_images
+        cap = self.max_completion_tokens * len(items)
         return {**self.request_params, "max_completion_tokens": cap}
 
     def plan_for(self, items: Sequence[WorkItem], *, json_mode: bool = False) -> RequestPlan:
@@ -286,6 +278,31 @@ class MLLMAnnotator:
             [(item.key, item.image_bytes) for item in items],
             packed=self.images_per_request > 1,
             json_mode=json_mode,
+        )
+
+    def record_for(
+        self, item: WorkItem, attempt: int, result: AttemptResult | None, **kw: Any
+    ) -> AnnotationRecord:
+        """The store's line for one attempt at ``item`` (``kw``: failure_kind, error,
+        cost_usd, latency_s)."""
+        prediction = result.prediction if result else None
+        return AnnotationRecord(
+            key=item.key,
+            image_id=item.image_id,
+            image_sha256=sha256_bytes(item.image_bytes),
+            annotator=self.config.provider,
+            model=self.config.model,
+            prompt_hash=self.prompt.prompt_hash,
+            params=self.key_params,
+            status="ok" if prediction is not None else "failed",
+            prediction=prediction,
+            failure_kind=None if prediction is not None else kw.get("failure_kind"),
+            raw_text=result.raw_text if result else None,
+            error=kw.get("error"),
+            usage=result.usage if result else Usage(),
+            cost_usd=kw.get("cost_usd", 0.0),
+            latency_s=kw.get("latency_s", 0.0),
+            attempt=attempt,
         )
 
     # -- run -----------------------------------------------------------------------------
@@ -320,7 +337,7 @@ class MLLMAnnotator:
             return summary
 
         size = self.images_per_request
-        packs = []
+        packs: list[Pack[WorkItem]] = []
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             reservation = self.reservation_for_pack([item.image_bytes for item in chunk])
@@ -333,7 +350,7 @@ class MLLMAnnotator:
                 for r in self.store.records()
                 if r.prompt_hash == self.prompt.prompt_hash and r.model == self.config.model
             )
-        run = AnnotationRun(self, summary, BudgetGuard(self.budget_usd, prior), prior)
+        run = RequestRun(self, summary, BudgetGuard(self.budget_usd, prior), prior)
         logger.info(
             "annotating %d image(s) in %d request(s) with %s (%s), concurrency %d, budget %s",
             len(items),

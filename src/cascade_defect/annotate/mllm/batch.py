@@ -168,7 +168,7 @@ def prepare_batch(
                 "model": annotator.config.model,
                 "messages": plan.messages,
                 "response_format": type_to_response_format_param(plan.response_model),
-                **annotator.request_params_for(len(chunk)),
+                **annotator.request_params_for(chunk),
             }
             line = (batch_line(custom_id, url, body) + "\n").encode("utf-8")
             if len(line) > max_file_bytes:
@@ -187,7 +187,7 @@ def prepare_batch(
             handle.write(line)
             part_bytes += len(line)
             part_requests += 1
-            share = annotator.reservation_for_pack([item.image_bytes for item in chunk]) / len(keys)
+            share = annotator.reservation_for_items(chunk) / len(keys)
             for item in chunk:
                 entries[item.key] = BatchEntry(item.image_id, sha256_bytes(item.image_bytes), share)
             if plan.packed:

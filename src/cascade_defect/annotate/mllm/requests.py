@@ -201,22 +201,3 @@ def post_chat(
     # The body is read as raw JSON (not the SDK's parsed object) so that a failed answer
     # keeps its exact text and gets a precise failure kind.
     return raw.http_response.json()
-
-
-def send_chat_request(
-    client: OpenAI,
-    *,
-    model: str,
-    messages: list[dict[str, Any]],
-    response_model: type[DefectPrediction],
-    request_params: Mapping[str, Any],
-) -> AttemptResult:
-    """One structured-output call via ``chat.completions.parse``; raw body kept on failure."""
-    completion = post_chat(
-        client,
-        model=model,
-        messages=messages,
-        response_format=response_model,
-        request_params=request_params,
-    )
-    return classify_completion(completion, response_model)

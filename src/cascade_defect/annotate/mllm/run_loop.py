@@ -1,10 +1,12 @@
-"""The retry loop of one annotation run: requests, 429 pauses, retries, budget and records.
+"""The retry loop of one run of chat requests: requests, 429 pauses, retries, budget and records.
 
-Split from :mod:`~cascade_defect.annotate.mllm.annotator` (which decides what to send) so the
-loop stays one piece of code for every request shape: a request carries one image or a packed
-list of them (:mod:`~cascade_defect.annotate.mllm.packing`), and the same loop sends it, pauses
-on 429s, retries failures a bounded number of times and appends one record per image and attempt.
-After a partial packed answer only the images still unanswered are sent again.
+One loop for every request shape and every kind of request: the annotator's (one image or a
+packed list of them, :mod:`~cascade_defect.annotate.mllm.packing`) and the proposal verifier's
+(one image with its numbered candidates, :mod:`~cascade_defect.annotate.mllm.verify`). The object
+that decides what to send (a :class:`Requester`) plans each request and builds each record; this
+loop sends it, pauses on 429s, retries failures a bounded number of times and appends one record
+per item and attempt. After a partial packed answer only the items still unanswered are sent
+again.
 
 Two run-wide switches live here too: the budget stop, and the one-time fall-back to JSON mode
 when a server (vLLM, Ollama) refuses ``response_format`` with a JSON schema.
@@ -16,13 +18,17 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
+import pydantic
+from openai import OpenAI
 from tqdm.auto import tqdm
 
-from cascade_defect.annotate.mllm.packing import RequestPlan
+from cascade_defect.annotate.mllm.packing import StructuredOutputMode
+from cascade_defect.annotate.mllm.providers import ClientConfig
 from cascade_defect.annotate.mllm.requests import (
     AttemptResult,
     _Fatal,
@@ -32,20 +38,127 @@ from cascade_defect.annotate.mllm.requests import (
     _Transient,
     post_chat,
 )
-from cascade_defect.annotate.mllm.throttle import AdaptiveConcurrency, BudgetGuard, RateLimitGate
-from cascade_defect.annotate.schema import AnnotationRecord, Usage
-from cascade_defect.hashing import sha256_bytes
+from cascade_defect.annotate.mllm.throttle import (
+    AdaptiveConcurrency,
+    BudgetGuard,
+    RateLimitGate,
+    RetryPolicy,
+)
+from cascade_defect.annotate.schema import Usage
+from cascade_defect.annotate.store import AnnotationStore
 from cascade_defect.progress import progress_disabled
-
-if TYPE_CHECKING:
-    from cascade_defect.annotate.mllm.annotator import MLLMAnnotator, RunSummary
 
 logger = logging.getLogger(__name__)
 
 
+class RunItem(Protocol):
+    """What the loop reads of an item: its image id (for logs) and its content-hash key."""
+
+    @property
+    def image_id(self) -> str: ...
+
+    @property
+    def key(self) -> str: ...
+
+
+ItemT = TypeVar("ItemT", bound=RunItem)
+
+
+class Plan(Protocol):
+    """One request: what is sent, and how its answer becomes one result per item."""
+
+    @property
+    def json_mode(self) -> bool: ...
+
+    @property
+    def messages(self) -> list[dict[str, Any]]: ...
+
+    @property
+    def response_format(self) -> type[pydantic.BaseModel] | Mapping[str, Any]: ...
+
+    def classify(self, completion: Mapping[str, Any]) -> list[AttemptResult]: ...
+
+
+class StoredRecord(Protocol):
+    """What the loop reads of a record it appends."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def failure_kind(self) -> str | None: ...
+
+    @property
+    def usage(self) -> Usage: ...
+
+
+class Requester(Protocol[ItemT]):
+    """The object that decides what to send and how a record reads: the annotator or the
+    proposal verifier. The loop owns the sending, the waits, the retries and the budget."""
+
+    client: OpenAI
+    config: ClientConfig
+    retry: RetryPolicy
+    concurrency: int
+    progress: bool
+    progress_label: str
+    store: AnnotationStore
+    _sleep: Callable[[float], None]
+
+    def plan_for(self, items: Sequence[ItemT], *, json_mode: bool = False) -> Plan: ...
+
+    def request_params_for(self, items: Sequence[ItemT]) -> dict[str, Any]: ...
+
+    def reservation_for_items(self, items: Sequence[ItemT]) -> float: ...
+
+    def request_cost(self, usage: Usage) -> float: ...
+
+    def record_for(
+        self, item: ItemT, attempt: int, result: AttemptResult | None, **kw: Any
+    ) -> StoredRecord: ...
+
+    def _backoff(self, failure_number: int) -> float: ...
+
+
+@dataclass
+class RunTally:
+    """What a run did, counted alike for every kind of request: ``ok``, ``failed`` and
+    ``not_sent`` count items, ``failed_attempts_by_kind`` attempts; tokens and cost cover the
+    requests this run sent.
+
+    ``structured_output_mode`` says how answers were constrained: ``json_schema`` (structured
+    outputs) or ``json_object_fallback`` (the server refused the schema, so the run switched
+    once to JSON mode with the schema in the instructions).
+    """
+
+    requested: int = 0
+    skipped_cached: int = 0
+    ok: int = 0
+    failed: int = 0
+    not_sent: int = 0
+    http_requests: int = 0
+    rate_limited: int = 0
+    failed_attempts_by_kind: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    budget_usd: float | None = None
+    elapsed_s: float = 0.0
+    stopped_by_budget: bool = False
+    stop_reason: str | None = None
+    structured_output_mode: StructuredOutputMode = "json_schema"
+    keys_by_image: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("keys_by_image")
+        return data
+
+
 @dataclass
 class WorkItem:
-    """One pool image to send: its id, bytes and annotation key."""
+    """One pool image to annotate: its id, bytes and annotation key."""
 
     image_id: str
     image_bytes: bytes
@@ -54,45 +167,45 @@ class WorkItem:
 
 
 @dataclass
-class Pack:
-    """The images one request carries (one unless packing) and its worst-case cost."""
+class Pack(Generic[ItemT]):
+    """The items one request carries (one unless packing) and its worst-case cost."""
 
-    items: list[WorkItem]
+    items: list[ItemT]
     reservation_usd: float
-    finished: int = 0  # images already counted in the summary
+    finished: int = 0  # items already counted in the summary
 
 
-class AnnotationRun:
-    """State of one ``annotate`` call shared by the worker threads."""
+class RequestRun(Generic[ItemT]):
+    """State of one run (an ``annotate`` or a ``verify`` call) shared by the worker threads."""
 
     def __init__(
         self,
-        annotator: MLLMAnnotator,
-        summary: RunSummary,
+        requester: Requester[ItemT],
+        summary: RunTally,
         budget: BudgetGuard,
         prior_spend: float,
     ) -> None:
-        self.a = annotator
+        self.a = requester
         self.summary = summary
         self.budget = budget
         self.prior_spend = prior_spend
-        self.gate = RateLimitGate(annotator._sleep)
-        self.limiter = AdaptiveConcurrency(annotator.concurrency)
+        self.gate = RateLimitGate(requester._sleep)
+        self.limiter = AdaptiveConcurrency(requester.concurrency)
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.failure_kinds: Counter[str] = Counter()
         self.bar: Any = None
 
-    def execute(self, packs: list[Pack]) -> None:
+    def execute(self, packs: list[Pack[ItemT]]) -> None:
         self.bar = tqdm(
             total=sum(len(pack.items) for pack in packs),
-            desc="annotate",
+            desc=self.a.progress_label,
             unit="img",
             disable=progress_disabled(self.a.progress),
         )
         try:
             with ThreadPoolExecutor(max_workers=self.a.concurrency) as pool:
-                for future in [pool.submit(self._annotate_pack, pack) for pack in packs]:
+                for future in [pool.submit(self._run_pack, pack) for pack in packs]:
                     future.result()
         finally:
             self.bar.close()
@@ -101,34 +214,17 @@ class AnnotationRun:
 
     # -- bookkeeping ---------------------------------------------------------------------
 
-    def _record(
-        self, item: WorkItem, attempt: int, result: AttemptResult | None, **kw: Any
-    ) -> None:
-        prediction = result.prediction if result else None
-        record = AnnotationRecord(
-            key=item.key,
-            image_id=item.image_id,
-            image_sha256=sha256_bytes(item.image_bytes),
-            annotator=self.a.config.provider,
-            model=self.a.config.model,
-            prompt_hash=self.a.prompt.prompt_hash,
-            params=self.a.key_params,
-            status="ok" if prediction is not None else "failed",
-            prediction=prediction,
-            failure_kind=None if prediction is not None else kw.get("failure_kind"),
-            raw_text=result.raw_text if result else None,
-            error=kw.get("error"),
-            usage=result.usage if result else Usage(),
-            cost_usd=kw.get("cost_usd", 0.0),
-            latency_s=kw.get("latency_s", 0.0),
-            attempt=attempt,
-        )
-        self.a.store.append(record)
-        if record.status == "failed":
-            with self.lock:
+    def _record(self, item: ItemT, attempt: int, result: AttemptResult | None, **kw: Any) -> None:
+        record = self.a.record_for(item, attempt, result, **kw)
+        self.a.store.append(record)  # type: ignore[arg-type]
+        with self.lock:
+            self.summary.prompt_tokens += record.usage.prompt_tokens
+            self.summary.cached_tokens += record.usage.cached_tokens
+            self.summary.completion_tokens += record.usage.completion_tokens
+            if record.status == "failed":
                 self.failure_kinds[str(record.failure_kind)] += 1
 
-    def _finish(self, outcome: Literal["ok", "failed", "not_sent"], pack: Pack) -> None:
+    def _finish(self, outcome: Literal["ok", "failed", "not_sent"], pack: Pack[ItemT]) -> None:
         with self.lock:
             pack.finished += 1
             if outcome == "ok":
@@ -164,7 +260,7 @@ class AnnotationRun:
     def json_mode(self) -> bool:
         return self.summary.structured_output_mode == "json_object_fallback"
 
-    def _fall_back_to_json_mode(self, plan: RequestPlan, error: Exception) -> bool:
+    def _fall_back_to_json_mode(self, plan: Plan, error: Exception) -> bool:
         """Switch the run to JSON mode once, when the server refused the JSON schema; true when
         ``plan`` should be sent again (it went out before the switch)."""
         if plan.json_mode:
@@ -177,16 +273,16 @@ class AnnotationRun:
 
     # -- one request's images ------------------------------------------------------------
 
-    def _annotate_pack(self, pack: Pack) -> None:
+    def _run_pack(self, pack: Pack[ItemT]) -> None:
         try:
-            self._annotate_pack_unsafe(pack)
+            self._run_pack_unsafe(pack)
         except Exception:
             logger.exception("unexpected error on %s", [item.image_id for item in pack.items])
             for _ in range(len(pack.items) - pack.finished):
                 self._finish("failed", pack)
             raise
 
-    def _send_once(self, plan: RequestPlan, reservation_usd: float) -> _Sent:
+    def _send_once(self, plan: Plan, items: Sequence[ItemT], reservation_usd: float) -> _Sent:
         """One request under a concurrency slot and a budget reservation."""
         a = self.a
         self.limiter.acquire()
@@ -204,7 +300,7 @@ class AnnotationRun:
                     model=a.config.model,
                     messages=plan.messages,
                     response_format=plan.response_format,
-                    request_params=a.request_params_for(len(plan.keys)),
+                    request_params=a.request_params_for(items),
                 )
             except (_RateLimited, _Transient, _Fatal) as exc:
                 self.budget.release(reservation_usd)
@@ -215,8 +311,8 @@ class AnnotationRun:
         finally:
             self.limiter.release(signal)
 
-    def _annotate_pack_unsafe(self, pack: Pack) -> None:
-        """Send ``pack``'s images until each is answered or out of attempts.
+    def _run_pack_unsafe(self, pack: Pack[ItemT]) -> None:
+        """Send ``pack``'s items until each is answered or out of attempts.
 
         One request carries every image still pending; a whole-request failure costs each of
         them an attempt, and after a partial answer only the unanswered images are sent again
@@ -226,7 +322,7 @@ class AnnotationRun:
         pending = list(pack.items)
         attempts = dict.fromkeys((item.key for item in pending), 0)
         rate_limit_waits = 0
-        plan: RequestPlan | None = None
+        plan: Plan | None = None
         reservation = pack.reservation_usd
         while pending:
             if self.stop.is_set():
@@ -240,7 +336,7 @@ class AnnotationRun:
             if plan is None or plan.json_mode != self.json_mode:
                 plan = a.plan_for(pending, json_mode=self.json_mode)
             self.gate.wait()
-            sent = self._send_once(plan, reservation)
+            sent = self._send_once(plan, pending, reservation)
             if not sent.reserved:
                 continue  # the stop flag is set now
             error = sent.error
@@ -304,7 +400,7 @@ class AnnotationRun:
                 logger.warning(
                     "request cost $%.5f exceeded its reservation $%.5f", cost, reservation
                 )
-            still: list[WorkItem] = []
+            still: list[ItemT] = []
             for item, result in zip(pending, results, strict=True):
                 self._record(
                     item,
@@ -327,5 +423,5 @@ class AnnotationRun:
                     still.append(item)
             if still and len(still) != len(pending):  # re-send only the unanswered images
                 plan = None
-                reservation = a.reservation_for_pack([item.image_bytes for item in still])
+                reservation = a.reservation_for_items(still)
             pending = still

@@ -17,9 +17,11 @@ Choices and why:
   returns them apart (``VerificationResult.unverified``) instead of keeping or dropping them,
   because whether an unchecked box beats no box depends on the caller's label source. A re-run
   sends failed images again, answered ones never.
-* Requests, retries, 429 pauses, the budget and prices are the annotator's (``send_chat_request``,
-  ``throttle``, ``pricing``); every attempt is appended to a JSONL store keyed by the content hash
-  of the image, the candidate boxes, the model and the prompt.
+* Requests, retries, 429 pauses, the budget, prices and the fall-back to JSON mode on a server
+  without structured outputs are the annotator's: the same run loop
+  (:class:`~cascade_defect.annotate.mllm.run_loop.RequestRun`) sends both. Every attempt is
+  appended to a JSONL store keyed by the content hash of the image, the candidate boxes, the
+  model and the prompt.
 
 The request itself (answer schema, drawing, prompt, record, cost estimate) is in
 :mod:`cascade_defect.annotate.mllm.verify_request`; this module sends it and applies the answers.
@@ -33,15 +35,13 @@ import os
 import random
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
+import pydantic
 from openai import OpenAI
-from tqdm.auto import tqdm
 
 from cascade_defect.annotate.boxes import Proposal
 from cascade_defect.annotate.mllm.annotator import PoolImage, client_from_options
@@ -50,22 +50,16 @@ from cascade_defect.annotate.mllm.estimate import (
     estimate_prompt_tokens,
     request_cost_upper_bound,
 )
+from cascade_defect.annotate.mllm.packing import with_json_schema_text
 from cascade_defect.annotate.mllm.prompt import SeedExample
 from cascade_defect.annotate.mllm.providers import ClientConfig
 from cascade_defect.annotate.mllm.requests import (
+    JSON_OBJECT_FORMAT,
     AttemptResult,
-    _Fatal,
-    _RateLimited,
-    _Sent,
-    _Transient,
-    send_chat_request,
+    classify_completion,
 )
-from cascade_defect.annotate.mllm.throttle import (
-    AdaptiveConcurrency,
-    BudgetGuard,
-    RateLimitGate,
-    RetryPolicy,
-)
+from cascade_defect.annotate.mllm.run_loop import Pack, RequestRun, RunTally
+from cascade_defect.annotate.mllm.throttle import BudgetGuard, RetryPolicy
 from cascade_defect.annotate.mllm.verify_request import (
     COMPLETION_TOKENS_BASE,
     COMPLETION_TOKENS_PER_CANDIDATE,
@@ -85,7 +79,6 @@ from cascade_defect.annotate.options import AnnotatorOptions
 from cascade_defect.annotate.schema import Usage, annotation_key
 from cascade_defect.costs import pricing
 from cascade_defect.hashing import sha256_bytes
-from cascade_defect.progress import progress_disabled
 
 logger = logging.getLogger(__name__)
 
@@ -94,39 +87,19 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class VerificationSummary:
-    """What a run did; ``failed`` counts images, ``failed_attempts_by_kind`` attempts; tokens and
-    cost cover the requests this run sent."""
+class VerificationSummary(RunTally):
+    """What a verification run did (:class:`RunTally`'s counts, which count images with
+    candidates), and how many candidates it was asked about."""
 
-    requested: int = 0
     with_candidates: int = 0
     candidates: int = 0
     unique_requests: int = 0
-    skipped_cached: int = 0
-    ok: int = 0
-    failed: int = 0
-    not_sent: int = 0
-    http_requests: int = 0
-    rate_limited: int = 0
-    failed_attempts_by_kind: dict[str, int] = field(default_factory=dict)
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    budget_usd: float | None = None
-    elapsed_s: float = 0.0
-    stopped_by_budget: bool = False
-    stop_reason: str | None = None
-    keys_by_image: dict[str, str] = field(default_factory=dict, repr=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("keys_by_image")
-        return data
 
 
 @dataclass
-class _Item:
+class VerifyItem:
+    """One image whose candidates are to be checked: what its request and record need."""
+
     image_id: str
     path: Path
     proposals: list[Proposal]
@@ -137,8 +110,41 @@ class _Item:
     reservation_usd: float
 
 
+@dataclass(frozen=True)
+class VerificationPlan:
+    """One verification request (the image drawn with its numbered candidates) and how its
+    answer is judged: the schema, then :func:`check_answer` against the candidates sent."""
+
+    messages: list[dict[str, Any]]
+    response_model: type[VerificationAnswer]
+    n_candidates: int
+    class_names: tuple[str, ...]
+    json_mode: bool = False
+
+    @property
+    def response_format(self) -> type[pydantic.BaseModel] | Mapping[str, Any]:
+        return JSON_OBJECT_FORMAT if self.json_mode else self.response_model
+
+    def classify(self, completion: Mapping[str, Any]) -> list[AttemptResult]:
+        """The answer as one result; a well-formed answer that does not fit the candidates sent
+        is a ``schema_violation``."""
+        result = classify_completion(completion, self.response_model)  # type: ignore[arg-type]
+        if result.prediction is not None:
+            answer = cast(VerificationAnswer, result.prediction)
+            try:
+                check_answer(answer, self.n_candidates, self.class_names)
+            except ValueError as exc:
+                error = str(exc)[:1000]
+                result = AttemptResult(
+                    None, "schema_violation", result.raw_text, error, result.usage
+                )
+        return [result]
+
+
 class MllmProposalVerifier:
     """Verifies proposals over any OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI)."""
+
+    progress_label = "verify"
 
     def __init__(
         self,
@@ -167,6 +173,8 @@ class MllmProposalVerifier:
             logger.warning("no price for %r: recording cost as $0", self.pricing_model)
             self.priced = False
         self.retry = replace(retry or RetryPolicy(), max_attempts=options.max_attempts)
+        self.concurrency = options.concurrency
+        self.progress = options.progress
         self.budget_margin = budget_margin
         self._sleep = sleep
         self._rng = random.Random(seed)
@@ -247,6 +255,55 @@ class MllmProposalVerifier:
         with self._rng_lock:
             return self.retry.backoff(failure_number, self._rng)
 
+    # -- what the run loop asks ------------------------------------------------------------
+
+    def plan_for(self, items: Sequence[VerifyItem], *, json_mode: bool = False) -> VerificationPlan:
+        """The request for one image: drawn here, when it is sent, so a run holds no drawings."""
+        (item,) = items
+        drawn = draw_candidates(item.path, item.proposals)
+        messages = self.prompt.messages_for(drawn, item.proposals, item.image_class)
+        if json_mode:
+            messages = [*messages[:-1], with_json_schema_text(messages[-1], self.response_model)]
+        return VerificationPlan(
+            messages, self.response_model, len(item.proposals), self.prompt.class_names, json_mode
+        )
+
+    def request_params_for(self, items: Sequence[VerifyItem]) -> dict[str, Any]:
+        (item,) = items
+        return self.request_params(len(item.proposals))
+
+    def reservation_for_items(self, items: Sequence[VerifyItem]) -> float:
+        return sum(item.reservation_usd for item in items)
+
+    def record_for(
+        self, item: VerifyItem, attempt: int, result: AttemptResult | None, **kw: Any
+    ) -> VerificationRecord:
+        """The store's line for one attempt at ``item`` (``kw``: failure_kind, error,
+        cost_usd, latency_s)."""
+        answer = cast(VerificationAnswer | None, result.prediction if result else None)
+        return VerificationRecord(
+            key=item.key,
+            image_id=item.image_id,
+            image_sha256=item.image_sha256,
+            annotator=self.config.provider,
+            model=self.config.model,
+            prompt_hash=self.prompt.prompt_hash,
+            params=item.params,
+            candidates=item.params["candidates"],
+            image_class=item.image_class,
+            status="ok" if answer is not None else "failed",
+            answer=None
+            if answer is None
+            else VerificationAnswer.model_validate(answer.model_dump()),
+            failure_kind=None if answer is not None else kw.get("failure_kind"),
+            raw_text=result.raw_text if result else None,
+            error=kw.get("error"),
+            usage=result.usage if result else Usage(),
+            cost_usd=kw.get("cost_usd", 0.0),
+            latency_s=kw.get("latency_s", 0.0),
+            attempt=attempt,
+        )
+
     # -- run -------------------------------------------------------------------------------
 
     def verify(
@@ -260,7 +317,7 @@ class MllmProposalVerifier:
         classes = image_classes or {}
         summary = VerificationSummary(requested=len(images), budget_usd=self.options.budget_usd)
         answered = self.store.answered_keys()
-        items: list[_Item] = []
+        items: list[VerifyItem] = []
         seen: set[str] = set()
         for image in images:
             candidates = list(proposals.get(image.image_id, ()))
@@ -286,7 +343,7 @@ class MllmProposalVerifier:
                     estimate, max_tokens, self.pricing_model, self.budget_margin
                 )
             items.append(
-                _Item(
+                VerifyItem(
                     image.image_id,
                     Path(image.path),
                     candidates,
@@ -304,215 +361,11 @@ class MllmProposalVerifier:
                 for r in self.store.records()
                 if r.prompt_hash == self.prompt.prompt_hash and r.model == self.config.model
             )
-            _VerifyRun(self, summary, BudgetGuard(self.options.budget_usd, prior)).execute(items)
+            run = RequestRun(self, summary, BudgetGuard(self.options.budget_usd, prior), prior)
+            run.execute([Pack([item], item.reservation_usd) for item in items])
         summary.elapsed_s = time.monotonic() - started
         logger.info("verification run finished: %s", summary.as_dict())
         return summary
-
-
-class _VerifyRun:
-    """State of one ``verify`` call shared by the worker threads (the annotator's loop rules:
-    a 429 is no attempt, 5xx/timeouts and bad answers are, 401/403/404 stop the run)."""
-
-    def __init__(
-        self, verifier: MllmProposalVerifier, summary: VerificationSummary, budget: BudgetGuard
-    ) -> None:
-        self.v, self.summary, self.budget = verifier, summary, budget
-        self.prior = budget.spent_usd
-        self.gate = RateLimitGate(verifier._sleep)
-        self.limiter = AdaptiveConcurrency(verifier.options.concurrency)
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.kinds: Counter[str] = Counter()
-        self.bar: Any = None
-
-    def execute(self, items: list[_Item]) -> None:
-        self.bar = tqdm(
-            total=len(items),
-            desc="verify",
-            unit="img",
-            disable=progress_disabled(self.v.options.progress),
-        )
-        try:
-            with ThreadPoolExecutor(max_workers=self.v.options.concurrency) as pool:
-                for future in [pool.submit(self._verify_one, item) for item in items]:
-                    future.result()
-        finally:
-            self.bar.close()
-            self.summary.failed_attempts_by_kind = dict(self.kinds)
-            self.summary.cost_usd = self.budget.spent_usd - self.prior
-
-    def _record(self, item: _Item, attempt: int, result: AttemptResult | None, **kw: Any) -> None:
-        answer = cast(VerificationAnswer | None, result.prediction if result else None)
-        usage = result.usage if result else Usage()
-        record = VerificationRecord(
-            key=item.key,
-            image_id=item.image_id,
-            image_sha256=item.image_sha256,
-            annotator=self.v.config.provider,
-            model=self.v.config.model,
-            prompt_hash=self.v.prompt.prompt_hash,
-            params=item.params,
-            candidates=item.params["candidates"],
-            image_class=item.image_class,
-            status="ok" if answer is not None else "failed",
-            answer=None
-            if answer is None
-            else VerificationAnswer.model_validate(answer.model_dump()),
-            failure_kind=None if answer is not None else kw.get("failure_kind"),
-            raw_text=result.raw_text if result else None,
-            error=kw.get("error"),
-            usage=usage,
-            cost_usd=kw.get("cost_usd", 0.0),
-            latency_s=kw.get("latency_s", 0.0),
-            attempt=attempt,
-        )
-        self.v.store.append(record)  # type: ignore[arg-type]
-        with self.lock:
-            self.summary.prompt_tokens += usage.prompt_tokens
-            self.summary.cached_tokens += usage.cached_tokens
-            self.summary.completion_tokens += usage.completion_tokens
-            if record.status == "failed":
-                self.kinds[str(record.failure_kind)] += 1
-
-    def _finish(self, outcome: Literal["ok", "failed", "not_sent"]) -> None:
-        with self.lock:
-            setattr(self.summary, outcome, getattr(self.summary, outcome) + 1)
-            spent = self.budget.spent_usd - self.prior
-        self.bar.set_postfix_str(f"${spent:.4f}", refresh=False)
-        self.bar.update(1)
-
-    def _stop(self, reason: str, budget: bool = False) -> None:
-        with self.lock:
-            if self.summary.stop_reason is None:
-                self.summary.stop_reason = reason
-                self.summary.stopped_by_budget = budget
-                logger.warning("stopping verification: %s", reason)
-        self.stop.set()
-
-    def _send_once(self, item: _Item, messages: list[dict[str, Any]]) -> _Sent:
-        """One request under a concurrency slot and a budget reservation; a well-formed JSON
-        answer that does not fit the candidates sent becomes a ``schema_violation``."""
-        v = self.v
-        self.limiter.acquire()
-        signal: Literal["success", "rate_limited", "neutral"] = "neutral"
-        try:
-            if not self.budget.try_reserve(item.reservation_usd):
-                self._stop(
-                    f"budget: spent ${self.budget.spent_usd:.4f} + in flight "
-                    f"${self.budget.reserved_usd:.4f} + next ${item.reservation_usd:.4f} would "
-                    f"exceed ${self.budget.budget_usd:.2f}",
-                    budget=True,
-                )
-                return _Sent(None, None, 0.0, reserved=False)
-            with self.lock:
-                self.summary.http_requests += 1
-            started = time.monotonic()
-            try:
-                result = send_chat_request(
-                    v.client,
-                    model=v.config.model,
-                    messages=messages,
-                    response_model=v.response_model,  # type: ignore[arg-type]
-                    request_params=v.request_params(len(item.proposals)),
-                )
-            except (_RateLimited, _Transient, _Fatal) as exc:
-                self.budget.release(item.reservation_usd)
-                signal = "rate_limited" if isinstance(exc, _RateLimited) else "neutral"
-                return _Sent(None, exc, time.monotonic() - started)
-            signal = "success"
-            if result.prediction is not None:
-                answer = cast(VerificationAnswer, result.prediction)
-                try:
-                    check_answer(answer, len(item.proposals), v.prompt.class_names)
-                except ValueError as exc:
-                    result = AttemptResult(
-                        None, "schema_violation", result.raw_text, str(exc)[:1000], result.usage
-                    )
-            return _Sent(result, None, time.monotonic() - started)
-        finally:
-            self.limiter.release(signal)
-
-    def _verify_one(self, item: _Item) -> None:
-        try:
-            self._verify_one_unsafe(item)
-        except Exception:
-            logger.exception("unexpected error on %s", item.image_id)
-            self._finish("failed")
-            raise
-
-    def _verify_one_unsafe(self, item: _Item) -> None:
-        v = self.v
-        drawn = draw_candidates(item.path, item.proposals)
-        messages = v.prompt.messages_for(drawn, item.proposals, item.image_class)
-        attempt = rate_limit_waits = 0
-        while True:
-            if self.stop.is_set():
-                if self.summary.stopped_by_budget and attempt == 0:
-                    self._record(
-                        item, 0, None, failure_kind="budget", error=self.summary.stop_reason
-                    )
-                self._finish("not_sent" if attempt == 0 else "failed")
-                return
-            self.gate.wait()
-            sent = self._send_once(item, messages)
-            if not sent.reserved:
-                continue  # the stop flag is set now
-            error = sent.error
-            if isinstance(error, _RateLimited):
-                rate_limit_waits += 1
-                with self.lock:
-                    self.summary.rate_limited += 1
-                if rate_limit_waits > v.retry.max_rate_limit_waits:
-                    message = f"rate limited {rate_limit_waits} times: {error}"
-                    self._record(item, attempt + 1, None, failure_kind="http_error", error=message)
-                    self._finish("failed")
-                    return
-                wait = (
-                    error.retry_after
-                    if error.retry_after is not None
-                    else v._backoff(rate_limit_waits)
-                )
-                self.gate.pause_for(min(wait, v.retry.max_retry_after_s))
-                continue
-            attempt += 1  # a 429 is not an attempt: the model never saw the request
-            if isinstance(error, _Transient | _Fatal):
-                kind = error.kind if isinstance(error, _Transient) else "http_error"
-                self._record(
-                    item,
-                    attempt,
-                    None,
-                    failure_kind=kind,
-                    error=str(error),
-                    latency_s=sent.latency_s,
-                )
-                if isinstance(error, _Fatal) or attempt >= v.retry.max_attempts:
-                    if isinstance(error, _Fatal) and error.abort_run:
-                        self._stop(str(error))
-                    self._finish("failed")
-                    return
-                v._sleep(v._backoff(attempt))
-                continue
-            result = sent.result
-            assert result is not None
-            cost = v.request_cost(result.usage)
-            self.budget.settle(item.reservation_usd, cost)
-            self._record(
-                item,
-                attempt,
-                result,
-                failure_kind=result.failure_kind,
-                error=result.error,
-                cost_usd=cost,
-                latency_s=sent.latency_s,
-            )
-            if result.prediction is not None:
-                self._finish("ok")
-                return
-            logger.info("%s: %s on attempt %d", item.image_id, result.failure_kind, attempt)
-            if attempt >= v.retry.max_attempts:
-                self._finish("failed")
-                return
 
 
 # --------------------------------------------------------------------------- results
