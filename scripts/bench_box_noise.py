@@ -64,10 +64,10 @@ from _bench_cli import (
     resumable_scratch,
     schedule_config,
 )
+from _bench_training import GoldenTestScorer, trained_weights
 
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseudo_labels
 from cascade_defect.chapters.c05_training import assemble_source
-from cascade_defect.chapters.c06_comparison import golden_test_dataset, golden_test_truth
 from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_pool_listing
 from cascade_defect.hashing import tree_sha256
 from cascade_defect.locations import portable_path, portable_text, portable_values
@@ -77,7 +77,6 @@ from cascade_defect.metrics.box_quality import (
     normalise_gt_boxes,
     pixel_box_quality,
 )
-from cascade_defect.metrics.detection import detection_metrics, match_detections
 from cascade_defect.plots.book import manifest_path
 from cascade_defect.plots.box_noise import TARGETS, quality_needed
 from cascade_defect.settings import (
@@ -91,7 +90,6 @@ from cascade_defect.train.box_noise import (
     box_noise_source,
     parse_box_noise,
 )
-from cascade_defect.train.predict import validate_on_test
 from cascade_defect.train.sources import (
     HUMAN,
     PSEUDO,
@@ -102,7 +100,7 @@ from cascade_defect.train.sources import (
     read_split_inputs,
     write_source_dataset,
 )
-from cascade_defect.train.yolo import train_yolo, training_fingerprint, training_schedule
+from cascade_defect.train.yolo import training_fingerprint, training_schedule
 
 DEFAULT_NOISE = (
     "drop=0.2",
@@ -324,32 +322,17 @@ class Sweep:
     rows: dict[str, dict[str, Any]]
     manifest: SweepManifest | None = None
     current: set[str] = field(default_factory=set)
-    _test: tuple[pd.DataFrame, pd.DataFrame, list[str], Path] | None = field(default=None)
+    _scorer: GoldenTestScorer | None = field(default=None)
 
     @property
     def layout(self) -> SplitLayout:
         return SplitLayout(self.config.paths.split_dir)
 
-    def score(self, weights: Path, name: str) -> dict[str, float]:
-        """Test mAP50 as chapter 06 computes it: ultralytics' detections, the package's matching."""
-        if self._test is None:
-            images, truth, class_names = golden_test_truth(self.layout)
-            data_yaml = golden_test_dataset(self.layout, self.scratch / "test_dataset", class_names)
-            self._test = images, truth, class_names, data_yaml
-        images, truth, class_names, data_yaml = self._test
-        _, detections = validate_on_test(
-            weights,
-            data_yaml,
-            images[["image_id", "width", "height"]],
-            imgsz=self.schedule["imgsz"],
-            device=self.schedule["device"],
-            config_dir=self.config.work_dir / ".ultralytics",
-            project_dir=self.scratch / "val",
-            name=name,
-        )
-        matched = match_detections(detections, truth, list(images["image_id"]), class_names)
-        scores = detection_metrics(matched)
-        return {"map50": scores["map50"], "map50_95": scores["map50_95"]}
+    @property
+    def scorer(self) -> GoldenTestScorer:
+        if self._scorer is None:
+            self._scorer = GoldenTestScorer(self.config, self.schedule, self.scratch)
+        return self._scorer
 
     def run(
         self,
@@ -365,8 +348,9 @@ class Sweep:
         data_yaml = write_source_dataset(
             dataset, self.scratch / "datasets" / name, self.layout.class_names()
         )
-        weights = self.config.yolo_weights
-        fingerprint = training_fingerprint(data_yaml.parent, weights, self.schedule)
+        fingerprint = training_fingerprint(
+            data_yaml.parent, self.config.yolo_weights, self.schedule
+        )
         done = self.rows.get(name)
         if done is not None and done.get("fingerprint") == fingerprint:
             print(f"{name}: its row in {self.args.csv} has the same labels and schedule; skipped")
@@ -375,28 +359,16 @@ class Sweep:
         if self.args.manifest_only:
             print(f"{name}: no row with these labels and schedule; --manifest-only trains nothing")
             return None
-        record = self.scratch / "runs" / f"{name}.json"
-        saved = json.loads(record.read_text()) if record.exists() else {}
-        best = Path(saved.get("best_weights", ""))
-        if saved.get("fingerprint") == fingerprint and best.is_file():
-            print(f"{name}: weights of an identical run found in {best.parent}; scoring only")
-            wall = float(saved["wall_seconds"])
-        else:
-            print(f"{name}: training ({noise.describe() if noise else _UNSPOILED[kind]})")
-            result = train_yolo(
-                data_yaml,
-                weights=weights,
-                project_dir=self.scratch / "runs",
-                name=name,
-                config_dir=self.config.work_dir / ".ultralytics",
-                **self.schedule,
-            )
-            best, wall = result.best_weights, result.wall_seconds
-            record.write_text(
-                json.dumps(
-                    {"fingerprint": fingerprint, "best_weights": str(best), "wall_seconds": wall}
-                )
-            )
+        best, wall = trained_weights(
+            data_yaml,
+            fingerprint,
+            config=self.config,
+            schedule=self.schedule,
+            scratch=self.scratch,
+            name=name,
+            record_name=name,
+            describe=noise.describe() if noise else _UNSPOILED[kind],
+        )
         row = {
             "source": name,
             "kind": noise.kind if noise else kind,
@@ -405,7 +377,7 @@ class Sweep:
             "epochs": self.schedule["epochs"],
             "imgsz": self.schedule["imgsz"],
             **quality,
-            **self.score(best, name),
+            **self.scorer.score(best, name)[0],
             "train_wall_seconds": round(wall, 1),
             "fingerprint": fingerprint,
         }

@@ -49,6 +49,7 @@ from _bench_cli import (
     resumable_scratch,
     schedule_config,
 )
+from _bench_training import GoldenTestScorer, trained_weights
 
 from cascade_defect.annotate.review_budget import (
     REVIEW_ORDERS,
@@ -60,7 +61,6 @@ from cascade_defect.annotate.review_budget import (
 from cascade_defect.annotate.schema import NO_DEFECT
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseudo_labels
 from cascade_defect.chapters.c04_audit import AuditOutputs
-from cascade_defect.chapters.c06_comparison import golden_test_dataset, golden_test_truth
 from cascade_defect.data.split import SplitLayout
 from cascade_defect.data.tables import read_table
 from cascade_defect.hashing import tree_sha256
@@ -72,9 +72,7 @@ from cascade_defect.metrics.bootstrap import (
     paired_comparison,
     percentile_interval,
 )
-from cascade_defect.metrics.detection import detection_metrics, match_detections
 from cascade_defect.settings import StudyConfig
-from cascade_defect.train.predict import validate_on_test
 from cascade_defect.train.sources import (
     HUMAN,
     PSEUDO,
@@ -86,7 +84,7 @@ from cascade_defect.train.sources import (
     uses_pool_ground_truth,
     write_source_dataset,
 )
-from cascade_defect.train.yolo import train_yolo, training_fingerprint, training_schedule
+from cascade_defect.train.yolo import training_fingerprint, training_schedule
 
 DEFAULT_BUDGETS = (0, 36, 72, 144, 288, 1422)
 TARGETS = (0.9, 0.97)
@@ -278,7 +276,8 @@ class Bench:
     started: float = field(default_factory=time.perf_counter)
     _hashed: dict[str, dict[str, Any]] | None = None
     samples: dict[str, np.ndarray] = field(default_factory=dict)
-    _test: tuple[pd.DataFrame, pd.DataFrame, list[str], Path, np.ndarray] | None = None
+    _scorer: GoldenTestScorer | None = None
+    _draws: np.ndarray | None = None
 
     @property
     def layout(self) -> SplitLayout:
@@ -286,25 +285,14 @@ class Bench:
 
     def score(self, weights: Path, fingerprint: str) -> dict[str, float]:
         """Test mAP50 as chapter 06 computes it, and its bootstrap samples (kept per fingerprint)."""
-        if self._test is None:
-            images, truth, class_names = golden_test_truth(self.layout)
-            data_yaml = golden_test_dataset(self.layout, self.scratch / "test_dataset", class_names)
-            draws = bootstrap_indices(len(images), self.args.n_bootstrap, self.args.bootstrap_seed)
-            self._test = images, truth, class_names, data_yaml, draws
-        images, truth, class_names, data_yaml, draws = self._test
-        _, detections = validate_on_test(
-            weights,
-            data_yaml,
-            images[["image_id", "width", "height"]],
-            imgsz=self.schedule["imgsz"],
-            device=self.schedule["device"],
-            config_dir=self.config.work_dir / ".ultralytics",
-            project_dir=self.scratch / "val",
-            name=fingerprint[:16],
-        )
-        matched = match_detections(detections, truth, list(images["image_id"]), class_names)
-        scores = detection_metrics(matched)
-        values = bootstrap_map50(matched, draws)
+        if self._scorer is None:
+            self._scorer = GoldenTestScorer(self.config, self.schedule, self.scratch)
+            n_images = len(self._scorer.test_set()[0])
+            self._draws = bootstrap_indices(
+                n_images, self.args.n_bootstrap, self.args.bootstrap_seed
+            )
+        scores, matched = self._scorer.score(weights, fingerprint[:16])
+        values = bootstrap_map50(matched, self._draws)
         self.samples[fingerprint] = values
         store = self.scratch / "bootstrap" / f"{fingerprint[:16]}.npy"
         store.parent.mkdir(parents=True, exist_ok=True)
@@ -359,33 +347,16 @@ class Bench:
             metrics = {k: twin[k] for k in ("map50", "map50_low", "map50_high", "map50_95")}
             row |= metrics | {"train_wall_seconds": twin["train_wall_seconds"], "same_as": same}
         else:
-            record = self.scratch / "runs" / f"{fingerprint[:16]}.json"
-            saved = json.loads(record.read_text()) if record.exists() else {}
-            best = Path(saved.get("best_weights", ""))
-            if saved.get("fingerprint") == fingerprint and best.is_file():
-                print(f"{name}: weights of an identical run found in {best.parent}; scoring only")
-                wall = float(saved["wall_seconds"])
-            else:
-                print(f"{name}: training ({stats['n_train']} images, {stats['n_boxes']} boxes)")
-                result = train_yolo(
-                    data_yaml,
-                    weights=self.config.yolo_weights,
-                    project_dir=self.scratch / "runs",
-                    name=name,
-                    config_dir=self.config.work_dir / ".ultralytics",
-                    **self.schedule,
-                )
-                best, wall = result.best_weights, result.wall_seconds
-                record.parent.mkdir(parents=True, exist_ok=True)
-                record.write_text(
-                    json.dumps(
-                        {
-                            "fingerprint": fingerprint,
-                            "best_weights": str(best),
-                            "wall_seconds": wall,
-                        }
-                    )
-                )
+            best, wall = trained_weights(
+                data_yaml,
+                fingerprint,
+                config=self.config,
+                schedule=self.schedule,
+                scratch=self.scratch,
+                name=name,
+                record_name=fingerprint[:16],
+                describe=f"{stats['n_train']} images, {stats['n_boxes']} boxes",
+            )
             row |= self.score(best, fingerprint) | {
                 "train_wall_seconds": round(wall, 1),
                 "same_as": "",

@@ -604,8 +604,9 @@ def test_the_sweep_trains_each_distinct_dataset_once_scores_and_resumes(
     weights = tmp_path / "yolov8n.pt"
     weights.write_bytes(b"weights")
     monkeypatch.setenv("CASCADE_YOLO_WEIGHTS", str(weights))
-    monkeypatch.setattr(bench, "train_yolo", fake_train)
-    monkeypatch.setattr(bench, "validate_on_test", fake_validate)
+    training = sys.modules["_bench_training"]  # where the scripts train and score
+    monkeypatch.setattr(training, "train_yolo", fake_train)
+    monkeypatch.setattr(training, "validate_on_test", fake_validate)
     csv = tmp_path / "sweep.csv"
     arguments = [
         "--run-dir",
