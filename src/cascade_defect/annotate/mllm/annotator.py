@@ -51,7 +51,13 @@ from cascade_defect.annotate.mllm.packing import RequestPlan, plan_request
 from cascade_defect.annotate.mllm.prompt import FewShotPrompt, SeedExample, build_prompt
 from cascade_defect.annotate.mllm.providers import ClientConfig, make_client
 from cascade_defect.annotate.mllm.requests import AttemptResult
-from cascade_defect.annotate.mllm.run_loop import Pack, RequestRun, RunTally, WorkItem
+from cascade_defect.annotate.mllm.run_loop import (
+    Pack,
+    RequestRun,
+    RunTally,
+    WorkItem,
+    attempt_fields,
+)
 from cascade_defect.annotate.mllm.throttle import BudgetGuard, RetryPolicy
 from cascade_defect.annotate.options import AnnotatorOptions
 from cascade_defect.annotate.schema import (
@@ -297,12 +303,7 @@ class MLLMAnnotator:
             status="ok" if prediction is not None else "failed",
             prediction=prediction,
             failure_kind=None if prediction is not None else kw.get("failure_kind"),
-            raw_text=result.raw_text if result else None,
-            error=kw.get("error"),
-            usage=result.usage if result else Usage(),
-            cost_usd=kw.get("cost_usd", 0.0),
-            latency_s=kw.get("latency_s", 0.0),
-            attempt=attempt,
+            **attempt_fields(result, attempt, **kw),
         )
 
     # -- run -----------------------------------------------------------------------------

@@ -120,6 +120,19 @@ class Requester(Protocol[ItemT]):
     def _backoff(self, failure_number: int) -> float: ...
 
 
+def attempt_fields(result: AttemptResult | None, attempt: int, **kw: Any) -> dict[str, Any]:
+    """The fields every stored attempt carries, whatever its record type: the answer's raw text,
+    the error, tokens, cost, latency and the attempt number (``kw`` as the loop passes them)."""
+    return {
+        "raw_text": result.raw_text if result else None,
+        "error": kw.get("error"),
+        "usage": result.usage if result else Usage(),
+        "cost_usd": kw.get("cost_usd", 0.0),
+        "latency_s": kw.get("latency_s", 0.0),
+        "attempt": attempt,
+    }
+
+
 @dataclass
 class RunTally:
     """What a run did, counted alike for every kind of request: ``ok``, ``failed`` and

@@ -58,7 +58,7 @@ from cascade_defect.annotate.mllm.requests import (
     AttemptResult,
     classify_completion,
 )
-from cascade_defect.annotate.mllm.run_loop import Pack, RequestRun, RunTally
+from cascade_defect.annotate.mllm.run_loop import Pack, RequestRun, RunTally, attempt_fields
 from cascade_defect.annotate.mllm.throttle import BudgetGuard, RetryPolicy
 from cascade_defect.annotate.mllm.verify_request import (
     COMPLETION_TOKENS_BASE,
@@ -296,12 +296,7 @@ class MllmProposalVerifier:
             if answer is None
             else VerificationAnswer.model_validate(answer.model_dump()),
             failure_kind=None if answer is not None else kw.get("failure_kind"),
-            raw_text=result.raw_text if result else None,
-            error=kw.get("error"),
-            usage=result.usage if result else Usage(),
-            cost_usd=kw.get("cost_usd", 0.0),
-            latency_s=kw.get("latency_s", 0.0),
-            attempt=attempt,
+            **attempt_fields(result, attempt, **kw),
         )
 
     # -- run -------------------------------------------------------------------------------
