@@ -76,7 +76,7 @@ from cascade_defect.hashing import sha256_bytes
 from cascade_defect.locations import portable_path
 from cascade_defect.metrics.calibration import expected_calibration_error
 from cascade_defect.plots.book import manifest_path
-from cascade_defect.settings import StudyConfig, load_config
+from cascade_defect.settings import AnnotationSettings, StudyConfig, load_config
 
 THRESHOLDS = (0.05, 0.1, 0.15, 0.25)
 TARGET_RECALLS = (0.85,)
@@ -266,10 +266,6 @@ def evidence_settings(
     """What a draw's evidence depends on: the data (``labels``, :func:`labels_digest`), the
     draw, and every annotation setting but the gate's pooling ones (compared after a JSON round
     trip, as they are read back)."""
-    annotation = config.profile.annotation.model_dump(mode="json")
-    annotation["defect_gate"] = {
-        k: v for k, v in annotation["defect_gate"].items() if k not in REPOOLED
-    }
     settings = {
         "version": EVIDENCE_VERSION,
         "dataset": Path(args.data_dir).name,
@@ -278,9 +274,26 @@ def evidence_settings(
         "per_class": args.per_class,
         "profile": config.profile.name,
         "training_seed": config.profile.training.seed,
-        "annotation": annotation,
+        "annotation": annotation_key(config.profile.annotation),
     }
     return json.loads(json.dumps(settings))
+
+
+def annotation_key(annotation: AnnotationSettings) -> dict[str, object]:
+    """The annotation settings a draw's evidence depends on: all but the gate's pooling ones."""
+    key = annotation.model_dump(mode="json")
+    key["defect_gate"] = {k: v for k, v in key["defect_gate"].items() if k not in REPOOLED}
+    return key
+
+
+def as_written_now(kept: dict[str, object]) -> dict[str, object]:
+    """Kept evidence settings with annotation settings added since filled with their defaults
+    (with which that evidence was made); an unknown setting is left, and so differs."""
+    try:
+        settings = AnnotationSettings.model_validate(kept.get("annotation"))
+    except ValueError:
+        return kept
+    return json.loads(json.dumps({**kept, "annotation": annotation_key(settings)}))
 
 
 @dataclass
@@ -349,8 +362,8 @@ def read_draw_evidence(
     if not meta_path.exists() or not table_path.exists():
         return None
     record = json.loads(meta_path.read_text())
-    if record.get("settings") != settings:
-        kept = record.get("settings") or {}
+    kept = as_written_now(record.get("settings") or {})
+    if kept != settings:
         differ = sorted(k for k in {*kept, *settings} if kept.get(k) != settings.get(k))
         print(f"draw {draw}: {meta_path} was made with other {', '.join(differ)}; made again")
         return None
@@ -439,9 +452,9 @@ def make_draw_evidence(
         progress=False,
     )
     class_trained = gated.class_detector_details or {}
-    trained_seconds = gated.detector_details["train_seconds"] + class_trained.get(
-        "train_seconds", 0
-    )
+    class_members = [class_trained, *class_trained.get("more_members", [])] if class_trained else []
+    class_seconds = round(sum(m["train_seconds"] for m in class_members), 1)
+    trained_seconds = gated.detector_details["train_seconds"] + class_seconds
     gate_seconds = time.perf_counter() - start - trained_seconds
     scores = best_box_scores(gated.detector, pool)
 
@@ -456,7 +469,7 @@ def make_draw_evidence(
         "auc_detector": float(roc_auc_score(~clean, scores)),
         "annotator_seconds": round(annotator_seconds, 1),
         "detector_train_seconds": gated.detector_details["train_seconds"],
-        "class_detector_train_seconds": class_trained.get("train_seconds"),
+        "class_detector_train_seconds": class_seconds if class_members else None,
         "gate_seconds": round(gate_seconds, 1),
     }
     return DrawEvidence(

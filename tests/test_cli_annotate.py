@@ -154,6 +154,7 @@ def test_help_explains_every_option() -> None:
         "--no-progress",
         "--no-defect-gate",
         "--no-class-aware-detector",
+        "--class-aware-members",
         "--defect-recall",
     ):
         assert option in result.stdout
@@ -177,6 +178,16 @@ def test_an_invalid_option_is_named(tmp_path: Path, unlabelled: Path) -> None:
     crops_without_gate = annotate(*common, "--no-class-aware-detector", "--no-defect-gate")
     assert crops_without_gate.returncode == 2
     assert "--no-class-aware-detector needs the defect gate" in crops_without_gate.stderr
+    members_without_detector = annotate(
+        *common, "--class-aware-members", "3", "--no-class-aware-detector"
+    )
+    assert members_without_detector.returncode == 2
+    assert "--class-aware-members needs the class-aware detector" in members_without_detector.stderr
+    no_members = annotate(*common, "--class-aware-members", "0")
+    assert no_members.returncode == 2
+    assert "argument --class-aware-members: Input should be greater than or equal to 1" in (
+        no_members.stderr
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -189,6 +200,7 @@ def test_an_invalid_option_is_named(tmp_path: Path, unlabelled: Path) -> None:
             {"mode": "auto", "class_aware_detector": False, "target_recall": 0.9},
         ),
         (("--no-defect-gate",), {"mode": "off", "class_aware_detector": True}),
+        (("--class-aware-members", "3"), {"class_aware_detector": True, "class_aware_members": 3}),
     ],
 )
 def test_the_gate_flags_reach_the_folder_annotator(

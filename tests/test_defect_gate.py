@@ -16,6 +16,7 @@ from cascade_defect.annotate.crop_verifier import CropVerifier
 from cascade_defect.annotate.defect_gate import (
     DEFECT_AT,
     CropEvidence,
+    GatedAnswers,
     answers_at,
     crop_evidence,
     defect_threshold,
@@ -25,6 +26,7 @@ from cascade_defect.annotate.defect_gate import (
     pooled_defect_probability,
     with_detector_evidence,
 )
+from cascade_defect.annotate.fragments import fuse_detectors
 from cascade_defect.box_settings import CropVerifierSettings, DefectGateSettings
 from cascade_defect.hashing import sha256_bytes
 from cascade_defect.settings import AnnotationSettings
@@ -280,3 +282,106 @@ def test_crop_evidence_sees_the_defect_and_its_type_in_the_crops(
 
     with pytest.raises(RuntimeError, match="fit"):
         crop_evidence(CropVerifier(extractor), pool, proposals, ["crazing", "scratches"], 2)
+
+
+def test_the_gate_trains_its_class_aware_members_and_fuses_their_boxes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``class_aware_members=3`` the gate trains the class-agnostic detector, then three
+    class-aware ones (members 0, 1, 2: the next random seeds, in the class-aware folder), and
+    their proposals reach the evidence fused: a crack all three see at 0.6 keeps 0.6, a
+    scratch one member sees at 0.6 keeps 0.2. Its record names the first member and lists
+    the others; with the default one member nothing is fused and no list is written."""
+    from types import SimpleNamespace
+
+    from cascade_defect.annotate import defect_gate, strategies
+    from cascade_defect.annotate.boxes import SeedDetectorSettings
+    from cascade_defect.box_settings import SelfTrainingSettings
+
+    trained: list[tuple[bool, int, Path]] = []
+
+    class Member:
+        def __init__(self, member: int) -> None:
+            self.member = member
+            self.settings = SimpleNamespace(conf=0.01)
+
+        def propose(self, pool: pd.DataFrame) -> dict[str, list[Proposal]]:
+            crack = Proposal((0.1, 0.1, 0.3, 0.3), 0.6, "crack")
+            scratch = Proposal((0.6, 0.6, 0.9, 0.9), 0.6, "scratches")
+            return {"a": [crack, scratch] if self.member == 2 else [crack]}
+
+    def train(recipe, seeds, seed_boxes, class_names, *, progress=True, member=0):
+        trained.append((recipe.seed_detector.class_aware, member, recipe.work_dir))
+        return Member(member), {"train_seconds": 10.0 + member, "n_images": 4}
+
+    handed: dict[str, object] = {}
+
+    def gate(**kwargs: object) -> GatedAnswers:
+        handed.update(kwargs)
+        found = [d.propose(None) for d in kwargs["class_detectors"]]
+        handed["fused"] = fuse_detectors(found, min_score=0.01)
+        return GatedAnswers(pd.DataFrame(), {}, {}, {})
+
+    monkeypatch.setattr(strategies, "train_seed_detector", train)
+    monkeypatch.setattr(strategies, "crop_verifier_for", lambda recipe, threshold=None: None)
+    monkeypatch.setattr(defect_gate, "gate_with_detector", gate)
+    recipe = strategies.DetectorRecipe(
+        weights="yolov8n.pt",
+        work_dir=tmp_path,
+        seed_detector=SeedDetectorSettings(),
+        self_training=SelfTrainingSettings(),
+    )
+    annotator = SimpleNamespace(predict_proba=lambda pool: pd.DataFrame())
+
+    def run(members: int) -> defect_gate.GatedOffline:
+        trained.clear()
+        return defect_gate.gate_offline_answers(
+            annotator,
+            pd.DataFrame(),
+            recipe=recipe,
+            seeds=pd.DataFrame(),
+            seed_boxes=pd.DataFrame(),
+            class_names=["crack", "scratches", "no_defect"],
+            settings=DefectGateSettings(class_aware_members=members),
+            progress=False,
+        )
+
+    result = run(3)
+    assert [(aware, member) for aware, member, _ in trained] == [
+        (False, 0),
+        (True, 0),
+        (True, 1),
+        (True, 2),
+    ]
+    assert {folder for aware, _, folder in trained if aware} == {tmp_path / "class_aware"}
+    assert [d.member for d in handed["class_detectors"]] == [0, 1, 2]
+    fused = {p.class_name: p.score for p in handed["fused"]["a"]}
+    assert fused == pytest.approx({"crack": 0.6, "scratches": 0.2})
+    assert result.class_detector_details["train_seconds"] == 10.0
+    assert [m["train_seconds"] for m in result.class_detector_details["more_members"]] == [
+        11.0,
+        12.0,
+    ]
+
+    single = run(1)
+    assert [(aware, member) for aware, member, _ in trained] == [(False, 0), (True, 0)]
+    assert "more_members" not in single.class_detector_details
+    without = defect_gate.gate_offline_answers(
+        annotator,
+        pd.DataFrame(),
+        recipe=recipe,
+        seeds=pd.DataFrame(),
+        seed_boxes=pd.DataFrame(),
+        class_names=["crack", "no_defect"],
+        settings=DefectGateSettings(class_aware_detector=False),
+        progress=False,
+    )
+    assert without.class_detector_details is None and handed["class_detectors"] == []
+
+
+def test_class_aware_members_need_the_class_aware_detector() -> None:
+    assert DefectGateSettings().class_aware_members == 1
+    with pytest.raises(ValidationError, match=r"class_aware_members is 2.*class_aware_detector"):
+        DefectGateSettings(class_aware_members=2, class_aware_detector=False)
+    with pytest.raises(ValidationError):
+        DefectGateSettings(class_aware_members=0)

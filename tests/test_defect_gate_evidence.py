@@ -145,8 +145,38 @@ def test_pooling_settings_are_not_evidence_settings(tmp_path: Path, load_script)
     assert key(target_recall=0.85, pooling="linear", defect_type="annotator") == plain
     assert key(top_proposals=3) != plain
     assert key(class_aware_detector=False) != plain
+    assert key(class_aware_members=3) != plain
     assert bench.evidence_settings(args, 1, load_config("quick"), "L") != plain  # another draw
     assert bench.evidence_settings(args, 0, load_config("quick"), "M") != plain  # other labels
+
+
+def test_evidence_kept_before_a_setting_existed_is_read_with_its_default(
+    tmp_path: Path, load_script, capsys
+) -> None:
+    """Evidence whose settings lack a gate setting added since (here ``class_aware_members``)
+    was made with its default: it is pooled again under the default and made again under
+    another value; a kept setting this version does not know makes it again."""
+    import json
+
+    bench = load_script("bench_defect_gate")
+    settings = DefectGateSettings()
+    args = bench_args(tmp_path)
+    key = bench.evidence_settings(args, 0, load_config("quick"), "L")
+    bench.write_draw_evidence(args.evidence_dir, 0, key, draw_evidence(bench, settings))
+    meta = args.evidence_dir / "draw_0.json"
+    record = json.loads(meta.read_text())
+    del record["settings"]["annotation"]["defect_gate"]["class_aware_members"]
+    meta.write_text(json.dumps(record))
+    assert bench.read_draw_evidence(args.evidence_dir, 0, key, settings) is not None
+
+    three = {"annotation": {"defect_gate": {"class_aware_members": 3}}}
+    other = bench.evidence_settings(args, 0, load_config("quick", overrides=three), "L")
+    assert bench.read_draw_evidence(args.evidence_dir, 0, other, settings) is None
+    assert "made with other annotation; made again" in capsys.readouterr().out
+
+    record["settings"]["annotation"]["defect_gate"]["retired_setting"] = 1
+    meta.write_text(json.dumps(record))
+    assert bench.read_draw_evidence(args.evidence_dir, 0, key, settings) is None
 
 
 def test_a_kept_draw_is_not_trained_again(tmp_path: Path, load_script, monkeypatch) -> None:

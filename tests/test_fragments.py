@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from cascade_defect.annotate.boxes import Proposal, SeedDetector, SeedDetectorSettings
 from cascade_defect.annotate.crop_verifier import low_score_proposer
-from cascade_defect.annotate.fragments import fuse_views, merge_fragments
+from cascade_defect.annotate.fragments import fuse_detectors, fuse_views, merge_fragments
 from cascade_defect.box_settings import FragmentMergeSettings
 from cascade_defect.metrics.box_quality import box_quality
 from cascade_defect.settings import load_config
@@ -159,3 +160,31 @@ def test_fused_views_come_best_first_and_keep_from_the_minimum_score() -> None:
         (0.6, 0.6, 1.0, 0.9)
     )
     assert [p.score for p in fuse_views(views)] == pytest.approx([0.3, 0.25, 0.04])
+
+
+def test_several_detectors_fuse_box_by_box_and_one_is_kept_as_it_is() -> None:
+    """Two detectors: on image a both see the crack (scores 0.8 and 0.4, fused 0.6 with the
+    corners averaged) and one alone sees a scratch at 0.3 (fused 0.15, under the 0.2 floor, so
+    dropped); on image b only the second proposes (0.5 -> 0.25). One detector's boxes come
+    back unchanged, floor or not."""
+    first = {
+        "a": [
+            Proposal((0.1, 0.1, 0.3, 0.3), 0.8, "crack"),
+            Proposal((0.6, 0.6, 0.9, 0.9), 0.3, "scratches"),
+        ],
+        "b": [],
+    }
+    second = {
+        "a": [Proposal((0.1, 0.1, 0.35, 0.3), 0.4, "crack")],
+        "b": [Proposal((0.2, 0.2, 0.4, 0.4), 0.5, "crack")],
+    }
+    fused = fuse_detectors([first, second], min_score=0.2)
+    assert set(fused) == {"a", "b"}
+    (crack,) = fused["a"]
+    assert crack.class_name == "crack" and crack.score == pytest.approx(0.6)
+    # Weighted boxes fusion weighs the corners by score: x2 = (0.3 * 0.8 + 0.35 * 0.4) / 1.2.
+    np.testing.assert_allclose(crack.box, [0.1, 0.1, (0.24 + 0.14) / 1.2, 0.3], atol=1e-6)
+    (alone,) = fused["b"]
+    assert alone.score == pytest.approx(0.25)
+    np.testing.assert_allclose(alone.box, [0.2, 0.2, 0.4, 0.4], atol=1e-6)
+    assert fuse_detectors([first], min_score=0.5) == first

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BoxStrategy = Literal[
     "whole_image", "seed_detector", "self_training", "mllm_verified", "annotator",
@@ -296,6 +296,17 @@ class DefectGateSettings(BaseModel):
             "best score per class the crops' type (their product); false: the crops alone"
         ),
     )
+    class_aware_members: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description=(
+            "how many class-aware detectors are trained (random seeds seed, seed + 1, ...; each "
+            "with its own synthetic tiles) and fused by weighted boxes fusion before their "
+            "evidence joins the crops', as the seed detector ensemble is: a box one member "
+            "proposes keeps its score divided by the members. Needs class_aware_detector"
+        ),
+    )
     target_recall: float | None = Field(
         None,
         gt=0.0,
@@ -307,6 +318,15 @@ class DefectGateSettings(BaseModel):
             "for a line where a missed defect costs more than a second look; never above 0.5"
         ),
     )
+
+    @model_validator(mode="after")
+    def _members_need_the_detector(self) -> DefectGateSettings:
+        if self.class_aware_members > 1 and not self.class_aware_detector:
+            raise ValueError(
+                f"class_aware_members is {self.class_aware_members}, but class_aware_detector is "
+                "false: there is no class-aware detector to train several of"
+            )
+        return self
 
     @property
     def pooling_rule(self) -> Literal["linear", "logarithmic"]:

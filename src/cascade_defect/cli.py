@@ -223,21 +223,31 @@ def cmd_annotate(args: argparse.Namespace) -> int:
     for needs_gate, given in (
         ("--defect-recall", args.defect_recall is not None),
         ("--no-class-aware-detector", not args.class_aware_detector),
+        ("--class-aware-members", args.class_aware_members != 1),
     ):
         if given and not args.defect_gate:
             print(
                 f"error: {needs_gate} needs the defect gate; drop --no-defect-gate", file=sys.stderr
             )
             return 2
+    if args.class_aware_members != 1 and not args.class_aware_detector:
+        print(
+            "error: --class-aware-members needs the class-aware detector; drop "
+            "--no-class-aware-detector",
+            file=sys.stderr,
+        )
+        return 2
     try:
         gate = DefectGateSettings(
             mode="auto" if args.defect_gate else "off",
             target_recall=args.defect_recall,
             class_aware_detector=args.class_aware_detector,
+            class_aware_members=args.class_aware_members,
         )
     except ValidationError as error:
-        reason = error.errors()[0]["msg"]
-        print(f"error: argument --defect-recall: {reason}", file=sys.stderr)
+        problem = error.errors()[0]
+        flag = "--defect-recall" if "target_recall" in problem["loc"] else "--class-aware-members"
+        print(f"error: argument {flag}: {problem['msg']}", file=sys.stderr)
         return 2
     try:
         result = annotate_folder(
@@ -428,6 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "with the defect gate, judge the seed detector's crops alone (by default a second, "
             "class-aware seed detector trains on the same seeds and joins them)"
+        ),
+    )
+    annotate.add_argument(
+        "--class-aware-members",
+        type=int,
+        default=1,
+        metavar="N",
+        help=(
+            "with the defect gate, train N class-aware seed detectors (the next random seeds) "
+            "and fuse their boxes before they join the crops (default 1)"
         ),
     )
     annotate.add_argument(

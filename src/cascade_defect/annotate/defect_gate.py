@@ -35,7 +35,9 @@ tiles with one class per defect type. Its proposals add two pieces of evidence t
 the image's best box score, averaged with the crops' ``P(defect)`` before the pooling, and the
 best score per class, multiplied into the crops' type (where it proposes nothing, the crops'
 evidence stands alone). The crops see each box at one small size; the detector sees the defect in
-its tile, at its own size and place, and the two err on different images.
+its tile, at its own size and place, and the two err on different images. With
+``class_aware_members`` above 1, several such detectors (the next random seeds, their own
+synthetic tiles) are fused by weighted boxes fusion first, as the seed detector ensemble is.
 
 Where a missed defect costs more than a second look, ``target_recall`` lowers the boundary
 until the gate's own probabilities expect that share of the pool's defects found
@@ -319,11 +321,14 @@ def gate_with_detector(
     pool: pd.DataFrame,
     class_names: Sequence[str],
     settings: DefectGateSettings,
-    class_detector: SeedDetector | None = None,
+    class_detectors: Sequence[SeedDetector] = (),
 ) -> GatedAnswers:
     """Fit ``verifier`` on the seeds with the trained ``detector``'s low-score proposals, judge
-    the pool's best crops and join them with the annotator's probabilities; a trained
-    ``class_detector`` (class-aware) adds its evidence to the crops' first."""
+    the pool's best crops and join them with the annotator's probabilities; trained
+    ``class_detectors`` (class-aware; several are fused as one) add their evidence to the
+    crops' first."""
+    from cascade_defect.annotate.fragments import fuse_detectors
+
     start = time.perf_counter()
     crop_settings: CropVerifierSettings = verifier.settings
     low = low_score_proposer(detector, crop_settings, progress=detector.progress)
@@ -333,8 +338,10 @@ def gate_with_detector(
     evidence = crops = crop_evidence(
         verifier, pool, low.propose(pool), defect_names, settings.top_proposals
     )
-    if class_detector is not None:
-        evidence = with_detector_evidence(crops, class_detector.propose(pool))
+    if class_detectors:
+        floor = class_detectors[0].settings.conf
+        found = fuse_detectors([d.propose(pool) for d in class_detectors], floor)
+        evidence = with_detector_evidence(crops, found)
     probabilities, answers = gated_answers(
         annotator_proba,
         evidence,
@@ -348,7 +355,7 @@ def gate_with_detector(
         "settings": {**settings.model_dump(), "pooling_rule": settings.pooling_rule},
         "crop_verifier": crop_settings.model_dump(),
         "detector": detector.describe(),
-        **({"class_aware_detector": class_detector.describe()} if class_detector else {}),
+        **({"class_aware_detector": class_detectors[0].describe()} if class_detectors else {}),
     }
     details = {
         **params,
@@ -364,7 +371,7 @@ def gate_with_detector(
     }
     log.info("defect gate: %s", details)
     return GatedAnswers(
-        probabilities, answers, params, details, evidence, crops if class_detector else None
+        probabilities, answers, params, details, evidence, crops if class_detectors else None
     )
 
 
@@ -372,7 +379,8 @@ def gate_with_detector(
 class GatedOffline:
     """The gate's answers and the seed detector it trained (the box strategies reuse it), with
     :func:`~cascade_defect.annotate.strategies.train_seed_detector`'s record of that training
-    (and of the class-aware detector's, where the gate trained one)."""
+    (and of the class-aware detector's, where the gate trained one: with several members, the
+    first's record, the others' under ``more_members``)."""
 
     gate: GatedAnswers
     detector: SeedDetector
@@ -398,15 +406,23 @@ def gate_offline_answers(
     detector, trained = train_seed_detector(
         recipe, seeds, seed_boxes, class_names, progress=progress
     )
-    class_detector, class_trained = None, None
-    if settings.class_aware_detector:
-        class_detector, class_trained = train_seed_detector(
+    class_detectors, records = [], []
+    for member in range(settings.class_aware_members if settings.class_aware_detector else 0):
+        class_detector, record = train_seed_detector(
             class_aware_recipe(recipe),
             seeds,
             seed_boxes,
             [c for c in class_names if c != NO_DEFECT],
             progress=progress,
+            member=member,
         )
+        class_detectors.append(class_detector)
+        records.append(record)
+    class_trained = (
+        {**records[0], **({"more_members": records[1:]} if len(records) > 1 else {})}
+        if records
+        else None
+    )
     gate = gate_with_detector(
         annotator_proba=annotator.predict_proba(pool),
         detector=detector,
@@ -416,7 +432,7 @@ def gate_offline_answers(
         pool=pool,
         class_names=class_names,
         settings=settings,
-        class_detector=class_detector,
+        class_detectors=class_detectors,
     )
     if class_trained is not None:
         gate.details["class_aware_detector_training"] = class_trained

@@ -19,7 +19,7 @@ fragments of a line barely overlap and must be joined end to end.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -109,3 +109,18 @@ def fuse_views(
         if score >= min_score
     ]
     return sorted(fused, key=lambda p: -p.score)
+
+
+def fuse_detectors(
+    found: Sequence[Mapping[str, Sequence[Proposal]]], min_score: float
+) -> dict[str, list[Proposal]]:
+    """Several detectors' proposals on the same images (each a mapping ``image_id`` to boxes),
+    fused image by image with :func:`fuse_views`; one detector's are returned as they are."""
+    if not found:
+        return {}
+    if len(found) == 1:
+        return {image_id: list(boxes) for image_id, boxes in found[0].items()}
+    return {
+        image_id: fuse_views([f.get(image_id, []) for f in found], min_score=min_score)
+        for image_id in found[0]
+    }

@@ -294,7 +294,7 @@ def quarter_turn_views(
     weighted boxes fusion, kept from ``min_score``) and, where the recipe's ``turn_ratio`` is
     set, the same on the pool turned a quarter, each image keeping the view
     :func:`~cascade_defect.annotate.orientation.choose_orientation` picks; with what it did."""
-    from cascade_defect.annotate.fragments import fuse_views
+    from cascade_defect.annotate.fragments import fuse_detectors
     from cascade_defect.annotate.orientation import (
         choose_orientation,
         turned_back,
@@ -303,10 +303,8 @@ def quarter_turn_views(
 
     def fused(images: pd.DataFrame) -> dict[str, list[Proposal]]:
         found = [d.propose(images, flips=d.settings.flips) for d in detectors]
-        if len(found) == 1:
-            return found[0]
         floor = detectors[0].settings.conf if min_score is None else min_score
-        return {i: fuse_views([f[i] for f in found], min_score=floor) for i in found[0]}
+        return fuse_detectors(found, floor)
 
     plain = fused(pool)
     ratio = recipe.seed_detector.turn_ratio
