@@ -26,7 +26,6 @@ from cascade_defect.annotate.defect_gate import (
     pooled_defect_probability,
     with_detector_evidence,
 )
-from cascade_defect.annotate.fragments import fuse_detectors
 from cascade_defect.box_settings import CropVerifierSettings, DefectGateSettings
 from cascade_defect.hashing import sha256_bytes
 from cascade_defect.settings import AnnotationSettings
@@ -289,9 +288,8 @@ def test_the_gate_trains_its_class_aware_members_and_fuses_their_boxes(
 ) -> None:
     """With ``class_aware_members=3`` the gate trains the class-agnostic detector, then three
     class-aware ones (members 0, 1, 2: the next random seeds, in the class-aware folder), and
-    their proposals reach the evidence fused: a crack all three see at 0.6 keeps 0.6, a
-    scratch one member sees at 0.6 keeps 0.2. Its record names the first member and lists
-    the others; with the default one member nothing is fused and no list is written."""
+    all three are handed to the gate in order. Its record names the first member and lists the
+    others; with the default one member no list is written."""
     from types import SimpleNamespace
 
     from cascade_defect.annotate import defect_gate, strategies
@@ -306,9 +304,7 @@ def test_the_gate_trains_its_class_aware_members_and_fuses_their_boxes(
             self.settings = SimpleNamespace(conf=0.01)
 
         def propose(self, pool: pd.DataFrame) -> dict[str, list[Proposal]]:
-            crack = Proposal((0.1, 0.1, 0.3, 0.3), 0.6, "crack")
-            scratch = Proposal((0.6, 0.6, 0.9, 0.9), 0.6, "scratches")
-            return {"a": [crack, scratch] if self.member == 2 else [crack]}
+            return {"a": [Proposal((0.1, 0.1, 0.3, 0.3), 0.6, "crack")]}
 
     def train(recipe, seeds, seed_boxes, class_names, *, progress=True, member=0):
         trained.append((recipe.seed_detector.class_aware, member, recipe.work_dir))
@@ -318,8 +314,6 @@ def test_the_gate_trains_its_class_aware_members_and_fuses_their_boxes(
 
     def gate(**kwargs: object) -> GatedAnswers:
         handed.update(kwargs)
-        found = [d.propose(None) for d in kwargs["class_detectors"]]
-        handed["fused"] = fuse_detectors(found, min_score=0.01)
         return GatedAnswers(pd.DataFrame(), {}, {}, {})
 
     monkeypatch.setattr(strategies, "train_seed_detector", train)
@@ -355,8 +349,6 @@ def test_the_gate_trains_its_class_aware_members_and_fuses_their_boxes(
     ]
     assert {folder for aware, _, folder in trained if aware} == {tmp_path / "class_aware"}
     assert [d.member for d in handed["class_detectors"]] == [0, 1, 2]
-    fused = {p.class_name: p.score for p in handed["fused"]["a"]}
-    assert fused == pytest.approx({"crack": 0.6, "scratches": 0.2})
     assert result.class_detector_details["train_seconds"] == 10.0
     assert [m["train_seconds"] for m in result.class_detector_details["more_members"]] == [
         11.0,
@@ -385,3 +377,60 @@ def test_class_aware_members_need_the_class_aware_detector() -> None:
         DefectGateSettings(class_aware_members=2, class_aware_detector=False)
     with pytest.raises(ValidationError):
         DefectGateSettings(class_aware_members=0)
+
+
+def test_the_gate_fuses_its_class_aware_members_before_they_join_the_crops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real ``gate_with_detector`` with the crops' evidence fixed (image a: 0.4, type
+    0.5 : 0.5) and three class-aware members: a crack all three see at 0.6 keeps 0.6 and a
+    scratch only the third sees at 0.6 keeps 0.2, so ``P(defect)`` joins as (0.4 + 0.6) / 2 = 0.5
+    and the type as 0.5 * 0.6 : 0.5 * 0.2 = 0.75 : 0.25. The third member alone would keep both
+    boxes at 0.6 (type 0.5 : 0.5)."""
+    from types import SimpleNamespace
+
+    from cascade_defect.annotate import defect_gate
+
+    class Member:
+        def __init__(self, sees_scratch: bool) -> None:
+            self.sees_scratch = sees_scratch
+            self.settings = SimpleNamespace(conf=0.01)
+
+        def propose(self, pool: pd.DataFrame) -> dict[str, list[Proposal]]:
+            boxes = [Proposal((0.1, 0.1, 0.3, 0.3), 0.6, "crack")]
+            if self.sees_scratch:
+                boxes.append(Proposal((0.6, 0.6, 0.9, 0.9), 0.6, "scratches"))
+            return {"a": boxes}
+
+        def describe(self) -> dict[str, object]:
+            return {"class_aware": True}
+
+    crops = CropEvidence(["a"], np.array([0.4]), np.array([[0.5, 0.5]]), ["crack", "scratches"])
+    proposer = SimpleNamespace(propose=lambda images: {})
+    monkeypatch.setattr(defect_gate, "low_score_proposer", lambda *a, **k: proposer)
+    monkeypatch.setattr(defect_gate, "crop_evidence", lambda *a, **k: crops)
+    verifier = SimpleNamespace(settings=CropVerifierSettings(), fit=lambda *a: None, calibration={})
+    annotator = pd.DataFrame(
+        {"image_id": ["a"], "crack": [0.3], "scratches": [0.3], "no_defect": [0.4]}
+    )
+
+    def gate(members: list[Member]) -> GatedAnswers:
+        return defect_gate.gate_with_detector(
+            annotator_proba=annotator,
+            detector=SimpleNamespace(progress=False, describe=lambda: {}),
+            verifier=verifier,
+            seeds=pd.DataFrame(),
+            seed_boxes=pd.DataFrame(),
+            pool=pd.DataFrame({"image_id": ["a"]}),
+            class_names=["crack", "scratches", "no_defect"],
+            settings=DefectGateSettings(class_aware_members=len(members)),
+            class_detectors=members,
+        )
+
+    fused = gate([Member(False), Member(False), Member(True)])
+    np.testing.assert_allclose(fused.evidence.p_defect, [0.5])
+    np.testing.assert_allclose(fused.evidence.type_proba, [[0.75, 0.25]])
+    assert fused.crops_alone is crops
+    alone = gate([Member(True)])
+    np.testing.assert_allclose(alone.evidence.p_defect, [0.5])
+    np.testing.assert_allclose(alone.evidence.type_proba, [[0.5, 0.5]])
