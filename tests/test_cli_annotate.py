@@ -155,6 +155,7 @@ def test_help_explains_every_option() -> None:
         "--no-defect-gate",
         "--no-class-aware-detector",
         "--class-aware-members",
+        "--class-aware-flips",
         "--defect-recall",
     ):
         assert option in result.stdout
@@ -183,6 +184,16 @@ def test_an_invalid_option_is_named(tmp_path: Path, unlabelled: Path) -> None:
     )
     assert members_without_detector.returncode == 2
     assert "--class-aware-members needs the class-aware detector" in members_without_detector.stderr
+    flips_without_detector = annotate(
+        *common, "--class-aware-flips", "horizontal", "--no-class-aware-detector"
+    )
+    assert flips_without_detector.returncode == 2
+    assert "--class-aware-flips needs the class-aware detector" in flips_without_detector.stderr
+    flips_without_gate = annotate(*common, "--class-aware-flips", "vertical", "--no-defect-gate")
+    assert flips_without_gate.returncode == 2
+    assert "--class-aware-flips needs the defect gate" in flips_without_gate.stderr
+    wrong_flip = annotate(*common, "--class-aware-flips", "diagonal")
+    assert wrong_flip.returncode == 2 and "--class-aware-flips" in wrong_flip.stderr
     no_members = annotate(*common, "--class-aware-members", "0")
     assert no_members.returncode == 2
     assert "argument --class-aware-members: Input should be greater than or equal to 1" in (
@@ -201,6 +212,10 @@ def test_an_invalid_option_is_named(tmp_path: Path, unlabelled: Path) -> None:
         ),
         (("--no-defect-gate",), {"mode": "off", "class_aware_detector": True}),
         (("--class-aware-members", "3"), {"class_aware_detector": True, "class_aware_members": 3}),
+        (
+            ("--class-aware-flips", "horizontal", "vertical", "horizontal"),
+            {"class_aware_flips": ("horizontal", "vertical"), "class_aware_members": 1},
+        ),
     ],
 )
 def test_the_gate_flags_reach_the_folder_annotator(

@@ -379,6 +379,16 @@ def test_class_aware_members_need_the_class_aware_detector() -> None:
         DefectGateSettings(class_aware_members=0)
 
 
+def test_class_aware_flips_need_the_class_aware_detector() -> None:
+    assert DefectGateSettings().class_aware_flips == ()
+    both = DefectGateSettings(class_aware_flips=["horizontal", "vertical"])
+    assert both.class_aware_flips == ("horizontal", "vertical")
+    with pytest.raises(ValidationError, match=r"class_aware_flips is \['vertical'\].*detector"):
+        DefectGateSettings(class_aware_flips=["vertical"], class_aware_detector=False)
+    with pytest.raises(ValidationError):
+        DefectGateSettings(class_aware_flips=["diagonal"])
+
+
 def test_the_gate_fuses_its_class_aware_members_before_they_join_the_crops(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -396,7 +406,8 @@ def test_the_gate_fuses_its_class_aware_members_before_they_join_the_crops(
             self.sees_scratch = sees_scratch
             self.settings = SimpleNamespace(conf=0.01)
 
-        def propose(self, pool: pd.DataFrame) -> dict[str, list[Proposal]]:
+        def propose(self, pool: pd.DataFrame, flips: tuple = ()) -> dict[str, list[Proposal]]:
+            assert flips == ()  # the default gate proposes on the plain view only
             boxes = [Proposal((0.1, 0.1, 0.3, 0.3), 0.6, "crack")]
             if self.sees_scratch:
                 boxes.append(Proposal((0.6, 0.6, 0.9, 0.9), 0.6, "scratches"))
@@ -434,3 +445,62 @@ def test_the_gate_fuses_its_class_aware_members_before_they_join_the_crops(
     alone = gate([Member(True)])
     np.testing.assert_allclose(alone.evidence.p_defect, [0.5])
     np.testing.assert_allclose(alone.evidence.type_proba, [[0.5, 0.5]])
+
+
+def test_the_gate_proposes_with_its_class_aware_flips(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real ``gate_with_detector`` hands ``class_aware_flips`` to each class-aware detector:
+    one that sees a scratch only on the plain view keeps it at 0.6 alone and at 0.2 fused with
+    two flipped views (its mean over three), so the type joins as 0.5 : 0.5 without flips and
+    0.75 : 0.25 with them, and ``P(defect)`` stays (0.4 + 0.6) / 2 = 0.5 from the crack every
+    view sees."""
+    from types import SimpleNamespace
+
+    from cascade_defect.annotate import defect_gate
+    from cascade_defect.annotate.fragments import fuse_views
+
+    seen: list[tuple] = []
+
+    class Detector:
+        settings = SimpleNamespace(conf=0.01)
+
+        def propose(self, pool: pd.DataFrame, flips: tuple = ()) -> dict[str, list[Proposal]]:
+            seen.append(tuple(flips))
+            crack = Proposal((0.1, 0.1, 0.3, 0.3), 0.6, "crack")
+            plain = [crack, Proposal((0.6, 0.6, 0.9, 0.9), 0.6, "scratches")]
+            views = [plain, *([crack] for _ in flips)]
+            return {"a": fuse_views(views, min_score=0.01) if flips else plain}
+
+        def describe(self) -> dict[str, object]:
+            return {"class_aware": True}
+
+    crops = CropEvidence(["a"], np.array([0.4]), np.array([[0.5, 0.5]]), ["crack", "scratches"])
+    monkeypatch.setattr(
+        defect_gate, "low_score_proposer", lambda *a, **k: SimpleNamespace(propose=lambda i: {})
+    )
+    monkeypatch.setattr(defect_gate, "crop_evidence", lambda *a, **k: crops)
+    verifier = SimpleNamespace(settings=CropVerifierSettings(), fit=lambda *a: None, calibration={})
+    annotator = pd.DataFrame(
+        {"image_id": ["a"], "crack": [0.3], "scratches": [0.3], "no_defect": [0.4]}
+    )
+
+    def gate(flips: tuple) -> GatedAnswers:
+        return defect_gate.gate_with_detector(
+            annotator_proba=annotator,
+            detector=SimpleNamespace(progress=False, describe=lambda: {}),
+            verifier=verifier,
+            seeds=pd.DataFrame(),
+            seed_boxes=pd.DataFrame(),
+            pool=pd.DataFrame({"image_id": ["a"]}),
+            class_names=["crack", "scratches", "no_defect"],
+            settings=DefectGateSettings(class_aware_flips=flips),
+            class_detectors=[Detector()],
+        )
+
+    plain = gate(())
+    np.testing.assert_allclose(plain.evidence.p_defect, [0.5])
+    np.testing.assert_allclose(plain.evidence.type_proba, [[0.5, 0.5]])
+    flipped = gate(("horizontal", "vertical"))
+    assert seen == [(), ("horizontal", "vertical")]
+    np.testing.assert_allclose(flipped.evidence.p_defect, [0.5])
+    np.testing.assert_allclose(flipped.evidence.type_proba, [[0.75, 0.25]])
+    assert flipped.params["settings"]["class_aware_flips"] == ("horizontal", "vertical")

@@ -307,6 +307,15 @@ class DefectGateSettings(BaseModel):
             "proposes keeps its score divided by the members. Needs class_aware_detector"
         ),
     )
+    class_aware_flips: tuple[Flip, ...] = Field(
+        (),
+        description=(
+            "test-time flips the class-aware detectors also propose the pool with (horizontal, "
+            "vertical): each view's boxes flipped back and fused with the plain view's by "
+            "weighted boxes fusion, as the seed detector's flips are, before the members fuse; "
+            "empty: the plain view only. Needs class_aware_detector"
+        ),
+    )
     target_recall: float | None = Field(
         None,
         gt=0.0,
@@ -325,6 +334,11 @@ class DefectGateSettings(BaseModel):
             raise ValueError(
                 f"class_aware_members is {self.class_aware_members}, but class_aware_detector is "
                 "false: there is no class-aware detector to train several of"
+            )
+        if self.class_aware_flips and not self.class_aware_detector:
+            raise ValueError(
+                f"class_aware_flips is {list(self.class_aware_flips)}, but class_aware_detector "
+                "is false: there is no class-aware detector to propose with flips"
             )
         return self
 

@@ -224,25 +224,31 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         ("--defect-recall", args.defect_recall is not None),
         ("--no-class-aware-detector", not args.class_aware_detector),
         ("--class-aware-members", args.class_aware_members != 1),
+        ("--class-aware-flips", bool(args.class_aware_flips)),
     ):
         if given and not args.defect_gate:
             print(
                 f"error: {needs_gate} needs the defect gate; drop --no-defect-gate", file=sys.stderr
             )
             return 2
-    if args.class_aware_members != 1 and not args.class_aware_detector:
-        print(
-            "error: --class-aware-members needs the class-aware detector; drop "
-            "--no-class-aware-detector",
-            file=sys.stderr,
-        )
-        return 2
+    for needs_detector, given in (
+        ("--class-aware-members", args.class_aware_members != 1),
+        ("--class-aware-flips", bool(args.class_aware_flips)),
+    ):
+        if given and not args.class_aware_detector:
+            print(
+                f"error: {needs_detector} needs the class-aware detector; drop "
+                "--no-class-aware-detector",
+                file=sys.stderr,
+            )
+            return 2
     try:
         gate = DefectGateSettings(
             mode="auto" if args.defect_gate else "off",
             target_recall=args.defect_recall,
             class_aware_detector=args.class_aware_detector,
             class_aware_members=args.class_aware_members,
+            class_aware_flips=tuple(dict.fromkeys(args.class_aware_flips)),
         )
     except ValidationError as error:
         problem = error.errors()[0]
@@ -448,6 +454,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "with the defect gate, train N class-aware seed detectors (the next random seeds) "
             "and fuse their boxes before they join the crops (default 1)"
+        ),
+    )
+    annotate.add_argument(
+        "--class-aware-flips",
+        nargs="+",
+        choices=("horizontal", "vertical"),
+        default=[],
+        metavar="FLIP",
+        help=(
+            "with the defect gate, the class-aware detectors also propose on the pool flipped "
+            "(horizontal, vertical; both: 'horizontal vertical'), each view fused with the plain "
+            "one (default: the plain view only)"
         ),
     )
     annotate.add_argument(

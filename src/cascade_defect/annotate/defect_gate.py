@@ -37,7 +37,8 @@ best score per class, multiplied into the crops' type (where it proposes nothing
 evidence stands alone). The crops see each box at one small size; the detector sees the defect in
 its tile, at its own size and place, and the two err on different images. With
 ``class_aware_members`` above 1, several such detectors (the next random seeds, their own
-synthetic tiles) are fused by weighted boxes fusion first, as the seed detector ensemble is.
+synthetic tiles) are fused by weighted boxes fusion first, as the seed detector ensemble is;
+with ``class_aware_flips`` each also proposes on the pool flipped and fuses its views before.
 
 Where a missed defect costs more than a second look, ``target_recall`` lowers the boundary
 until the gate's own probabilities expect that share of the pool's defects found
@@ -340,7 +341,8 @@ def gate_with_detector(
     )
     if class_detectors:
         floor = class_detectors[0].settings.conf
-        found = fuse_detectors([d.propose(pool) for d in class_detectors], floor)
+        flips = settings.class_aware_flips
+        found = fuse_detectors([d.propose(pool, flips=flips) for d in class_detectors], floor)
         evidence = with_detector_evidence(crops, found)
     probabilities, answers = gated_answers(
         annotator_proba,
