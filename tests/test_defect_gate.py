@@ -389,6 +389,37 @@ def test_class_aware_flips_need_the_class_aware_detector() -> None:
         DefectGateSettings(class_aware_flips=["diagonal"])
 
 
+def gate_on_fixed_crops(
+    monkeypatch: pytest.MonkeyPatch, settings: DefectGateSettings, class_detectors: list
+) -> GatedAnswers:
+    """The real ``gate_with_detector`` on one image ``a`` whose crops' evidence is fixed
+    (``P(defect)`` 0.4, type crack : scratches 0.5 : 0.5; annotator 0.3, 0.3, no_defect 0.4), so
+    only ``class_detectors``' proposals move what it answers."""
+    from types import SimpleNamespace
+
+    from cascade_defect.annotate import defect_gate
+
+    crops = CropEvidence(["a"], np.array([0.4]), np.array([[0.5, 0.5]]), ["crack", "scratches"])
+    proposer = SimpleNamespace(propose=lambda images: {})
+    monkeypatch.setattr(defect_gate, "low_score_proposer", lambda *a, **k: proposer)
+    monkeypatch.setattr(defect_gate, "crop_evidence", lambda *a, **k: crops)
+    return defect_gate.gate_with_detector(
+        annotator_proba=pd.DataFrame(
+            {"image_id": ["a"], "crack": [0.3], "scratches": [0.3], "no_defect": [0.4]}
+        ),
+        detector=SimpleNamespace(progress=False, describe=lambda: {}),
+        verifier=SimpleNamespace(
+            settings=CropVerifierSettings(), fit=lambda *a: None, calibration={}
+        ),
+        seeds=pd.DataFrame(),
+        seed_boxes=pd.DataFrame(),
+        pool=pd.DataFrame({"image_id": ["a"]}),
+        class_names=["crack", "scratches", "no_defect"],
+        settings=settings,
+        class_detectors=class_detectors,
+    )
+
+
 def test_the_gate_fuses_its_class_aware_members_before_they_join_the_crops(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -398,8 +429,6 @@ def test_the_gate_fuses_its_class_aware_members_before_they_join_the_crops(
     and the type as 0.5 * 0.6 : 0.5 * 0.2 = 0.75 : 0.25. The third member alone would keep both
     boxes at 0.6 (type 0.5 : 0.5)."""
     from types import SimpleNamespace
-
-    from cascade_defect.annotate import defect_gate
 
     class Member:
         def __init__(self, sees_scratch: bool) -> None:
@@ -416,32 +445,14 @@ def test_the_gate_fuses_its_class_aware_members_before_they_join_the_crops(
         def describe(self) -> dict[str, object]:
             return {"class_aware": True}
 
-    crops = CropEvidence(["a"], np.array([0.4]), np.array([[0.5, 0.5]]), ["crack", "scratches"])
-    proposer = SimpleNamespace(propose=lambda images: {})
-    monkeypatch.setattr(defect_gate, "low_score_proposer", lambda *a, **k: proposer)
-    monkeypatch.setattr(defect_gate, "crop_evidence", lambda *a, **k: crops)
-    verifier = SimpleNamespace(settings=CropVerifierSettings(), fit=lambda *a: None, calibration={})
-    annotator = pd.DataFrame(
-        {"image_id": ["a"], "crack": [0.3], "scratches": [0.3], "no_defect": [0.4]}
-    )
-
     def gate(members: list[Member]) -> GatedAnswers:
-        return defect_gate.gate_with_detector(
-            annotator_proba=annotator,
-            detector=SimpleNamespace(progress=False, describe=lambda: {}),
-            verifier=verifier,
-            seeds=pd.DataFrame(),
-            seed_boxes=pd.DataFrame(),
-            pool=pd.DataFrame({"image_id": ["a"]}),
-            class_names=["crack", "scratches", "no_defect"],
-            settings=DefectGateSettings(class_aware_members=len(members)),
-            class_detectors=members,
-        )
+        settings = DefectGateSettings(class_aware_members=len(members))
+        return gate_on_fixed_crops(monkeypatch, settings, members)
 
     fused = gate([Member(False), Member(False), Member(True)])
     np.testing.assert_allclose(fused.evidence.p_defect, [0.5])
     np.testing.assert_allclose(fused.evidence.type_proba, [[0.75, 0.25]])
-    assert fused.crops_alone is crops
+    np.testing.assert_allclose(fused.crops_alone.p_defect, [0.4])
     alone = gate([Member(True)])
     np.testing.assert_allclose(alone.evidence.p_defect, [0.5])
     np.testing.assert_allclose(alone.evidence.type_proba, [[0.5, 0.5]])
@@ -455,7 +466,6 @@ def test_the_gate_proposes_with_its_class_aware_flips(monkeypatch: pytest.Monkey
     view sees."""
     from types import SimpleNamespace
 
-    from cascade_defect.annotate import defect_gate
     from cascade_defect.annotate.fragments import fuse_views
 
     seen: list[tuple] = []
@@ -473,28 +483,9 @@ def test_the_gate_proposes_with_its_class_aware_flips(monkeypatch: pytest.Monkey
         def describe(self) -> dict[str, object]:
             return {"class_aware": True}
 
-    crops = CropEvidence(["a"], np.array([0.4]), np.array([[0.5, 0.5]]), ["crack", "scratches"])
-    monkeypatch.setattr(
-        defect_gate, "low_score_proposer", lambda *a, **k: SimpleNamespace(propose=lambda i: {})
-    )
-    monkeypatch.setattr(defect_gate, "crop_evidence", lambda *a, **k: crops)
-    verifier = SimpleNamespace(settings=CropVerifierSettings(), fit=lambda *a: None, calibration={})
-    annotator = pd.DataFrame(
-        {"image_id": ["a"], "crack": [0.3], "scratches": [0.3], "no_defect": [0.4]}
-    )
-
     def gate(flips: tuple) -> GatedAnswers:
-        return defect_gate.gate_with_detector(
-            annotator_proba=annotator,
-            detector=SimpleNamespace(progress=False, describe=lambda: {}),
-            verifier=verifier,
-            seeds=pd.DataFrame(),
-            seed_boxes=pd.DataFrame(),
-            pool=pd.DataFrame({"image_id": ["a"]}),
-            class_names=["crack", "scratches", "no_defect"],
-            settings=DefectGateSettings(class_aware_flips=flips),
-            class_detectors=[Detector()],
-        )
+        settings = DefectGateSettings(class_aware_flips=flips)
+        return gate_on_fixed_crops(monkeypatch, settings, [Detector()])
 
     plain = gate(())
     np.testing.assert_allclose(plain.evidence.p_defect, [0.5])

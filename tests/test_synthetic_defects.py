@@ -224,7 +224,10 @@ def test_chapter_03_trains_its_seed_detector_on_synthetic_tiles_of_a_line(
     assert gate["class_aware_detector"]["class_aware"] is True
     assert gate["class_aware_detector_training"]["n_images"] == len(seeds) + 6
     gate_settings = config.profile.annotation.defect_gate
-    assert gate["settings"] == {**gate_settings.model_dump(), "pooling_rule": "logarithmic"}
+    assert gate["settings"] == {
+        **gate_settings.model_dump(mode="json"),
+        "pooling_rule": "logarithmic",
+    }
     assert gate["crops_judged"] <= summary["n_pool"] * gate["settings"]["top_proposals"]
     assert gate["defect_threshold"] == 0.5  # no recall target: each model's own boundary
     flagged = sum(n for answer, n in gate["answers"].items() if answer != "no_defect")
