@@ -413,7 +413,7 @@ def gate_on_fixed_crops(
         ),
         seeds=pd.DataFrame(),
         seed_boxes=pd.DataFrame(),
-        pool=pd.DataFrame({"image_id": ["a"]}),
+        pool=pd.DataFrame({"image_id": ["a"], "path": ["never-read.png"]}),
         class_names=["crack", "scratches", "no_defect"],
         settings=settings,
         class_detectors=class_detectors,
@@ -458,40 +458,42 @@ def test_the_gate_fuses_its_class_aware_members_before_they_join_the_crops(
     np.testing.assert_allclose(alone.evidence.type_proba, [[0.5, 0.5]])
 
 
-def test_the_gate_proposes_with_its_class_aware_flips(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real ``gate_with_detector`` hands ``class_aware_flips`` to each class-aware detector:
-    one that sees a scratch only on the plain view keeps it at 0.6 alone and at 0.2 fused with
-    two flipped views (its mean over three), so the type joins as 0.5 : 0.5 without flips and
-    0.75 : 0.25 with them, and ``P(defect)`` stays (0.4 + 0.6) / 2 = 0.5 from the crack every
-    view sees."""
-    from types import SimpleNamespace
+def test_the_gate_proposes_with_its_class_aware_flips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real ``gate_with_detector`` hands ``class_aware_flips`` to a real class-aware
+    ``SeedDetector.propose`` (only its per-view prediction stubbed): a scratch only the plain view
+    sees keeps 0.6 alone and 0.2 fused with two flipped views (its mean over three), so the type
+    joins as 0.5 : 0.5 without flips and 0.75 : 0.25 with them, and ``P(defect)`` stays
+    (0.4 + 0.6) / 2 = 0.5 from the crack every view sees."""
+    from cascade_defect.annotate.boxes import SeedDetector, SeedDetectorSettings
 
-    from cascade_defect.annotate.fragments import fuse_views
+    detector = SeedDetector.from_trained(
+        tmp_path / "unused.pt", SeedDetectorSettings(conf=0.01, class_aware=True), progress=False
+    )
+    crack = Proposal((0.1, 0.1, 0.3, 0.3), 0.6, "crack")
+    views = {
+        "none": [crack, Proposal((0.6, 0.6, 0.9, 0.9), 0.6, "scratches")],
+        "horizontal": [crack],
+        "vertical": [crack],
+    }
+    seen: list[str] = []
 
-    seen: list[tuple] = []
+    def predict(paths: pd.Series, view: str) -> list[list[Proposal]]:
+        seen.append(view)
+        return [list(views[view]) for _ in paths]
 
-    class Detector:
-        settings = SimpleNamespace(conf=0.01)
-
-        def propose(self, pool: pd.DataFrame, flips: tuple = ()) -> dict[str, list[Proposal]]:
-            seen.append(tuple(flips))
-            crack = Proposal((0.1, 0.1, 0.3, 0.3), 0.6, "crack")
-            plain = [crack, Proposal((0.6, 0.6, 0.9, 0.9), 0.6, "scratches")]
-            views = [plain, *([crack] for _ in flips)]
-            return {"a": fuse_views(views, min_score=0.01) if flips else plain}
-
-        def describe(self) -> dict[str, object]:
-            return {"class_aware": True}
+    monkeypatch.setattr(detector, "_predict", predict)
 
     def gate(flips: tuple) -> GatedAnswers:
         settings = DefectGateSettings(class_aware_flips=flips)
-        return gate_on_fixed_crops(monkeypatch, settings, [Detector()])
+        return gate_on_fixed_crops(monkeypatch, settings, [detector])
 
     plain = gate(())
     np.testing.assert_allclose(plain.evidence.p_defect, [0.5])
     np.testing.assert_allclose(plain.evidence.type_proba, [[0.5, 0.5]])
     flipped = gate(("horizontal", "vertical"))
-    assert seen == [(), ("horizontal", "vertical")]
+    assert seen == ["none", "none", "horizontal", "vertical"]
     np.testing.assert_allclose(flipped.evidence.p_defect, [0.5])
     np.testing.assert_allclose(flipped.evidence.type_proba, [[0.75, 0.25]])
     assert flipped.params["settings"]["class_aware_flips"] == ("horizontal", "vertical")
