@@ -19,6 +19,7 @@ from cascade_defect.chapters.c04_audit import (
     image_table,
 )
 from cascade_defect.metrics.box_quality import (
+    FALSE_BOX_KINDS,
     box_quality,
     match_boxes,
     match_strategy,
@@ -341,6 +342,40 @@ def test_the_hits_iou_measures_tightness_apart_from_recall() -> None:
     assert table.loc[("tight", "all"), "matched_iou_aware"] == pytest.approx(1.0)
     assert table.loc[("loose", "all"), "matched_iou_aware"] == pytest.approx(0.7)
     assert table.loc[("loose", "y"), "matched_iou_aware"] == pytest.approx(0.6)
+
+
+def test_each_false_box_is_told_apart_by_what_it_covers() -> None:
+    """One box of each kind on hand-placed truth, and the counts add up to the boxes drawn."""
+    gt = pd.DataFrame(
+        [
+            ("img", "x", 0, 0, 0.5, 0.5),
+            ("img", "y", 0.5, 0.5, 1.0, 1.0),
+            ("img", "z", 0.8, 0.0, 0.85, 0.05),  # a small defect
+        ],
+        columns=["image_id", "class_name", "x1", "y1", "x2", "y2"],
+    )
+    columns = ["image_id", "strategy", "class_name", "x1", "y1", "x2", "y2", "confidence"]
+    kinds = {
+        "hit": (0, 0, 0.5, 0.5),  # IoU 1 with the x box
+        "duplicate": (0, 0, 0.5, 0.45),  # IoU 0.9 with the x box, already found
+        "other_class": (0.5, 0.5, 1.0, 0.9),  # IoU 0.8 with the y box
+        "fragment": (0.1, 0.1, 0.2, 0.2),  # all inside the x box, IoU 0.04
+        "loose": (0.3, 0.0, 0.9, 0.5),  # IoU 0.22 with the x box, a third of it inside
+        "loose_around": (0.6, 0.0, 1.0, 0.4),  # IoU 0.016 with z, but holds all of it
+        "background": (0.6, 0.1, 0.7, 0.2),  # touches no truth box
+    }
+    boxes = pd.DataFrame([("img", "s", "x", *box, 0.9) for box in kinds.values()], columns=columns)
+    matches = match_strategy(gt, boxes, ["img"])
+    assert matches.predictions["kind"].tolist() == [
+        "hit", "duplicate", "other_class", "fragment", "loose", "loose", "background"
+    ]  # fmt: skip
+    overall = summarise_matches(matches, ["x", "y", "z"]).set_index("class_name").loc["all"]
+    counts = [overall[f"n_{kind}"] for kind in FALSE_BOX_KINDS]
+    assert counts == [1, 1, 1, 2, 1]
+    assert sum(counts) + overall["precision_aware"] * overall["n_pred"] == overall["n_pred"]
+    # no truth in the image: every box is background
+    alone = match_strategy(gt.iloc[:0], boxes, ["img"]).predictions["kind"]
+    assert set(alone) == {"background"}
 
 
 def test_images_without_predictions_or_without_ground_truth() -> None:

@@ -108,6 +108,25 @@ def test_box_and_failure_figures(images: pd.DataFrame) -> None:
     assert isinstance(plots_audit.failure_bars(counts.iloc[:0]), Figure)
 
 
+def test_box_kinds_split_each_strategys_boxes_into_shares_that_add_up() -> None:
+    gt, pseudo = normalised_boxes()
+    fragment = ("a", "annotator", "crazing", 0.1, 0.1, 0.2, 0.2, 0.5)  # inside a's crazing box
+    hit = ("a", "annotator", "crazing", 0.0, 0.0, 0.5, 0.45, 0.9)  # IoU 0.9
+    boxes = pd.concat([pseudo, pd.DataFrame([fragment, hit], columns=pseudo.columns)])
+    table = box_quality(gt, boxes, ["a", "b"], CLASSES)
+    shares = plots_audit.box_kind_shares(table, "annotator")
+    # three annotator boxes: a hit, a piece of a's box, and a crazing box on b's inclusion (IoU 0.53)
+    assert shares.loc["all", "n_boxes"] == 3
+    assert shares.loc["all", ["hit", "fragment", "other_class"]].tolist() == pytest.approx(
+        [1 / 3, 1 / 3, 1 / 3]
+    )
+    assert shares.drop(columns="n_boxes").sum(axis=1).loc["all"] == pytest.approx(1.0)
+    figure = plots_audit.box_kind_bars(table, "annotator")
+    assert len(figure.axes[0].patches) == 6 * len(shares)  # six kinds, one bar per row
+    empty = plots_audit.box_kind_bars(table, "seed_detector")  # a strategy this run lacks
+    assert not empty.axes[0].patches
+
+
 def test_disagreement_gallery_draws_images_and_boxes(images: pd.DataFrame, tmp_path: Path) -> None:
     paths = []
     for image_id in ("a", "b", "c"):

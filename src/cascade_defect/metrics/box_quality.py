@@ -17,6 +17,13 @@ from cascade_defect.metrics.classification import _mean_or_nan
 from cascade_defect.metrics.detection import box_iou
 
 DEFAULT_IOU_THRESHOLD = 0.5
+FRAGMENT_SHARE = 0.6
+"""A false box with at least this share of its area inside one truth box is a fragment of it."""
+LOOSE_IOU = 0.1
+"""A false box overlapping a truth box at least this much (IoU), or holding most of one, but not
+inside it, is loose."""
+FALSE_BOX_KINDS = ("duplicate", "other_class", "fragment", "loose", "background")
+"""What a predicted box that finds no defect (class-aware) is, in :func:`false_box_kind`'s order."""
 
 
 _BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
@@ -69,6 +76,58 @@ def match_boxes(allowed: np.ndarray, iou: np.ndarray | None = None) -> list[tupl
     return sorted((int(r), int(c)) for r, c in zip(rows, cols, strict=True) if allowed[r, c])
 
 
+def false_box_kind(
+    iou: np.ndarray,
+    inside: np.ndarray,
+    covers: np.ndarray,
+    same_class: np.ndarray,
+    iou_threshold: float,
+) -> str:
+    """What one unmatched predicted box is, from its overlaps with its image's truth boxes.
+
+    One entry per truth box: ``iou``, ``inside`` (the share of the predicted box's area inside
+    that truth box), ``covers`` (the share of the truth box inside the predicted box) and
+    ``same_class``. The kinds tell apart mistakes a detector trained on the boxes pays for
+    differently (chapter 06's box-noise map): a second box on a found defect (``duplicate``), a
+    box on a defect of another class (``other_class``), a piece of a defect (``fragment``), a box
+    on a defect but drawn too large or off it (``loose``), and a box on no defect
+    (``background``).
+    """
+    hit = iou >= iou_threshold
+    if (hit & same_class).any():
+        return "duplicate"
+    if hit.any():
+        return "other_class"
+    if len(inside) and inside.max() >= FRAGMENT_SHARE:
+        return "fragment"
+    if len(iou) and (iou.max() >= LOOSE_IOU or covers.max() >= FRAGMENT_SHARE):
+        return "loose"
+    return "background"
+
+
+def _shares_inside(
+    pred: np.ndarray, gt: np.ndarray, iou: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n_pred, n_gt) shares of each predicted box inside each truth box, and of each truth box
+    inside each predicted box, from their IoU: IoU = I / (A + B - I), so I = IoU (A + B) /
+    (1 + IoU), with no second intersection pass."""
+
+    def area(boxes: np.ndarray) -> np.ndarray:
+        return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(
+            boxes[:, 3] - boxes[:, 1], 0, None
+        )
+
+    pred_area, gt_area = area(pred)[:, None], area(gt)[None, :]
+    inter = iou.T * (pred_area + gt_area) / (1.0 + iou.T)
+
+    def share(of: np.ndarray) -> np.ndarray:
+        return np.divide(
+            inter, of, out=np.zeros_like(inter), where=np.broadcast_to(of > 0, inter.shape)
+        )
+
+    return share(pred_area), share(gt_area)
+
+
 @dataclass
 class BoxMatches:
     """Per-box outcomes of one strategy: one row per ground-truth box, one per predicted box."""
@@ -109,6 +168,9 @@ def match_strategy(
         gt_aware = {g: float(iou[g, q]) for g, q in aware}
         pr_agnostic = {p for _, p in agnostic}
         pr_aware = {p for _, p in aware}
+        inside, covers = _shares_inside(
+            pr[_BOX_COLUMNS].to_numpy(float), gt[_BOX_COLUMNS].to_numpy(float), iou
+        )
         best = iou.max(axis=1) if iou.shape[1] else np.zeros(len(gt))
         best_same = (
             np.where(same_class, iou, 0.0).max(axis=1) if iou.shape[1] else np.zeros(len(gt))
@@ -132,6 +194,11 @@ def match_strategy(
                     "class_name": name,
                     "matched_agnostic": j in pr_agnostic,
                     "matched_aware": j in pr_aware,
+                    "kind": "hit"
+                    if j in pr_aware
+                    else false_box_kind(
+                        iou[:, j], inside[j], covers[j], same_class[:, j], iou_threshold
+                    ),
                 }
             )
     gt_columns = [
@@ -143,7 +210,7 @@ def match_strategy(
         "matched_aware",
         "matched_iou_aware",
     ]
-    pred_columns = ["image_id", "class_name", "matched_agnostic", "matched_aware"]
+    pred_columns = ["image_id", "class_name", "matched_agnostic", "matched_aware", "kind"]
     return BoxMatches(
         gt=pd.DataFrame(gt_rows, columns=gt_columns),
         predictions=pd.DataFrame(pred_rows, columns=pred_columns),
@@ -159,6 +226,8 @@ def summarise_matches(matches: BoxMatches, class_names: Sequence[str]) -> pd.Dat
     missed or false boxes do (chapter 06's box-noise map), and which mean best IoU mixes with
     recall. Per class, recall is over that class's ground-truth boxes and
     precision over the boxes predicted as that class. An undefined ratio (no boxes) is NaN.
+    ``n_duplicate`` ... ``n_background`` count the false boxes (class-aware) of each kind
+    (:func:`false_box_kind`); with the hits they add up to ``n_pred``.
     """
     rows = []
     for name in [*class_names, "all"]:
@@ -180,6 +249,7 @@ def summarise_matches(matches: BoxMatches, class_names: Sequence[str]) -> pd.Dat
                 "recall_agnostic": _mean_or_nan(gt["matched_agnostic"]),
                 "precision_agnostic": _mean_or_nan(pr["matched_agnostic"]),
                 "matched_iou_aware": _mean_or_nan(gt["matched_iou_aware"].dropna()),
+                **{f"n_{kind}": int((pr["kind"] == kind).sum()) for kind in FALSE_BOX_KINDS},
             }
         )
     return pd.DataFrame(rows)

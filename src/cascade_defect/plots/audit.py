@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from cascade_defect.metrics.box_quality import FALSE_BOX_KINDS
 from cascade_defect.metrics.defect_rates import NO_DEFECT_FREE_NOTE
 from cascade_defect.plots.common import class_colours
 
@@ -214,6 +215,53 @@ def box_quality_plot(box_metrics: pd.DataFrame) -> Figure:
     ax_heat.set_title("Mean best IoU per ground-truth class")
     ax_heat.set_xlabel("strategy")
     ax_heat.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+_BOX_KIND_LABELS = {
+    "hit": "finds a defect",
+    "duplicate": "second box on a found defect",
+    "other_class": "defect of another class",
+    "fragment": "piece of a defect",
+    "loose": "on a defect, too large or off it",
+    "background": "no defect",
+}
+
+
+def box_kind_shares(box_metrics: pd.DataFrame, strategy: str) -> pd.DataFrame:
+    """Per class (and ``all``), the share of one strategy's boxes of each kind: the class-aware
+    hits, then the false boxes by :func:`~cascade_defect.metrics.box_quality.false_box_kind`."""
+    rows = box_metrics[box_metrics["strategy"] == strategy].set_index("class_name")
+    counts = pd.DataFrame(
+        {"hit": (rows["precision_aware"].fillna(0) * rows["n_pred"]).round()}
+        | {kind: rows[f"n_{kind}"] for kind in FALSE_BOX_KINDS}
+    )
+    shares = counts.div(rows["n_pred"].where(rows["n_pred"] > 0), axis=0)
+    return shares.assign(n_boxes=rows["n_pred"].astype(int))
+
+
+def box_kind_bars(box_metrics: pd.DataFrame, strategy: str) -> Figure:
+    """What one strategy's boxes are, per class: the share that finds a defect of its class and
+    the false ones by kind, since a detector trained on them pays for each kind differently."""
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    if box_metrics.empty or strategy not in set(box_metrics["strategy"]):
+        ax.text(0.5, 0.5, f"no boxes of strategy {strategy!r}", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    shares = box_kind_shares(box_metrics, strategy)
+    labels = [f"{name} ({n:,})" for name, n in zip(shares.index, shares["n_boxes"], strict=True)]
+    colours = sns.color_palette("colorblind", len(_BOX_KIND_LABELS))
+    left = np.zeros(len(shares))
+    for (kind, label), colour in zip(_BOX_KIND_LABELS.items(), colours, strict=True):
+        values = shares[kind].fillna(0).to_numpy()
+        ax.barh(labels, values, left=left, color=colour, label=label)
+        left += values
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the strategy's boxes (class-aware, IoU 0.5)")
+    ax.set_title(f"What the {strategy} boxes are, per class (boxes in brackets)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
