@@ -25,6 +25,9 @@ pseudo source on the map at that share. ``--noise`` with nothing after it trains
 ``--pseudo``) alone, and ``--training-seed`` trains every row with another ultralytics seed, the
 hold-out images unchanged: ``--noise --pseudo --training-seed 1`` on chapter 05's schedule is one
 more training of chapter 05's ``human`` and ``pseudo`` sources, the spread a single training has.
+``--verified 1 0.8`` trains the pseudo source on chapter 03's boxes as a verifier right on that
+share of them would keep them (``train/simulated_verifier.py``), row kind ``verified``, level the
+accuracy: what a box verifier is worth before one is paid for.
 
 The sweep resumes: a variant whose row in ``--csv`` has the same fingerprint (labels, weights,
 schedule) is skipped, and one whose weights from an identical run are in the scratch folder
@@ -51,7 +54,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,7 @@ from cascade_defect.train.box_noise import (
     box_noise_source,
     parse_box_noise,
 )
+from cascade_defect.train.simulated_verifier import VERIFIED, simulated_verification
 from cascade_defect.train.sources import (
     HUMAN,
     PSEUDO,
@@ -135,6 +139,7 @@ CSV_COLUMNS = [
 _UNSPOILED = {
     HUMAN: "clean human boxes",
     PSEUDO: "chapter 03's pseudo-labels, assembled as chapter 05 does",
+    VERIFIED: "chapter 03's pseudo-labels, each box kept as a verifier of known accuracy would",
 }
 
 _AXIS_NAMES = {"box_recall": "box recall", "box_precision": "precision", "mean_iou": "mean IoU"}
@@ -179,6 +184,15 @@ def parse_arguments() -> argparse.Namespace:
         "--pseudo",
         action="store_true",
         help="also train chapter 05's pseudo source on the sweep's schedule (needs chapter 03)",
+    )
+    parser.add_argument(
+        "--verified",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="ACCURACY",
+        help="also train the pseudo source on the boxes a verifier right on this share of boxes "
+        "keeps (1: never wrong), one row each, kind verified (needs chapter 03)",
     )
     parser.add_argument("--device", default=None, help="default: the profile's")
     parser.add_argument("--csv", type=Path, required=True, help="the table, read back to resume")
@@ -340,10 +354,12 @@ class Sweep:
         quality: dict[str, float],
         noise: BoxNoise | BoxNoiseMix | None,
         kind: str = HUMAN,
+        verifier: tuple[float, int] | None = None,
     ) -> dict[str, Any] | None:
         """Train and score one variant unless its row or its weights are already there (None:
         ``--manifest-only`` and no current row). ``kind`` names an unspoiled source: the
-        anchor, or chapter 05's pseudo source."""
+        anchor, chapter 05's pseudo source, or its boxes kept by a simulated ``verifier``
+        (accuracy, seed)."""
         name = dataset.source
         data_yaml = write_source_dataset(
             dataset, self.scratch / "datasets" / name, self.layout.class_names()
@@ -372,8 +388,8 @@ class Sweep:
         row = {
             "source": name,
             "kind": noise.kind if noise else kind,
-            "level": noise.level if noise else math.nan,
-            "noise_seed": noise.seed if noise else math.nan,
+            "level": noise.level if noise else verifier[0] if verifier else math.nan,
+            "noise_seed": noise.seed if noise else verifier[1] if verifier else math.nan,
             "epochs": self.schedule["epochs"],
             "imgsz": self.schedule["imgsz"],
             **quality,
@@ -402,6 +418,22 @@ class Sweep:
             table.to_csv(self.args.csv, index=False)
         if self.manifest is not None:
             self.manifest.write(table, self.current)
+
+
+def verified_name(accuracy: float) -> str:
+    return f"{VERIFIED}_{accuracy:g}"
+
+
+def verified_source(
+    config: StudyConfig, accuracy: float, seed: int, truth_boxes: pd.DataFrame, pool: pd.DataFrame
+) -> SourceDataset:
+    """Chapter 05's pseudo source with chapter 03's boxes kept as a verifier right on
+    ``accuracy`` of them would keep them (:func:`simulated_verification`)."""
+    labels, boxes = read_pseudo_labels(AnnotationOutputs(config.paths.annotation_dir))
+    gt_norm = normalise_gt_boxes(truth_boxes, pool)
+    kept = simulated_verification(boxes, gt_norm, pool["image_id"], accuracy, seed)
+    dataset, _, _ = assemble_source(config, PSEUDO, pseudo_tables=(labels, kept))
+    return replace(dataset, source=verified_name(accuracy))
 
 
 def read_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -439,15 +471,12 @@ def main() -> None:
         {"split": layout.pool_listing, "pool_ground_truth": layout.pool_boxes},
         {"split": "notebook 02 (split)", "pool_ground_truth": "notebook 02 (split)"},
     )
+    noise_seed = settings.seed if args.noise_seed is None else args.noise_seed
     noises = {
         noise.source: noise
-        for noise in (
-            parse_box_noise(
-                text, seed=settings.seed if args.noise_seed is None else args.noise_seed
-            )
-            for text in args.noise
-        )
+        for noise in (parse_box_noise(text, seed=noise_seed) for text in args.noise)
     }
+    verified = [verified_name(accuracy) for accuracy in args.verified]
     schedule = training_schedule(settings, args.epochs or settings.epochs)
     if args.training_seed is not None:
         schedule["seed"] = args.training_seed  # another training of the same labels
@@ -477,14 +506,17 @@ def main() -> None:
             "run_dir": config.paths.run_dir,
             "noise": [noise.model_dump() for noise in noises.values()],
             "false_positives": args.false_positives,
+            "verified": list(args.verified),
             "false_boxes": portable_text(origin, config),
             "schedule": schedule,
             "anchor": "human boxes, same schedule",
             "val_fraction": settings.val_fraction,
             "targets": list(TARGETS),
         },
-        inputs=sweep_inputs(config, layout, false_positives is not None or args.pseudo),
-        requested=[HUMAN, *noises, *([PSEUDO] if args.pseudo else [])],
+        inputs=sweep_inputs(
+            config, layout, false_positives is not None or args.pseudo or bool(verified)
+        ),
+        requested=[HUMAN, *noises, *([PSEUDO] if args.pseudo else []), *verified],
         counts={
             "n_pool_images": len(pool),
             "n_pool_boxes": len(truth_boxes),
@@ -515,10 +547,17 @@ def main() -> None:
         trained = dataset.images.loc[dataset.images["origin"] == "pool", "image_id"].astype(str)
         labels = dataset.labels[dataset.labels["image_id"].astype(str).isin(set(trained))]
         sweep.run(dataset, label_box_quality(truth_boxes, labels, pool), None, kind=PSEUDO)
+    for accuracy in args.verified:
+        dataset = verified_source(config, accuracy, noise_seed, truth_boxes, pool)
+        trained = dataset.images.loc[dataset.images["origin"] == "pool", "image_id"].astype(str)
+        labels = dataset.labels[dataset.labels["image_id"].astype(str).isin(set(trained))]
+        quality = label_box_quality(truth_boxes, labels, pool)
+        sweep.run(dataset, quality, None, kind=VERIFIED, verifier=(accuracy, noise_seed))
 
     table = sweep.table()
     manifest = sweep.manifest.write(table, sweep.current)
-    chosen = table[table["source"].isin([HUMAN, *noises, *([PSEUDO] if args.pseudo else [])])]
+    requested = [HUMAN, *noises, *([PSEUDO] if args.pseudo else []), *verified]
+    chosen = table[table["source"].isin(requested)]
     shown = chosen[
         [
             "kind",

@@ -371,11 +371,11 @@ def test_each_false_box_is_told_apart_by_what_it_covers() -> None:
     ]  # fmt: skip
     overall = summarise_matches(matches, ["x", "y", "z"]).set_index("class_name").loc["all"]
     counts = [overall[f"n_{kind}"] for kind in FALSE_BOX_KINDS]
-    assert counts == [1, 1, 1, 2, 1]
+    assert counts == [1, 1, 1, 2, 1, 0]
     assert sum(counts) + overall["precision_aware"] * overall["n_pred"] == overall["n_pred"]
-    # no truth in the image: every box is background
+    # no truth in the image: every box is on a defect-free image
     alone = match_strategy(gt.iloc[:0], boxes, ["img"]).predictions["kind"]
-    assert set(alone) == {"background"}
+    assert set(alone) == {"defect_free"}
 
 
 def test_images_without_predictions_or_without_ground_truth() -> None:

@@ -122,7 +122,7 @@ def test_box_kinds_split_each_strategys_boxes_into_shares_that_add_up() -> None:
     )
     assert shares.drop(columns="n_boxes").sum(axis=1).loc["all"] == pytest.approx(1.0)
     figure = plots_audit.box_kind_bars(table, "annotator")
-    assert len(figure.axes[0].patches) == 6 * len(shares)  # six kinds, one bar per row
+    assert len(figure.axes[0].patches) == 7 * len(shares)  # seven kinds, one bar per row
     empty = plots_audit.box_kind_bars(table, "seed_detector")  # a strategy this run lacks
     assert not empty.axes[0].patches
 

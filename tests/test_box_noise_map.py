@@ -626,11 +626,16 @@ def test_the_sweep_trains_the_pseudo_source_on_its_own_schedule(
     run_split(config)
     run_annotation(config, annotator="offline", box_strategies=("seed_detector",), progress=False)
     csv = tmp_path / "bench" / "sweep.csv"
-    command = _sweep_command(config.paths.run_dir, csv, "--pseudo")
+    command = _sweep_command(config.paths.run_dir, csv, "--pseudo", "--verified", "1")
     done = _run_sweep(command, yolo_weights, timeout=900)
     assert "pseudo: training (chapter 03's pseudo-labels" in done.stdout
     table = pd.read_csv(csv)
-    assert list(table["kind"]) == ["human", "drop", "pseudo"]
+    assert list(table["kind"]) == ["human", "drop", "pseudo", "verified"]
+    # a verifier never wrong keeps only boxes that find a defect of their class
+    verified = table[table["kind"] == "verified"].iloc[0]
+    assert verified["source"] == "verified_1" and verified["level"] == 1.0
+    assert verified["n_boxes"] <= table.loc[table["kind"] == "pseudo", "n_boxes"].iloc[0]
+    assert verified["n_boxes"] == 0 or verified["box_precision"] == 1.0
     row = table[table["kind"] == "pseudo"].iloc[0]
     dataset, _, _ = assemble_source(config, "pseudo")
     from_pool = dataset.images.loc[dataset.images["origin"] == "pool", "image_id"].astype(str)
@@ -639,8 +644,10 @@ def test_the_sweep_trains_the_pseudo_source_on_its_own_schedule(
     assert row["n_boxes"] == dataset.labels["image_id"].astype(str).isin(set(from_pool)).sum()
     assert row["epochs"] == 1 and row["imgsz"] == 64 and math.isfinite(row["map50"])
     manifest = json.loads(manifest_path(csv).read_text())
-    assert manifest["sources"]["requested"] == ["human", "box_drop_0.5", "pseudo"]
+    assert manifest["sources"]["requested"] == ["human", "box_drop_0.5", "pseudo", "verified_1"]
+    assert manifest["parameters"]["verified"] == [1.0]
     assert {"pseudo_labels", "pseudo_boxes"} <= set(manifest["inputs"])
 
     again = _run_sweep(command, yolo_weights, timeout=900)
-    assert "pseudo: its row in" in again.stdout and "training" not in again.stdout
+    assert "pseudo: its row in" in again.stdout and "verified_1: its row in" in again.stdout
+    assert "training" not in again.stdout

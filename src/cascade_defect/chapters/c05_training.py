@@ -123,12 +123,15 @@ class TrainingOutputs:
 
 
 def assemble_source(
-    config: StudyConfig, source: str
+    config: StudyConfig,
+    source: str,
+    pseudo_tables: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> tuple[SourceDataset, SplitInputs, PoolTruth | None]:
     """Read what ``source`` is allowed to read and assemble its training images and labels.
 
     The pool's truth is read only for sources that may see it and is returned with them (the
     classification track takes image classes from it); for other sources it is None.
+    ``pseudo_tables`` (labels, boxes) stand for chapter 03's when a benchmark trains a variant.
     """
     validate_source(source)
     layout = SplitLayout(config.paths.split_dir)
@@ -144,10 +147,11 @@ def assemble_source(
         pseudo = read_reviewed_tables(ReviewedOutputs(config.paths.audit_dir / "reviewed"))
     elif reads_pseudo_labels(source):
         outputs = AnnotationOutputs(config.paths.annotation_dir)
-        require_inputs(
-            {"pseudo_labels": outputs.labels, "pseudo_boxes": outputs.boxes}, _PRODUCED_BY
-        )
-        pseudo = read_pseudo_labels(outputs)
+        if pseudo_tables is None:
+            require_inputs(
+                {"pseudo_labels": outputs.labels, "pseudo_boxes": outputs.boxes}, _PRODUCED_BY
+            )
+        pseudo = pseudo_tables or read_pseudo_labels(outputs)
     if _audit_ordered([source]):
         audit_table = AuditOutputs(config.paths.audit_dir).images
         require_inputs({"audit_images": audit_table}, _PRODUCED_BY)

@@ -22,8 +22,8 @@ FRAGMENT_SHARE = 0.6
 LOOSE_IOU = 0.1
 """A false box overlapping a truth box at least this much (IoU), or holding most of one, but not
 inside it, is loose."""
-FALSE_BOX_KINDS = ("duplicate", "other_class", "fragment", "loose", "background")
-"""What a predicted box that finds no defect (class-aware) is, in :func:`false_box_kind`'s order."""
+FALSE_BOX_KINDS = ("duplicate", "other_class", "fragment", "loose", "background", "defect_free")
+"""What a predicted box that finds no defect of its class is (:func:`false_box_kind`)."""
 
 
 _BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
@@ -90,17 +90,20 @@ def false_box_kind(
     ``same_class``. The kinds tell apart mistakes a detector trained on the boxes pays for
     differently (chapter 06's box-noise map): a second box on a found defect (``duplicate``), a
     box on a defect of another class (``other_class``), a piece of a defect (``fragment``), a box
-    on a defect but drawn too large or off it (``loose``), and a box on no defect
-    (``background``).
+    on a defect but drawn too large or off it (``loose``), a box on no defect of an image that
+    has some (``background``), and a box on an image without any (``defect_free``: on a line,
+    the annotator's false alarm rather than the box source's mistake).
     """
+    if not len(iou):
+        return "defect_free"
     hit = iou >= iou_threshold
     if (hit & same_class).any():
         return "duplicate"
     if hit.any():
         return "other_class"
-    if len(inside) and inside.max() >= FRAGMENT_SHARE:
+    if inside.max() >= FRAGMENT_SHARE:
         return "fragment"
-    if len(iou) and (iou.max() >= LOOSE_IOU or covers.max() >= FRAGMENT_SHARE):
+    if iou.max() >= LOOSE_IOU or covers.max() >= FRAGMENT_SHARE:
         return "loose"
     return "background"
 
@@ -143,6 +146,9 @@ def match_strategy(
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
 ) -> BoxMatches:
     """Best IoU and matches at ``iou_threshold`` for every box of the given images.
+
+    Each predicted box's row keeps its index in ``pseudo`` (``box_index``), so a caller can act on
+    the boxes by what they are.
 
     An image without predictions leaves its ground-truth boxes with best IoU 0 and unmatched;
     an image without ground truth makes all its predictions false positives.
@@ -194,6 +200,7 @@ def match_strategy(
                     "class_name": name,
                     "matched_agnostic": j in pr_agnostic,
                     "matched_aware": j in pr_aware,
+                    "box_index": pr.index[j],
                     "kind": "hit"
                     if j in pr_aware
                     else false_box_kind(
@@ -210,7 +217,9 @@ def match_strategy(
         "matched_aware",
         "matched_iou_aware",
     ]
-    pred_columns = ["image_id", "class_name", "matched_agnostic", "matched_aware", "kind"]
+    pred_columns = [
+        "image_id", "class_name", "matched_agnostic", "matched_aware", "box_index", "kind"
+    ]  # fmt: skip
     return BoxMatches(
         gt=pd.DataFrame(gt_rows, columns=gt_columns),
         predictions=pd.DataFrame(pred_rows, columns=pred_columns),
@@ -226,7 +235,7 @@ def summarise_matches(matches: BoxMatches, class_names: Sequence[str]) -> pd.Dat
     missed or false boxes do (chapter 06's box-noise map), and which mean best IoU mixes with
     recall. Per class, recall is over that class's ground-truth boxes and
     precision over the boxes predicted as that class. An undefined ratio (no boxes) is NaN.
-    ``n_duplicate`` ... ``n_background`` count the false boxes (class-aware) of each kind
+    ``n_duplicate`` ... ``n_defect_free`` count the false boxes (class-aware) of each kind
     (:func:`false_box_kind`); with the hits they add up to ``n_pred``.
     """
     rows = []

@@ -225,7 +225,8 @@ _BOX_KIND_LABELS = {
     "other_class": "defect of another class",
     "fragment": "piece of a defect",
     "loose": "on a defect, too large or off it",
-    "background": "no defect",
+    "background": "off every defect of its image",
+    "defect_free": "defect-free image",
 }
 
 

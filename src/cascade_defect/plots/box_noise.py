@@ -28,6 +28,7 @@ from cascade_defect.data.tables import read_table
 from cascade_defect.locations import PathAnchors
 from cascade_defect.plots.book import BenchmarkTable, benchmark_files, message_figure
 from cascade_defect.train.box_noise import BOX_NOISE_KINDS, MIX_KIND, QUALITY_AXIS, mix_text
+from cascade_defect.train.simulated_verifier import VERIFIED
 from cascade_defect.train.sources import HUMAN, PSEUDO
 
 #: The shares of the anchor's mAP50 the map marks and the needed-quality table reads.
@@ -452,7 +453,7 @@ def box_noise_summary(benchmark: BoxNoiseBenchmark, targets: Sequence[float] = T
     if rows.empty:
         return Markdown(f"**The box-noise table `{benchmark.path}` has no clean anchor row.**")
     anchor = rows[rows["kind"] == HUMAN].iloc[0]
-    variants = rows[~rows["kind"].isin([HUMAN, PSEUDO])]
+    variants = rows[~rows["kind"].isin([HUMAN, PSEUDO, VERIFIED])]
     git = benchmark.manifest.get("git", {})
     lines = [
         f"The sweep (`{benchmark.path}`) trained YOLOv8n on {len(variants)} spoiled versions of "
