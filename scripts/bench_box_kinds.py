@@ -6,25 +6,31 @@ defect of its class is told apart by what it covers (``metrics.box_quality.false
 second box on a found defect, a defect of another class, a piece of a defect, a box on a defect
 but too large or off it, or no defect. The table prints per strategy and class; ``--figure``
 draws the boxes the pseudo detector trains on (``training.box_strategy``) by kind and class, and
-``--csv`` writes the table. Nothing of the run is written.
+``--csv`` writes the table with its manifest beside it (run files' hashes, commit, counts).
+Nothing of the run is written.
 
-    CASCADE_DATA_DIR=<NEU-DET> .venv/bin/python scripts/box_kinds.py --run-dir data/runs/quick \\
+    CASCADE_DATA_DIR=<NEU-DET> .venv/bin/python scripts/bench_box_kinds.py --run-dir data/runs/quick \\
         --figure box_kinds.png --csv box_kinds.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from pathlib import Path
 
 import pandas as pd
-from _bench_cli import config_for_run
+from _bench_cli import benchmark_header, config_for_run
 
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseudo_labels
 from cascade_defect.chapters.c04_audit import image_table
 from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_pool_listing
+from cascade_defect.hashing import tree_sha256
+from cascade_defect.locations import portable_path, portable_values
 from cascade_defect.metrics.box_quality import FALSE_BOX_KINDS, box_quality, normalise_gt_boxes
 from cascade_defect.plots.audit import box_kind_bars
+from cascade_defect.plots.book import manifest_path
 
 
 def main() -> None:
@@ -33,7 +39,7 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, default=None, help="PNG of the trained-on boxes")
     parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
-
+    started = time.perf_counter()
     config = config_for_run(args.run_dir, "quick")
     layout = SplitLayout(config.paths.split_dir)
     labels, boxes = read_pseudo_labels(AnnotationOutputs(config.paths.annotation_dir))
@@ -50,6 +56,25 @@ def main() -> None:
         print(shown.round(3).to_string(index=False))
     if args.csv:
         shown.to_csv(args.csv, index=False)
+        annotation = AnnotationOutputs(config.paths.annotation_dir)
+        inputs = {
+            "pool_listing": layout.pool_listing,
+            "pool_boxes": layout.pool_boxes,
+            "pseudo_labels": annotation.labels,
+            "pseudo_boxes": annotation.boxes,
+        }
+        manifest = {
+            **benchmark_header("box_kinds", config.profile.name, args.csv),
+            "parameters": portable_values({"run_dir": config.paths.run_dir}, config),
+            "inputs": {
+                name: {"path": portable_path(path, config), "sha256": tree_sha256(path)}
+                for name, path in inputs.items()
+            },
+            "outputs": {"relative_to": "this manifest's folder", "table": args.csv.name},
+            "counts": {"n_answered_images": len(answered), "n_rows": len(shown)},
+            "timings_s": {"this_invocation": round(time.perf_counter() - started, 1)},
+        }
+        manifest_path(args.csv).write_text(json.dumps(manifest, indent=1) + "\n")
     if args.figure:
         strategy = config.profile.training.box_strategy
         box_kind_bars(table, strategy).savefig(args.figure, dpi=110, bbox_inches="tight")
