@@ -651,3 +651,20 @@ def test_the_sweep_trains_the_pseudo_source_on_its_own_schedule(
     again = _run_sweep(command, yolo_weights, timeout=900)
     assert "pseudo: its row in" in again.stdout and "verified_1: its row in" in again.stdout
     assert "training" not in again.stdout
+
+    # the same run's boxes sorted by kind: every box is a hit or one kind of false box
+    kinds_csv, figure = tmp_path / "bench" / "kinds.csv", tmp_path / "kinds.png"
+    kinds_command = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_box_kinds.py"),
+        *("--run-dir", str(config.paths.run_dir), "--csv", str(kinds_csv)),
+        *("--figure", str(figure)),
+    ]
+    _run_sweep(kinds_command, yolo_weights)
+    kinds = pd.read_csv(kinds_csv)
+    counted = kinds.filter(like="n_").drop(columns=["n_gt", "n_pred"]).sum(axis=1)
+    assert (counted == kinds["n_pred"]).all() and figure.stat().st_size > 0
+    assert set(kinds["strategy"]) == {"seed_detector"}  # the one strategy chapter 3 ran
+    kinds_manifest = json.loads(manifest_path(kinds_csv).read_text())
+    assert kinds_manifest["outputs"]["table"] == "kinds.csv"
+    assert not absolute_paths_in_file(manifest_path(kinds_csv))
