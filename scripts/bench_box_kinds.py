@@ -28,7 +28,7 @@ from cascade_defect.chapters.c04_audit import image_table
 from cascade_defect.data.split import SplitLayout, read_pool_ground_truth, read_pool_listing
 from cascade_defect.hashing import tree_sha256
 from cascade_defect.locations import portable_path, portable_values
-from cascade_defect.metrics.box_quality import FALSE_BOX_KINDS, box_quality, normalise_gt_boxes
+from cascade_defect.metrics.box_quality import BOX_KINDS, box_quality, normalise_gt_boxes
 from cascade_defect.plots.audit import box_kind_bars
 from cascade_defect.plots.book import manifest_path
 
@@ -47,9 +47,8 @@ def main() -> None:
     truth, gt_pixel = read_pool_ground_truth(layout)
     answered = image_table(truth, gt_pixel, labels).query("answered")["image_id"]
     table = box_quality(normalise_gt_boxes(gt_pixel, pool), boxes, answered, layout.class_names())
-    table["n_hit"] = (table["precision_aware"].fillna(0) * table["n_pred"]).round().astype(int)
-    kinds = [f"n_{kind}" for kind in FALSE_BOX_KINDS]
-    columns = ["strategy", "class_name", "n_gt", "n_pred", "n_hit", *kinds]
+    kinds = [f"n_{kind}" for kind in BOX_KINDS]
+    columns = ["strategy", "class_name", "n_gt", "n_pred", *kinds]
     shown = table[[*columns, "recall_aware", "matched_iou_aware"]]
     with pd.option_context("display.width", 200):
         print(f"run {args.run_dir}: {len(answered)} answered pool images")

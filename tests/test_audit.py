@@ -371,7 +371,7 @@ def test_each_false_box_is_told_apart_by_what_it_covers() -> None:
     ]  # fmt: skip
     overall = summarise_matches(matches, ["x", "y", "z"]).set_index("class_name").loc["all"]
     counts = [overall[f"n_{kind}"] for kind in FALSE_BOX_KINDS]
-    assert counts == [1, 1, 1, 2, 1, 0]
+    assert counts == [1, 1, 1, 2, 1, 0] and overall["n_hit"] == 1
     assert sum(counts) + overall["precision_aware"] * overall["n_pred"] == overall["n_pred"]
     # no truth in the image: every box is on a defect-free image
     alone = match_strategy(gt.iloc[:0], boxes, ["img"]).predictions["kind"]

@@ -24,6 +24,8 @@ LOOSE_IOU = 0.1
 inside it, is loose."""
 FALSE_BOX_KINDS = ("duplicate", "other_class", "fragment", "loose", "background", "defect_free")
 """What a predicted box that finds no defect of its class is (:func:`false_box_kind`)."""
+BOX_KINDS = ("hit", *FALSE_BOX_KINDS)
+"""Every predicted box is one of these: a class-aware hit, or a false box of one kind."""
 
 
 _BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
@@ -92,7 +94,9 @@ def false_box_kind(
     box on a defect of another class (``other_class``), a piece of a defect (``fragment``), a box
     on a defect but drawn too large or off it (``loose``), a box on no defect of an image that
     has some (``background``), and a box on an image without any (``defect_free``: on a line,
-    the annotator's false alarm rather than the box source's mistake).
+    the annotator's false alarm rather than the box source's mistake). The box-noise sweep's
+    ``train.box_mistakes`` samples real mistakes by a coarser, class-agnostic rule of its own
+    (best IoU), which its recorded rows are fingerprinted on.
     """
     if not len(iou):
         return "defect_free"
@@ -235,8 +239,8 @@ def summarise_matches(matches: BoxMatches, class_names: Sequence[str]) -> pd.Dat
     missed or false boxes do (chapter 06's box-noise map), and which mean best IoU mixes with
     recall. Per class, recall is over that class's ground-truth boxes and
     precision over the boxes predicted as that class. An undefined ratio (no boxes) is NaN.
-    ``n_duplicate`` ... ``n_defect_free`` count the false boxes (class-aware) of each kind
-    (:func:`false_box_kind`); with the hits they add up to ``n_pred``.
+    ``n_hit`` counts the class-aware hits and ``n_duplicate`` ... ``n_defect_free`` the false
+    boxes of each kind (:func:`false_box_kind`); together they add up to ``n_pred``.
     """
     rows = []
     for name in [*class_names, "all"]:
@@ -258,7 +262,7 @@ def summarise_matches(matches: BoxMatches, class_names: Sequence[str]) -> pd.Dat
                 "recall_agnostic": _mean_or_nan(gt["matched_agnostic"]),
                 "precision_agnostic": _mean_or_nan(pr["matched_agnostic"]),
                 "matched_iou_aware": _mean_or_nan(gt["matched_iou_aware"].dropna()),
-                **{f"n_{kind}": int((pr["kind"] == kind).sum()) for kind in FALSE_BOX_KINDS},
+                **{f"n_{kind}": int((pr["kind"] == kind).sum()) for kind in BOX_KINDS},
             }
         )
     return pd.DataFrame(rows)

@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from cascade_defect.metrics.box_quality import FALSE_BOX_KINDS
+from cascade_defect.metrics.box_quality import BOX_KINDS
 from cascade_defect.metrics.defect_rates import NO_DEFECT_FREE_NOTE
 from cascade_defect.plots.common import class_colours
 
@@ -234,10 +234,7 @@ def box_kind_shares(box_metrics: pd.DataFrame, strategy: str) -> pd.DataFrame:
     """Per class (and ``all``), the share of one strategy's boxes of each kind: the class-aware
     hits, then the false boxes by :func:`~cascade_defect.metrics.box_quality.false_box_kind`."""
     rows = box_metrics[box_metrics["strategy"] == strategy].set_index("class_name")
-    counts = pd.DataFrame(
-        {"hit": (rows["precision_aware"].fillna(0) * rows["n_pred"]).round()}
-        | {kind: rows[f"n_{kind}"] for kind in FALSE_BOX_KINDS}
-    )
+    counts = pd.DataFrame({kind: rows[f"n_{kind}"] for kind in BOX_KINDS})
     shares = counts.div(rows["n_pred"].where(rows["n_pred"] > 0), axis=0)
     return shares.assign(n_boxes=rows["n_pred"].astype(int))
 
