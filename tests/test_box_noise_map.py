@@ -668,3 +668,23 @@ def test_the_sweep_trains_the_pseudo_source_on_its_own_schedule(
     kinds_manifest = json.loads(manifest_path(kinds_csv).read_text())
     assert kinds_manifest["outputs"]["table"] == "kinds.csv"
     assert not absolute_paths_in_file(manifest_path(kinds_csv))
+
+    # what score and shape tell apart on the same boxes, and a kept table for another training
+    ranking_csv, kept_csv = tmp_path / "bench" / "ranking.csv", tmp_path / "kept.csv"
+    ranking_command = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_verifier_features.py"),
+        *("--run-dir", str(config.paths.run_dir), "--csv", str(ranking_csv)),
+        *("--reviewed", "2", "--draws", "2", "--kept-csv", str(kept_csv), "--keep-reviewed", "2"),
+    ]
+    _run_sweep(ranking_command, yolo_weights)
+    ranking = pd.read_csv(ranking_csv)
+    assert list(ranking["ranking"]) == ["score", "seed_shape_prior", "reviewed_2", "all_pool_truth"]
+    n_boxes = int((pd.read_csv(config.paths.annotation_dir / "pseudo_boxes.csv")["strategy"]
+                   == "seed_detector").sum())  # fmt: skip
+    assert (ranking.loc[[0, 1, 3], "boxes_scored"] == n_boxes).all()
+    kept = pd.read_csv(kept_csv)
+    assert 0 < len(kept) <= n_boxes and set(kept["strategy"]) == {"seed_detector"}
+    ranking_manifest = json.loads(manifest_path(ranking_csv).read_text())
+    assert ranking_manifest["parameters"]["reviewed"] == [2]
+    assert not absolute_paths_in_file(manifest_path(ranking_csv))
