@@ -136,3 +136,16 @@ def profile_changes(pairs: list[str]) -> dict[str, dict[str, Any]]:
             raise SystemExit(f"--set {dotted}: expected SECTION.KEY=VALUE")
         changes.setdefault(section, {})[key] = value
     return changes
+
+
+def chapter_made_by(manifest: Path) -> dict[str, object]:
+    """Which run of a chapter made a benchmark's input files: its commit, time and CPU (a run
+    folder of the same name on another machine holds other boxes); empty without a manifest."""
+    if not manifest.exists():
+        return {}
+    made = json.loads(manifest.read_text())
+    return {
+        "finished_at": made.get("finished_at"),
+        "git": made.get("git"),
+        "cpu": made.get("environment", {}).get("cpu"),
+    }

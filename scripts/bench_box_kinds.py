@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from _bench_cli import benchmark_header, config_for_run
+from _bench_cli import benchmark_header, chapter_made_by, config_for_run
 
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseudo_labels
 from cascade_defect.chapters.c04_audit import image_table
@@ -65,7 +65,7 @@ def main() -> None:
         manifest = {
             **benchmark_header("box_kinds", config.profile.name, args.csv),
             "parameters": portable_values({"run_dir": config.paths.run_dir}, config),
-            "chapter_03": _made_by(annotation.root / "manifest.json"),
+            "chapter_03": chapter_made_by(annotation.root / "manifest.json"),
             "inputs": {
                 name: {"path": portable_path(path, config), "sha256": tree_sha256(path)}
                 for name, path in inputs.items()
@@ -79,19 +79,6 @@ def main() -> None:
         strategy = config.profile.training.box_strategy
         box_kind_bars(table, strategy).savefig(args.figure, dpi=110, bbox_inches="tight")
         print(f"figure of the {strategy} boxes: {args.figure}")
-
-
-def _made_by(manifest: Path) -> dict[str, object]:
-    """Which run of chapter 03 made the boxes: its commit, time and CPU (a run folder of the same
-    name on another machine holds other boxes)."""
-    if not manifest.exists():
-        return {}
-    made = json.loads(manifest.read_text())
-    return {
-        "finished_at": made.get("finished_at"),
-        "git": made.get("git"),
-        "cpu": made.get("environment", {}).get("cpu"),
-    }
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _bench_cli import benchmark_header, config_for_run
+from _bench_cli import benchmark_header, chapter_made_by, config_for_run
 
 from cascade_defect.chapters.c03_annotation import AnnotationOutputs, read_pseudo_labels
 from cascade_defect.chapters.c04_audit import image_table
@@ -133,6 +133,7 @@ def main() -> None:
                 "draws": args.draws,
                 "threshold": args.threshold,
             },
+            "chapter_03": chapter_made_by(annotation.root / "manifest.json"),
             "inputs": {
                 name: {"path": portable_path(path, config), "sha256": tree_sha256(path)}
                 for name, path in inputs.items()
