@@ -113,8 +113,10 @@ def main() -> None:
         kept = _kept(features, is_hit, image_ids, images, args.keep_reviewed, args.threshold)
         others = all_boxes[all_boxes["strategy"] != strategy]
         pd.concat([others, boxes[kept]]).to_csv(args.kept_csv, index=False)
+        reviewed = image_ids.isin(_reviewed_images(images, args.keep_reviewed, 0)).to_numpy()
         print(f"{args.kept_csv}: {int(kept.sum())} of {len(boxes)} {strategy} boxes kept, "
-              f"{int(is_hit[kept].sum())} hits")  # fmt: skip
+              f"{int(is_hit[kept].sum())} hits; the {args.keep_reviewed} reviewed images hold "
+              f"{int(reviewed.sum())} boxes, {int(is_hit[reviewed].sum())} accepted")  # fmt: skip
     if args.csv:
         table.to_csv(args.csv, index=False)
         inputs = {

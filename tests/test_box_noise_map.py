@@ -654,12 +654,9 @@ def test_the_sweep_trains_the_pseudo_source_on_its_own_schedule(
 
     # the same run's boxes sorted by kind: every box is a hit or one kind of false box
     kinds_csv, figure = tmp_path / "bench" / "kinds.csv", tmp_path / "kinds.png"
-    kinds_command = [
-        sys.executable,
-        str(ROOT / "scripts" / "bench_box_kinds.py"),
-        *("--run-dir", str(config.paths.run_dir), "--csv", str(kinds_csv)),
-        *("--figure", str(figure)),
-    ]
+    kinds_command = _script_command(
+        "bench_box_kinds.py", config.paths.run_dir, kinds_csv, "--figure", str(figure)
+    )
     _run_sweep(kinds_command, yolo_weights)
     kinds = pd.read_csv(kinds_csv)
     counted = kinds.filter(like="n_").drop(columns=["n_gt", "n_pred"]).sum(axis=1)
@@ -671,13 +668,12 @@ def test_the_sweep_trains_the_pseudo_source_on_its_own_schedule(
 
     # what score and shape tell apart on the same boxes, and a kept table for another training
     ranking_csv, kept_csv = tmp_path / "bench" / "ranking.csv", tmp_path / "kept.csv"
-    ranking_command = [
-        sys.executable,
-        str(ROOT / "scripts" / "bench_verifier_features.py"),
-        *("--run-dir", str(config.paths.run_dir), "--csv", str(ranking_csv)),
+    ranking_command = _script_command(
+        "bench_verifier_features.py", config.paths.run_dir, ranking_csv,
         *("--reviewed", "2", "--draws", "2", "--kept-csv", str(kept_csv), "--keep-reviewed", "2"),
-    ]
-    _run_sweep(ranking_command, yolo_weights)
+    )  # fmt: skip
+    ranked = _run_sweep(ranking_command, yolo_weights)
+    assert "reviewed images hold" in ranked.stdout
     ranking = pd.read_csv(ranking_csv)
     assert list(ranking["ranking"]) == ["score", "seed_shape_prior", "reviewed_2", "all_pool_truth"]
     n_boxes = int((pd.read_csv(config.paths.annotation_dir / "pseudo_boxes.csv")["strategy"]
@@ -688,3 +684,11 @@ def test_the_sweep_trains_the_pseudo_source_on_its_own_schedule(
     ranking_manifest = json.loads(manifest_path(ranking_csv).read_text())
     assert ranking_manifest["parameters"]["reviewed"] == [2]
     assert not absolute_paths_in_file(manifest_path(ranking_csv))
+
+
+def _script_command(script: str, run_dir: Path, csv: Path, *extra: str) -> list[str]:
+    """A benchmark script of ``scripts/`` on a run folder, writing its table to ``csv``."""
+    return [
+        sys.executable, str(ROOT / "scripts" / script),
+        "--run-dir", str(run_dir), "--csv", str(csv), *extra,
+    ]  # fmt: skip
